@@ -1,0 +1,33 @@
+# Two commands: `make verify` (the main job) and `make test` (the suite).
+# Each creates .venv when missing and installs what its target needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: verify test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@ $(STAMP_RUN)
+
+verify: $(STAMP_RUN)
+	$(BIN)/refmem verify
+
+test: $(STAMP_TEST)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+
+bench: $(STAMP_RUN)
+	$(BIN)/refmem bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

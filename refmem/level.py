@@ -1,0 +1,248 @@
+r"""A level: one associative memory updated by a small proximal problem (MATH.md 1).
+
+.. math::
+
+    M_{t+1} = \operatorname*{argmin}_M\; l(M; k_t, v_t) + \mathrm{Ret}(M, M_t) \qquad (P)
+
+A :class:`Level` names the objective ``l``, the retention ``Ret`` (which holds
+the step size and gates) and the step kind:
+
+- ``"explicit"``: ``l`` replaced by its linearisation at ``M_t`` (or at the
+  retained state, e.g. ``alpha M_t`` for the gated delta rule): with the local
+  l2 retention this is one gradient step (NLx-2);
+- ``"implicit"``: (P) with the true ``l`` (a proximal-point step).
+
+:func:`solve` computes the new state either in closed form or by an iterative
+solver that minimises the same stated objective and knows nothing of the
+closed form. The two must agree; the property tests and ``refmem verify``
+check that they do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .linalg import inner
+from .objectives import Objective
+from .retentions import Retention
+from .solvers import SOLVERS, Problem, SolveReport, default_rtol
+from .validation import check_arrays, check_ndim
+
+STEPS = ("explicit", "implicit")
+LINEARIZE_AT = ("state", "retained")
+
+
+class ClosedFormUnavailable(LookupError):
+    """A (objective, retention, step) combination has no known closed form; use ``method="iterative"``."""
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a nested memory.
+
+    Parameters
+    ----------
+    objective : Objective
+        The attentional bias ``l(M; k, v)``.
+    retention : Retention
+        ``Ret(M, M_t)``, holding the step size ``eta`` and any gates.
+    step : {"implicit", "explicit"}
+    linearize_at : {"state", "retained"}
+        Where an explicit step takes its gradient: at ``M_t`` (default) or at
+        the retained state (``alpha M_t`` under a forget gate: the gated delta rule).
+    name : str
+        Optional label used in reports.
+    """
+
+    objective: Objective
+    retention: Retention
+    step: str = "implicit"
+    linearize_at: str = "state"
+    name: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"objective must be an Objective instance; got {type(self.objective).__name__}")
+        if not isinstance(self.retention, Retention):
+            raise TypeError(f"retention must be a Retention instance; got {type(self.retention).__name__}")
+        if self.step not in STEPS:
+            raise ValueError(f"step must be one of {STEPS}; got {self.step!r}")
+        if self.linearize_at not in LINEARIZE_AT:
+            raise ValueError(f"linearize_at must be one of {LINEARIZE_AT}; got {self.linearize_at!r}")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.objective.name}/{self.retention.name}/{self.step}"
+
+
+def _check_inputs(level: Level, M_t, k, v):
+    """Validate shapes, dtypes, finiteness and parameters; return ``(xp, bound retention)``."""
+    keyless = getattr(level.objective, "keyless", False)
+    if keyless:
+        if k is not None:
+            raise ValueError(f"k must be None for the key-less objective {level.objective.name!r}; pass the matrix as v")
+        xp = check_arrays(M_t=M_t, v=v)
+    else:
+        if k is None:
+            raise ValueError(f"k is required for objective {level.objective.name!r}")
+        xp = check_arrays(M_t=M_t, k=k, v=v)
+    check_ndim(M_t, "M_t", 2, "[..., d_v, d_k]")
+    d_v, d_k = M_t.shape[-2], M_t.shape[-1]
+    if keyless:
+        check_ndim(v, "v", 2, "[..., d_v, d_k] (a matrix like the state)")
+        if tuple(v.shape[-2:]) != (d_v, d_k):
+            raise ValueError(f"v must end in the state's shape ({d_v}, {d_k}); got shape {tuple(v.shape)}")
+        batch = [M_t.shape[:-2], v.shape[:-2]]
+    else:
+        check_ndim(k, "k", 1, "[..., d_k]")
+        check_ndim(v, "v", 1, "[..., d_v]")
+        if k.shape[-1] != d_k:
+            raise ValueError(f"k has length {k.shape[-1]} but M_t has d_k = {d_k} (M_t is [..., d_v, d_k])")
+        if v.shape[-1] != d_v:
+            raise ValueError(f"v has length {v.shape[-1]} but M_t has d_v = {d_v} (M_t is [..., d_v, d_k])")
+        batch = [M_t.shape[:-2], k.shape[:-1], v.shape[:-1]]
+    _check_broadcast(batch)
+    return xp, level.retention.bind(xp, M_t.dtype)
+
+
+def _check_broadcast(shapes):
+    out: list[int] = []
+    for s in shapes:
+        s = tuple(s)
+        n = max(len(out), len(s))
+        a = [1] * (n - len(out)) + out
+        b = [1] * (n - len(s)) + list(s)
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y and 1 not in (x, y):
+                raise ValueError(f"batch shapes of M_t, k, v do not broadcast: {[tuple(t) for t in shapes]}")
+            a[i] = max(x, y)
+        out = a
+
+
+def linearization_point(level: Level, ret: Retention, M_t, xp):
+    """``M_t``, or the retained state when the level says so."""
+    return M_t if level.linearize_at == "state" else ret.retained(M_t, xp)
+
+
+def closed_form(level: Level, M_t, k, v):
+    """The closed-form new state of ``level`` (no validation; see :func:`solve`)."""
+    xp, ret = _check_inputs(level, M_t, k, v)
+    return _closed(level, ret, M_t, k, v, xp)
+
+
+def _closed(level, ret, M_t, k, v, xp):
+    if level.step == "explicit":
+        g = level.objective.grad(linearization_point(level, ret, M_t, xp), k, v, xp)
+        return ret.explicit_step(M_t, g, xp)
+    M = ret.implicit_step(level.objective, M_t, k, v, xp)
+    if M is None:
+        raise ClosedFormUnavailable(
+            f"no closed form for the implicit step of {level.objective.name} under {ret.name}; use method='iterative'"
+        )
+    return M
+
+
+def problem(level: Level, M_t, k, v, *, bound_retention=None, xp=None) -> Problem:
+    """The stated objective of (P) as a :class:`~refmem.solvers.Problem` for the iterative solvers.
+
+    Explicit: :math:`F(M) = \\langle g, M\\rangle + \\mathrm{Ret}(M, M_t)` with ``g`` the
+    gradient at the linearisation point. Implicit: :math:`F(M) = l(M) + \\mathrm{Ret}(M, M_t)`.
+    The starting point is ``M_t``.
+    """
+    if bound_retention is None:
+        xp, bound_retention = _check_inputs(level, M_t, k, v)
+    ret, obj = bound_retention, level.objective
+    if level.step == "explicit":
+        g = obj.grad(linearization_point(level, ret, M_t, xp), k, v, xp)
+
+        def f(M):
+            return inner(g, M, xp) + ret.value(M, M_t, xp)
+
+        def df(M):
+            return g + ret.grad(M, M_t, xp)
+
+        L = ret.lipschitz(xp)
+        quadratic = True
+    else:
+
+        def f(M):
+            return obj.value(M, k, v, xp) + ret.value(M, M_t, xp)
+
+        def df(M):
+            return obj.grad(M, k, v, xp) + ret.grad(M, M_t, xp)
+
+        L = obj.lipschitz(k, xp) + ret.lipschitz(xp)
+        quadratic = obj.quadratic
+    quadratic = quadratic and ret.prox is None and getattr(ret, "quadratic", True)
+    x0 = M_t + 0 * df(M_t)  # broadcast the start to the full batch shape of the problem
+    return Problem(xp, x0, f, df, L, ret.mu(xp), ret.prox, ret.h_value, quadratic)
+
+
+def default_solver(prob: Problem) -> str:
+    """``"cg"`` for smooth quadratics, ``"prox_grad"`` with a non-smooth part, else ``"gd"``."""
+    if prob.prox is not None:
+        return "prox_grad"
+    return "cg" if prob.quadratic else "gd"
+
+
+def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None = None,
+          rtol: float | None = None, max_iter: int | None = None):
+    """Solve one level's update (P).
+
+    Parameters
+    ----------
+    level : Level
+    M_t : array ``[..., d_v, d_k]``
+        Current state.
+    k : array ``[..., d_k]`` or None
+        Key (``None`` for key-less objectives).
+    v : array ``[..., d_v]`` (or ``[..., d_v, d_k]`` for key-less objectives)
+        Value.
+    method : {"closed", "iterative"}
+    solver : str, optional
+        Iterative solver: ``"cg"``, ``"gd"``, ``"gd-backtracking"``, ``"prox_grad"``;
+        default chosen from the problem (:func:`default_solver`).
+    rtol : float, optional
+        Relative optimality tolerance; default :func:`~refmem.solvers.default_rtol`.
+    max_iter : int, optional
+
+    Returns
+    -------
+    M : array ``[..., d_v, d_k]``
+        New state, same array type and dtype as the inputs.
+    report : SolveReport
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad inputs, naming the argument.
+    ClosedFormUnavailable
+        ``method="closed"`` for a combination without a closed form.
+    ConvergenceError
+        The iterative solver did not meet its tolerance.
+    """
+    if method not in ("closed", "iterative"):
+        raise ValueError(f"method must be 'closed' or 'iterative'; got {method!r}")
+    xp, ret = _check_inputs(level, M_t, k, v)
+    if method == "closed":
+        M = _closed(level, ret, M_t, k, v, xp)
+        return M, SolveReport("closed", f"{level.objective.name}/{ret.name}/{level.step}")
+    prob = problem(level, M_t, k, v, bound_retention=ret, xp=xp)
+    name = solver or default_solver(prob)
+    kwargs = {}
+    if name == "gd-backtracking":
+        name, kwargs["backtracking"] = "gd", True
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS) + ['gd-backtracking']}; got {solver!r}")
+    if rtol is None:
+        rtol = default_rtol(M_t.dtype, xp, condition=_condition(prob, xp))
+    if max_iter is not None:
+        kwargs["max_iter"] = max_iter
+    return SOLVERS[name](prob, rtol=rtol, **kwargs)
+
+
+def _condition(prob: Problem, xp) -> float:
+    L = xp.asarray(prob.lipschitz)
+    mu = xp.asarray(prob.mu)
+    kappa = L / xp.where(mu > 0, mu, xp.ones_like(mu)) + 0 * mu
+    return float(xp.max(xp.reshape(kappa, (-1,))))

@@ -1,0 +1,48 @@
+"""Small array-API helpers that every level reads in: outer products, Frobenius inner products.
+
+Shapes follow refmem's convention: a state ``M`` is ``[..., d_v, d_k]``, a key
+``k`` is ``[..., d_k]``, a value ``v`` is ``[..., d_v]``.
+"""
+
+from __future__ import annotations
+
+
+def matvec(M, k):
+    """``M k``: ``[..., d_v, d_k] @ [..., d_k] -> [..., d_v]``."""
+    return (M @ k[..., None])[..., 0]  # (..., d_v, d_k) @ (..., d_k, 1) -> (..., d_v, 1)
+
+
+def outer(v, k):
+    """``v k^T``: ``[..., d_v], [..., d_k] -> [..., d_v, d_k]``."""
+    return v[..., :, None] * k[..., None, :]  # (..., d_v, 1) * (..., 1, d_k) -> (..., d_v, d_k)
+
+
+def inner(A, B, xp):
+    """Frobenius inner product ``<A, B>`` over the last two axes: ``[..., a, b] -> [...]``."""
+    return xp.sum(A * B, axis=(-2, -1))
+
+
+def fro_norm(A, xp):
+    """``||A||_F`` over the last two axes: ``[..., a, b] -> [...]``."""
+    return xp.sqrt(inner(A, A, xp))
+
+
+def sq_norm(x, xp):
+    """``||x||^2`` over the last axis: ``[..., d] -> [...]``."""
+    return xp.sum(x * x, axis=-1)
+
+
+def eye_like(d: int, M, xp):
+    """Identity ``[d, d]`` with the dtype and device of ``M``."""
+    return xp.eye(d, dtype=M.dtype, device=_device(M))
+
+
+def _device(x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def device_of(x):
+    """The device of array ``x`` (for creating arrays next to it)."""
+    return _device(x)

@@ -1,0 +1,68 @@
+"""Validation and random inputs shared by the sequence memories."""
+
+from __future__ import annotations
+
+import numpy as np  # randomness only: arrays are drawn in NumPy and moved to xp
+
+from ..validation import as_param, check_arrays, check_ndim
+
+
+def check_sequence(q, k, v, initial_state=None, **gates):
+    """Check ``q, k [..., T, d_k]``, ``v [..., T, d_v]``, gates ``[..., T]`` or ``[..., T, d]``, state ``[..., d_v, d_k]``.
+
+    Returns ``xp``. Gates are only checked for shape/dtype/finiteness here;
+    ranges are checked by the memory (it knows what its gates mean).
+    """
+    arrays = dict(q=q, k=k, v=v, initial_state=initial_state, **{n: g for n, g in gates.items()})
+    xp = check_arrays(**arrays)
+    check_ndim(q, "q", 2, "[..., T, d_k]")
+    check_ndim(k, "k", 2, "[..., T, d_k]")
+    check_ndim(v, "v", 2, "[..., T, d_v]")
+    if tuple(q.shape) != tuple(k.shape):
+        raise ValueError(f"q and k must have the same shape [..., T, d_k]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
+        raise ValueError(f"v must be [..., T, d_v] with the same leading dims as k {tuple(k.shape[:-1])}; got {tuple(v.shape)}")
+    lead = tuple(k.shape[:-1])  # (..., T)
+    for n, g in gates.items():
+        if g is None:
+            continue
+        if tuple(g.shape) != lead and tuple(g.shape[:-1]) != lead:
+            raise ValueError(f"{n} must have shape {lead} (one gate per step) or {lead} + (d,) (per channel); got {tuple(g.shape)}")
+    if initial_state is not None:
+        want = tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])
+        if tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape [..., d_v, d_k] = {want}; got {tuple(initial_state.shape)}")
+    return xp
+
+
+def check_gate_range(g, name, xp, *, low=0.0, high=1.0, low_open=False, high_open=False):
+    """Range-check a gate array (``[0, 1]`` by default)."""
+    if g is not None:
+        as_param(g, name, xp, g.dtype, low=low, high=high, low_open=low_open, high_open=high_open)
+
+
+def initial(initial_state, k, v, xp):
+    """The starting state: ``initial_state`` or zeros ``[..., d_v, d_k]``."""
+    if initial_state is not None:
+        return initial_state
+    shape = tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])
+    return xp.zeros(shape, dtype=k.dtype, device=_device(k))
+
+
+def _device(x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+def random_qkv(seed, batch, T, d_k, d_v, xp, dtype="float64", *, unit_keys=False):
+    """Random ``q, k, v`` with keys of norm about 1 (exactly 1 when ``unit_keys``)."""
+    g = np.random.default_rng(seed)
+    batch = tuple(batch)
+    q = g.standard_normal(batch + (T, d_k)) / np.sqrt(d_k)
+    k = g.standard_normal(batch + (T, d_k)) / np.sqrt(d_k)
+    if unit_keys:
+        k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    v = g.standard_normal(batch + (T, d_v))
+    conv = lambda a: xp.asarray(np.asarray(a, dtype=dtype))  # noqa: E731
+    return g, {"q": conv(q), "k": conv(k), "v": conv(v)}, conv

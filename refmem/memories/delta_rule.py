@@ -1,0 +1,73 @@
+"""The delta rule (DeltaNet): one explicit l2 step per token (MATH.md 5).
+
+.. math::
+
+    M_t = M_{t-1} - \beta_t (M_{t-1} k_t - v_t) k_t^T, \qquad o_t = M_t q_t .
+
+With unit keys and ``beta in (0, 1)`` this equals the *implicit* l2 step with
+``eta = beta / (1 - beta)`` (see :func:`refmem.objectives.sherman_morrison_step`).
+"""
+
+from __future__ import annotations
+
+from ..level import Level
+from ..linalg import matvec, outer
+from ..objectives import L2
+from ..retentions import LocalL2
+from . import MemorySpec, register_memory
+from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+
+
+def delta_step(M, k, v, beta, xp):
+    """``M - beta (M k - v) k^T``: one explicit l2 step, ``beta [...]``."""
+    r = matvec(M, k) - v  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
+    return M - beta[..., None, None] * outer(r, k)  # (.., d_v, d_k)
+
+
+def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
+    """Recurrent delta rule.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    beta : array ``[..., T]``
+        Step sizes (writing strengths), ``>= 0``. ``beta ||k||^2 > 2`` diverges.
+    initial_state : array ``[..., d_v, d_k]``, optional
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp = check_sequence(q, k, v, initial_state, beta=beta)
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    if tuple(beta.shape) != tuple(k.shape[:-1]):
+        raise ValueError(f"beta must have shape {tuple(k.shape[:-1])} (one per step); got {tuple(beta.shape)}")
+    M = initial(initial_state, k, v, xp)
+    outs = []
+    for t in range(k.shape[-2]):
+        M = delta_step(M, k[..., t, :], v[..., t, :], beta[..., t], xp)
+        outs.append(matvec(M, q[..., t, :]))  # (.., d_v)
+    return xp.stack(outs, axis=-2), M
+
+
+def delta_rule_level(beta):
+    """One delta-rule step as a level: l2 objective, explicit step, ``eta = beta``."""
+    return Level(L2(), LocalL2(eta=beta), step="explicit", name="delta_rule")
+
+
+def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
+    inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
+    return inputs
+
+
+register_memory(MemorySpec(
+    name="delta_rule",
+    recurrent=delta_rule_recurrent,
+    gates=("beta",),
+    make_inputs=_make_inputs,
+    step_level=delta_rule_level,
+    description="M_t = M_{t-1} - beta_t (M_{t-1} k_t - v_t) k_t^T",
+))

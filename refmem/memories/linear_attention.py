@@ -1,0 +1,60 @@
+"""Linear attention: the dot objective with ``eta = 1`` (MATH.md 5).
+
+.. math::
+
+    M_t = M_{t-1} + v_t k_t^T, \qquad o_t = M_t q_t .
+"""
+
+from __future__ import annotations
+
+from ..level import Level
+from ..linalg import matvec, outer
+from ..objectives import Dot
+from ..retentions import LocalL2
+from . import MemorySpec, register_memory
+from ._inputs import check_sequence, initial, random_qkv
+
+
+def linear_attention_recurrent(q, k, v, *, initial_state=None):
+    """Recurrent linear attention.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+        ``o_t = M_t q_t`` with ``M_t`` the state after token ``t``.
+    M : array ``[..., d_v, d_k]``
+        Final state.
+    """
+    xp = check_sequence(q, k, v, initial_state)
+    M = initial(initial_state, k, v, xp)
+    outs = []
+    for t in range(k.shape[-2]):
+        M = M + outer(v[..., t, :], k[..., t, :])  # (.., d_v, d_k) + (.., d_v) x (.., d_k)
+        outs.append(matvec(M, q[..., t, :]))  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
+    return xp.stack(outs, axis=-2), M  # (.., T, d_v), (.., d_v, d_k)
+
+
+def linear_attention_level():
+    """One step of linear attention as a level: dot objective, local l2 retention, ``eta = 1``."""
+    return Level(Dot(), LocalL2(eta=1.0), step="explicit", name="linear_attention")
+
+
+def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    _, inputs, _ = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
+    return inputs
+
+
+register_memory(MemorySpec(
+    name="linear_attention",
+    recurrent=linear_attention_recurrent,
+    gates=(),
+    make_inputs=_make_inputs,
+    step_level=linear_attention_level,
+    description="M_t = M_{t-1} + v_t k_t^T",
+))

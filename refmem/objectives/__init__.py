@@ -1,0 +1,21 @@
+"""Objectives ("attentional biases") ``l(M; k, v)`` of a linear memory.
+
+Each objective is one module; :data:`OBJECTIVES` maps names to classes so a
+level can be named in a spec, a test vector or the CLI.
+"""
+
+from .base import Objective
+from .dot import Dot
+from .inner import Inner
+from .l2 import L2, sherman_morrison_step
+
+OBJECTIVES: dict[str, type[Objective]] = {"dot": Dot, "inner": Inner, "l2": L2}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make ``cls`` known by ``cls.name``."""
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+__all__ = ["Objective", "Dot", "Inner", "L2", "sherman_morrison_step", "OBJECTIVES", "register_objective"]

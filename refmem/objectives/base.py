@@ -1,0 +1,51 @@
+"""The interface every objective ``l(M; k, v)`` implements."""
+
+from __future__ import annotations
+
+import abc
+
+
+class Objective(abc.ABC):
+    """An attentional bias ``l(M; k, v)`` on a linear memory ``M`` of shape ``[..., d_v, d_k]``.
+
+    Subclasses give the value, the gradient in ``M``, a bound on the gradient's
+    Lipschitz constant (for step sizes), and where it exists the closed-form
+    proximal map used by the implicit step.
+
+    Parameters such as ``eta`` arrive batch-shaped (``[...]`` or 0-d arrays)
+    and are expanded with :func:`refmem.validation.expand_matrix` /
+    :func:`~refmem.validation.expand_vector` where they meet matrices or vectors.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"dot"``, ``"l2"``, ...).
+    quadratic : bool
+        True when ``l`` is a quadratic in ``M`` (conjugate gradient applies).
+    keyless : bool
+        True when the objective takes no key: ``k`` is ``None`` and ``v`` is a
+        matrix shaped like the state (e.g. a gradient to remember).
+    """
+
+    name = "objective"
+    quadratic = False
+    keyless = False
+
+    @abc.abstractmethod
+    def value(self, M, k, v, xp):
+        """``l(M; k, v)`` per batch element: ``[...]``."""
+
+    @abc.abstractmethod
+    def grad(self, M, k, v, xp):
+        """``grad_M l(M; k, v)``: ``[..., d_v, d_k]``."""
+
+    @abc.abstractmethod
+    def lipschitz(self, k, xp):
+        """An upper bound ``[...]`` on the Lipschitz constant of ``grad_M l`` (0 for a linear ``l``)."""
+
+    def prox(self, C, eta, k, v, xp):
+        """Closed form of ``argmin_M l(M; k, v) + 1/(2 eta) ||M - C||^2``, or ``None`` if there is none."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,19 @@
+"""Retentions ``Ret(M, M_t)``: how strongly a level holds on to its past state.
+
+Each retention is one module; :data:`RETENTIONS` maps names to classes.
+"""
+
+from .base import QuadraticProximal, Retention
+from .forget_gate import ForgetGate
+from .local_l2 import LocalL2
+
+RETENTIONS: dict[str, type[Retention]] = {"local_l2": LocalL2, "forget_gate": ForgetGate}
+
+
+def register_retention(cls: type[Retention]) -> type[Retention]:
+    """Class decorator: make ``cls`` known by ``cls.name``."""
+    RETENTIONS[cls.name] = cls
+    return cls
+
+
+__all__ = ["Retention", "QuadraticProximal", "LocalL2", "ForgetGate", "RETENTIONS", "register_retention"]

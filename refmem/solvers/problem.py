@@ -1,0 +1,80 @@
+"""A batched minimisation problem ``F(X) = f(X) + h(X)`` as the iterative solvers see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..linalg import fro_norm
+
+
+@dataclass
+class Problem:
+    """``min_X f(X) + h(X)`` for a batch ``[..., a, b]`` of independent problems.
+
+    Attributes
+    ----------
+    xp : namespace
+    x0 : array ``[..., a, b]``
+        Starting point.
+    value : callable ``X -> [...]``
+        ``f(X)``, the smooth part.
+    grad : callable ``X -> [..., a, b]``
+        ``grad f(X)``.
+    lipschitz : array ``[...]`` or 0-d
+        Upper bound on the Lipschitz constant of ``grad f``.
+    mu : array ``[...]`` or 0-d
+        Strong-convexity modulus of ``f`` (0 when unknown).
+    prox : callable ``(X, step[...]) -> X`` or None
+        Proximal map of the non-smooth part ``h`` with step ``step``.
+    h_value : callable ``X -> [...]`` or None
+        ``h(X)``.
+    quadratic : bool
+        ``f`` is a quadratic (conjugate gradient applies).
+    """
+
+    xp: object
+    x0: object
+    value: Callable
+    grad: Callable
+    lipschitz: object
+    mu: object
+    prox: Callable | None = None
+    h_value: Callable | None = None
+    quadratic: bool = False
+
+    def total_value(self, X):
+        f = self.value(X)
+        return f if self.h_value is None else f + self.h_value(X)
+
+    def scale(self, X, r0):
+        """Per-problem scale of the optimality measure: ``max(mu ||X||, r0)``.
+
+        With ``||grad F(X)|| <= rtol * mu ||X||`` the distance to the minimiser
+        is at most ``rtol ||X||`` (strong convexity); the ``r0`` term (initial
+        residual) covers minimisers at or near zero.
+        """
+        xp = self.xp
+        s = xp.maximum(self.mu * fro_norm(X, xp), r0)
+        return xp.where(s > 0, s, xp.ones_like(s))
+
+
+def default_rtol(dtype, xp, condition=None) -> float:
+    """The relative tolerance a solve aims for: ``1e-12`` in float64, ``1e-5`` in float32.
+
+    A solve cannot be more accurate than rounding allows: the computed
+    gradient at the exact minimiser has size about ``eps * L * ||X||``, i.e.
+    ``eps * kappa`` relative to ``mu ||X||``. The tolerance is therefore
+    raised to ``32 * eps * kappa`` when the condition number ``kappa = L/mu``
+    demands it.
+    """
+    eps = float(xp.finfo(dtype).eps)
+    base = 1e-12 if eps < 1e-10 else 1e-5
+    if condition is not None and condition == condition and condition != float("inf"):
+        base = max(base, 32 * eps * condition)
+    return base
+
+
+def max_float(x, xp) -> float:
+    """Largest entry of ``x`` as a Python float (one device read)."""
+    return float(xp.max(xp.reshape(x, (-1,)))) if x.ndim else float(x)

@@ -1,0 +1,31 @@
+"""Shared test configuration: hypothesis profiles and the backends every core test runs on."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# `ci`: deterministic, no deadline (a 2-core CI machine is slow and noisy); used by `make test`.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow])
+# `dev`: random, more examples, for hunting bugs locally: HYPOTHESIS_PROFILE=dev pytest
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+CPU_BACKENDS = ["numpy", "array_api_strict"]
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def xp(request):
+    """The namespace of each CPU backend; the strict one stands in for a foreign backend (CuPy)."""
+    import refmem
+
+    with refmem.backend(request.param) as ns:
+        yield ns
+
+
+def to_numpy(a):
+    """A backend array as a NumPy array (for comparisons in tests)."""
+    import numpy as np
+
+    return np.asarray(a) if not hasattr(a, "__dlpack__") or type(a).__module__.startswith("numpy") else np.from_dlpack(a)
