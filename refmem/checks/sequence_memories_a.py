@@ -1,0 +1,143 @@
+"""``refmem verify`` checks for the gated / delta family, Titans and Omega (MATH.md 5, issue 3 part 4).
+
+Per memory: the scan's step (the recurrent function run for one token from a
+given state) == ``solve(step_level(...), method="closed")`` == ``solve(...,
+method="iterative")``. Identities: gated linear attention with ``alpha = 1``
+== linear attention; the delta rule with unit keys and ``b in (0, 1)`` == the
+implicit l2 step with ``eta = b / (1 - b)``; the gated delta rule == an
+explicit l2 step at ``a M``; Longhorn stays bounded where the explicit delta
+rule diverges; Omega with ``c = 1`` == the delta rule.
+
+Tolerances (float64 unless the backend's dtype says otherwise):
+
+- closed vs iterative: :data:`CLOSED_VS_ITERATIVE_TOL` = 1e-10 relative (the
+  solvers stop at relative optimality 1e-12; these steps have condition
+  number ``<= 1 + eta ||k||^2 < 10``);
+- two algebraically equal expressions (scan vs closed form, identities):
+  :func:`rounding_tol` ``= 64 d eps`` relative, ``d`` the longest inner
+  product (each entry is a sum of ``O(d)`` products of O(1) numbers, so the
+  two roundings differ by at most ``~2 d eps`` per step; 64 covers ``T <= 16``
+  steps of accumulation with margin).
+"""
+
+from __future__ import annotations
+
+from ..level import solve
+from ..memories import MEMORIES, load_all
+from ..metrics import rel_error
+from ..problems import rng, to_backend
+from . import register_check
+
+CLOSED_VS_ITERATIVE_TOL = 1e-10
+SHAPE = dict(batch=(2,), T=6, d_k=4, d_v=3)
+
+
+def rounding_tol(xp, dtype, d: int) -> float:
+    """Tolerance for two algebraically equal float computations with inner products of length ``d``."""
+    return 64 * d * float(xp.finfo(dtype).eps)
+
+
+def gate_at(g, k, t: int):
+    """Gate ``g`` at step ``t``: ``g[..., t]`` (one per step) or ``g[..., t, :]`` (per channel)."""
+    return g[..., t] if tuple(g.shape) == tuple(k.shape[:-1]) else g[..., t, :]
+
+
+def is_per_channel(g, k) -> bool:
+    return tuple(g.shape) != tuple(k.shape[:-1])
+
+
+def slice_step(inputs: dict, gates: tuple, t: int) -> dict:
+    """The inputs of token ``t`` alone, as a length-1 sequence (gates sliced along their step axis)."""
+    k = inputs["k"]
+    out = {n: inputs[n][..., t:t + 1, :] for n in ("q", "k", "v")}
+    for n in gates:
+        g = inputs[n]
+        out[n] = g[..., t:t + 1] if not is_per_channel(g, k) else g[..., t:t + 1, :]
+    return out
+
+
+def default_step(spec, inputs, t, M_prev):
+    """``(level, k_t, v_t)`` of one step of a memory whose step is ``step_level(**gates_t)`` at ``(k_t, v_t)``."""
+    k = inputs["k"]
+    gates = {}
+    per_channel = False
+    for n in spec.gates:
+        gates[n] = gate_at(inputs[n], k, t)
+        per_channel = per_channel or is_per_channel(inputs[n], k)
+    level = spec.step_level(**gates, per_channel=True) if per_channel else spec.step_level(**gates)
+    return level, k[..., t, :], inputs["v"][..., t, :]
+
+
+# memory name -> function (spec, inputs, t, M_prev) -> (level, k_t, v_t); default: default_step
+STEP_ADAPTERS: dict = {}
+
+
+def step_errors(name: str, xp, *, seed: int = 0, inputs=None, shape=None):
+    """Largest relative errors over a scan: (scan step vs closed, closed vs iterative).
+
+    Starts from a random state, so the first step is as informative as the others.
+    """
+    spec = load_all()[name]
+    shape = dict(SHAPE, **(shape or {}))
+    if inputs is None:
+        inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
+    k, v = inputs["k"], inputs["v"]
+    M = to_backend(rng(seed + 1).standard_normal(tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])), xp)
+    adapter = STEP_ADAPTERS.get(name, default_step)
+    e_scan = e_iter = 0.0
+    for t in range(k.shape[-2]):
+        _, M_next = spec.recurrent(**slice_step(inputs, spec.gates, t), initial_state=M)
+        level, k_t, v_t = adapter(spec, inputs, t, M)
+        M_closed, _ = solve(level, M, k_t, v_t, method="closed")
+        M_iter, _ = solve(level, M, k_t, v_t, method="iterative")
+        e_scan = max(e_scan, rel_error(M_next, M_closed, xp))
+        e_iter = max(e_iter, rel_error(M_iter, M_closed, xp))
+        M = M_next
+    return e_scan, e_iter
+
+
+def _register_step_checks(name: str, d: int, *, label: str = "", make=None):
+    """Register the two per-step checks of memory ``name`` (``make(xp)`` gives other inputs than its make_inputs)."""
+    suffix = f" ({label})" if label else ""
+
+    def errors(xp):
+        return step_errors(name, xp, inputs=None if make is None else make(xp))
+
+    @register_check(name, "scan step == solve(step_level, closed)" + suffix)
+    def _scan_vs_closed(xp):
+        return errors(xp)[0], rounding_tol(xp, xp.float64, d)
+
+    @register_check(name, "step closed == iterative" + suffix, CLOSED_VS_ITERATIVE_TOL)
+    def _closed_vs_iterative(xp):
+        return errors(xp)[1]
+
+
+def _uniform(seed, shape, low, high, xp):
+    return to_backend(rng(seed).uniform(low, high, size=shape), xp)
+
+
+# --- gated linear attention ------------------------------------------------------------------
+
+_register_step_checks("gated_linear_attention", SHAPE["d_k"])
+
+
+def _gla_per_channel_inputs(xp):
+    from ..memories.gated_linear_attention import _make_inputs
+
+    return _make_inputs(3, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
+
+
+_register_step_checks("gated_linear_attention", SHAPE["d_k"], label="per-channel alpha", make=_gla_per_channel_inputs)
+
+
+@register_check("gated_linear_attention", "alpha = 1 == linear attention")
+def _gla_alpha_one(xp):
+    from ..memories.gated_linear_attention import gated_linear_attention_recurrent
+    from ..memories.linear_attention import linear_attention_recurrent
+
+    inputs = MEMORIES["linear_attention"].make_inputs(4, (2,), 8, 4, 3, xp)
+    ones = xp.ones(tuple(inputs["k"].shape[:-1]), dtype=xp.float64)
+    o1, M1 = gated_linear_attention_recurrent(**inputs, alpha=ones)
+    o2, M2 = linear_attention_recurrent(**inputs)
+    # multiplying by exactly 1.0 is exact: the two must agree to the last bit
+    return max(rel_error(o1, o2, xp), rel_error(M1, M2, xp)), rounding_tol(xp, xp.float64, 1)
