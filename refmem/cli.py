@@ -39,7 +39,42 @@ def _add_backends(sub):
     p.set_defaults(func=run)
 
 
-SUBCOMMANDS = [_add_verify, _add_backends]
+def _add_vectors(sub):
+    p = sub.add_parser("vectors", help="write or verify the test vectors (deterministic reference cases per memory)")
+    vsub = p.add_subparsers(dest="vectors_command", required=True)
+    g = vsub.add_parser("generate", help="write DIR/manifest.json and DIR/<spec>/<case>.npz")
+    g.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    g.add_argument("--spec", action="append", help="only this memory (repeatable; default every registered memory)")
+    v = vsub.add_parser("verify", help="check sha256, sizes and format of every file, recompute every case, compare")
+    v.add_argument("dir", metavar="DIR")
+    v.add_argument("--spec", default=None, help="only this memory")
+
+    def run(args):
+        from . import vectors
+
+        return vectors.main_generate(args) if args.vectors_command == "generate" else vectors.main_verify(args)
+
+    p.set_defaults(func=run)
+
+
+def _add_conform(sub):
+    p = sub.add_parser("conform", help="check an external implementation (MODULE:FUNCTION) against a spec's test vectors")
+    p.add_argument("target", metavar="MODULE:FUNCTION", help="the implementation under test")
+    p.add_argument("--spec", required=True, help="registered memory name (specs/<spec>.md)")
+    p.add_argument("--vectors", metavar="DIR", help="vectors from `refmem vectors generate` (default: generate to a temp dir)")
+    p.add_argument("--layout", choices=("refmem", "fla"), default="refmem", help="calling convention (default refmem)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype of the inputs (default float64)")
+    p.add_argument("--convert", metavar="MODULE:FUNCTION", help="applied to every NumPy input first (e.g. torch:from_numpy)")
+
+    def run(args):
+        from .conform import main as conform_main
+
+        return conform_main(args)
+
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS = [_add_verify, _add_backends, _add_vectors, _add_conform]
 
 
 def build_parser() -> argparse.ArgumentParser:

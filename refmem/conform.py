@@ -1,0 +1,427 @@
+"""The conformance runner: check another implementation of a memory against refmem's test vectors.
+
+NumPy-only module (I/O and comparison on the host): the implementation under
+test may compute on anything; what it returns is brought to NumPy through
+DLPack (``np.from_dlpack``), so PyTorch, JAX, CuPy or array_api_strict
+tensors are accepted without refmem importing any of them.
+
+Command line::
+
+    refmem conform MODULE:FUNCTION --spec NAME [--vectors DIR] [--layout refmem|fla]
+                   [--dtype float32|float64] [--convert MODULE:FUNCTION]
+
+Python (inside another project's pytest)::
+
+    from refmem.conform import assert_conforms
+    assert_conforms(my_kernel, spec="delta_rule", layout="fla", dtype="float32")
+
+Layouts
+-------
+``refmem`` (default)
+    ``fn(q, k, v, **gates, initial_state=M0) -> (o, M_T)`` with refmem's
+    conventions (MATH.md 0): ``q, k [..., T, d_k]``, ``v [..., T, d_v]``, gates
+    ``[..., T]`` (or ``[..., T, d]``), state ``M [..., d_v, d_k]``, read-out
+    ``o_t = M_t q_t`` after the update, no scale on ``q``.
+``fla`` (flash-linear-attention)
+    ``fn(q, k, v, **gates, initial_state=S0, output_final_state=True) -> (o, S_T)``
+    with inputs ``[B, T, H, K]``, gates ``[B, T, H]`` (per channel
+    ``[B, T, H, K]``), state ``S = M^T`` of shape ``[B, H, K, V]``. The forget
+    gate ``alpha`` is passed in log space, ``g = log(alpha)`` (``gk`` when per
+    channel), with ``alpha = 0`` sent as the log of the smallest normal number
+    of the dtype so that no ``-inf`` enters a cumulative sum. ``beta`` is the
+    step size after the sigmoid. fla applies its default scale ``1/sqrt(K)``
+    to ``q`` itself, so the runner feeds ``q sqrt(K)``: a kernel that forgets
+    the scale is caught. refmem's leading dims become ``(B, H)``: none ->
+    ``(1, 1)``, one -> ``(B, 1)``, two -> ``(B, H)``, more -> all but the last
+    folded into ``B``.
+
+Pass criterion, per case and output (``ref`` the float64 expected output):
+``max|out - ref| <= tol * max|ref|`` and ``rms(out - ref) <= tol * rms(ref)``
+(absolute when ``ref`` is all zero), with ``tol`` the case's tolerance for the
+dtype compared (``refmem.vectors``: ``8 eps (T + d_k + d_v) max(1, kappa)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .vectors import Case, VectorError, generate, load
+
+LAYOUTS = ("refmem", "fla")
+DTYPES = ("float64", "float32")
+
+
+# ---------------------------------------------------------------- array interchange
+
+
+def to_numpy(x) -> np.ndarray:
+    """Any array-like or DLPack tensor (torch, jax, cupy, array_api_strict) as a NumPy array on the host."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass
+        try:  # a device tensor: ask the producer for a host copy (DLPack 1.0)
+            return np.from_dlpack(x, device="cpu", copy=True)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass
+        for name in ("detach", "cpu"):  # duck-typed fallback for producers without DLPack 1.0 host copies
+            if hasattr(x, name):
+                x = getattr(x, name)()
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def _lead_to_bh(lead: tuple) -> tuple:
+    """refmem's leading dims as fla's ``(B, H)``."""
+    if len(lead) == 0:
+        return (1, 1)
+    if len(lead) == 1:
+        return (lead[0], 1)
+    return (int(np.prod(lead[:-1])), lead[-1])
+
+
+def _seq_to_fla(x, lead):
+    """``[..., T, d] -> [B, T, H, d]``."""
+    B, H = _lead_to_bh(lead)
+    return np.swapaxes(x.reshape((B, H) + x.shape[len(lead):]), 1, 2)  # (B, H, T, d) -> (B, T, H, d)
+
+
+def _seq_from_fla(x, lead, shape):
+    """``[B, T, H, d] -> [..., T, d]`` (``shape`` the refmem shape expected)."""
+    return np.swapaxes(x, 1, 2).reshape(shape)  # (B, T, H, d) -> (B, H, T, d) -> (..., T, d)
+
+
+def _gate_to_fla(g, lead):
+    """Per-step gate ``[..., T] -> [B, T, H]``; per-channel ``[..., T, d] -> [B, T, H, d]``."""
+    B, H = _lead_to_bh(lead)
+    g = g.reshape((B, H) + g.shape[len(lead):])
+    return np.swapaxes(g, 1, 2)
+
+
+def _log_gate(alpha):
+    """``g = log(alpha)``, with 0 mapped to the log of the dtype's smallest normal (finite, ``exp`` of it is ~0)."""
+    floor = np.finfo(alpha.dtype).tiny
+    return np.log(np.maximum(alpha, floor))
+
+
+@dataclass
+class _Call:
+    args: tuple
+    kwargs: dict
+    unpack: Callable  # raw outputs (numpy) -> {name: refmem-layout array}
+
+
+def _refmem_call(case: Case, cast) -> _Call:
+    kw = {n: cast(a) for n, a in case.call_kwargs().items()}
+    return _Call((cast(case.inputs["q"]), cast(case.inputs["k"]), cast(case.inputs["v"])), kw, lambda outs: outs)
+
+
+def _fla_call(case: Case, cast, accepts: Callable[[str], bool]) -> _Call:
+    q, k, v = case.inputs["q"], case.inputs["k"], case.inputs["v"]
+    lead = tuple(k.shape[:-2])
+    K = k.shape[-1]
+    kw = {}
+    for n, a in case.call_kwargs().items():
+        if n == "initial_state":
+            if isinstance(a, tuple):
+                raise VectorError(case.file, "layout", "the fla layout needs a single matrix state; this memory's state is a tuple")
+            B, H = _lead_to_bh(lead)
+            kw["initial_state"] = cast(np.swapaxes(a.reshape((B, H) + a.shape[len(lead):]), -1, -2))  # M0^T: (B, H, K, V)
+        elif n == "alpha":  # forget gate -> log space; per channel is fla's gk
+            per_channel = a.ndim == k.ndim
+            kw["gk" if per_channel else "g"] = cast(_log_gate(_gate_to_fla(a, lead).astype(cast.dtype)))
+        elif isinstance(a, np.ndarray):
+            kw[n] = cast(_gate_to_fla(a, lead))
+        else:
+            kw[n] = a
+    if accepts("output_final_state"):
+        kw["output_final_state"] = True
+    # fla multiplies q by its default scale 1/sqrt(K); pre-multiplying by sqrt(K) makes its read-out q^T S_t = M_t q.
+    args = (cast(_seq_to_fla(q * math.sqrt(K), lead)), cast(_seq_to_fla(k, lead)), cast(_seq_to_fla(v, lead)))
+
+    def unpack(outs):
+        res = {}
+        for n, a in outs.items():
+            want = case.outputs[n].shape if n in case.outputs else None
+            if n == "o" and want is not None:
+                B, H = _lead_to_bh(lead)
+                fla_shape = (B, want[-2], H, want[-1])
+                if a.shape != fla_shape:
+                    raise _ShapeError(n, f"shape {a.shape}, but the fla layout expects [B, T, H, V] = {fla_shape}")
+                res[n] = _seq_from_fla(a, lead, want)
+            elif n == "state" and want is not None:
+                B, H = _lead_to_bh(lead)
+                fla_shape = (B, H, want[-1], want[-2])
+                if a.shape != fla_shape:
+                    hint = " (a state in refmem's [V, K] orientation instead of fla's S = M^T?)" if a.shape == (B, H) + want[-2:] else ""
+                    raise _ShapeError(n, f"shape {a.shape}, but the fla layout expects [B, H, K, V] = {fla_shape}{hint}")
+                res[n] = np.swapaxes(a, -1, -2).reshape(want)  # S^T = M
+            else:
+                res[n] = a
+        return res
+
+    return _Call(args, kw, unpack)
+
+
+class _ShapeError(Exception):
+    def __init__(self, output, detail):
+        self.output, self.detail = output, detail
+        super().__init__(detail)
+
+
+# ---------------------------------------------------------------- comparison
+
+
+@dataclass
+class Row:
+    """One (case, output) comparison."""
+
+    case: str
+    output: str
+    max_abs: float
+    rms_rel: float
+    max_rel: float
+    tolerance: float
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class ConformResult:
+    """The result of :func:`check`: one :class:`Row` per case and output."""
+
+    target: str
+    spec: str
+    layout: str
+    dtype: str
+    rows: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def failing_outputs(self) -> list[str]:
+        """Names of the outputs that differ in at least one case, in order of first appearance."""
+        seen = []
+        for r in self.rows:
+            if not r.passed and r.output not in seen:
+                seen.append(r.output)
+        return seen
+
+    def summary(self) -> str:
+        """A verdict line per output, then the overall verdict."""
+        lines = []
+        outputs = []
+        for r in self.rows:
+            if r.output not in outputs:
+                outputs.append(r.output)
+        for o in outputs:
+            rs = [r for r in self.rows if r.output == o]
+            bad = [r for r in rs if not r.passed]
+            if bad:
+                first = bad[0]
+                lines.append(f"output {o!r} DIFFERS in {len(bad)} of {len(rs)} cases "
+                             f"(first: case {first.case}: {first.message or _numbers(first)})")
+            else:
+                lines.append(f"output {o!r} matches in all {len(rs)} cases")
+        verdict = "PASS" if self.passed else f"FAIL: output(s) {', '.join(repr(o) for o in self.failing_outputs()) or '(none compared)'} differ"
+        lines.append(f"{verdict} ({self.target}, spec {self.spec}, layout {self.layout}, {self.dtype})")
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        head = ("case", "output", "max-abs", "rms-rel", "max-rel", "tolerance", "status")
+        body = [(r.case, r.output, f"{r.max_abs:.2e}", f"{r.rms_rel:.2e}", f"{r.max_rel:.2e}", f"{r.tolerance:.1e}",
+                 "pass" if r.passed else "FAIL") for r in self.rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        out = [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(b) for b in body]
+        out += [f"  ! {r.case} / {r.output}: {r.message}" for r in self.rows if r.message]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table() + "\n" + self.summary()
+
+
+def _numbers(r: Row) -> str:
+    return f"max-abs {r.max_abs:.2e}, rms-rel {r.rms_rel:.2e}, max-rel {r.max_rel:.2e} > tol {r.tolerance:.1e}"
+
+
+def compare(out, ref: np.ndarray, tol: float, case: str, name: str) -> Row:
+    """Compare one output with its float64 reference (module docstring: pass criterion)."""
+    nan = math.nan
+    if out.shape != ref.shape:
+        return Row(case, name, nan, nan, nan, tol, False, f"shape {out.shape}, expected {ref.shape}")
+    out = out.astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        return Row(case, name, nan, nan, nan, tol, False, f"{int(np.sum(~np.isfinite(out)))} non-finite values")
+    diff = out - ref
+    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+    ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
+    rms_d = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
+    rms_r = float(np.sqrt(np.mean(ref * ref))) if ref.size else 0.0
+    max_rel = max_abs / ref_max if ref_max > 0 else max_abs
+    rms_rel = rms_d / rms_r if rms_r > 0 else rms_d
+    ok = max_rel <= tol and rms_rel <= tol
+    return Row(case, name, max_abs, rms_rel, max_rel, tol, ok, "" if ok else _numbers(Row(case, name, max_abs, rms_rel, max_rel, tol, ok)))
+
+
+def _accepts(fn) -> Callable[[str], bool]:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return lambda name: False
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return lambda name: var_kw or name in params
+
+
+def _name_outputs(raw, expected: list[str]) -> dict:
+    """Raw returns (array or tuple) named like the expected outputs (``o`` first, then the state(s))."""
+    if not isinstance(raw, (tuple, list)):
+        raw = (raw,)
+    flat = [raw[0]]
+    rest = list(raw[1:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)) and len(expected) > 2:
+        rest = list(rest[0])
+    flat += [r for r in rest if r is not None]
+    return {n: to_numpy(a) for n, a in zip(expected, flat)}
+
+
+class _Cast:
+    """Cast a NumPy input to the compared dtype, then hand it to the implementation via ``convert``."""
+
+    def __init__(self, dtype, convert):
+        self.dtype = np.dtype(dtype)
+        self.convert = convert
+
+    def __call__(self, a):
+        if not isinstance(a, np.ndarray):
+            return a
+        a = np.ascontiguousarray(a.astype(self.dtype))
+        return self.convert(a) if self.convert is not None else a
+
+
+def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = "refmem", dtype: str = "float64",
+          convert: Callable | None = None, cases=None, outputs=None, name: str | None = None) -> ConformResult:
+    """Run implementation ``fn`` on the test vectors of ``spec`` and compare with refmem.
+
+    Parameters
+    ----------
+    fn : callable
+        The implementation under test, called as described for ``layout`` (module docstring).
+    spec : str
+        Registered memory name (``specs/<spec>.md``).
+    vectors : str, optional
+        A directory written by ``refmem vectors generate``; generated in a
+        temporary directory when omitted.
+    layout : {"refmem", "fla"}
+    dtype : {"float64", "float32"}
+        The dtype the inputs are given in; outputs are compared with the float64
+        reference under that dtype's tolerance.
+    convert : callable, optional
+        Applied to every NumPy input array before the call (e.g. ``torch.from_numpy``
+        or ``lambda a: torch.as_tensor(a, device="cuda")``).
+    cases : iterable of str, optional
+        Only these case names.
+    outputs : iterable of str, optional
+        Only compare these outputs (e.g. ``("o",)`` for a kernel that returns no state).
+
+    Returns
+    -------
+    ConformResult
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
+    target = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    if vectors is None:
+        with tempfile.TemporaryDirectory(prefix="refmem-vectors-") as tmp:
+            generate(tmp, [spec])
+            loaded = load(tmp, spec)
+    else:
+        loaded = load(vectors, spec)
+    if cases is not None:
+        wanted = set(cases)
+        loaded = [c for c in loaded if c.name in wanted]
+    result = ConformResult(target, spec, layout, dtype)
+    cast = _Cast(dtype, convert)
+    accepts = _accepts(fn)
+    for case in loaded:
+        tol = case.tolerance[dtype]
+        expected = [n for n in case.outputs if outputs is None or n in outputs]
+        order = list(case.outputs)  # 'o' first, then the state(s), as generated
+        try:
+            call = _refmem_call(case, cast) if layout == "refmem" else _fla_call(case, cast, accepts)
+            got = call.unpack(_name_outputs(fn(*call.args, **call.kwargs), order))
+        except _ShapeError as exc:
+            result.rows.append(Row(case.name, exc.output, math.nan, math.nan, math.nan, tol, False, exc.detail))
+            continue
+        except VectorError:
+            raise
+        except Exception as exc:  # the implementation crashed on this case: a failure, not a crash of the runner
+            result.rows.append(Row(case.name, "(call)", math.nan, math.nan, math.nan, tol, False,
+                                   f"raised {type(exc).__name__}: {exc}"))
+            continue
+        for n in expected:
+            if n not in got:
+                result.rows.append(Row(case.name, n, math.nan, math.nan, math.nan, tol, False,
+                                       "not returned (pass outputs=('o',) to compare only the read-out)"))
+            else:
+                result.rows.append(compare(got[n], case.outputs[n], tol, case.name, n))
+    return result
+
+
+def assert_conforms(fn: Callable, **kwargs) -> ConformResult:
+    """:func:`check`, raising ``AssertionError`` with the table and verdict when any output differs."""
+    res = check(fn, **kwargs)
+    if not res.passed:
+        raise AssertionError(str(res))
+    return res
+
+
+# ---------------------------------------------------------------- command line
+
+
+def resolve(target: str):
+    """``"module:function"`` (or ``module:Class.method``) to the object; the current directory is importable."""
+    mod, sep, attr = target.partition(":")
+    if not sep or not mod or not attr:
+        raise ValueError(f"expected MODULE:FUNCTION, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def main(args) -> int:
+    try:
+        fn = resolve(args.target)
+        convert = resolve(args.convert) if args.convert else None
+    except (ImportError, AttributeError, ValueError) as exc:
+        print(f"refmem conform: error: cannot load {args.target!r}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        res = check(fn, spec=args.spec, vectors=args.vectors, layout=args.layout, dtype=args.dtype,
+                    convert=convert, name=args.target)
+    except (VectorError, ValueError, KeyError) as exc:
+        print(f"refmem conform: error: {exc}", file=sys.stderr)
+        return 2
+    print(res)
+    return 0 if res.passed else 1

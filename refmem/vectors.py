@@ -1,0 +1,488 @@
+"""Test vectors: deterministic reference cases for every registered memory (NumPy-only module: file I/O).
+
+This module is NumPy-only by design (the preamble allows it for I/O): it draws
+inputs with NumPy, runs refmem's float64 reference on NumPy arrays, and writes
+and reads the files. Other implementations (PyTorch, JAX, Triton kernels) are
+checked against these files by :mod:`refmem.conform`.
+
+Layout of a vector directory (format version 1, documented in ``specs/README.md``)::
+
+    DIR/manifest.json            what is there, with sha256 and size of every file
+    DIR/<spec>/<case>.npz        arrays ``in.<name>`` (inputs) and ``out.<name>`` (expected outputs)
+
+The ``.npz`` files are zip archives written here with a fixed timestamp, fixed
+member order and no compression, and ``manifest.json`` is sorted JSON, so that
+generating twice on the same machine gives byte-identical files. Loading never
+unpickles (``allow_pickle=False``); every integrity failure raises
+:class:`VectorError` naming the file and the check that failed.
+
+Tolerance of a case (stored in the manifest, one per dtype):
+
+.. math::
+
+    \\mathrm{tol}(u) = 8\\,\\epsilon\\,(T + d_k + d_v)\\,\\max(1, \\hat\\kappa)
+
+with ``eps`` the machine epsilon of the dtype compared, ``T + d_k + d_v`` the
+length of the longest chain of roundings a recurrent or chunked evaluation
+performs (T state updates, inner products of length d_k and d_v), and
+``kappa_hat`` the relative condition number of the outputs, estimated by
+perturbing every input by a relative 1e-7 in random directions. The 8 covers
+two roundings per multiply-add and the under-estimate of a random-direction
+condition estimate. A case whose estimated condition exceeds 1e4 is skipped
+(listed under ``skipped`` in the manifest): no float32 kernel can be held to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT_NAME = "refmem-vectors"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+# The fixed zip timestamp (the zip epoch): np.savez would embed the current time.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# Relative size of the input perturbation that estimates the condition number.
+_DELTA = 1e-7
+# Cases worse conditioned than this are skipped (float32 tolerance would be >~ 0.1).
+_KAPPA_MAX = 1e4
+# Gates that are step sizes: the large-key case divides them by s^2 so that
+# beta ||k||^2 stays in the regime the recurrence is stable in (MATH.md 3).
+STEP_GATES = ("beta", "eta", "theta", "lr", "b")
+
+
+class VectorError(ValueError):
+    """A vector file is missing, truncated, tampered with, or of an unknown format version.
+
+    Attributes
+    ----------
+    file : str
+        The file that failed.
+    check : str
+        The check that failed (``"exists"``, ``"size"``, ``"sha256"``, ``"format_version"``, ...).
+    """
+
+    def __init__(self, file: str, check: str, detail: str):
+        self.file, self.check = str(file), check
+        super().__init__(f"{file}: {check} check failed: {detail}")
+
+
+@dataclass(frozen=True)
+class CaseDef:
+    """One edge shape of the vector suite (the same for every memory).
+
+    ``gates``: ``"drawn"`` (the memory's own random gates), ``"zero"`` or ``"one"``
+    (every gate set to that value). ``key_scale``: keys multiplied by it (and step
+    gates divided by its square). ``initial_state``: start from a random non-zero state.
+    """
+
+    name: str
+    batch: tuple
+    T: int
+    d_k: int
+    d_v: int
+    gates: str = "drawn"
+    key_scale: float = 1.0
+    initial_state: bool = False
+    why: str = ""
+
+
+CASES: tuple[CaseDef, ...] = (
+    CaseDef("T1", (2,), 1, 8, 8, why="a single step: no recurrence at all"),
+    CaseDef("T63_heads3", (1, 3), 63, 16, 16, why="one short of a 64-token chunk"),
+    CaseDef("T100_d60", (2, 2), 100, 60, 60, why="partial last chunk; d not a power of two"),
+    CaseDef("dk60_dv24", (1, 2), 33, 60, 24, why="d_k != d_v: a transposed state cannot hide"),
+    CaseDef("zero_gates", (2, 2), 20, 16, 16, gates="zero", initial_state=True, why="every gate 0"),
+    CaseDef("unit_gates", (2, 2), 20, 16, 16, gates="one", initial_state=True, why="every gate 1"),
+    CaseDef("large_keys", (2, 2), 24, 16, 16, key_scale=8.0, why="||k|| about 8, step gates / 64"),
+    CaseDef("initial_state", (2, 3), 40, 16, 12, initial_state=True, why="non-zero initial state"),
+    CaseDef("batch4_heads4", (4, 4), 9, 8, 8, why="several batch and head counts"),
+    CaseDef("no_batch", (), 12, 8, 8, why="no leading dims at all"),
+)
+
+
+@dataclass
+class Case:
+    """One loaded test vector: inputs, expected outputs, tolerance."""
+
+    spec: str
+    name: str
+    file: str
+    inputs: dict
+    params: dict
+    outputs: dict
+    tolerance: dict
+    meta: dict = field(default_factory=dict)
+
+    def call_kwargs(self) -> dict:
+        """The keyword inputs after ``q, k, v`` (gates, parameters, ``initial_state``)."""
+        kw = {n: a for n, a in self.inputs.items() if n not in ("q", "k", "v")}
+        kw.update(self.params)
+        return kw
+
+
+# ---------------------------------------------------------------- generation
+
+
+def case_seed(spec: str, case: str) -> int:
+    """The seed of a case: a CRC32 of ``"spec/case"`` (stable across runs and machines, unlike ``hash``)."""
+    return zlib.crc32(f"{spec}/{case}".encode())
+
+
+def _as_outputs(result) -> dict:
+    """Name what a recurrent form returns: ``o`` then ``state`` (or ``state_0, state_1, ...``)."""
+    if not isinstance(result, (tuple, list)):
+        return {"o": np.asarray(result)}
+    out = {"o": np.asarray(result[0])}
+    rest = list(result[1:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = list(rest[0])
+    rest = [r for r in rest if r is not None]
+    if len(rest) == 1:
+        out["state"] = np.asarray(rest[0])
+    else:
+        for i, r in enumerate(rest):
+            out[f"state_{i}"] = np.asarray(r)
+    return out
+
+
+def _run(mem, inputs: dict, params: dict) -> dict:
+    arrays = {n: a for n, a in inputs.items() if n not in ("q", "k", "v")}
+    return _as_outputs(mem.recurrent(inputs["q"], inputs["k"], inputs["v"], **arrays, **params))
+
+
+def _accepts_initial_state(fn) -> bool:
+    try:
+        return "initial_state" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _rel(a, b) -> float:
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    return err / scale if scale > 0 else err
+
+
+def _condition(mem, inputs, params, ref, seed) -> float:
+    """Relative condition number of the outputs, estimated by two random relative input perturbations of 1e-7."""
+    rng = np.random.default_rng(seed + 1)
+    gates = set(inputs) - {"q", "k", "v", "initial_state"}
+    kappa = 0.0
+    for _ in range(2):
+        pert = {}
+        for n, a in inputs.items():
+            if isinstance(a, tuple):
+                # one factor per array: a structured state (symmetric H_0) must keep its structure
+                pert[n] = tuple(x * (1 + _DELTA * rng.uniform(-1, 1)) for x in a)
+            elif n in gates:  # shrink toward 0: a gate in [0, 1] stays in [0, 1], a zero gate stays 0
+                pert[n] = a * (1 - _DELTA * rng.uniform(0, 1, a.shape))
+            else:
+                pert[n] = a * (1 + _DELTA * rng.uniform(-1, 1, a.shape))
+        out = _run(mem, pert, params)
+        kappa = max(kappa, *(_rel(out[n], ref[n]) / _DELTA for n in ref))
+    return kappa
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to two significant digits (stable under last-bit differences)."""
+    if x <= 0:
+        return 0.0
+    e = math.floor(math.log10(x)) - 1
+    r = math.ceil(x / 10.0**e - 1e-9) * 10.0**e
+    return float(f"{r:.1e}")
+
+
+def tolerance(T: int, d_k: int, d_v: int, kappa: float) -> dict:
+    """Per-dtype tolerance of a case: ``8 eps (T + d_k + d_v) max(1, kappa)`` (module docstring)."""
+    n = T + d_k + d_v
+    return {dt: _round_up(8 * float(np.finfo(dt).eps) * n * max(1.0, kappa)) for dt in ("float64", "float32")}
+
+
+def _build_inputs(mem, spec: str, cd: CaseDef):
+    """Draw the inputs of case ``cd`` for memory ``mem``; returns ``(inputs, params)`` or raises ``ValueError``."""
+    seed = case_seed(spec, cd.name)
+    raw = mem.make_inputs(seed, cd.batch, cd.T, cd.d_k, cd.d_v, np, "float64")
+    inputs, params = {}, {}
+    for n, a in raw.items():
+        if hasattr(a, "shape"):
+            inputs[n] = np.asarray(a, dtype=np.float64)
+        elif isinstance(a, (bool, int, float, str)):
+            params[n] = a
+        else:
+            raise ValueError(f"make_inputs returned {n!r} of type {type(a).__name__}: not storable")
+    gate_names = [n for n in inputs if n not in ("q", "k", "v")]
+    if cd.gates in ("zero", "one"):
+        if not gate_names:
+            raise ValueError("the memory has no gates")
+        fill = 0.0 if cd.gates == "zero" else 1.0
+        for n in gate_names:
+            inputs[n] = np.full_like(inputs[n], fill)
+    if cd.key_scale != 1.0:
+        inputs["k"] = inputs["k"] * cd.key_scale
+        for n in gate_names:
+            if n in STEP_GATES:
+                inputs[n] = inputs[n] / cd.key_scale**2
+    if cd.initial_state:
+        if not _accepts_initial_state(mem.recurrent):
+            raise ValueError("the recurrent form takes no initial_state")
+        make = mem.extra.get("make_initial_state")
+        if make is not None:  # the memory's state is not the matrix it returns (e.g. Mesa's (G, H))
+            s0 = make(seed + 2, cd.batch, cd.d_k, cd.d_v, np, "float64")
+            inputs["initial_state"] = tuple(np.asarray(a) for a in s0) if isinstance(s0, (tuple, list)) else np.asarray(s0)
+        else:
+            first = _run(mem, inputs, params)
+            if set(first) != {"o", "state"}:
+                raise ValueError("the state is not a single array and the memory registers no make_initial_state")
+            rng = np.random.default_rng(seed + 2)
+            inputs["initial_state"] = rng.standard_normal(first["state"].shape) / math.sqrt(cd.d_k)
+    return inputs, params
+
+
+def _flatten(inputs: dict) -> dict:
+    """Tuple-valued inputs (a state made of several arrays) as ``name.0, name.1, ...``."""
+    flat = {}
+    for n, a in inputs.items():
+        if isinstance(a, tuple):
+            flat.update({f"{n}.{i}": x for i, x in enumerate(a)})
+        else:
+            flat[n] = a
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    """Inverse of :func:`_flatten`."""
+    out, parts = {}, {}
+    for n, a in flat.items():
+        base, _, idx = n.rpartition(".")
+        if base and idx.isdigit():
+            parts.setdefault(base, {})[int(idx)] = a
+        else:
+            out[n] = a
+    for base, d in parts.items():
+        out[base] = tuple(d[i] for i in range(len(d)))
+    return out
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)  # keeps 0-d arrays 0-d
+    return buf.getvalue()
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """Write ``arrays`` as an ``.npz`` that is byte-identical for identical arrays (fixed timestamp, sorted, stored)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3  # unix, whatever the host: the header bytes must not depend on it
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, _npy_bytes(arrays[name]))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generate_spec(spec: str, out_dir: str) -> dict:
+    """Write the cases of memory ``spec`` under ``out_dir/spec/``; return its manifest entry."""
+    from .memories import load_all
+
+    mem = load_all()[spec]
+    entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": []}
+    if mem.make_inputs is None:
+        entry["skipped"].append({"case": "*", "reason": "the memory registers no make_inputs"})
+        return entry
+    os.makedirs(os.path.join(out_dir, spec), exist_ok=True)
+    for cd in CASES:
+        try:
+            inputs, params = _build_inputs(mem, spec, cd)
+            ref = _run(mem, inputs, params)
+        except (ValueError, TypeError) as exc:  # e.g. a gate of 0 outside the memory's range: not applicable
+            entry["skipped"].append({"case": cd.name, "reason": f"not applicable: {exc}"})
+            continue
+        if not all(np.all(np.isfinite(a)) for a in ref.values()):
+            entry["skipped"].append({"case": cd.name, "reason": "the reference output is not finite"})
+            continue
+        seed = case_seed(spec, cd.name)
+        kappa = _condition(mem, inputs, params, ref, seed)
+        if not math.isfinite(kappa) or kappa > _KAPPA_MAX:
+            entry["skipped"].append({"case": cd.name, "reason": f"ill-conditioned (kappa about {kappa:.1e} > {_KAPPA_MAX:.0e})"})
+            continue
+        arrays = {f"in.{n}": a for n, a in _flatten(inputs).items()}
+        arrays.update({f"out.{n}": a for n, a in ref.items()})
+        arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
+        rel = f"{spec}/{cd.name}.npz"
+        path = os.path.join(out_dir, rel)
+        write_npz(path, arrays)
+        entry["cases"].append({
+            "name": cd.name,
+            "why": cd.why,
+            "file": rel,
+            "sha256": _sha256(path),
+            "bytes": os.path.getsize(path),
+            "seed": seed,
+            "batch": list(cd.batch),
+            "T": cd.T,
+            "d_k": cd.d_k,
+            "d_v": cd.d_v,
+            "gates": cd.gates,
+            "key_scale": cd.key_scale,
+            "params": params,
+            "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in _flatten(inputs).items()},
+            "outputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
+            "kappa": _round_up(max(kappa, 1.0)),
+            "tolerance": tolerance(cd.T, cd.d_k, cd.d_v, kappa),
+        })
+    return entry
+
+
+def generate(out_dir: str, specs=None) -> dict:
+    """Write vectors for ``specs`` (default: every registered memory) and ``manifest.json``; return the manifest."""
+    from . import __version__
+    from .memories import load_all
+
+    registry = load_all()
+    names = sorted(registry) if not specs else list(specs)
+    unknown = [s for s in names if s not in registry]
+    if unknown:
+        raise ValueError(f"unknown spec(s) {unknown}; registered memories: {sorted(registry)}")
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "refmem_version": __version__,
+        "dtype": "float64",
+        "tolerance_rule": "8 * eps(dtype) * (T + d_k + d_v) * max(1, kappa), rounded up to 2 digits",
+        "specs": {s: generate_spec(s, out_dir) for s in sorted(names)},
+    }
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_manifest(vec_dir: str) -> dict:
+    """Read and check ``manifest.json`` (exists, valid JSON, known format and version)."""
+    path = os.path.join(vec_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise VectorError(path, "exists", "no manifest.json in the vector directory")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VectorError(path, "json", f"not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise VectorError(path, "format", f"format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise VectorError(path, "format_version",
+                          f"format_version {manifest.get('format_version')!r} is not supported (this refmem reads {FORMAT_VERSION})")
+    if not isinstance(manifest.get("specs"), dict):
+        raise VectorError(path, "specs", "no 'specs' table")
+    return manifest
+
+
+def _load_case(vec_dir: str, spec: str, meta: dict) -> Case:
+    rel = meta["file"]
+    path = os.path.join(vec_dir, rel)
+    if not os.path.isfile(path):
+        raise VectorError(path, "exists", "listed in manifest.json but missing")
+    size = os.path.getsize(path)
+    if size != meta["bytes"]:
+        raise VectorError(path, "size", f"{size} bytes but manifest.json says {meta['bytes']} (truncated or extended)")
+    digest = _sha256(path)
+    if digest != meta["sha256"]:
+        raise VectorError(path, "sha256", f"sha256 {digest[:16]}... does not match manifest.json {meta['sha256'][:16]}... (tampered)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {n: npz[n] for n in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise VectorError(path, "load", f"not a readable npz without pickle ({type(exc).__name__}: {exc})") from None
+    version = arrays.pop("format_version", None)
+    if version is None or version.shape != () or int(version) != FORMAT_VERSION:
+        raise VectorError(path, "format_version", f"file format_version {None if version is None else version.tolist()!r}, this refmem reads {FORMAT_VERSION}")
+    inputs = {n[3:]: a for n, a in arrays.items() if n.startswith("in.")}
+    outputs = {n[4:]: a for n, a in arrays.items() if n.startswith("out.")}
+    for role, got, want in (("inputs", inputs, meta["inputs"]), ("outputs", outputs, meta["outputs"])):
+        if set(got) != set(want):
+            raise VectorError(path, "arrays", f"{role} {sorted(got)} but manifest.json lists {sorted(want)}")
+        for n, a in got.items():
+            if list(a.shape) != want[n]["shape"] or str(a.dtype) != want[n]["dtype"]:
+                raise VectorError(path, "arrays", f"{role[:-1]} {n!r} is {a.dtype}{list(a.shape)}, manifest.json says {want[n]['dtype']}{want[n]['shape']}")
+    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta.get("params", {})), outputs, dict(meta["tolerance"]), meta)
+
+
+def load(vec_dir: str, spec: str | None = None) -> list[Case]:
+    """Load (and integrity-check) every case of ``spec`` (default: all) from ``vec_dir``."""
+    manifest = read_manifest(vec_dir)
+    if spec is not None and spec not in manifest["specs"]:
+        raise VectorError(os.path.join(vec_dir, MANIFEST), "spec", f"no vectors for spec {spec!r}; has {sorted(manifest['specs'])}")
+    names = [spec] if spec is not None else sorted(manifest["specs"])
+    return [_load_case(vec_dir, s, meta) for s in names for meta in manifest["specs"][s]["cases"]]
+
+
+def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
+    """Integrity-check every file, recompute every case with the current refmem and compare.
+
+    Returns one row per (case, output) with ``rel_error`` (``max|a - b| / max|b|``)
+    and the case's float64 tolerance. Integrity failures raise :class:`VectorError`.
+    """
+    from .memories import load_all
+
+    registry = load_all()
+    rows = []
+    for case in load(vec_dir, spec):
+        if case.spec not in registry:
+            raise VectorError(case.file, "spec", f"spec {case.spec!r} is not a registered memory in this refmem")
+        got = _run(registry[case.spec], case.inputs, case.params)
+        tol = case.tolerance["float64"]
+        for n, want in case.outputs.items():
+            if n not in got or got[n].shape != want.shape:
+                rows.append({"spec": case.spec, "case": case.name, "output": n, "rel_error": math.inf, "tolerance": tol,
+                             "ok": False, "file": case.file})
+                continue
+            err = _rel(got[n], want)
+            rows.append({"spec": case.spec, "case": case.name, "output": n, "rel_error": err, "tolerance": tol,
+                         "ok": err <= tol, "file": case.file})
+    return rows
+
+
+def main_generate(args) -> int:
+    manifest = generate(args.out, args.spec)
+    n = sum(len(e["cases"]) for e in manifest["specs"].values())
+    print(f"wrote {n} cases for {len(manifest['specs'])} spec(s) to {args.out}")
+    for s, e in manifest["specs"].items():
+        for sk in e["skipped"]:
+            print(f"  skipped {s}/{sk['case']}: {sk['reason']}")
+    return 0
+
+
+def main_verify(args) -> int:
+    try:
+        rows = verify(args.dir, args.spec)
+    except VectorError as exc:
+        print(f"refmem vectors verify: FAIL: {exc}")
+        return 1
+    bad = [r for r in rows if not r["ok"]]
+    for r in bad:
+        print(f"FAIL {r['spec']}/{r['case']} output {r['output']}: rel error {r['rel_error']:.2e} > tol {r['tolerance']:.1e} ({r['file']})")
+    worst = max((r["rel_error"] for r in rows), default=0.0)
+    print(f"{len(rows) - len(bad)} of {len(rows)} outputs match (largest relative error {worst:.2e})")
+    return 1 if bad or not rows else 0
