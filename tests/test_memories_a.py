@@ -53,7 +53,7 @@ def rel(a, b):
 
 # ------------------------------------------------------------------ shared properties, every memory
 
-MINE = ["gated_linear_attention"]
+MINE = ["gated_linear_attention", "gated_delta_rule"]
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -176,3 +176,60 @@ def test_gla_per_channel_gate_shape_error(xp):
     bad = dict(inputs, alpha=np.ones((2, 6, 3)))  # d_v channels instead of d_k
     with pytest.raises(ValueError, match=r"alpha must have shape \(2, 6\).*\(2, 6, 4\)"):
         MEMS["gated_linear_attention"].recurrent(**on(xp, bad))
+
+
+# ------------------------------------------------------------------ gated delta rule
+
+
+def np_gdr(q, k, v, alpha, beta, M0):
+    """NumPy loop of M_t = a M - b (a M k - v) k^T written from MATH.md 5 (matrix form (aM)(I - b k k^T) + b v k^T)."""
+    M = M0
+    o = np.zeros(v.shape)
+    d_k = k.shape[-1]
+    for t in range(k.shape[-2]):
+        kt = k[..., t, :]
+        P = np.eye(d_k) - beta[..., t, None, None] * kt[..., :, None] * kt[..., None, :]  # (.., d_k, d_k)
+        M = (alpha[..., t, None, None] * M) @ P + beta[..., t, None, None] * v[..., t, :, None] * kt[..., None, :]
+        o[..., t, :] = (M @ q[..., t, :, None])[..., 0]
+    return o, M
+
+
+def test_gdr_matches_matrix_form(xp):
+    inputs = np_inputs("gated_delta_rule", seed=21, T=8)
+    M0 = np.random.default_rng(22).standard_normal((2, 3, 4))
+    o, M = MEMS["gated_delta_rule"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0))
+    o_ref, M_ref = np_gdr(**inputs, M0=M0)
+    assert rel(o, o_ref) <= tol_same(4, T=8)
+    assert rel(M, M_ref) <= tol_same(4, T=8)
+
+
+def test_gdr_linearises_at_retained_state(xp):
+    """Taking the gradient at M instead of a M is a different rule: the test can tell them apart."""
+    from refmem import Level, solve
+    from refmem.objectives import L2
+    from refmem.retentions import ForgetGate
+
+    inputs = np_inputs("gated_delta_rule", seed=23, T=1)
+    inputs["alpha"][:] = 0.5
+    M0 = np.random.default_rng(24).standard_normal((2, 3, 4))
+    _, M = MEMS["gated_delta_rule"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0))
+    at_state = Level(L2(), ForgetGate(eta=xp.asarray(inputs["beta"][..., 0]), alpha=0.5), "explicit")
+    M_wrong, _ = solve(at_state, xp.asarray(M0), xp.asarray(inputs["k"][..., 0, :]), xp.asarray(inputs["v"][..., 0, :]))
+    assert rel(M, to_numpy(M_wrong)) > 1e-3
+
+
+def test_gdr_alpha_one_is_delta_rule(xp):
+    from refmem.memories.delta_rule import delta_rule_recurrent
+
+    inputs = on(xp, np_inputs("gated_delta_rule", seed=25, T=7))
+    o1, M1 = MEMS["gated_delta_rule"].recurrent(**dict(inputs, alpha=xp.ones_like(inputs["alpha"])))
+    o2, M2 = delta_rule_recurrent(inputs["q"], inputs["k"], inputs["v"], inputs["beta"])
+    assert rel(o1, to_numpy(o2)) <= tol_same(4, T=7) and rel(M1, to_numpy(M2)) <= tol_same(4, T=7)
+
+
+def test_gdr_beta_zero_only_decays(xp):
+    inputs = np_inputs("gated_delta_rule", seed=26, T=5)
+    inputs["beta"][:] = 0.0
+    M0 = np.random.default_rng(27).standard_normal((2, 3, 4))
+    _, M = MEMS["gated_delta_rule"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0))
+    assert rel(M, np.prod(inputs["alpha"], axis=-1)[:, None, None] * M0) <= tol_same(1, T=5)

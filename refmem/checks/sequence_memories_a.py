@@ -141,3 +141,28 @@ def _gla_alpha_one(xp):
     o2, M2 = linear_attention_recurrent(**inputs)
     # multiplying by exactly 1.0 is exact: the two must agree to the last bit
     return max(rel_error(o1, o2, xp), rel_error(M1, M2, xp)), rounding_tol(xp, xp.float64, 1)
+
+
+# --- gated delta rule ------------------------------------------------------------------------
+
+_register_step_checks("gated_delta_rule", SHAPE["d_k"])
+
+
+@register_check("gated_delta_rule", "== explicit l2 step at a M: a M - b (a M k - v) k^T")
+def _gdr_explicit_at_aM(xp):
+    """The scan against the stated formula built from the generic l2 gradient at the retained state."""
+    from ..linalg import outer
+    from ..objectives import L2
+
+    spec = MEMORIES["gated_delta_rule"]
+    inputs = spec.make_inputs(7, (2,), 6, 4, 3, xp)
+    k, v, a, b = inputs["k"], inputs["v"], inputs["alpha"], inputs["beta"]
+    M = to_backend(rng(8).standard_normal((2, 3, 4)), xp)
+    err = 0.0
+    for t in range(k.shape[-2]):
+        _, M_next = spec.recurrent(**slice_step(inputs, spec.gates, t), initial_state=M)
+        aM = a[..., t, None, None] * M
+        ref = aM - b[..., t, None, None] * L2().grad(aM, k[..., t, :], v[..., t, :], xp)
+        err = max(err, rel_error(M_next, ref, xp))
+        M = M_next
+    return err, rounding_tol(xp, xp.float64, 4)
