@@ -53,7 +53,7 @@ def rel(a, b):
 
 # ------------------------------------------------------------------ shared properties, every memory
 
-MINE = ["gated_linear_attention", "gated_delta_rule"]
+MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn"]
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -233,3 +233,149 @@ def test_gdr_beta_zero_only_decays(xp):
     M0 = np.random.default_rng(27).standard_normal((2, 3, 4))
     _, M = MEMS["gated_delta_rule"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0))
     assert rel(M, np.prod(inputs["alpha"], axis=-1)[:, None, None] * M0) <= tol_same(1, T=5)
+
+
+# ------------------------------------------------------------------ Longhorn
+
+
+def np_longhorn(q, k, v, beta, M0):
+    """Each row of each step from its normal equations M_i (I/b_i + k k^T) = M_{t-1,i}/b_i + v_i k^T (np.linalg.solve)."""
+    B, T, d_k = k.shape
+    d_v = v.shape[-1]
+    b = beta if beta.ndim == 3 else np.broadcast_to(beta[..., None], (B, T, d_v))
+    M = M0.copy()
+    o = np.zeros(v.shape)
+    for n in range(B):
+        for t in range(T):
+            kt = k[n, t]
+            for i in range(d_v):
+                A = np.eye(d_k) / b[n, t, i] + np.outer(kt, kt)
+                M[n, i] = np.linalg.solve(A, M[n, i] / b[n, t, i] + v[n, t, i] * kt)  # A symmetric
+            o[n, t] = M[n] @ q[n, t]
+    return o, M
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_longhorn_matches_normal_equations(xp, per_channel):
+    inputs = np_inputs("longhorn", seed=31, T=6, per_channel=per_channel)
+    M0 = np.random.default_rng(32).standard_normal((2, 3, 4))
+    o, M = MEMS["longhorn"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0))
+    o_ref, M_ref = np_longhorn(**inputs, M0=M0)
+    # LAPACK solve of a system with condition <= 1 + b ||k||^2 < 10: backward error ~ 10 d eps per step
+    assert rel(o, o_ref) <= 10 * tol_same(4, T=6)
+    assert rel(M, M_ref) <= 10 * tol_same(4, T=6)
+
+
+def test_longhorn_equal_channels_equal_scalar(xp):
+    inputs = np_inputs("longhorn", seed=33, T=5)
+    wide = dict(inputs, beta=np.repeat(inputs["beta"][..., None], 3, axis=-1))
+    o1, M1 = MEMS["longhorn"].recurrent(**on(xp, inputs))
+    o2, M2 = MEMS["longhorn"].recurrent(**on(xp, wide))
+    assert rel(o2, to_numpy(o1)) <= tol_same(4, T=5) and rel(M2, to_numpy(M1)) <= tol_same(4, T=5)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_longhorn_bounded_where_delta_diverges(xp, per_channel):
+    """||M_t|| <= ||M_{t-1}|| + ||e o v|| ||k|| (each row contracted by I - e k k^T, 0 <= e||k||^2 < 1),
+    while the explicit delta rule with the same unit keys and b = 3 (b ||k||^2 = 3 > 2) blows up."""
+    from refmem.memories.delta_rule import delta_rule_recurrent
+
+    g = np.random.default_rng(34)
+    T = 60
+    k = g.standard_normal((1, T, 4))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    v = g.standard_normal((1, T, 3))
+    q = g.standard_normal((1, T, 4))
+    beta = np.full((1, T, 3) if per_channel else (1, T), 3.0)
+    if per_channel:
+        beta[..., 1] = 50.0  # a very large step in one channel stays bounded too
+    M = g.standard_normal((1, 3, 4))
+    for t in range(T):
+        step = [xp.asarray(a[:, t:t + 1]) for a in (q, k, v, beta)]
+        _, M_next = MEMS["longhorn"].recurrent(*step, initial_state=xp.asarray(M))
+        M_next = to_numpy(M_next)
+        b = beta[:, t] if per_channel else beta[:, t, None]
+        e = b / (1 + b)  # ||k|| = 1
+        bound = np.linalg.norm(M) + np.linalg.norm(e * v[:, t])
+        assert np.linalg.norm(M_next) <= bound * (1 + tol_same(4))
+        M = M_next
+    _, M_delta = delta_rule_recurrent(*(xp.asarray(a) for a in (q, k, v, np.full((1, T), 3.0))))
+    assert np.linalg.norm(to_numpy(M_delta)) > 1e6 * np.linalg.norm(M)
+
+
+def test_longhorn_residual_rates(xp):
+    from refmem.checks.sequence_memories_a import LONGHORN_T, longhorn_vs_delta_residuals
+
+    r_delta, r_long, r0 = longhorn_vs_delta_residuals(xp)
+    # hand derivation (see the function's docstring): exactly 2^T and 4^-T, up to rounding amplified by 4^T
+    assert abs(r_delta / (2.0**LONGHORN_T * r0) - 1) <= tol_same(4, T=LONGHORN_T)
+    assert abs(r_long / (4.0**-LONGHORN_T * r0) - 1) <= tol_same(4, T=LONGHORN_T) * 4.0**LONGHORN_T
+
+
+def test_delta_rule_unit_keys_is_implicit_step(xp):
+    """MATH.md 5: ||k|| = 1, b in (0, 1): M - b r k^T == M - e r k^T with e = eta/(1 + eta), eta = b/(1-b)."""
+    from refmem.memories.delta_rule import delta_rule_recurrent
+
+    g = np.random.default_rng(35)
+    k = g.standard_normal((3, 9, 5))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q, v = g.standard_normal((3, 9, 5)), g.standard_normal((3, 9, 2))
+    b = g.uniform(0.01, 0.99, size=(3, 9))
+    o1, M1 = delta_rule_recurrent(*(xp.asarray(a) for a in (q, k, v, b)))
+    o2, M2 = MEMS["longhorn"].recurrent(*(xp.asarray(a) for a in (q, k, v, b / (1 - b))))
+    # b/(1-b) then eta/(1+eta) loses ~ eps/(1-b) <= 100 eps relative per step
+    assert rel(o2, to_numpy(o1)) <= 100 * tol_same(5, T=9)
+    assert rel(M2, to_numpy(M1)) <= 100 * tol_same(5, T=9)
+    # and with non-unit keys the identity fails (it needs ||k|| = 1)
+    o3, _ = MEMS["longhorn"].recurrent(*(xp.asarray(a) for a in (q, 2 * k, v, b / (1 - b))))
+    o4, _ = delta_rule_recurrent(*(xp.asarray(a) for a in (q, 2 * k, v, b)))
+    assert rel(o3, to_numpy(o4)) > 1e-3
+
+
+# ------------------------------------------------------------------ per-channel retentions
+
+
+def test_channel_local_l2_closed_vs_iterative(xp):
+    from refmem import ClosedFormUnavailable, Level, solve
+    from refmem.objectives import L2, Dot, Inner
+    from refmem.retentions.channel_local_l2 import ChannelLocalL2
+
+    g = np.random.default_rng(36)
+    M_t, k, v = (xp.asarray(g.standard_normal(s)) for s in ((2, 3, 4), (2, 4), (2, 3)))
+    eta = xp.asarray(g.uniform(0.1, 2.0, size=(2, 3)))
+    for obj in (L2(), Dot()):
+        for step in ("explicit", "implicit"):
+            lvl = Level(obj, ChannelLocalL2(eta=eta), step)
+            Mc, _ = solve(lvl, M_t, k, v, method="closed")
+            Mi, _ = solve(lvl, M_t, k, v, method="iterative")
+            assert rel(Mi, to_numpy(Mc)) <= CLOSED_VS_ITERATIVE_TOL
+    # hand form of the explicit l2 step: M_t - diag(eta) (M_t k - v) k^T
+    Mc, _ = solve(Level(L2(), ChannelLocalL2(eta=eta), "explicit"), M_t, k, v)
+    Mn, kn, vn, en = (to_numpy(a) for a in (M_t, k, v, eta))
+    r = np.einsum("bij,bj->bi", Mn, kn) - vn
+    assert rel(Mc, Mn - en[..., None] * r[..., None] * kn[:, None, :]) <= tol_same(4)
+    with pytest.raises(ClosedFormUnavailable):
+        solve(Level(Inner(), ChannelLocalL2(eta=eta), "implicit"), M_t, None, M_t)
+    with pytest.raises(ValueError, match="eta must lie in"):
+        solve(Level(L2(), ChannelLocalL2(eta=-eta), "implicit"), M_t, k, v)
+
+
+def test_channel_forget_gate_closed_vs_iterative(xp):
+    from refmem import Level, solve
+    from refmem.objectives import L2, Dot
+    from refmem.retentions.channel_forget_gate import ChannelForgetGate
+
+    g = np.random.default_rng(37)
+    M_t, k, v = (xp.asarray(g.standard_normal(s)) for s in ((2, 3, 4), (2, 4), (2, 3)))
+    alpha = xp.asarray(g.uniform(0.0, 1.0, size=(2, 4)))
+    for obj in (L2(), Dot()):
+        for step in ("explicit", "implicit"):
+            lvl = Level(obj, ChannelForgetGate(eta=0.7, alpha=alpha), step)
+            Mc, _ = solve(lvl, M_t, k, v, method="closed")
+            Mi, _ = solve(lvl, M_t, k, v, method="iterative")
+            assert rel(Mi, to_numpy(Mc)) <= CLOSED_VS_ITERATIVE_TOL
+    Mc, _ = solve(Level(Dot(), ChannelForgetGate(eta=0.7, alpha=alpha), "explicit"), M_t, k, v)
+    Mn, kn, vn, an = (to_numpy(a) for a in (M_t, k, v, alpha))
+    assert rel(Mc, Mn @ np.stack([np.diag(a) for a in an]) + 0.7 * vn[..., None] * kn[:, None, :]) <= tol_same(4)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        solve(Level(Dot(), ChannelForgetGate(eta=0.7, alpha=alpha + 1.5), "explicit"), M_t, k, v)

@@ -166,3 +166,94 @@ def _gdr_explicit_at_aM(xp):
         err = max(err, rel_error(M_next, ref, xp))
         M = M_next
     return err, rounding_tol(xp, xp.float64, 4)
+
+
+# --- Longhorn ---------------------------------------------------------------------------------
+
+
+def _longhorn_per_channel_inputs(xp):
+    from ..memories.longhorn import _make_inputs
+
+    return _make_inputs(5, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
+
+
+_register_step_checks("longhorn", SHAPE["d_k"])
+_register_step_checks("longhorn", SHAPE["d_k"], label="per-channel beta", make=_longhorn_per_channel_inputs)
+
+LONGHORN_T = 8
+
+
+def longhorn_vs_delta_residuals(xp, T: int = LONGHORN_T, b: float = 3.0):
+    """``(||r_T|| delta, ||r_T|| Longhorn, ||r_0||)`` for a constant unit key, constant value, step ``b``.
+
+    With ``||k|| = 1`` the residual ``r = M k - v`` obeys ``r <- (1 - b) r`` under the
+    explicit delta step and ``r <- r / (1 + b)`` under the implicit step, so for
+    ``b = 3`` (``b ||k||^2 > 2``) the first grows as ``2^T`` and the second decays as ``4^-T``.
+    """
+    from ..linalg import matvec
+    from ..memories.delta_rule import delta_rule_recurrent
+    from ..memories.longhorn import longhorn_recurrent
+
+    g = rng(31)
+    k1 = g.standard_normal(4)
+    k1 = k1 / (k1 @ k1) ** 0.5
+    v1 = g.standard_normal(3)
+    q = to_backend(g.standard_normal((T, 4)), xp)
+    k = to_backend([k1] * T, xp)
+    v = to_backend([v1] * T, xp)
+    beta = to_backend([b] * T, xp)
+    M0 = to_backend(g.standard_normal((3, 4)), xp)
+    _, M_delta = delta_rule_recurrent(q, k, v, beta, initial_state=M0)
+    _, M_long = longhorn_recurrent(q, k, v, beta, initial_state=M0)
+
+    def res(M):
+        r = matvec(M, k[0, :]) - v[0, :]
+        return float(xp.sqrt(xp.sum(r * r)))
+
+    return res(M_delta), res(M_long), res(M0)
+
+
+@register_check("longhorn", "bounded where the explicit delta rule diverges (b ||k||^2 = 3): residual 4^-T vs 2^T")
+def _longhorn_bounded(xp):
+    r_delta, r_long, r0 = longhorn_vs_delta_residuals(xp)
+    T = LONGHORN_T
+    err = max(abs(r_delta / (2.0**T * r0) - 1), abs(r_long / (4.0**-T * r0) - 1))
+    # rounding in r_T is ~ d eps (||M|| ||k|| + ||v||) per step; relative to ||r_T|| = 4^-T ||r_0||
+    # that is amplified by 4^T (Longhorn); the delta rule's relative error stays ~ T d eps.
+    return err, rounding_tol(xp, xp.float64, 4) * T * 4.0**T
+
+
+# --- delta rule identity ----------------------------------------------------------------------
+
+
+@register_check("delta_rule", "unit keys, b in (0,1): explicit step == implicit step with eta = b/(1-b)")
+def _delta_is_implicit(xp):
+    from ..level import Level
+    from ..memories.delta_rule import delta_rule_recurrent
+    from ..memories.longhorn import longhorn_recurrent
+    from ..objectives import L2
+    from ..retentions import LocalL2
+
+    spec = MEMORIES["delta_rule"]
+    g = rng(41)
+    k = g.standard_normal((2, 8, 4))
+    k = k / ((k * k).sum(-1, keepdims=True)) ** 0.5
+    inputs = spec.make_inputs(41, (2,), 8, 4, 3, xp)
+    inputs["k"] = to_backend(k, xp)
+    b = inputs["beta"]
+    eta = b / (1 - b)
+    M0 = to_backend(g.standard_normal((2, 3, 4)), xp)
+    # whole scan: the delta rule vs Longhorn with eta = b / (1 - b)
+    o1, M1 = delta_rule_recurrent(**inputs, initial_state=M0)
+    o2, M2 = longhorn_recurrent(inputs["q"], inputs["k"], inputs["v"], eta, initial_state=M0)
+    err = max(rel_error(o1, o2, xp), rel_error(M1, M2, xp))
+    # each step: the delta scan's step vs solve(implicit l2 level, eta = b/(1-b)) in closed form
+    M = M0
+    for t in range(8):
+        _, M_next = delta_rule_recurrent(**slice_step(inputs, ("beta",), t), initial_state=M)
+        M_imp, _ = solve(Level(L2(), LocalL2(eta=eta[..., t]), "implicit"), M, inputs["k"][..., t, :],
+                         inputs["v"][..., t, :], method="closed")
+        err = max(err, rel_error(M_next, M_imp, xp))
+        M = M_next
+    # eta = b/(1-b) loses ~eps/(1-b) relative; b <= 0.95 bounds that by 20 eps per step
+    return err, rounding_tol(xp, xp.float64, 4) * 20

@@ -1,0 +1,93 @@
+r"""Longhorn: the implicit (proximal-point) l2 step per token (MATH.md 3, 5).
+
+.. math::
+
+    M_t = \operatorname*{argmin}_M \tfrac12\|M k_t - v_t\|^2 + \tfrac{1}{2}\sum_i \frac{1}{b_{t,i}}\|M_{i,:} - M_{t-1,i,:}\|^2
+        = M_{t-1} - \mathrm{diag}(e_t)\,(M_{t-1} k_t - v_t)\,k_t^T,
+    \qquad e_{t,i} = \frac{b_{t,i}}{1 + b_{t,i}\|k_t\|^2}, \qquad o_t = M_t q_t .
+
+``beta`` is one step size per token (``[..., T]``, all rows alike) or one per
+token and value channel (``[..., T, d_v]``, as in the original Longhorn).
+The per-channel closed form holds because both the l2 objective and the
+retention separate over the rows of ``M``: each row is its own
+Sherman-Morrison step (:class:`~refmem.retentions.channel_local_l2.ChannelLocalL2`).
+The factor on :math:`M_{t-1} k_t` is :math:`1 - e\|k\|^2 = 1/(1 + b\|k\|^2) \in (0, 1]`,
+so the scan is stable for every ``beta >= 0``, where the explicit delta rule
+diverges once :math:`b\|k\|^2 > 2`.
+"""
+
+from __future__ import annotations
+
+from ..level import Level
+from ..linalg import matvec, outer, sq_norm
+from ..objectives import L2
+from ..retentions import LocalL2
+from ..retentions.channel_local_l2 import ChannelLocalL2
+from . import MemorySpec, register_memory
+from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+
+
+def longhorn_step(M, k, v, beta, xp):
+    """``M - diag(e) (M k - v) k^T``, ``e = beta / (1 + beta ||k||^2)``; ``beta [...]`` or ``[..., d_v]``."""
+    kk = sq_norm(k, xp)  # (..,)
+    if beta.ndim == k.ndim:  # per value channel: beta (.., d_v)
+        e = beta / (1 + beta * kk[..., None])  # (.., d_v)
+    else:
+        e = (beta / (1 + beta * kk))[..., None]  # (.., 1)
+    r = matvec(M, k) - v  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
+    return M - outer(e * r, k)  # (.., d_v) x (.., d_k) -> (.., d_v, d_k)
+
+
+def longhorn_recurrent(q, k, v, beta, *, initial_state=None):
+    """Recurrent Longhorn.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    beta : array ``[..., T]`` or ``[..., T, d_v]``
+        Step sizes ``>= 0`` (per token, or per token and value channel).
+    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp = check_sequence(q, k, v, initial_state, beta=beta)
+    lead = tuple(k.shape[:-1])
+    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
+        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
+                         f"(one per step and value channel); got {tuple(beta.shape)}")
+    per_channel = tuple(beta.shape) != lead
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    M = initial(initial_state, k, v, xp)
+    outs = []
+    for t in range(k.shape[-2]):
+        b = beta[..., t, :] if per_channel else beta[..., t]
+        M = longhorn_step(M, k[..., t, :], v[..., t, :], b, xp)
+        outs.append(matvec(M, q[..., t, :]))  # (.., d_v)
+    return xp.stack(outs, axis=-2), M
+
+
+def longhorn_level(beta, *, per_channel=False):
+    """One step as a level: l2 objective, implicit step, step size ``beta`` (``[..., d_v]`` when ``per_channel``)."""
+    ret = ChannelLocalL2(eta=beta) if per_channel else LocalL2(eta=beta)
+    return Level(L2(), ret, step="implicit", name="longhorn")
+
+
+def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
+    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
+    shape = tuple(batch) + (T,) + ((d_v,) if per_channel else ())
+    inputs["beta"] = conv(g.uniform(0.1, 3.0, size=shape))
+    return inputs
+
+
+register_memory(MemorySpec(
+    name="longhorn",
+    recurrent=longhorn_recurrent,
+    gates=("beta",),
+    make_inputs=_make_inputs,
+    step_level=longhorn_level,
+    description="M_t = M_{t-1} - diag(e_t) (M_{t-1} k_t - v_t) k_t^T, e_t = b_t / (1 + b_t ||k_t||^2)",
+))
