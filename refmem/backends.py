@@ -81,7 +81,14 @@ def numpy_backend() -> Backend:
 
         return xp
 
-    return Backend("numpy", load, _module_probe("numpy"), "NumPy (CPU), the float64 oracle default")
+    def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
+        # batched BLAS trsm (NumPy/SciPy-only module, imported lazily): the chunked forms' fast path
+        from .numpy_extras import solve_triangular as kernel
+
+        return kernel(a, b, lower=lower, unit_diagonal=unit_diagonal)
+
+    return Backend("numpy", load, _module_probe("numpy"), "NumPy (CPU), the float64 oracle default",
+                   extras={"solve_triangular": solve_triangular})
 
 
 def array_api_strict_backend() -> Backend:

@@ -1,0 +1,166 @@
+"""Pieces every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve.
+
+A sequence ``[..., T, d]`` is padded at the end to ``N C`` steps (``N = ceil(T / C)``)
+and viewed as ``[..., N, C, d]``. Padding steps are chosen to leave the state
+unchanged (zero keys, values and write strengths; gates equal to 1), so the
+chunked form is exact for any ``T``; the padded outputs are cut off.
+
+Gate decays inside a chunk (MATH.md 8, "cumulative log-gates") are computed
+without ever dividing by a gate product and without ``log(0)``: for gates
+``a_r`` in ``[0, 1]``
+
+.. math::
+
+    D_{ts} = \\prod_{s < r \\le t} a_r
+           = \\exp(L_t - L_s)\\,[Z_t = Z_s],
+    \\qquad L_t = \\sum_{r \\le t,\\ a_r > 0} \\log a_r,
+    \\qquad Z_t = \\#\\{r \\le t : a_r = 0\\},
+
+so a zero gate between ``s`` and ``t`` gives exactly 0 (the zero count differs)
+and every exponent is ``<= 0`` where it is used.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+from ..backends import extra
+from ..linalg import device_of
+
+
+def check_chunk_size(chunk_size) -> int:
+    """``chunk_size`` as a Python int ``>= 1``; ``TypeError`` / ``ValueError`` otherwise."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral):
+        raise TypeError(f"chunk_size must be an integer >= 1; got {type(chunk_size).__name__} {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size}")
+    return int(chunk_size)
+
+
+def n_chunks(T: int, C: int) -> int:
+    """Number of chunks ``ceil(T / C)`` (at least 1 so that ``T = 0`` is not a special case)."""
+    return max(1, math.ceil(T / C))
+
+
+def to_chunks(x, C: int, xp, *, fill: float = 0.0, time_axis: int = -2):
+    """``[..., T, d]`` (``time_axis=-2``) or ``[..., T]`` (``time_axis=-1``) -> ``[..., N, C, d]`` / ``[..., N, C]``.
+
+    The time axis is padded at the end with ``fill`` up to ``N C`` steps.
+    """
+    T = x.shape[time_axis]
+    N = n_chunks(T, C)
+    pad = N * C - T
+    if pad:
+        shape = list(x.shape)
+        shape[time_axis] = pad
+        filler = xp.full(tuple(shape), fill, dtype=x.dtype, device=device_of(x))
+        x = xp.concat([x, filler], axis=time_axis)
+    lead = tuple(x.shape[: x.ndim + time_axis])
+    tail = tuple(x.shape[x.ndim + time_axis + 1:])
+    return xp.reshape(x, lead + (N, C) + tail)
+
+
+def from_chunks(o, T: int, xp):
+    """``[..., N, C, d]`` -> ``[..., T, d]``: merge the chunk axes, drop the padding."""
+    lead = tuple(o.shape[:-3])
+    N, C, d = o.shape[-3:]
+    return xp.reshape(o, lead + (N * C, d))[..., :T, :]
+
+
+def log_gate_cumsum(a, xp, axis: int = -1):
+    """Cumulative log-gate and zero count along ``axis`` (the in-chunk time axis).
+
+    Returns ``L = cumsum(log a over a > 0)`` and ``Z = cumsum([a == 0])`` (as floats,
+    exact small integers), both shaped like ``a``. ``log 0`` is never evaluated.
+    """
+    zero = a == 0
+    one = xp.ones_like(a)
+    logs = xp.log(xp.where(zero, one, a))  # log a, 0 where a = 0 (counted in Z instead)
+    L = xp.cumulative_sum(logs, axis=axis)
+    Z = xp.cumulative_sum(xp.astype(zero, a.dtype), axis=axis)
+    return L, Z
+
+
+def lower_mask(C: int, xp, device, *, strict: bool = False):
+    """Boolean ``[C, C]`` mask of ``s <= t`` (``s < t`` when ``strict``); rows ``t``, columns ``s``."""
+    i = xp.arange(C, device=device)
+    return (i[:, None] > i[None, :]) if strict else (i[:, None] >= i[None, :])
+
+
+def decay_matrix(L_row, Z_row, L_col, Z_col, mask, xp):
+    """``D[t, s] = prod_{s < r <= t} a_r`` where ``mask[t, s]``, else 0.
+
+    ``L_row, Z_row [..., C]`` are the cumulative log-gate / zero count at the row
+    times ``t``, ``L_col, Z_col [..., C]`` at the column times ``s`` (so shifted
+    cumulants give "decay up to the step before ``t``"). Zero gates give exact zeros.
+    """
+    diff = L_row[..., :, None] - L_col[..., None, :]  # (.., C, 1) - (.., 1, C) -> (.., C, C)
+    valid = xp.logical_and(mask, Z_row[..., :, None] == Z_col[..., None, :])  # no zero gate in (s, t]
+    zeros = xp.zeros_like(diff)
+    return xp.where(valid, xp.exp(xp.where(valid, diff, zeros)), zeros)  # exponents <= 0 where valid
+
+
+def decay_from_start(L, Z, xp):
+    """``gamma_t = prod_{r <= t} a_r`` (inclusive, from the chunk start): ``exp(L_t) [Z_t = 0]``."""
+    return xp.where(Z == 0, xp.exp(L), xp.zeros_like(L))
+
+
+def shift_right(x, xp, *, fill: float = 0.0, axis: int = -1):
+    """``y_t = x_{t-1}`` along ``axis`` with ``y_0 = fill`` (cumulants "before step t")."""
+    shape = list(x.shape)
+    shape[axis] = 1
+    first = xp.full(tuple(shape), fill, dtype=x.dtype, device=device_of(x))
+    n = x.shape[axis]
+    body = xp.take(x, xp.arange(n - 1, device=device_of(x)), axis=axis)
+    return xp.concat([first, body], axis=axis)
+
+
+def solve_unit_lower(A, B, xp):
+    """Solve ``A X = B`` for unit lower-triangular ``A [..., n, n]``, ``B [..., n, m]``.
+
+    Uses the backend's ``solve_triangular`` extra when it has one (SciPy's LAPACK
+    ``trtrs`` on NumPy); otherwise :func:`forward_substitution`, pure array API.
+    Only the strictly lower triangle of ``A`` is read.
+    """
+    fast = extra(xp, "solve_triangular")
+    if fast is not None:
+        return fast(A, B, lower=True, unit_diagonal=True)
+    return forward_substitution(A, B, xp)
+
+
+def forward_substitution(A, B, xp, *, block: int = 16):
+    """Blocked forward substitution for unit lower-triangular ``A`` (array API only).
+
+    Notes
+    -----
+    With ``A = [[A11, 0], [A21, A22]]``: ``X1 = A11^{-1} B1``, ``X2 = A22^{-1} (B2 - A21 X1)``,
+    recursively; blocks of at most ``block`` rows are solved row by row. This is
+    ordinary forward substitution reordered into matrix products, with the same
+    rounding behaviour (backward stable for triangular systems).
+    """
+    n = A.shape[-1]
+    if n <= block:
+        rows = []
+        for i in range(n):
+            x_i = B[..., i:i + 1, :]  # (.., 1, m)
+            if i:
+                prev = xp.concat(rows, axis=-2)  # (.., i, m)
+                x_i = x_i - A[..., i:i + 1, :i] @ prev  # (.., 1, i) @ (.., i, m) -> (.., 1, m)
+            rows.append(x_i)
+        return xp.concat(rows, axis=-2)
+    h = n // 2
+    X1 = forward_substitution(A[..., :h, :h], B[..., :h, :], xp, block=block)
+    rhs2 = B[..., h:, :] - A[..., h:, :h] @ X1  # (.., n-h, h) @ (.., h, m) -> (.., n-h, m)
+    X2 = forward_substitution(A[..., h:, h:], rhs2, xp, block=block)
+    return xp.concat([X1, X2], axis=-2)
+
+
+def transpose(x, xp):
+    """Swap the last two axes."""
+    return xp.matrix_transpose(x)
+
+
+def chunk_slice(x, n: int):
+    """Chunk ``n`` of a chunked array ``[..., N, C, ...]`` whose chunk axis is ``-3`` (sequences) ."""
+    return x[..., n, :, :]

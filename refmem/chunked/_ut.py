@@ -1,0 +1,215 @@
+"""The chunk algebra shared by the linear-attention and delta-rule families (MATH.md 8).
+
+Every chunked form here reduces one chunk of ``C`` steps, started from state
+``M0 [..., d_v, d_k]``, to
+
+.. math::
+
+    O = P_U + \\tilde Q M_0^T, \\qquad M_C = \\mathrm{step}(M_0),
+
+where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
+``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
+for all chunks at once (batched matrix products); :func:`scan_chunks` is the only
+sequential part, two small matrix products per chunk.
+"""
+
+from __future__ import annotations
+
+from ..linalg import device_of
+from ._common import (decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask, solve_unit_lower,
+                      to_chunks)
+
+
+def mT(x, xp):
+    """Transpose of the last two axes."""
+    return xp.matrix_transpose(x)
+
+
+def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
+    """Chunk terms of the gated delta rule (exact UT form, or the mini-batch form).
+
+    Parameters
+    ----------
+    Q, K : array ``[..., C, d_k]``
+    V : array ``[..., C, d_v]``
+    b : array ``[..., C]``
+        Write strengths ``beta_t`` (Longhorn passes ``e_t``).
+    L, Z : array ``[..., C]`` or None
+        Cumulative log-gate and zero count of the forget gate ``a_t``
+        (:func:`~refmem.chunked._common.log_gate_cumsum`); ``None`` for no gate (``a = 1``).
+    exact : bool
+        ``True``: the per-token recurrence (triangular solve). ``False``: the
+        mini-batch form, every gradient taken at the gated chunk-start state.
+
+    Returns
+    -------
+    PU : ``[..., C, d_v]``, Qt : ``[..., C, d_k]``, H : ``[..., d_v, d_k]``, F : ``[..., d_k, d_k]``
+        ``O = PU + Qt M0^T`` and ``M_C = M0 F + H``.
+
+    Notes
+    -----
+    The recurrence :math:`M_t = a_t M_{t-1} + u_t k_t^T`,
+    :math:`u_t = b_t (v_t - a_t M_{t-1} k_t)` unrolls inside a chunk to
+    :math:`M_t = \\gamma_t M_0 + \\sum_{s \\le t} D_{ts} u_s k_s^T` with
+    :math:`\\gamma_t = \\prod_{r \\le t} a_r`, :math:`D_{ts} = \\prod_{s<r\\le t} a_r`. Since
+    :math:`a_t M_{t-1} = \\gamma_t M_0 + \\sum_{s<t} D_{ts} u_s k_s^T`, the rows of
+    :math:`U` solve the unit lower-triangular system (UT / WY form)
+
+    .. math::
+
+        (I + \\mathrm{diag}(b)\\,\\mathrm{strict\\_tril}(D \\odot K K^T))\\, U
+        = \\mathrm{diag}(b) V - \\mathrm{diag}(b \\gamma) K M_0^T,
+
+    so :math:`U = \\tilde U - W M_0^T` with :math:`\\tilde U = A^{-1} \\mathrm{diag}(b) V`,
+    :math:`W = A^{-1} \\mathrm{diag}(b\\gamma) K`. Then, with
+    :math:`P = \\mathrm{tril}(D \\odot Q K^T)` and :math:`\\tilde K = \\mathrm{diag}(D_{C\\cdot}) K`,
+
+    .. math::
+
+        O = P \\tilde U + (\\mathrm{diag}(\\gamma) Q - P W) M_0^T, \\qquad
+        M_C = M_0 (\\gamma_C I - W^T \\tilde K) + \\tilde U^T \\tilde K .
+
+    The mini-batch form takes every gradient at the gated chunk-start state
+    :math:`\\gamma_t M_0` instead of :math:`a_t M_{t-1}`: the same formulas with
+    :math:`A = I`. At ``C = 1`` the two coincide.
+    """
+    C = K.shape[-2]
+    d_v = V.shape[-1]
+    dev = device_of(K)
+    incl = lower_mask(C, xp, dev)
+    QK = Q @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
+    if L is None:
+        D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
+        bg = b
+        g_end = None
+    else:
+        D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
+        gamma = decay_from_start(L, Z, xp)  # (.., C)
+        bg = b * gamma
+        g_end = gamma[..., C - 1]  # (..)
+    bV = b[..., None] * V  # (.., C, d_v)
+    bgK = bg[..., None] * K  # (.., C, d_k)
+    if exact:
+        KK = K @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
+        strict = lower_mask(C, xp, dev, strict=True)
+        A_low = xp.where(strict, b[..., :, None] * (D * KK), xp.zeros_like(KK))  # strict lower part of A
+        del KK
+        lead = tuple(A_low.shape[:-2])
+        rhs = xp.concat([xp.broadcast_to(bV, lead + tuple(bV.shape[-2:])),
+                         xp.broadcast_to(bgK, lead + tuple(bgK.shape[-2:]))], axis=-1)  # (.., C, d_v + d_k)
+        X = solve_unit_lower(A_low, rhs, xp)  # (.., C, d_v + d_k)
+        del A_low, rhs
+        U, W = X[..., :d_v], X[..., d_v:]
+    else:
+        U, W = bV, bgK
+    P = D * QK  # (.., C, C), lower triangle (D is masked)
+    del QK
+    PU = P @ U  # (.., C, C) @ (.., C, d_v) -> (.., C, d_v)
+    Qg = Q if L is None else gamma[..., None] * Q
+    Qt = Qg - P @ W  # (.., C, d_k)
+    del P
+    Kt = D[..., C - 1, :][..., None] * K  # decay from s to the chunk end, (.., C, d_k)
+    H = mT(U, xp) @ Kt  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+    G = mT(W, xp) @ Kt  # (.., d_k, C) @ (.., C, d_k) -> (.., d_k, d_k)
+    d_k = K.shape[-1]
+    eye = xp.eye(d_k, dtype=K.dtype, device=dev)
+    F = (eye if g_end is None else g_end[..., None, None] * eye) - G  # (.., d_k, d_k)
+    return PU, Qt, H, F
+
+
+def linear_terms(Q, K, V, L, Z, xp):
+    """Chunk terms of (scalar-gated) linear attention: ``O = PU + Qt M0^T``, ``M_C = g_C M0 + H``.
+
+    Notes
+    -----
+    :math:`M_t = \\gamma_t M_0 + \\sum_{s\\le t} D_{ts} v_s k_s^T`, so
+    :math:`O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T` and
+    :math:`M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K` (MATH.md 8, first bullet).
+    Returns ``PU, Qt, H, g_end`` with ``g_end [...]`` (``None`` without a gate).
+    """
+    C = K.shape[-2]
+    incl = lower_mask(C, xp, device_of(K))
+    QK = Q @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
+    if L is None:
+        P = xp.where(incl, QK, xp.zeros_like(QK))
+        return P @ V, Q, mT(V, xp) @ K, None  # (.., C, d_v), (.., C, d_k), (.., d_v, d_k)
+    D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
+    gamma = decay_from_start(L, Z, xp)  # (.., C)
+    Kt = D[..., C - 1, :][..., None] * K  # (.., C, d_k)
+    return (D * QK) @ V, gamma[..., None] * Q, mT(V, xp) @ Kt, gamma[..., C - 1]
+
+
+def scan_chunks(M0, N: int, chunk_terms, xp):
+    """The sequential chunk-to-chunk pass.
+
+    ``chunk_terms(n) -> (PU, Qt, step)``: chunk ``n``'s outputs are
+    ``PU + Qt M^T`` and the next state is ``step(M)``. Returns the outputs
+    ``[..., N, C, d_v]`` and the final state. Only ``M`` is carried: no state history.
+    """
+    M = M0
+    outs = []
+    for n in range(N):
+        PU, Qt, step = chunk_terms(n)
+        outs.append(PU + Qt @ mT(M, xp))  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+        M = step(M)
+    return xp.stack(outs, axis=-3), M
+
+
+def chunk(x, n: int):
+    """Chunk ``n`` of ``[..., N, a, b]``."""
+    return x[..., n, :, :]
+
+
+def scalar_chunk(x, n: int):
+    """Chunk ``n`` of ``[..., N]``."""
+    return x[..., n]
+
+
+def prepare_chunks(q, k, v, C: int, xp):
+    """``q, k, v`` as chunks ``[..., N, C, d]`` (zero padded) and the sequence length ``T``."""
+    return to_chunks(q, C, xp), to_chunks(k, C, xp), to_chunks(v, C, xp), k.shape[-2]
+
+
+def gate_cumulants(alpha, C: int, xp):
+    """``(L, Z)`` of a per-step gate ``[..., T]`` in chunks ``[..., N, C]`` (padding gate 1); ``(None, None)`` if absent."""
+    if alpha is None:
+        return None, None
+    return log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0, time_axis=-1), xp)
+
+
+def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
+    """Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
+
+    ``exact=False`` gives the mini-batch form (see :func:`delta_terms`).
+    Returns ``(o [..., T, d_v], M_T [..., d_v, d_k])``.
+    """
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    b = to_chunks(beta, C, xp, fill=0.0, time_axis=-1)  # padding steps write nothing
+    L, Z = gate_cumulants(alpha, C, xp)
+    PU, Qt, H, F = delta_terms(Q, K, V, b, L, Z, xp, exact=exact)
+    del Q, K, V
+
+    def terms(n):
+        Fn, Hn = chunk(F, n), chunk(H, n)
+        return chunk(PU, n), chunk(Qt, n), lambda M: M @ Fn + Hn  # (.., d_v, d_k) @ (.., d_k, d_k)
+
+    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
+    return from_chunks(O, T, xp), M
+
+
+def linear_family(q, k, v, alpha, C: int, M0, xp):
+    """Chunked (scalar-gated) linear attention on validated inputs. Returns ``(o, M_T)``."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    L, Z = gate_cumulants(alpha, C, xp)
+    PU, Qt, H, g_end = linear_terms(Q, K, V, L, Z, xp)
+    del Q, K, V
+
+    def terms(n):
+        Hn = chunk(H, n)
+        if g_end is None:
+            return chunk(PU, n), chunk(Qt, n), lambda M: M + Hn
+        gn = scalar_chunk(g_end, n)[..., None, None]
+        return chunk(PU, n), chunk(Qt, n), lambda M: gn * M + Hn
+
+    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
+    return from_chunks(O, T, xp), M

@@ -1,0 +1,59 @@
+"""Chunked delta rule (WY / UT form, MATH.md 8) and its mini-batch variant.
+
+Exact form: per chunk, :math:`A = I + \\mathrm{strict\\_tril}(\\mathrm{diag}(\\beta) K K^T)`,
+:math:`U = A^{-1}\\mathrm{diag}(\\beta)(V - K M_0^T)`,
+:math:`O = Q M_0^T + \\mathrm{tril}(Q K^T) U`, :math:`M_C = M_0 + U^T K`
+(:func:`refmem.chunked._ut.delta_terms` with no gate).
+
+Mini-batch form (TTT): every gradient of the chunk at the chunk-start state,
+:math:`M_t = M_0 - \\sum_{s \\le t} \\beta_s (M_0 k_s - v_s) k_s^T`: the same
+formulas with :math:`A = I`. It equals the recurrence only for ``C = 1``.
+"""
+
+from __future__ import annotations
+
+from ..memories._inputs import check_gate_range, check_sequence, initial
+from ._common import check_chunk_size
+from ._register import attach_forms
+from ._ut import delta_family
+
+
+def _checked(q, k, v, beta, initial_state, chunk_size):
+    xp = check_sequence(q, k, v, initial_state, beta=beta)
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    if tuple(beta.shape) != tuple(k.shape[:-1]):
+        raise ValueError(f"beta must have shape {tuple(k.shape[:-1])} (one per step); got {tuple(beta.shape)}")
+    return xp, check_chunk_size(chunk_size)
+
+
+def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
+    """The delta rule in chunks (exact); equals :func:`~refmem.memories.delta_rule.delta_rule_recurrent`.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    beta : array ``[..., T]``, ``>= 0``
+    chunk_size : int, ``>= 1``
+    initial_state : array ``[..., d_v, d_k]``, optional
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp, C = _checked(q, k, v, beta, initial_state, chunk_size)
+    return delta_family(q, k, v, beta, None, C, initial(initial_state, k, v, xp), xp, exact=True)
+
+
+def delta_rule_minibatch(q, k, v, beta, *, chunk_size=64, initial_state=None):
+    """Mini-batch delta rule: every gradient in a chunk taken at the chunk-start state.
+
+    A different computation from the recurrence unless ``chunk_size == 1``.
+    Same parameters and returns as :func:`delta_rule_chunked`.
+    """
+    xp, C = _checked(q, k, v, beta, initial_state, chunk_size)
+    return delta_family(q, k, v, beta, None, C, initial(initial_state, k, v, xp), xp, exact=False)
+
+
+attach_forms("delta_rule", chunked=delta_rule_chunked, minibatch=delta_rule_minibatch)

@@ -1,0 +1,66 @@
+"""Chunked gated delta rule (UT form with in-chunk cumulative log-gates, MATH.md 8) and its mini-batch variant.
+
+Recurrence: :math:`M_t = a_t M_{t-1} - b_t (a_t M_{t-1} k_t - v_t) k_t^T`.
+Exact form: :func:`refmem.chunked._ut.delta_terms` with the gate decays
+:math:`\\gamma_t = \\prod_{r \\le t} a_r`, :math:`D_{ts} = \\prod_{s<r\\le t} a_r`
+(zero gates give exact zeros; no ``log 0``, no division by a gate product).
+
+Mini-batch form: every gradient at the gated chunk-start state,
+:math:`M_t = a_t M_{t-1} - b_t (\\gamma_t M_0 k_t - v_t) k_t^T`. The recurrence
+takes the l2 gradient at the retained state :math:`a_t M_{t-1}`; its mini-batch
+analogue is the chunk-start state carried to step ``t`` by the gates,
+:math:`\\gamma_t M_0` (with ``C = 1`` that is :math:`a_t M_{t-1}`, so the two agree).
+"""
+
+from __future__ import annotations
+
+from ..memories._inputs import check_gate_range, check_sequence, initial
+from ._common import check_chunk_size
+from ._register import attach_forms
+from ._ut import delta_family
+
+
+def _checked(q, k, v, alpha, beta, initial_state, chunk_size):
+    xp = check_sequence(q, k, v, initial_state, alpha=alpha, beta=beta)
+    lead = tuple(k.shape[:-1])
+    for name, g in (("alpha", alpha), ("beta", beta)):
+        if tuple(g.shape) != lead:
+            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
+    check_gate_range(alpha, "alpha", xp)
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    return xp, check_chunk_size(chunk_size)
+
+
+def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
+    """The gated delta rule in chunks (exact).
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    alpha : array ``[..., T]``
+        Forget gates in ``[0, 1]`` (0 allowed: it erases the state exactly).
+    beta : array ``[..., T]``, ``>= 0``
+    chunk_size : int, ``>= 1``
+    initial_state : array ``[..., d_v, d_k]``, optional
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp, C = _checked(q, k, v, alpha, beta, initial_state, chunk_size)
+    return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=True)
+
+
+def gated_delta_rule_minibatch(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
+    """Mini-batch gated delta rule: gradients at the gated chunk-start state ``gamma_t M_0``.
+
+    A different computation from the recurrence unless ``chunk_size == 1``.
+    Same parameters and returns as :func:`gated_delta_rule_chunked`.
+    """
+    xp, C = _checked(q, k, v, alpha, beta, initial_state, chunk_size)
+    return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=False)
+
+
+attach_forms("gated_delta_rule", chunked=gated_delta_rule_chunked, minibatch=gated_delta_rule_minibatch)

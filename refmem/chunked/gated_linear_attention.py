@@ -1,0 +1,87 @@
+"""Chunked gated linear attention: scalar gates (RetNet / Mamba2) or per key channel (GLA) (MATH.md 8).
+
+Scalar gate :math:`a_t`: with :math:`\\gamma_t = \\prod_{r\\le t} a_r` and
+:math:`D_{ts} = \\prod_{s<r\\le t} a_r` inside a chunk,
+
+.. math::
+
+    O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T, \\qquad
+    M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K .
+
+Per key channel :math:`a_t \\in [0,1]^{d_k}` (:math:`M_t = M_{t-1}\\mathrm{diag}(a_t) + v_t k_t^T`):
+the same with one decay per channel ``c``,
+
+.. math::
+
+    O_{t} = \\sum_{s \\le t} \\Big(\\sum_c q_{tc} k_{sc} D^{(c)}_{ts}\\Big) v_s + M_0 (\\gamma_t \\odot q_t),
+    \\qquad M_C = M_0 \\mathrm{diag}(\\gamma_C) + V^T (K \\odot D_{C\\cdot}) .
+
+The decays are formed from cumulative log-gates with an explicit zero count
+(:mod:`refmem.chunked._common`), never as ratios ``gamma_t / gamma_s`` (which
+overflow or divide by zero). The per-channel score tensor is ``C x C x d_k`` per
+chunk, so that path is computed one chunk at a time.
+"""
+
+from __future__ import annotations
+
+from ..linalg import device_of
+from ..memories._inputs import check_gate_range, check_sequence, initial
+from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
+                      to_chunks)
+from ._register import attach_forms
+from ._ut import chunk, linear_family, mT, prepare_chunks, scan_chunks
+
+
+def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_state=None):
+    """Gated linear attention in chunks; equals :func:`~refmem.memories.gated_linear_attention.gated_linear_attention_recurrent`.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    alpha : array ``[..., T]`` or ``[..., T, d_k]``
+        Forget gates in ``[0, 1]`` (0 allowed), per step or per step and key channel.
+    chunk_size : int, ``>= 1``
+    initial_state : array ``[..., d_v, d_k]``, optional
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp = check_sequence(q, k, v, initial_state, alpha=alpha)
+    lead = tuple(k.shape[:-1])
+    if tuple(alpha.shape) not in (lead, lead + (k.shape[-1],)):
+        raise ValueError(f"alpha must have shape {lead} (one gate per step) or {lead + (k.shape[-1],)} "
+                         f"(one per step and key channel); got {tuple(alpha.shape)}")
+    check_gate_range(alpha, "alpha", xp)
+    C = check_chunk_size(chunk_size)
+    M0 = initial(initial_state, k, v, xp)
+    if tuple(alpha.shape) == lead:
+        return linear_family(q, k, v, alpha, C, M0, xp)
+    return _per_channel(q, k, v, alpha, C, M0, xp)
+
+
+def _per_channel(q, k, v, alpha, C, M0, xp):
+    """Per-key-channel gates, one chunk at a time."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    L, Z = log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0), xp, axis=-2)  # (.., N, C, d_k), along the step axis
+    incl = lower_mask(C, xp, device_of(k))
+
+    def terms(n):
+        Qn, Kn, Vn, Ln, Zn = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n), chunk(Z, n)
+        Lc, Zc = mT(Ln, xp), mT(Zn, xp)  # (.., d_k, C): channel-major
+        D = decay_matrix(Lc, Zc, Lc, Zc, incl, xp)  # (.., d_k, C, C): D[c, t, s]
+        Qc, Kc = mT(Qn, xp), mT(Kn, xp)  # (.., d_k, C)
+        S = xp.sum(Qc[..., :, :, None] * Kc[..., :, None, :] * D, axis=-3)  # sum_c q_tc k_sc D_c[t,s] -> (.., C, C)
+        gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
+        K_end = Kn * mT(D[..., :, C - 1, :], xp)  # k_sc D_c[C, s] -> (.., C, d_k)
+        H = mT(Vn, xp) @ K_end  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+        g_end = gamma[..., C - 1, :][..., None, :]  # (.., 1, d_k)
+        return S @ Vn, gamma * Qn, lambda M: M * g_end + H  # M diag(gamma_C) + H
+
+    O, M = scan_chunks(M0, Q.shape[-3], terms, xp)
+    return from_chunks(O, T, xp), M
+
+
+attach_forms("gated_linear_attention", chunked=gated_linear_attention_chunked)

@@ -1,0 +1,39 @@
+"""Chunked linear attention (MATH.md 8, first bullet).
+
+.. math::
+
+    O = Q M_0^T + \\mathrm{tril}(Q K^T) V, \\qquad M_C = M_0 + V^T K
+
+per chunk (rows of ``Q, K, V`` are the chunk's steps; ``M`` is ``[d_v, d_k]``).
+"""
+
+from __future__ import annotations
+
+from ..memories._inputs import check_sequence, initial
+from ._common import check_chunk_size
+from ._register import attach_forms
+from ._ut import linear_family
+
+
+def linear_attention_chunked(q, k, v, *, chunk_size=64, initial_state=None):
+    """Linear attention in chunks of ``chunk_size`` steps; equals :func:`~refmem.memories.linear_attention.linear_attention_recurrent`.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    chunk_size : int, ``>= 1``
+        Any ``T`` is allowed (the last chunk is padded with steps that write nothing).
+    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp = check_sequence(q, k, v, initial_state)
+    C = check_chunk_size(chunk_size)
+    return linear_family(q, k, v, None, C, initial(initial_state, k, v, xp), xp)
+
+
+attach_forms("linear_attention", chunked=linear_attention_chunked)
