@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refmem
-from refmem.checks.sequence_memories_a import CLOSED_VS_ITERATIVE_TOL, step_errors
+from refmem.checks.sequence_memories_a import CLOSED_VS_ITERATIVE_TOL, step_errors, titans_step_errors
 from refmem.memories import load_all
 from refmem.metrics import rel_error
 
@@ -53,7 +53,12 @@ def rel(a, b):
 
 # ------------------------------------------------------------------ shared properties, every memory
 
-MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn"]
+MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn", "titans"]
+
+
+def mem_step_errors(name, xp, **kw):
+    """(scan step vs closed, closed vs iterative) for memory ``name`` (Titans: its two levels)."""
+    return titans_step_errors(xp, **kw) if name == "titans" else step_errors(name, xp, **kw)
 
 
 @pytest.mark.parametrize("name", MINE)
@@ -61,14 +66,14 @@ MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn"]
 @given(seed=st.integers(0, 2**31 - 1), T=st.integers(1, 5), d_k=st.integers(1, 5), d_v=st.integers(1, 4))
 def test_step_closed_equals_iterative(name, seed, T, d_k, d_v):
     with refmem.backend("numpy") as xnp:
-        e_scan, e_iter = step_errors(name, xnp, seed=seed, shape=dict(T=T, d_k=d_k, d_v=d_v))
+        e_scan, e_iter = mem_step_errors(name, xnp, seed=seed, shape=dict(T=T, d_k=d_k, d_v=d_v))
     assert e_scan <= tol_same(max(d_k, d_v)), e_scan
     assert e_iter <= CLOSED_VS_ITERATIVE_TOL, e_iter
 
 
 @pytest.mark.parametrize("name", MINE)
 def test_step_closed_equals_iterative_both_backends(name, xp):
-    e_scan, e_iter = step_errors(name, xp, seed=11)
+    e_scan, e_iter = mem_step_errors(name, xp, seed=11)
     assert e_scan <= tol_same(4), e_scan
     assert e_iter <= CLOSED_VS_ITERATIVE_TOL, e_iter
 
@@ -379,3 +384,66 @@ def test_channel_forget_gate_closed_vs_iterative(xp):
     assert rel(Mc, Mn @ np.stack([np.diag(a) for a in an]) + 0.7 * vn[..., None] * kn[:, None, :]) <= tol_same(4)
     with pytest.raises(ValueError, match="alpha must lie in"):
         solve(Level(Dot(), ChannelForgetGate(eta=0.7, alpha=alpha + 1.5), "explicit"), M_t, k, v)
+
+
+# ------------------------------------------------------------------ Titans
+
+
+def np_titans(q, k, v, alpha, eta, theta, M0, S0):
+    """NumPy loop of Titans' eqs. with the l2 gradient written out: S <- eta S - theta (M k - v) k^T; M <- (1-alpha) M + S."""
+    B, T, _ = k.shape
+    M, S = M0.copy(), S0.copy()
+    o = np.zeros(v.shape)
+    for n in range(B):
+        for t in range(T):
+            grad = np.outer(M[n] @ k[n, t] - v[n, t], k[n, t])
+            S[n] = eta[n, t] * S[n] - theta[n, t] * grad
+            M[n] = (1 - alpha[n, t]) * M[n] + S[n]
+            o[n, t] = M[n] @ q[n, t]
+    return o, M, S
+
+
+def test_titans_matches_numpy_loop(xp):
+    inputs = np_inputs("titans", seed=41, T=7)
+    g = np.random.default_rng(42)
+    M0, S0 = g.standard_normal((2, 3, 4)), g.standard_normal((2, 3, 4))
+    o, M, S = MEMS["titans"].recurrent(**on(xp, inputs), initial_state=xp.asarray(M0),
+                                       initial_momentum=xp.asarray(S0), return_momentum=True)
+    o_ref, M_ref, S_ref = np_titans(**inputs, M0=M0, S0=S0)
+    for a, b in ((o, o_ref), (M, M_ref), (S, S_ref)):
+        assert rel(a, b) <= tol_same(4, T=7)
+
+
+def test_titans_split_sequence_carries_momentum(xp):
+    """Running T tokens == running 3 then T-3 from (M_3, S_3): the final momentum is the full carried state."""
+    inputs = on(xp, np_inputs("titans", seed=43, T=8))
+    o, M = MEMS["titans"].recurrent(**inputs)
+    head = {n: a[..., :3, :] if n in "qkv" else a[..., :3] for n, a in inputs.items()}
+    tail = {n: a[..., 3:, :] if n in "qkv" else a[..., 3:] for n, a in inputs.items()}
+    o1, M1, S1 = MEMS["titans"].recurrent(**head, return_momentum=True)
+    o2, M2 = MEMS["titans"].recurrent(**tail, initial_state=M1, initial_momentum=S1)
+    assert rel(M2, to_numpy(M)) <= tol_same(4) and rel(o2, to_numpy(o)[..., 3:, :]) <= tol_same(4)
+    _, M_wrong = MEMS["titans"].recurrent(**tail, initial_state=M1)  # dropping the momentum changes the result
+    assert rel(M_wrong, to_numpy(M)) > 1e-3
+
+
+def test_titans_without_momentum_is_delta_rule(xp):
+    from refmem.memories.delta_rule import delta_rule_recurrent
+
+    inputs = on(xp, np_inputs("titans", seed=44, T=6))
+    z = xp.zeros_like(inputs["alpha"])
+    o1, M1 = MEMS["titans"].recurrent(inputs["q"], inputs["k"], inputs["v"], z, z, inputs["theta"])
+    o2, M2 = delta_rule_recurrent(inputs["q"], inputs["k"], inputs["v"], inputs["theta"])
+    assert rel(o1, to_numpy(o2)) <= tol_same(4, T=6) and rel(M1, to_numpy(M2)) <= tol_same(4, T=6)
+
+
+def test_titans_bad_momentum(xp):
+    inputs = on(xp, np_inputs("titans"))
+    with pytest.raises(ValueError, match="initial_momentum must have shape"):
+        MEMS["titans"].recurrent(**inputs, initial_momentum=xp.zeros((2, 4, 3), dtype=xp.float64))
+    bad = np.zeros((2, 3, 4))
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="initial_momentum contains non-finite"):
+        MEMS["titans"].recurrent(**inputs, initial_momentum=xp.asarray(bad))
+    with pytest.raises(ValueError, match="eta must lie in"):
+        MEMS["titans"].recurrent(**dict(inputs, eta=inputs["eta"] + 1.0))

@@ -1,0 +1,132 @@
+r"""Titans with a linear memory: a momentum level under a memory level (MATH.md 5, Titans eqs. 10-14).
+
+.. math::
+
+    S_t = \eta_t S_{t-1} - \theta_t \nabla l(M_{t-1}; k_t, v_t), \qquad
+    M_t = (1 - \alpha_t) M_{t-1} + S_t, \qquad o_t = M_t q_t,
+
+with the l2 objective :math:`l(M; k, v) = \tfrac12\|M k - v\|^2`, so
+:math:`\nabla l(M_{t-1}) = (M_{t-1} k_t - v_t) k_t^T` (Titans writes
+:math:`\|M k - v\|^2` without the :math:`\tfrac12`: its :math:`\theta` is half
+of ours). Names follow the Titans paper: :math:`\eta_t` is the momentum decay,
+:math:`\theta_t` the step size of the surprise, :math:`\alpha_t` the forgetting.
+
+Two levels, both explicit steps under a forget gate (:func:`titans_levels`):
+
+- momentum (faster, it reads the token): key-less objective
+  :math:`-\langle S, u\rangle` with the "value" :math:`u = -\nabla l(M_{t-1}; k_t, v_t)`
+  (the surprise), retention :math:`\frac{1}{2\theta}\|S - \eta S_{t-1}\|^2`;
+- memory (reads the momentum): key-less objective :math:`-\langle M, S_t\rangle`,
+  retention :math:`\tfrac12\|M - (1-\alpha) M_{t-1}\|^2`.
+
+With :math:`\eta = 0` and :math:`\alpha = 0` it is the delta rule with :math:`b = \theta`.
+"""
+
+from __future__ import annotations
+
+from ..level import Level
+from ..linalg import matvec, outer
+from ..objectives import Inner
+from ..retentions import ForgetGate
+from ..validation import check_arrays
+from . import MemorySpec, register_memory
+from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+
+
+def surprise(M, k, v):
+    """``-grad l(M; k, v) = -(M k - v) k^T`` for the l2 objective: the momentum level's value."""
+    return -outer(matvec(M, k) - v, k)  # (.., d_v) x (.., d_k) -> (.., d_v, d_k)
+
+
+def titans_step(M, S, k, v, alpha, eta, theta):
+    """One Titans step ``(M, S) -> (M_t, S_t)`` with gates ``[...]``."""
+    S = eta[..., None, None] * S + theta[..., None, None] * surprise(M, k, v)  # (.., d_v, d_k)
+    M = (1 - alpha[..., None, None]) * M + S  # (.., d_v, d_k)
+    return M, S
+
+
+def titans_linear_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
+                            return_momentum=False):
+    """Recurrent Titans with a linear memory.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    alpha : array ``[..., T]``
+        Forgetting ``alpha_t`` in ``[0, 1]`` (``M`` keeps ``1 - alpha_t`` of itself).
+    eta : array ``[..., T]``
+        Momentum decay ``eta_t`` in ``[0, 1]``.
+    theta : array ``[..., T]``
+        Surprise step size ``theta_t >= 0``.
+    initial_state, initial_momentum : array ``[..., d_v, d_k]``, optional (zeros)
+    return_momentum : bool
+        Also return the final momentum ``S_T``.
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    S : array ``[..., d_v, d_k]``, only with ``return_momentum=True``
+    """
+    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
+    check_arrays(k=k, initial_momentum=initial_momentum)
+    lead = tuple(k.shape[:-1])
+    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
+        if tuple(g.shape) != lead:
+            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
+    check_gate_range(alpha, "alpha", xp)
+    check_gate_range(eta, "eta", xp)
+    check_gate_range(theta, "theta", xp, low=0.0, high=None)
+    M = initial(initial_state, k, v, xp)
+    if initial_momentum is not None and tuple(initial_momentum.shape) != tuple(M.shape):
+        raise ValueError(f"initial_momentum must have shape [..., d_v, d_k] = {tuple(M.shape)}; "
+                         f"got {tuple(initial_momentum.shape)}")
+    S = initial(initial_momentum, k, v, xp)
+    outs = []
+    for t in range(k.shape[-2]):
+        M, S = titans_step(M, S, k[..., t, :], v[..., t, :], alpha[..., t], eta[..., t], theta[..., t])
+        outs.append(matvec(M, q[..., t, :]))  # (.., d_v)
+    o = xp.stack(outs, axis=-2)
+    return (o, M, S) if return_momentum else (o, M)
+
+
+def titans_momentum_level(eta, theta):
+    """The momentum level: ``S_t = argmin_S -<S, u> + 1/(2 theta) ||S - eta S_{t-1}||^2`` (explicit).
+
+    Solve it with ``k=None`` and ``v = surprise(M_{t-1}, k_t, v_t)``.
+    """
+    return Level(Inner(), ForgetGate(eta=theta, alpha=eta), step="explicit", name="titans_momentum")
+
+
+def titans_memory_level(alpha):
+    """The memory level: ``M_t = argmin_M -<M, S_t> + 1/2 ||M - (1 - alpha) M_{t-1}||^2`` (explicit).
+
+    Solve it with ``k=None`` and ``v = S_t``.
+    """
+    return Level(Inner(), ForgetGate(eta=1.0, alpha=1 - alpha), step="explicit", name="titans_memory")
+
+
+def titans_levels(alpha, eta, theta):
+    """``(momentum level, memory level)`` of one Titans step (momentum first: the memory reads it)."""
+    return titans_momentum_level(eta, theta), titans_memory_level(alpha)
+
+
+def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
+    shape = tuple(batch) + (T,)
+    inputs["alpha"] = conv(g.uniform(0.0, 0.2, size=shape))
+    inputs["eta"] = conv(g.uniform(0.5, 0.95, size=shape))
+    inputs["theta"] = conv(g.uniform(0.05, 0.5, size=shape))
+    return inputs
+
+
+register_memory(MemorySpec(
+    name="titans",
+    recurrent=titans_linear_recurrent,
+    gates=("alpha", "eta", "theta"),
+    make_inputs=_make_inputs,
+    step_level=None,  # two levels per step: see extra["levels"]
+    description="S_t = eta_t S_{t-1} - theta_t (M_{t-1} k_t - v_t) k_t^T, M_t = (1 - alpha_t) M_{t-1} + S_t",
+    extra={"levels": titans_levels, "momentum_level": titans_momentum_level, "memory_level": titans_memory_level},
+))
