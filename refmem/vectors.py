@@ -58,6 +58,7 @@ _DELTA = 1e-7
 _KAPPA_MAX = 1e4
 # Gates that are step sizes: the large-key case divides them by s^2 so that
 # beta ||k||^2 stays in the regime the recurrence is stable in (MATH.md 3).
+# A memory whose step sizes have other names sets ``extra["step_gates"]``.
 STEP_GATES = ("beta", "eta", "theta", "lr", "b")
 
 
@@ -230,8 +231,9 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
             inputs[n] = np.full_like(inputs[n], fill)
     if cd.key_scale != 1.0:
         inputs["k"] = inputs["k"] * cd.key_scale
+        step_gates = mem.extra.get("step_gates", STEP_GATES)  # a memory may name its own step sizes
         for n in gate_names:
-            if n in STEP_GATES:
+            if n in step_gates:
                 inputs[n] = inputs[n] / cd.key_scale**2
     if cd.initial_state:
         if not _accepts_initial_state(mem.recurrent):
