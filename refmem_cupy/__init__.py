@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from refmem.backends import Backend
 
-from .probe import probe
+from .availability import probe
 
 __all__ = ["backend", "probe"]
 
