@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import refmem
 from refmem.checks.sequence_memories_a import CLOSED_VS_ITERATIVE_TOL, step_errors, titans_step_errors
+from refmem.losses import Loss
 from refmem.memories import load_all
 from refmem.metrics import rel_error
 
@@ -53,7 +54,7 @@ def rel(a, b):
 
 # ------------------------------------------------------------------ shared properties, every memory
 
-MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn", "titans"]
+MINE = ["gated_linear_attention", "gated_delta_rule", "longhorn", "titans", "dgd"]
 
 
 def mem_step_errors(name, xp, **kw):
@@ -447,3 +448,68 @@ def test_titans_bad_momentum(xp):
         MEMS["titans"].recurrent(**inputs, initial_momentum=xp.asarray(bad))
     with pytest.raises(ValueError, match="eta must lie in"):
         MEMS["titans"].recurrent(**dict(inputs, eta=inputs["eta"] + 1.0))
+
+
+# ------------------------------------------------------------------ DGD
+
+
+class _Hebbian(Loss):
+    """L(y; v) = -<y, v>, dL/dy = -v (test-only loss: with it the self-generated value is v itself)."""
+
+    name = "hebbian"
+
+    def _value(self, y, target, xp):
+        return -xp.sum(y * target, axis=-1)
+
+    def _grad(self, y, target, xp):
+        return -target + 0 * y
+
+    def _curvature(self, target, xp):
+        return xp.zeros(target.shape[:-1], dtype=target.dtype)
+
+    def _third(self, target, xp):
+        return xp.zeros(target.shape[:-1], dtype=target.dtype)
+
+
+def test_dgd_with_hebbian_loss_is_longhorn(xp):
+    inputs = on(xp, np_inputs("dgd", seed=51, T=7))
+    o1, M1 = MEMS["dgd"].recurrent(**inputs, loss=_Hebbian())
+    o2, M2 = MEMS["longhorn"].recurrent(**inputs)
+    assert rel(o1, to_numpy(o2)) <= tol_same(4, T=7) and rel(M1, to_numpy(M2)) <= tol_same(4, T=7)
+
+
+def test_dgd_squared_error_fixed_point_is_half_value(xp):
+    """Repeating one pair: M k - v/2 shrinks by (1 - 2 e ||k||^2) per step (hand derivation), so M k -> v/2."""
+    g = np.random.default_rng(52)
+    T = 40
+    k1, v1 = g.standard_normal(4), g.standard_normal(3)
+    k, v, q = np.tile(k1, (T, 1)), np.tile(v1, (T, 1)), g.standard_normal((T, 4))
+    beta = np.full(T, 0.5)
+    M0 = g.standard_normal((3, 4))
+    _, M = MEMS["dgd"].recurrent(*(xp.asarray(a) for a in (q, k, v, beta)), initial_state=xp.asarray(M0))
+    x = 0.5 * (k1 @ k1) / (1 + 0.5 * (k1 @ k1))  # e ||k||^2
+    expected = (1 - 2 * x) ** T * (M0 @ k1 - v1 / 2) + v1 / 2
+    # |1 - 2x| < 1 contracts rounding too: the error stays ~ d eps per step
+    assert np.max(np.abs(to_numpy(M) @ k1 - expected)) <= tol_same(4, T=T) * np.max(np.abs(v1))
+
+
+def test_dgd_softmax_cross_entropy_matches_numpy(xp):
+    """Value u = p - (sum p) softmax(M k) written out in NumPy; the step is the normal-equation solve of np_longhorn."""
+    inputs = np_inputs("dgd", seed=53, T=5)
+    inputs["v"] = np.abs(inputs["v"])  # class weights >= 0
+    M0 = np.random.default_rng(54).standard_normal((2, 3, 4))
+    o, M = MEMS["dgd"].recurrent(**on(xp, inputs), loss="softmax_cross_entropy", initial_state=xp.asarray(M0))
+    Mr = M0.copy()
+    for t in range(5):
+        y = np.einsum("bij,bj->bi", Mr, inputs["k"][:, t])
+        s = np.exp(y - y.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        p = inputs["v"][:, t]
+        u = p - p.sum(-1, keepdims=True) * s
+        step = {n: inputs[n][:, t:t + 1] for n in ("q", "k", "beta")}
+        _, Mr = np_longhorn(**step, v=u[:, None, :], M0=Mr)
+    assert rel(M, Mr) <= 10 * tol_same(4, T=5)
+    with pytest.raises(ValueError, match="target must lie in"):
+        MEMS["dgd"].recurrent(**on(xp, dict(inputs, v=-inputs["v"])), loss="softmax_cross_entropy")
+    with pytest.raises(ValueError, match="loss must be"):
+        MEMS["dgd"].recurrent(**on(xp, inputs), loss="l7")
