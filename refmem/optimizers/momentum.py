@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 
+from ..backends import current_namespace
 from ..level import Level, solve
 from ..linalg import inner
 from ..objectives import Dot, Inner
@@ -218,8 +219,6 @@ def impulse_response(eta=0.1, alpha=0.9, n: int = 10, *, dtype="float64", xp=Non
     -------
     array ``[n]``
     """
-    from ..backends import current_namespace
-
     xp = xp or current_namespace()
     one = xp.ones((1, 1), dtype=getattr(xp, dtype))  # (1, 1): a 1x1 "gradient"
     m = xp.zeros_like(one)
