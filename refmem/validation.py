@@ -36,9 +36,14 @@ def get_option(name: str):
     return _OPTIONS[name]
 
 
+def dtype_name(dtype) -> str:
+    """``float64`` for NumPy's, strict's or CuPy's float64 alike."""
+    return str(dtype).rsplit(".", 1)[-1].replace("'>", "").replace("<class '", "")
+
+
 def check_real_floating(x, name: str, xp):
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must have a real floating dtype (float32 or float64); got {x.dtype}")
+        raise TypeError(f"{name} must have a real floating dtype (float32 or float64); got {dtype_name(x.dtype)}")
 
 
 def check_finite(x, name: str, xp) -> None:
@@ -66,7 +71,8 @@ def check_arrays(**named):
         if dtype is None:
             dtype, first = v.dtype, k
         elif v.dtype != dtype:
-            raise TypeError(f"{k} has dtype {v.dtype} but {first} has {dtype}; all inputs must share one dtype")
+            raise TypeError(f"{k} has dtype {dtype_name(v.dtype)} but {first} has {dtype_name(dtype)}; "
+                            "all inputs must share one dtype")
     for k, v in present.items():
         check_finite(v, k, xp)
     return xp
@@ -103,7 +109,8 @@ def as_param(p, name: str, xp, dtype, *, low=None, high=None, low_open=False, hi
         raise TypeError(f"{name} is an array of another library than the other inputs")
     check_real_floating(p, name, xp)
     if p.dtype != dtype:
-        raise TypeError(f"{name} has dtype {p.dtype} but the state has {dtype}; all inputs must share one dtype")
+        raise TypeError(f"{name} has dtype {dtype_name(p.dtype)} but the state has {dtype_name(dtype)}; "
+                        "all inputs must share one dtype")
     check_finite(p, name, xp)
     if _OPTIONS["check_finite"]:  # range checks read the device like finiteness does
         lo_bad = hi_bad = False

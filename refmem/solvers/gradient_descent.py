@@ -41,6 +41,7 @@ def gradient_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, ba
     safe = 1.0 / xp.where(L > 0, L, xp.ones_like(L))  # (..,); L = 0 (linear f): no finite minimiser unless Ret adds curvature
     step = safe
     name = "gd-backtracking" if backtracking else "gd"
+    eps = float(xp.finfo(X.dtype).eps)
     for it in range(max_iter + 1):
         r = fro_norm(G, xp)
         rel = r / problem.scale(X, r0)
@@ -53,10 +54,13 @@ def gradient_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, ba
         else:
             fX = problem.value(X)
             gg = inner(G, G, xp)
-            t = step * 2.0
+            # Armijo can only judge a decrease larger than the rounding of f; below that
+            # it accepts by luck (e.g. a reflection across the minimiser), so use 1/L there.
+            resolvable = 0.5 * safe * gg > 8 * eps * xp.abs(fX)
+            t = xp.where(resolvable, step * 2.0, safe)
             for _ in range(60):
                 Xn = X - expand_matrix(t, xp) * G
-                ok = problem.value(Xn) <= fX - 0.5 * t * gg
+                ok = (problem.value(Xn) <= fX - 0.5 * t * gg) | (t <= safe)
                 if bool(xp.all(ok)):
                     break
                 t = xp.where(ok, t, xp.maximum(0.5 * t, safe))
