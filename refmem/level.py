@@ -94,13 +94,16 @@ def _check_inputs(level: Level, M_t, k, v):
             raise ValueError(f"v must end in the state's shape ({d_v}, {d_k}); got shape {tuple(v.shape)}")
         batch = [M_t.shape[:-2], v.shape[:-2]]
     else:
-        check_ndim(k, "k", 1, "[..., d_k]")
-        check_ndim(v, "v", 1, "[..., d_v]")
+        w = 1 if getattr(level.objective, "windowed", False) else 0  # windowed objectives: c samples per problem
+        check_ndim(k, "k", 1 + w, "[..., c, d_k]" if w else "[..., d_k]")
+        check_ndim(v, "v", 1 + w, "[..., c, d_v]" if w else "[..., d_v]")
+        if w and k.shape[-2] != v.shape[-2]:
+            raise ValueError(f"k and v must hold the same number of samples c; got k {tuple(k.shape)}, v {tuple(v.shape)}")
         if k.shape[-1] != d_k:
             raise ValueError(f"k has length {k.shape[-1]} but M_t has d_k = {d_k} (M_t is [..., d_v, d_k])")
         if v.shape[-1] != d_v:
             raise ValueError(f"v has length {v.shape[-1]} but M_t has d_v = {d_v} (M_t is [..., d_v, d_k])")
-        batch = [M_t.shape[:-2], k.shape[:-1], v.shape[:-1]]
+        batch = [M_t.shape[:-2], k.shape[:-1 - w], v.shape[:-1 - w]]
     _check_broadcast(batch)
     return xp, level.retention.bind(xp, M_t.dtype)
 

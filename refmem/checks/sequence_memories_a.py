@@ -72,21 +72,44 @@ def default_step(spec, inputs, t, M_prev):
 STEP_ADAPTERS: dict = {}
 
 
+def prefix(inputs: dict, gates: tuple, t: int) -> dict:
+    """The inputs of tokens ``0 .. t - 1`` (gates of shape ``[c]``, shared by all steps, kept whole)."""
+    k = inputs["k"]
+    out = {n: inputs[n][..., :t, :] for n in ("q", "k", "v")}
+    for n in gates:
+        g = inputs[n]
+        if g.ndim < k.ndim - 1:  # a gate shared by all steps (Omega's gamma [c])
+            out[n] = g
+        else:
+            out[n] = g[..., :t] if not is_per_channel(g, k) else g[..., :t, :]
+    return out
+
+
+# memories whose step depends on earlier tokens (a window): their scan step is taken from prefixes
+WINDOWED = set()
+
+
 def step_errors(name: str, xp, *, seed: int = 0, inputs=None, shape=None):
     """Largest relative errors over a scan: (scan step vs closed, closed vs iterative).
 
     Starts from a random state, so the first step is as informative as the others.
+    The scan's step is the recurrent function run for token ``t`` alone from
+    ``M_{t-1}``, or (windowed memories) the scan of tokens ``0..t`` from ``M_0``.
     """
     spec = load_all()[name]
     shape = dict(SHAPE, **(shape or {}))
     if inputs is None:
         inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
     k, v = inputs["k"], inputs["v"]
-    M = to_backend(rng(seed + 1).standard_normal(tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])), xp)
+    M0 = to_backend(rng(seed + 1).standard_normal(tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])), xp)
+    M = M0
     adapter = STEP_ADAPTERS.get(name, default_step)
     e_scan = e_iter = 0.0
     for t in range(k.shape[-2]):
-        _, M_next = spec.recurrent(**slice_step(inputs, spec.gates, t), initial_state=M)
+        if name in WINDOWED:
+            _, M_next = spec.recurrent(**prefix(inputs, spec.gates, t + 1), initial_state=M0)
+        else:
+            _, M_next = spec.recurrent(**slice_step(inputs, spec.gates, t), initial_state=M)
         level, k_t, v_t = adapter(spec, inputs, t, M)
         M_closed, _ = solve(level, M, k_t, v_t, method="closed")
         M_iter, _ = solve(level, M, k_t, v_t, method="iterative")
@@ -345,3 +368,55 @@ def _dgd_hand_form(xp):
         err = max(err, rel_error(M_next, ref, xp))
         M = M_next
     return err, rounding_tol(xp, xp.float64, 4)
+
+
+# --- Omega (windowed) -------------------------------------------------------------------------
+
+
+def _omega_step(spec, inputs, t, M_prev):
+    """The level of step ``t`` and its window: keys/values of tokens ``t-c+1 .. t`` (absent ones as zero rows)."""
+    from ..memories.omega import _windows
+
+    k, gamma = inputs["k"], inputs["gamma"]
+    c = gamma.shape[-1]
+    K = _windows(k, c, _ns(k))[..., t:t + c, :]  # (.., c, d_k)
+    V = _windows(inputs["v"], c, _ns(k))[..., t:t + c, :]  # (.., c, d_v)
+    g = gamma if gamma.ndim == 1 else gamma[..., t, :]
+    return spec.step_level(inputs["alpha"][..., t], g), K, V
+
+
+def _ns(x):
+    from ..backends import namespace_of
+
+    return namespace_of(x)
+
+
+def _omega_shared_gamma_inputs(xp):
+    inputs = MEMORIES["omega"].make_inputs(71, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp)
+    inputs["gamma"] = to_backend([0.1, 0.2, 0.3, 0.4], xp)  # [c], c = 4 > 1: shared by every step
+    return inputs
+
+
+for _name in ("omega", "omega_implicit"):
+    WINDOWED.add(_name)
+    STEP_ADAPTERS[_name] = _omega_step
+    _register_step_checks(_name, SHAPE["d_k"])
+_register_step_checks("omega", SHAPE["d_k"], label="shared gamma [c]", make=_omega_shared_gamma_inputs)
+
+
+@register_check("omega", "c = 1, a = 1: explicit == delta rule, implicit == Longhorn (gamma = b)")
+def _omega_c1(xp):
+    from ..memories.delta_rule import delta_rule_recurrent
+    from ..memories.longhorn import longhorn_recurrent
+    from ..memories.omega import omega_recurrent
+
+    inputs = MEMORIES["delta_rule"].make_inputs(72, (2,), 8, 4, 3, xp)
+    q, k, v, b = inputs["q"], inputs["k"], inputs["v"], inputs["beta"]
+    ones = xp.ones_like(b)
+    M0 = to_backend(rng(73).standard_normal((2, 3, 4)), xp)
+    err = 0.0
+    for step, ref in (("explicit", delta_rule_recurrent), ("implicit", longhorn_recurrent)):
+        o1, M1 = omega_recurrent(q, k, v, ones, b[..., None], step=step, initial_state=M0)
+        o2, M2 = ref(q, k, v, b, initial_state=M0)
+        err = max(err, rel_error(o1, o2, xp), rel_error(M1, M2, xp))
+    return err, rounding_tol(xp, xp.float64, 4) * 8
