@@ -44,14 +44,16 @@ def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
     a : cupy array ``[..., n, n]``
         Only the ``lower`` (or upper) triangle is read; with ``unit_diagonal``
         the diagonal is taken as ones and not read.
-    b : cupy array ``[..., n, m]`` (or ``[..., n]``)
-        Batch dims broadcast against ``a``'s.
+    b : cupy array ``[..., n, m]``, or ``[n]``
+        Batch dims broadcast against ``a``'s. As in ``numpy.linalg.solve``
+        (NumPy 2), only a 1-D ``b`` is a vector; any other ``b`` is a stack of
+        ``n x m`` matrices (pass ``b[..., None]`` for a stack of vectors).
     lower, unit_diagonal : bool
         SciPy's names and defaults (``lower=False``: upper triangular).
 
     Returns
     -------
-    x : cupy array, ``b``'s shape (after broadcasting).
+    x : cupy array ``[..., n, m]`` (batch dims broadcast), or ``[..., n]`` for a 1-D ``b``.
 
     Raises
     ------
@@ -67,7 +69,7 @@ def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
     """
     import cupy
 
-    vector = b.ndim == a.ndim - 1
+    vector = b.ndim == 1
     B = b[..., None] if vector else b  # (.., n, m)
     batch = _broadcast_shapes(a.shape[:-2], B.shape[:-2])
     A = cupy.broadcast_to(a, batch + a.shape[-2:])  # (.., n, n)

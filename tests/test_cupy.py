@@ -542,7 +542,9 @@ def forbid_device_reads():
     ``numpy.asarray()`` (``__array__``), plus ``cupy.asnumpy``. CuPy's own
     synchronisation detector (``cupyx.allow_synchronize(False)``, where this CuPy
     still has it) also catches stream and device synchronisations in CuPy's
-    internals (e.g. a cuSOLVER status read).
+    internals that go through ``get`` (e.g. a cuSOLVER status read). A bare
+    ``Stream.synchronize()`` is not a transfer and is not caught (measured on
+    CuPy 14.2: the detector does not see it).
     """
     import cupy
     import cupyx
@@ -589,14 +591,13 @@ def test_guard_catches_every_kind_of_read():
     reads = [lambda: float(cpx.sum(x)), lambda: bool(cpx.all(x > -1)), lambda: x.get(), lambda: x[0].item(),
              lambda: x.tolist(), lambda: int(cpx.sum(x)), lambda: np.asarray(x), lambda: cupy.asnumpy(x),
              lambda: operator.index(cpx.astype(cpx.sum(x), cpx.int64))]
-    import cupyx
-
-    if hasattr(cupyx, "allow_synchronize"):  # CuPy's detector also sees plain synchronisations
-        reads.append(lambda: cupy.cuda.get_current_stream().synchronize())
     for i, read in enumerate(reads):
-        with pytest.raises(DeviceRead):
+        try:
             with forbid_device_reads():
                 read()
+        except DeviceRead:
+            continue
+        pytest.fail(f"read {i} of {len(reads)} was not caught by the guard")
     assert float(cpx.sum(x)) == 3.0 and x.get().tolist() == [0.0, 1.0, 2.0]
 
 
@@ -725,9 +726,40 @@ def test_solve_triangular_extra_matches_scipy(lower, unit, dtype):
     # (|off-diagonal| ~ 1 against a diagonal ~ 4 (or 1 with unit_diagonal: growth up to 2^n)); 2^n n u covers both
     tol = 2.0**n * n * _unit_roundoff(dtype) * 8
     assert rel_error(_npx().asarray(_host(X)), _npx().asarray(ref), _npx()) <= tol
-    # vector right-hand side and broadcast batch of a
-    x1 = st_(_cpx().asarray(A[0, 0]), _cpx().asarray(B[:, :, :, 0]), lower=lower, unit_diagonal=unit)
-    assert tuple(x1.shape) == batch + (n,)
+    # a broadcast against a batch of b, and a 1-D b (a vector, as in numpy.linalg.solve)
+    x1 = st_(_cpx().asarray(A[0, 0]), _cpx().asarray(B[..., :1]), lower=lower, unit_diagonal=unit)
+    assert tuple(x1.shape) == batch + (n, 1)
+    assert rel_error(_npx().asarray(_host(x1)[0, 0]), _npx().asarray(ref[0, 0, :, :1]), _npx()) <= tol
+    x2 = st_(_cpx().asarray(A[0, 0]), _cpx().asarray(B[0, 0, :, 0]), lower=lower, unit_diagonal=unit)
+    assert tuple(x2.shape) == (n,)
+    assert rel_error(_npx().asarray(_host(x2)), _npx().asarray(ref[0, 0, :, 0]), _npx()) <= tol
+
+
+@gpu
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("unit", [True, False])
+def test_solve_triangular_fallback_matches_scipy(lower, unit, monkeypatch):
+    """The LU fallback (a CuPy whose solve_triangular takes no batches) gives the same solution."""
+    import cupyx.scipy.linalg
+    import scipy.linalg
+
+    real = cupyx.scipy.linalg.solve_triangular
+
+    def two_d_only(a, b, **kw):
+        if a.ndim > 2:
+            raise ValueError("expected square matrix")  # what CuPy < 13 says for a batch
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(cupyx.scipy.linalg, "solve_triangular", two_d_only)
+    g = np.random.default_rng(9)
+    n, batch = 6, (3,)
+    A = g.standard_normal(batch + (n, n)) + 4 * np.eye(n)
+    B = g.standard_normal(batch + (n, 2))
+    X = backends.extra(_cpx(), "solve_triangular")(_cpx().asarray(A), _cpx().asarray(B), lower=lower,
+                                                  unit_diagonal=unit)
+    ref = np.stack([scipy.linalg.solve_triangular(A[i], B[i], lower=lower, unit_diagonal=unit) for i in range(3)])
+    tol = 2.0**n * n * _unit_roundoff("float64") * 8  # as in the test above (LU of a triangle: same bound)
+    assert rel_error(_npx().asarray(_host(X)), _npx().asarray(ref), _npx()) <= tol
 
 
 @gpu
