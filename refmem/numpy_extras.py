@@ -19,7 +19,7 @@ import numpy as np
 
 
 def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
-    """Solve ``a x = b`` for triangular ``a [..., n, n]``, ``b [..., n, m]`` or ``[..., n]`` (batch dims broadcast).
+    """Solve ``a x = b`` for triangular ``a [..., n, n]``, ``b [..., n, m]`` (batch dims broadcast) or 1-D ``b [n]``.
 
     SciPy's argument names and defaults (``lower=False``: upper triangular).
     Only the named triangle is read; with ``unit_diagonal`` the diagonal is not read.
@@ -34,7 +34,7 @@ def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
 
     a = np.asarray(a)
     b = np.asarray(b)
-    vector = b.ndim == a.ndim - 1
+    vector = b.ndim == 1  # only a 1-D b is a vector (numpy.linalg.solve's rule, as the cupy extra)
     B = b[..., None] if vector else b  # (.., n, m)
     batch = np.broadcast_shapes(a.shape[:-2], B.shape[:-2])
     A = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])  # (batch, n, n)

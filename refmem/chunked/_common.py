@@ -72,11 +72,13 @@ def log_gate_cumsum(a, xp, axis: int = -1):
     """Cumulative log-gate and zero count along ``axis`` (the in-chunk time axis).
 
     Returns ``L = cumsum(log a over a > 0)`` and ``Z = cumsum([a == 0])`` (as floats,
-    exact small integers), both shaped like ``a``. ``log 0`` is never evaluated.
+    exact small integers), both shaped like ``a``; ``Z`` is ``None`` when no gate
+    is 0 (then ``D`` needs no zero bookkeeping). ``log 0`` is never evaluated.
     """
     zero = a == 0
-    one = xp.ones_like(a)
-    logs = xp.log(xp.where(zero, one, a))  # log a, 0 where a = 0 (counted in Z instead)
+    if not bool(xp.any(zero)):
+        return xp.cumulative_sum(xp.log(a), axis=axis), None
+    logs = xp.log(xp.where(zero, xp.ones_like(a), a))  # log a, 0 where a = 0 (counted in Z instead)
     L = xp.cumulative_sum(logs, axis=axis)
     Z = xp.cumulative_sum(xp.astype(zero, a.dtype), axis=axis)
     return L, Z
@@ -93,17 +95,17 @@ def decay_matrix(L_row, Z_row, L_col, Z_col, mask, xp):
 
     ``L_row, Z_row [..., C]`` are the cumulative log-gate / zero count at the row
     times ``t``, ``L_col, Z_col [..., C]`` at the column times ``s`` (so shifted
-    cumulants give "decay up to the step before ``t``"). Zero gates give exact zeros.
+    cumulants give "decay up to the step before ``t``"). Zero gates give exact
+    zeros; ``Z_row = None`` means "no zero gate anywhere" (skips the comparison).
     """
     diff = L_row[..., :, None] - L_col[..., None, :]  # (.., C, 1) - (.., 1, C) -> (.., C, C)
-    valid = xp.logical_and(mask, Z_row[..., :, None] == Z_col[..., None, :])  # no zero gate in (s, t]
-    zeros = xp.zeros_like(diff)
-    return xp.where(valid, xp.exp(xp.where(valid, diff, zeros)), zeros)  # exponents <= 0 where valid
+    valid = mask if Z_row is None else xp.logical_and(mask, Z_row[..., :, None] == Z_col[..., None, :])
+    return xp.exp(xp.where(valid, diff, -math.inf))  # exp(-inf) = 0 exactly; exponents <= 0 where valid
 
 
 def decay_from_start(L, Z, xp):
-    """``gamma_t = prod_{r <= t} a_r`` (inclusive, from the chunk start): ``exp(L_t) [Z_t = 0]``."""
-    return xp.where(Z == 0, xp.exp(L), xp.zeros_like(L))
+    """``gamma_t = prod_{r <= t} a_r`` (inclusive, from the chunk start): ``exp(L_t) [Z_t = 0]`` (``Z=None``: no zeros)."""
+    return xp.exp(L) if Z is None else xp.exp(xp.where(Z == 0, L, -math.inf))
 
 
 def shift_right(x, xp, *, fill: float = 0.0, axis: int = -1):

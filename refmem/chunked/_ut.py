@@ -77,44 +77,57 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     d_v = V.shape[-1]
     dev = device_of(K)
     incl = lower_mask(C, xp, dev)
-    QK = Q @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
     if L is None:
         D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
-        bg = b
+        VK = concat_last(V, K, xp=xp)  # (.., C, d_v + d_k)
         g_end = None
     else:
         D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
         gamma = decay_from_start(L, Z, xp)  # (.., C)
-        bg = b * gamma
+        VK = concat_last(V, gamma[..., None] * K, xp=xp)  # (.., C, d_v + d_k)
         g_end = gamma[..., C - 1]  # (..)
-    bV = b[..., None] * V  # (.., C, d_v)
-    bgK = bg[..., None] * K  # (.., C, d_k)
+    rhs = b[..., None] * VK  # [diag(b) V, diag(b gamma) K]
+    del VK
     if exact:
         KK = K @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
-        strict = lower_mask(C, xp, dev, strict=True)
-        A_low = xp.where(strict, b[..., :, None] * (D * KK), xp.zeros_like(KK))  # strict lower part of A
+        A_low = b[..., :, None] * (D * KK)  # diag(b) (D o K K^T); only its strict lower triangle is read
         del KK
         lead = tuple(A_low.shape[:-2])
-        rhs = xp.concat([xp.broadcast_to(bV, lead + tuple(bV.shape[-2:])),
-                         xp.broadcast_to(bgK, lead + tuple(bgK.shape[-2:]))], axis=-1)  # (.., C, d_v + d_k)
-        X = solve_unit_lower(A_low, rhs, xp)  # (.., C, d_v + d_k)
+        rhs = xp.broadcast_to(rhs, lead + tuple(rhs.shape[-2:]))  # (.., C, d_v + d_k)
+        X = solve_unit_lower(A_low, rhs, xp)  # [U~, W] (.., C, d_v + d_k)
         del A_low, rhs
-        U, W = X[..., :d_v], X[..., d_v:]
     else:
-        U, W = bV, bgK
-    P = D * QK  # (.., C, C), lower triangle (D is masked)
-    del QK
-    PU = P @ U  # (.., C, C) @ (.., C, d_v) -> (.., C, d_v)
-    Qg = Q if L is None else gamma[..., None] * Q
-    Qt = Qg - P @ W  # (.., C, d_k)
+        X = rhs  # mini-batch: A = I
+    P = D * (Q @ mT(K, xp))  # tril(D o Q K^T) (D is masked), (.., C, C)
+    PX = P @ X  # [P U~, P W] (.., C, C) @ (.., C, d_v + d_k)
     del P
+    PU = PX[..., :d_v]
+    Qt = (Q if L is None else gamma[..., None] * Q) - PX[..., d_v:]  # diag(gamma) Q - P W, (.., C, d_k)
     Kt = D[..., C - 1, :][..., None] * K  # decay from s to the chunk end, (.., C, d_k)
-    H = mT(U, xp) @ Kt  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
-    G = mT(W, xp) @ Kt  # (.., d_k, C) @ (.., C, d_k) -> (.., d_k, d_k)
+    HG = mT(X, xp) @ Kt  # [U~^T K~; W^T K~] (.., d_v + d_k, C) @ (.., C, d_k) -> (.., d_v + d_k, d_k)
+    H, G = HG[..., :d_v, :], HG[..., d_v:, :]
     d_k = K.shape[-1]
     eye = xp.eye(d_k, dtype=K.dtype, device=dev)
     F = (eye if g_end is None else g_end[..., None, None] * eye) - G  # (.., d_k, d_k)
     return PU, Qt, H, F
+
+
+def broadcast_lead(*shapes):
+    """Broadcast of the leading shapes ``shapes`` (tuples), NumPy rules."""
+    n = max(len(sh) for sh in shapes)
+    out = []
+    for dims in zip(*((1,) * (n - len(sh)) + tuple(sh) for sh in shapes)):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
+def concat_last(*arrays, xp):
+    """Concatenate along the last axis after broadcasting the other axes."""
+    lead = broadcast_lead(*(tuple(a.shape[:-1]) for a in arrays))
+    return xp.concat([xp.broadcast_to(a, lead + (a.shape[-1],)) for a in arrays], axis=-1)
 
 
 def linear_terms(Q, K, V, L, Z, xp):

@@ -69,8 +69,9 @@ def _per_channel(q, k, v, alpha, C, M0, xp):
     incl = lower_mask(C, xp, device_of(k))
 
     def terms(n):
-        Qn, Kn, Vn, Ln, Zn = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n), chunk(Z, n)
-        Lc, Zc = mT(Ln, xp), mT(Zn, xp)  # (.., d_k, C): channel-major
+        Qn, Kn, Vn, Ln = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n)
+        Zn = None if Z is None else chunk(Z, n)  # None: no zero gate anywhere
+        Lc, Zc = mT(Ln, xp), None if Zn is None else mT(Zn, xp)  # (.., d_k, C): channel-major
         D = decay_matrix(Lc, Zc, Lc, Zc, incl, xp)  # (.., d_k, C, C): D[c, t, s]
         Qc, Kc = mT(Qn, xp), mT(Kn, xp)  # (.., d_k, C)
         S = xp.sum(Qc[..., :, :, None] * Kc[..., :, None, :] * D, axis=-3)  # sum_c q_tc k_sc D_c[t,s] -> (.., C, C)

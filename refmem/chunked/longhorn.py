@@ -1,0 +1,91 @@
+"""Chunked Longhorn: its implicit l2 step is a delta step with ``e_t = b_t / (1 + b_t ||k_t||^2)`` (MATH.md 5, 8).
+
+.. math::
+
+    M_t = M_{t-1} - \\mathrm{diag}(e_t) (M_{t-1} k_t - v_t) k_t^T .
+
+Scalar ``b_t``: the chunked delta rule (:func:`refmem.chunked._ut.delta_terms`,
+UT form) with ``beta = e``. Per value channel ``b_t in R^{d_v}``: row ``i`` of
+``M`` follows its own delta rule with step ``e_{t,i}``, so each row has its own
+unit lower-triangular system
+:math:`(I + \\mathrm{diag}(e_{\\cdot i}) \\mathrm{strict\\_tril}(K K^T)) u_{\\cdot i} = \\ldots`;
+the rows are an extra batch axis, solved one chunk at a time (the per-row
+``W`` matrices are ``d_v`` times larger than in the scalar case).
+"""
+
+from __future__ import annotations
+
+from ..linalg import sq_norm
+from ..memories._inputs import check_gate_range, check_sequence, initial
+from ._common import check_chunk_size, from_chunks, to_chunks
+from ._register import attach_forms
+from ._ut import chunk, delta_family, delta_terms, mT, prepare_chunks
+
+
+def _checked(q, k, v, beta, initial_state, chunk_size):
+    xp = check_sequence(q, k, v, initial_state, beta=beta)
+    lead = tuple(k.shape[:-1])
+    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
+        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
+                         f"(one per step and value channel); got {tuple(beta.shape)}")
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    return xp, check_chunk_size(chunk_size), tuple(beta.shape) != lead
+
+
+def longhorn_step_sizes(k, beta, xp):
+    """``e_t = b_t / (1 + b_t ||k_t||^2)``: ``[..., T]`` or ``[..., T, d_v]`` like ``beta``."""
+    kk = sq_norm(k, xp)  # (.., T)
+    if beta.ndim == k.ndim:
+        return beta / (1 + beta * kk[..., None])  # (.., T, d_v)
+    return beta / (1 + beta * kk)  # (.., T)
+
+
+def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
+    """Longhorn in chunks (exact); equals :func:`~refmem.memories.longhorn.longhorn_recurrent`.
+
+    Parameters
+    ----------
+    q, k : array ``[..., T, d_k]``
+    v : array ``[..., T, d_v]``
+    beta : array ``[..., T]`` or ``[..., T, d_v]``, ``>= 0``
+    chunk_size : int, ``>= 1``
+    initial_state : array ``[..., d_v, d_k]``, optional
+
+    Returns
+    -------
+    o : array ``[..., T, d_v]``
+    M : array ``[..., d_v, d_k]``
+    """
+    xp, C, per_channel = _checked(q, k, v, beta, initial_state, chunk_size)
+    M0 = initial(initial_state, k, v, xp)
+    e = longhorn_step_sizes(k, beta, xp)
+    if not per_channel:
+        return delta_family(q, k, v, e, None, C, M0, xp, exact=True)
+    return _per_channel(q, k, v, e, C, M0, xp)
+
+
+def _per_channel(q, k, v, e, C, M0, xp):
+    """One delta rule per row of ``M`` (value channel), rows as a batch axis, chunk by chunk."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    E = to_chunks(e, C, xp, fill=0.0)  # (.., N, C, d_v); padding steps write nothing
+
+    def terms(n):
+        Qn, Kn = chunk(Q, n)[..., None, :, :], chunk(K, n)[..., None, :, :]  # (.., 1, C, d_k), shared by all rows
+        Vn = mT(chunk(V, n), xp)[..., :, :, None]  # (.., d_v, C, 1): row i's values
+        En = mT(chunk(E, n), xp)  # (.., d_v, C): row i's step sizes
+        PU, Qt, H, F = delta_terms(Qn, Kn, Vn, En, None, None, xp, exact=True)
+        # rows m_i = M[i, :] as (.., d_v, 1, d_k): o_{t,i} = PU_i + Qt_i m_i^T, m_i <- m_i F_i + H_i
+        out_of = lambda Mr: mT((PU + Qt @ mT(Mr, xp))[..., 0], xp)  # (.., d_v, C, 1) -> (.., C, d_v)  # noqa: E731
+        step = lambda Mr: Mr @ F + H  # (.., d_v, 1, d_k) @ (.., d_v, d_k, d_k)  # noqa: E731
+        return out_of, step
+
+    Mr = M0[..., :, None, :]  # (.., d_v, 1, d_k)
+    outs = []
+    for n in range(Q.shape[-3]):
+        out_of, step = terms(n)
+        outs.append(out_of(Mr))
+        Mr = step(Mr)
+    return from_chunks(xp.stack(outs, axis=-3), T, xp), Mr[..., :, 0, :]
+
+
+attach_forms("longhorn", chunked=longhorn_chunked)
