@@ -1,0 +1,161 @@
+"""Every registered name has a spec file in ``specs/``, and every spec file points at real code.
+
+Registered names: every memory (``refmem.memories.MEMORIES``), every objective
+and retention (the registries plus every concrete class defined in their
+packages, registered or not), every ``refmem verify`` check's ``spec``, and
+every optimiser module (which must be named by some spec's ``Implementation:``).
+"""
+
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+SECTIONS = ("## Problem (P)", "## Conventions", "## Closed form", "## Iterative method", "## Tolerance", "## Errata")
+LINE = re.compile(r"^(Spec|Kind|Implementation|Planned|Vectors):\s*(\S.*?)\s*$", re.M)
+KINDS = {"memory", "objective", "retention", "optimiser", "infrastructure"}
+
+
+def _import_package(name):
+    pkg = importlib.import_module(name)
+    mods = [pkg]
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            mods.append(importlib.import_module(f"{name}.{info.name}"))
+    return pkg, mods
+
+
+def _concrete_names(package, base_name):
+    """``name`` of every concrete subclass of the package's base class defined in the package."""
+    pkg, mods = _import_package(package)
+    base = getattr(pkg, base_name)
+    names = set()
+    for m in mods:
+        for _, cls in inspect.getmembers(m, inspect.isclass):
+            if issubclass(cls, base) and cls is not base and not inspect.isabstract(cls) and cls.__module__.startswith(package):
+                names.add(cls.name)
+    return names
+
+
+def registered_names() -> dict[str, str]:
+    """Every registered spec name -> where it is registered."""
+    from refmem.checks import load_all as load_checks
+    from refmem.memories import load_all as load_memories
+    from refmem.objectives import OBJECTIVES
+    from refmem.retentions import RETENTIONS
+
+    names = {}
+    for n in load_memories():
+        names[n] = "memory registry"
+    for n in set(OBJECTIVES) | _concrete_names("refmem.objectives", "Objective"):
+        names.setdefault(n, "objective")
+    for n in set(RETENTIONS) | _concrete_names("refmem.retentions", "Retention"):
+        names.setdefault(n, "retention")
+    for c in load_checks():
+        names.setdefault(c.spec, f"check {c.name!r}")
+    return names
+
+
+def spec_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SPECS.glob("*.md")) if p.name != "README.md"}
+
+
+def parse(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    fields = {}
+    for key, value in LINE.findall(text):
+        fields.setdefault(key, []).append(value)
+    return {"text": text, **fields}
+
+
+def resolve(dotted: str):
+    """Import the longest module prefix of ``dotted``, then getattr the rest."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not ".".join(parts[:i]).startswith(exc.name):
+                raise  # a real import error inside an existing module
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_registered_name_has_a_spec_file():
+    files = spec_files()
+    missing = {n: where for n, where in registered_names().items() if n not in files}
+    assert not missing, f"specs/ has no file for: {missing} (write specs/<name>.md, see specs/README.md)"
+
+
+@pytest.mark.parametrize("name", sorted(spec_files()))
+def test_spec_file_is_complete_and_points_at_real_code(name):
+    spec = parse(spec_files()[name])
+    assert spec.get("Spec") == [name], f"specs/{name}.md: first field must be 'Spec: {name}'"
+    assert spec.get("Kind", [None])[0] in KINDS, f"specs/{name}.md: Kind must be one of {sorted(KINDS)}"
+    for section in SECTIONS:
+        assert f"\n{section}\n" in spec["text"], f"specs/{name}.md: missing section {section!r}"
+    impls = spec.get("Implementation", [])
+    assert impls or spec.get("Planned"), f"specs/{name}.md: names no Implementation (or Planned) function"
+    for dotted in impls:
+        try:
+            obj = resolve(dotted)
+        except (ImportError, AttributeError) as exc:
+            pytest.fail(f"specs/{name}.md: Implementation {dotted} does not exist ({type(exc).__name__}: {exc})")
+        assert callable(obj), f"specs/{name}.md: Implementation {dotted} is not callable"
+
+
+def test_vectors_field_matches_the_memory_registry():
+    from refmem.memories import load_all
+
+    memories = load_all()
+    for name, path in spec_files().items():
+        vec = parse(path).get("Vectors", ["no"])[0]
+        if name in memories:
+            assert vec == "yes", f"specs/{name}.md: a registered memory has test vectors: 'Vectors: yes'"
+        else:
+            assert vec == "no", f"specs/{name}.md: 'Vectors: yes' but {name!r} is not a registered memory"
+
+
+def test_memory_forms_are_named_by_their_spec():
+    # the recurrent, chunked and mini-batch forms registered for a memory appear in its spec
+    from refmem.memories import load_all
+
+    files = spec_files()
+    for name, mem in load_all().items():
+        if name not in files:
+            continue  # reported by test_every_registered_name_has_a_spec_file
+        impls = set(parse(files[name]).get("Implementation", []))
+        for form in ("recurrent", "chunked", "minibatch"):
+            fn = getattr(mem, form)
+            if fn is not None:
+                dotted = f"{fn.__module__}.{fn.__qualname__}"
+                assert dotted in impls, f"specs/{name}.md: the registered {form} form {dotted} is not an Implementation line"
+
+
+def test_every_optimiser_module_is_specified():
+    _, mods = _import_package("refmem.optimizers")
+    named = {d for p in spec_files().values() for d in parse(p).get("Implementation", [])}
+    for m in mods[1:]:
+        assert any(d.startswith(m.__name__ + ".") for d in named), f"no spec names a function of {m.__name__}"
+
+
+def test_index_lists_every_spec_file():
+    index = (SPECS / "README.md").read_text(encoding="utf-8")
+    for name in spec_files():
+        assert f"]({name}.md)" in index, f"specs/README.md: the index does not link {name}.md"
+
+
+def test_resolve_rejects_missing_functions():
+    # the checker itself can fail: a wrong name is reported, not silently accepted
+    with pytest.raises(AttributeError):
+        resolve("refmem.memories.delta_rule.no_such_function")
+    with pytest.raises((ImportError, AttributeError)):
+        resolve("refmem.no_such_module.f")
+    assert callable(resolve("refmem.memories.delta_rule.delta_rule_recurrent"))
