@@ -285,7 +285,7 @@ def _delta_is_implicit(xp):
 # --- Titans (two levels per step) -------------------------------------------------------------
 
 
-def titans_step_errors(xp, *, seed: int = 0, shape=None):
+def titans_step_errors(xp, *, seed: int = 0, shape=None, inputs=None):
     """Largest relative errors over a scan of Titans: (scan step vs the two closed solves, closed vs iterative).
 
     Each step solves the momentum level (value = the surprise at ``M_{t-1}``), then
@@ -295,7 +295,8 @@ def titans_step_errors(xp, *, seed: int = 0, shape=None):
 
     spec = load_all()["titans"]
     shape = dict(SHAPE, **(shape or {}))
-    inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
+    if inputs is None:
+        inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
     k, v = inputs["k"], inputs["v"]
     g = rng(seed + 1)
     state_shape = tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])
@@ -420,3 +421,25 @@ def _omega_c1(xp):
         o2, M2 = ref(q, k, v, b, initial_state=M0)
         err = max(err, rel_error(o1, o2, xp), rel_error(M1, M2, xp))
     return err, rounding_tol(xp, xp.float64, 4) * 8
+
+
+@register_check("omega_implicit", "Woodbury c x c step == direct d_k x d_k normal-equation solve")
+def _omega_woodbury_vs_direct(xp):
+    from ..memories.omega import _windows, omega_implicit_recurrent
+
+    spec = MEMORIES["omega_implicit"]
+    inputs = spec.make_inputs(74, (2,), 6, 4, 3, xp, c=5)
+    k, v, a, gam = inputs["k"], inputs["v"], inputs["alpha"], inputs["gamma"]
+    c = gam.shape[-1]
+    Kp, Vp = _windows(k, c, xp), _windows(v, c, xp)
+    M0 = to_backend(rng(75).standard_normal((2, 3, 4)), xp)
+    _, M_scan = omega_implicit_recurrent(**inputs, initial_state=M0)
+    M = M0
+    eye = xp.eye(4, dtype=k.dtype)
+    for t in range(6):
+        K, V, g = Kp[..., t:t + c, :], Vp[..., t:t + c, :], gam[..., t, :, None]  # (.., c, d)
+        A = eye + xp.matrix_transpose(K) @ (g * K)  # (.., d_k, d_k): I + K^T G K, symmetric
+        rhs = a[..., t, None, None] * M + xp.matrix_transpose(V) @ (g * K)  # (.., d_v, d_k)
+        M = xp.matrix_transpose(xp.linalg.solve(A, xp.matrix_transpose(rhs)))  # M A = rhs
+    # both solve systems with condition <= 1 + sum gam ||k||^2 (~ 10 here): ~ 10 d eps per step
+    return rel_error(M_scan, M, xp), rounding_tol(xp, xp.float64, 4) * 10
