@@ -22,7 +22,6 @@ import refmem
 from refmem.checks.sequence_memories_a import CLOSED_VS_ITERATIVE_TOL, step_errors, titans_step_errors
 from refmem.losses import Loss
 from refmem.memories import load_all
-from refmem.metrics import rel_error
 
 from conftest import to_numpy
 

@@ -135,10 +135,6 @@ def _register_step_checks(name: str, d: int, *, label: str = "", make=None):
         return errors(xp)[1]
 
 
-def _uniform(seed, shape, low, high, xp):
-    return to_backend(rng(seed).uniform(low, high, size=shape), xp)
-
-
 # --- gated linear attention ------------------------------------------------------------------
 
 _register_step_checks("gated_linear_attention", SHAPE["d_k"])
