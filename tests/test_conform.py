@@ -358,3 +358,29 @@ def test_cli_conform_pass_and_fail(vec_dir, tmp_path, monkeypatch, capsys):
     # without --vectors the runner generates them itself; float32 against the float32 tolerance
     assert main(["conform", "my_kernels:good", "--spec", "linear_attention", "--layout", "fla", "--dtype", "float32"]) == 0
     assert main(["conform", "my_kernels:nope", "--spec", "linear_attention"]) == 2
+
+
+# ---------------------------------------------------------------- every registered memory, through the runner
+
+
+def _registered_forms():
+    out = []
+    for name, mem in sorted(load_all().items()):
+        out.append(pytest.param(name, "recurrent", id=f"{name}-recurrent"))
+        if mem.chunked is not None:
+            out.append(pytest.param(name, "chunked", id=f"{name}-chunked"))
+    return out
+
+
+@pytest.mark.parametrize("name, form", _registered_forms())
+def test_registered_forms_conform_in_refmem_layout(name, form):
+    # The runner drives every registered memory (tuple states, parameters, initial states included);
+    # a chunked form with chunk size 16 (so T = 63 and 100 cross chunk boundaries) must match the
+    # recurrent reference to the derived float64 tolerance: an independent algorithm, same numbers.
+    import functools
+
+    mem = load_all()[name]
+    fn = mem.recurrent if form == "recurrent" else functools.partial(mem.chunked, chunk_size=16)
+    res = conform.check(fn, spec=name, name=f"{name}.{form}")
+    assert res.passed, str(res)
+    assert res.rows and {r.output for r in res.rows} >= {"o"}
