@@ -103,6 +103,18 @@ def test_bad_qkv_shapes(name, xp):
         MEMS[name].recurrent(**bad)
     with pytest.raises(ValueError, match="initial_state"):
         MEMS[name].recurrent(**inputs, initial_state=xp.zeros((2, 4, 4), dtype=xp.float64))
+    raw = np_inputs(name)
+    for n in ("q", "k", "v"):
+        bad = raw[n].copy()
+        bad[1, -1, 0] = np.nan
+        with pytest.raises(ValueError, match=f"{n} contains non-finite"):
+            MEMS[name].recurrent(**on(xp, dict(raw, **{n: bad})))
+    M0 = np.zeros((2, 3, 4))
+    M0[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="initial_state contains non-finite"):
+        MEMS[name].recurrent(**inputs, initial_state=xp.asarray(M0))
+    with pytest.raises(TypeError, match="initial_state"):
+        MEMS[name].recurrent(**inputs, initial_state=xp.zeros((2, 3, 4), dtype=xp.float32))
 
 
 @pytest.mark.parametrize("name", MINE)
