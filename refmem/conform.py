@@ -139,7 +139,7 @@ def _fla_call(case: Case, cast, accepts: Callable[[str], bool]) -> _Call:
     for n, a in case.call_kwargs().items():
         if n == "initial_state":
             if isinstance(a, tuple):
-                raise VectorError(case.file, "layout", "the fla layout needs a single matrix state; this memory's state is a tuple")
+                raise _NotApplicable("the fla layout needs a single matrix state; this memory's initial state has several parts")
             B, H = _lead_to_bh(lead)
             kw["initial_state"] = cast(np.swapaxes(a.reshape((B, H) + a.shape[len(lead):]), -1, -2))  # M0^T: (B, H, K, V)
         elif n == "alpha":  # forget gate -> log space; per channel is fla's gk
@@ -178,6 +178,10 @@ def _fla_call(case: Case, cast, accepts: Callable[[str], bool]) -> _Call:
     return _Call(args, kw, unpack)
 
 
+class _NotApplicable(Exception):
+    """A case the layout cannot express (reported as skipped, never as a pass)."""
+
+
 class _ShapeError(Exception):
     """An output whose shape does not fit the layout (kept as a value: a failing row for that output only)."""
 
@@ -212,6 +216,7 @@ class ConformResult:
     layout: str
     dtype: str
     rows: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (case, reason): cases the layout cannot express
 
     @property
     def passed(self) -> bool:
@@ -241,6 +246,8 @@ class ConformResult:
                              f"(first: case {first.case}: {first.message or _numbers(first)})")
             else:
                 lines.append(f"output {o!r} matches in all {len(rs)} cases")
+        for case, reason in self.skipped:
+            lines.append(f"case {case} skipped: {reason}")
         verdict = "PASS" if self.passed else f"FAIL: output(s) {', '.join(repr(o) for o in self.failing_outputs()) or '(none compared)'} differ"
         lines.append(f"{verdict} ({self.target}, spec {self.spec}, layout {self.layout}, {self.dtype})")
         return "\n".join(lines)
@@ -370,6 +377,9 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
         try:
             call = _refmem_call(case, cast) if layout == "refmem" else _fla_call(case, cast, accepts)
             got = call.unpack(_name_outputs(fn(*call.args, **call.kwargs), order))
+        except _NotApplicable as exc:
+            result.skipped.append((case.name, str(exc)))
+            continue
         except VectorError:
             raise
         except Exception as exc:  # the implementation crashed on this case: a failure, not a crash of the runner

@@ -384,3 +384,16 @@ def test_registered_forms_conform_in_refmem_layout(name, form):
     res = conform.check(fn, spec=name, name=f"{name}.{form}")
     assert res.passed, str(res)
     assert res.rows and {r.output for r in res.rows} >= {"o"}
+
+
+def test_case_the_layout_cannot_express_is_skipped_not_passed(vec_dir, tmp_path):
+    # Mesa's state is (G, H): the fla layout has no place for it, so that case is reported as skipped.
+    _need("mesa")
+    generate(str(tmp_path), ["mesa"])
+
+    def fla_mesa(q, k, v, lam, initial_state=None, output_final_state=False):
+        raise AssertionError("must not be called on a case with a tuple state")
+
+    res = conform.check(fla_mesa, spec="mesa", vectors=str(tmp_path), layout="fla", cases=["initial_state"])
+    assert not res.passed and not res.rows
+    assert res.skipped and res.skipped[0][0] == "initial_state" and "skipped" in res.summary()
