@@ -1,0 +1,359 @@
+"""Chunked (parallel) and mini-batch forms (issue 4, MATH.md 8).
+
+Every chunked form is compared with its memory's *recurrent* form (written by
+another module, the per-token definition) over odd ``T``, chunk sizes 1..64,
+zero gates, gates equal to 1 and random initial states, on numpy and
+array_api_strict. Tolerance: 1e-10 relative (``refmem.metrics.rel_error``), the
+project's float64 default for two exact computations; the observed errors are
+~1e-15 (the chunked form reorders sums of at most ``T`` terms of size ``d``).
+
+Mini-batch forms are compared with an independent NumPy loop written here
+from their definition (every gradient of a chunk at the chunk-start state),
+with the recurrence at ``C = 1`` (equal) and at ``C > 1`` (different).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refmem
+from refmem.chunked._common import decay_matrix, forward_substitution, log_gate_cumsum, lower_mask
+from refmem.memories import load_all
+from refmem.metrics import rel_error
+
+from conftest import to_numpy
+
+MEMS = load_all()
+EQUAL_TOL = 1e-10  # float64, exact reordering: see module docstring
+EPS32 = float(np.finfo(np.float32).eps)
+
+# memory -> {gate name: (value that makes it "zero", value that makes it "one")}; None: not applicable
+GATE_EXTREMES = {
+    "linear_attention": {},
+    "gated_linear_attention": {"alpha": (0.0, 1.0)},
+    "delta_rule": {"beta": (0.0, 1.0)},
+    "gated_delta_rule": {"alpha": (0.0, 1.0), "beta": (0.0, 1.0)},
+    "longhorn": {"beta": (0.0, 1.0)},
+    "titans": {"alpha": (0.0, 1.0), "eta": (0.0, 1.0), "theta": (0.0, 1.0)},
+    "mesa": {"lam": (None, 1.0)},  # lam must be > 0: no zero
+}
+# (memory, make_inputs keyword arguments): the variants every property test runs
+VARIANTS = [
+    ("linear_attention", {}),
+    ("gated_linear_attention", {}),
+    ("gated_linear_attention", {"per_channel": True}),
+    ("delta_rule", {}),
+    ("gated_delta_rule", {}),
+    ("longhorn", {}),
+    ("longhorn", {"per_channel": True}),
+    ("titans", {}),
+    ("mesa", {}),
+]
+VARIANT_IDS = [name + ("-per_channel" if kw else "") for name, kw in VARIANTS]
+
+
+def np_inputs(name, seed, batch, T, d_k, d_v, mode="random", **kw):
+    """Random inputs as NumPy arrays; ``mode`` "zero"/"one" sets ~30% of each gate to its extreme value."""
+    with refmem.backend("numpy") as xnp:
+        inputs = {n: np.array(a) for n, a in MEMS[name].make_inputs(seed, batch, T, d_k, d_v, xnp, **kw).items()}
+    g = np.random.default_rng(seed + 1000)
+    if mode != "random":
+        for gate, (zero, one) in GATE_EXTREMES[name].items():
+            value = zero if mode == "zero" else one
+            if value is None:
+                continue
+            a = inputs[gate]
+            inputs[gate] = np.where(g.random(a.shape) < 0.3, value, a)
+    return inputs
+
+
+def initial_for(name, seed, batch, d_k, d_v):
+    """A random initial state (Mesa: statistics ``(G_0, H_0)``; Titans: state and momentum)."""
+    g = np.random.default_rng(seed + 2000)
+    if name == "mesa":
+        K = g.standard_normal(batch + (4, d_k)) / np.sqrt(d_k)
+        V = g.standard_normal(batch + (4, d_v))
+        return {"initial_state": (np.swapaxes(V, -1, -2) @ K, np.swapaxes(K, -1, -2) @ K)}
+    out = {"initial_state": g.standard_normal(batch + (d_v, d_k))}
+    if name == "titans":
+        out["initial_momentum"] = 0.3 * g.standard_normal(batch + (d_v, d_k))
+    return out
+
+
+def to_xp(tree, xp):
+    if isinstance(tree, dict):
+        return {k: to_xp(v, xp) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(to_xp(v, xp) for v in tree)
+    return xp.asarray(tree)
+
+
+def run_both(name, xp, inputs, init, C, form="chunked"):
+    """``(recurrent outputs, form outputs)`` as NumPy arrays."""
+    spec = MEMS[name]
+    extra = {"return_momentum": True} if name == "titans" else {}
+    a = spec.recurrent(**to_xp(inputs, xp), **to_xp(init, xp), **extra)
+    b = getattr(spec, form)(**to_xp(inputs, xp), **to_xp(init, xp), chunk_size=C, **extra)
+    return [to_numpy(x) for x in a], [to_numpy(x) for x in b]
+
+
+def max_rel(got, want):
+    return max(rel_error(g, w, np) for g, w in zip(got, want))
+
+
+# ---------------------------------------------------------------- chunked == recurrent
+
+
+@pytest.mark.parametrize(("name", "kw"), VARIANTS, ids=VARIANT_IDS)
+@settings(max_examples=8)
+@given(T=st.sampled_from([1, 63, 100]), C=st.integers(min_value=1, max_value=64),
+       mode=st.sampled_from(["random", "zero", "one"]), seed=st.integers(min_value=0, max_value=2**16),
+       with_init=st.booleans())
+def test_chunked_equals_recurrent(xp, name, kw, T, C, mode, seed, with_init):
+    batch, d_k, d_v = (2,), 5, 4
+    inputs = np_inputs(name, seed, batch, T, d_k, d_v, mode, **kw)
+    init = initial_for(name, seed, batch, d_k, d_v) if with_init else {}
+    want, got = run_both(name, xp, inputs, init, C)
+    assert max_rel(got, want) <= EQUAL_TOL
+
+
+@pytest.mark.parametrize(("name", "kw"), VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize(("T", "C"), [(1, 1), (1, 64), (63, 64), (64, 64), (65, 64), (100, 1), (100, 7), (100, 33),
+                                      (100, 100), (100, 128)])
+def test_chunked_grid(name, kw, T, C):
+    """Fixed grid on NumPy: C = 1, C = T, C > T, T = C +- 1; multi-dim batch."""
+    batch, d_k, d_v = (2, 3), 6, 4
+    inputs = np_inputs(name, T * 7 + C, batch, T, d_k, d_v, "zero", **kw)
+    init = initial_for(name, T + C, batch, d_k, d_v)
+    with refmem.backend("numpy") as xnp:
+        want, got = run_both(name, xnp, inputs, init, C)
+    assert max_rel(got, want) <= EQUAL_TOL
+
+
+@pytest.mark.parametrize("name", ["gated_linear_attention", "gated_delta_rule", "titans"])
+def test_all_gates_zero_and_one(xp, name):
+    """Every gate at 0 (full reset each step) and every gate at 1: still exact, no NaN."""
+    batch, T, d_k, d_v = (2,), 37, 4, 3
+    for value in (0.0, 1.0):
+        inputs = np_inputs(name, 5, batch, T, d_k, d_v)
+        for gate in GATE_EXTREMES[name]:
+            if gate != "beta" and gate != "theta":
+                inputs[gate] = np.full_like(inputs[gate], value)
+        init = initial_for(name, 5, batch, d_k, d_v)
+        want, got = run_both(name, xp, inputs, init, 8)
+        assert all(np.all(np.isfinite(g)) for g in got)
+        assert max_rel(got, want) <= EQUAL_TOL
+
+
+def test_zero_gate_at_chunk_edges():
+    """A zero gate on the first and on the last step of a chunk erases exactly what the recurrence erases."""
+    batch, T, d_k, d_v, C = (1,), 24, 4, 3, 8
+    for pos in (0, 7, 8, 15, 23):
+        inputs = np_inputs("gated_delta_rule", pos, batch, T, d_k, d_v)
+        inputs["alpha"][..., pos] = 0.0
+        init = initial_for("gated_delta_rule", pos, batch, d_k, d_v)
+        with refmem.backend("numpy") as xnp:
+            want, got = run_both("gated_delta_rule", xnp, inputs, init, C)
+        assert max_rel(got, want) <= EQUAL_TOL
+
+
+def test_tiny_gates_no_nan():
+    """Gates of 1e-300 (log = -690, products underflow to 0) give finite, exact results."""
+    batch, T, d_k, d_v = (2,), 20, 4, 3
+    inputs = np_inputs("gated_linear_attention", 3, batch, T, d_k, d_v)
+    inputs["alpha"][..., ::3] = 1e-300
+    with refmem.backend("numpy") as xnp:
+        want, got = run_both("gated_linear_attention", xnp, inputs, initial_for("x", 3, batch, d_k, d_v), 16)
+    assert all(np.all(np.isfinite(g)) for g in got)
+    assert max_rel(got, want) <= EQUAL_TOL
+
+
+def test_mesa_lam_variants(xp):
+    """Mesa with a scalar lam, one per step and one per key channel."""
+    batch, T, d_k, d_v = (2,), 30, 4, 3
+    inputs = np_inputs("mesa", 9, batch, T, d_k, d_v)
+    g = np.random.default_rng(9)
+    for lam in (0.7, g.uniform(0.3, 1.5, batch + (T,)), g.uniform(0.3, 1.5, batch + (T, d_k))):
+        inputs["lam"] = lam
+        spec = MEMS["mesa"]
+        xin = {k: (v if isinstance(v, float) else xp.asarray(v)) for k, v in inputs.items()}
+        want = spec.recurrent(**xin)
+        got = spec.chunked(**xin, chunk_size=8)
+        assert max_rel([to_numpy(x) for x in got], [to_numpy(x) for x in want]) <= EQUAL_TOL
+
+
+def test_float32_close_to_float64():
+    """float32 chunked vs float64 recurrent: rounding per step ~ d eps, accumulated over T steps of a
+    non-expansive recurrence (gates <= 1, beta ||k||^2 < 2), plus the chunk's length-C sums: tol 4 (d + C) T eps32."""
+    batch, T, d_k, d_v, C = (2,), 50, 6, 4, 16
+    for name in ("gated_delta_rule", "gated_linear_attention", "longhorn", "titans"):
+        inputs = np_inputs(name, 11, batch, T, d_k, d_v)
+        with refmem.backend("numpy") as xnp:
+            want = MEMS[name].recurrent(**to_xp(inputs, xnp))
+            got = MEMS[name].chunked(**{k: xnp.asarray(v, dtype=xnp.float32) for k, v in inputs.items()},
+                                     chunk_size=C)
+        assert got[0].dtype == np.float32
+        tol = 4 * (d_k + C) * T * EPS32
+        assert max_rel([np.asarray(x, dtype=np.float64) for x in got], want) <= tol
+
+
+# ---------------------------------------------------------------- mini-batch forms
+
+
+def minibatch_reference(name, inputs, init, C):
+    """Mini-batch forms from their definition, plain NumPy loops (gradients at the chunk-start state)."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    T = k.shape[-2]
+    M = init.get("initial_state", np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1])))
+    S = init.get("initial_momentum", np.zeros_like(M))
+    outs = []
+    for c0 in range(0, T, C):
+        M0 = M
+        gamma = np.ones(k.shape[:-2])  # gate product since the chunk start
+        for t in range(c0, min(c0 + C, T)):
+            kt, vt = k[..., t, :], v[..., t, :]
+            if name == "titans":
+                a, e, th = 1 - inputs["alpha"][..., t], inputs["eta"][..., t], inputs["theta"][..., t]
+                r = np.einsum("...ij,...j->...i", M0, kt) - vt  # gradient at the chunk-start M_0
+                grad = np.einsum("...i,...j->...ij", r, kt)
+                S = e[..., None, None] * S - th[..., None, None] * grad
+                M = a[..., None, None] * M + S
+            else:
+                a = inputs["alpha"][..., t] if name == "gated_delta_rule" else np.ones(k.shape[:-2])
+                b = inputs["beta"][..., t]
+                gamma = gamma * a
+                r = gamma[..., None] * np.einsum("...ij,...j->...i", M0, kt) - vt  # gradient at gamma_t M_0
+                M = a[..., None, None] * M - b[..., None, None] * np.einsum("...i,...j->...ij", r, kt)
+            outs.append(np.einsum("...ij,...j->...i", M, q[..., t, :]))
+    return [np.stack(outs, axis=-2), M] + ([S] if name == "titans" else [])
+
+
+MINIBATCH = ["delta_rule", "gated_delta_rule", "titans"]
+
+
+@pytest.mark.parametrize("name", MINIBATCH)
+@settings(max_examples=6)
+@given(T=st.sampled_from([1, 63, 100]), C=st.integers(min_value=1, max_value=64),
+       seed=st.integers(min_value=0, max_value=2**16))
+def test_minibatch_matches_its_definition(xp, name, T, C, seed):
+    batch, d_k, d_v = (2,), 5, 4
+    inputs = np_inputs(name, seed, batch, T, d_k, d_v, "zero")
+    init = initial_for(name, seed, batch, d_k, d_v)
+    _, got = run_both(name, xp, inputs, init, C, form="minibatch")
+    want = minibatch_reference(name, inputs, init, C)
+    # two exact computations of the same definition, T steps of length-d sums
+    assert max_rel(got, want) <= EQUAL_TOL
+
+
+@pytest.mark.parametrize("name", MINIBATCH)
+def test_minibatch_equals_recurrent_at_C1_and_differs_otherwise(xp, name):
+    batch, T, d_k, d_v = (2,), 40, 5, 4
+    inputs = np_inputs(name, 21, batch, T, d_k, d_v)
+    init = initial_for(name, 21, batch, d_k, d_v)
+    want, got = run_both(name, xp, inputs, init, 1, form="minibatch")
+    assert max_rel(got, want) <= EQUAL_TOL
+    for C in (2, 8, 64):
+        want, got = run_both(name, xp, inputs, init, C, form="minibatch")
+        # a genuinely different computation: the difference is O(beta^2 ||k||^4) per chunk, far above rounding
+        assert max_rel(got, want) > 1e-4
+
+
+# ---------------------------------------------------------------- building blocks and errors
+
+
+def test_forward_substitution_matches_scipy(xp):
+    """The array-API triangular solve (any size, blocked) against SciPy's LAPACK solve."""
+    import scipy.linalg
+
+    g = np.random.default_rng(0)
+    for n in (1, 5, 16, 17, 64, 70):
+        A = np.tril(g.standard_normal((3, n, n)) * 0.3, -1)
+        B = g.standard_normal((3, n, 4))
+        want = np.stack([scipy.linalg.solve_triangular(A[i] + np.eye(n), B[i], lower=True) for i in range(3)])
+        got = to_numpy(forward_substitution(xp.asarray(A), xp.asarray(B), xp))
+        # triangular solves are backward stable: error ~ n eps cond; cond < 10^2 here
+        assert rel_error(got, want, np) <= 1e-12
+
+
+def test_numpy_solve_triangular_extra():
+    """The numpy backend's ``solve_triangular`` extra (BLAS trsm) against SciPy, lower/upper, unit or not, broadcasting."""
+    import scipy.linalg
+
+    from refmem.backends import extra
+
+    with refmem.backend("numpy") as xnp:
+        fn = extra(xnp, "solve_triangular")
+    assert fn is not None
+    g = np.random.default_rng(1)
+    A = g.standard_normal((2, 3, 6, 6)) * 0.3 + 2 * np.eye(6)
+    B = g.standard_normal((3, 6, 5))  # broadcasts against A's batch (2, 3)
+    for lower in (True, False):
+        for unit in (True, False):
+            got = fn(A, B, lower=lower, unit_diagonal=unit)
+            want = np.stack([np.stack([scipy.linalg.solve_triangular(A[i, j], B[j], lower=lower, unit_diagonal=unit)
+                                       for j in range(3)]) for i in range(2)])
+            assert got.shape == (2, 3, 6, 5)
+            assert rel_error(got, want, np) <= 1e-13
+    for dtype in (np.float32,):
+        got = fn(A.astype(dtype), B.astype(dtype), lower=True)
+        assert got.dtype == dtype
+    vec = fn(A[0, 0], B[0, :, 0], lower=True)
+    assert vec.shape == (6,)
+    with pytest.raises(ValueError, match="zero on its diagonal"):
+        fn(np.zeros((3, 3)), np.ones((3, 2)), lower=True)
+
+
+def test_decay_matrix_zero_gates(xp):
+    """``D[t, s] = prod_{s<r<=t} a_r`` against a direct product, with zeros, ones and tiny gates."""
+    a = np.array([0.5, 0.0, 1.0, 1e-300, 0.25, 0.0, 0.9, 1.0])
+    C = a.size
+    want = np.zeros((C, C))
+    for t in range(C):
+        for s in range(t + 1):
+            want[t, s] = np.prod(a[s + 1:t + 1])
+    L, Z = log_gate_cumsum(xp.asarray(a), xp)
+    got = to_numpy(decay_matrix(L, Z, L, Z, lower_mask(C, xp, None), xp))
+    assert np.all(np.isfinite(got))
+    assert np.array_equal(got == 0, want == 0)  # zeros exactly where a zero gate lies in (s, t]
+    assert np.max(np.abs(got - want) / np.where(want > 0, want, 1)) <= 16 * np.finfo(float).eps * C
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "8", None])
+def test_bad_chunk_size(bad):
+    inputs = np_inputs("delta_rule", 0, (1,), 5, 3, 2)
+    with refmem.backend("numpy") as xnp:
+        with pytest.raises((TypeError, ValueError), match="chunk_size"):
+            MEMS["delta_rule"].chunked(**to_xp(inputs, xnp), chunk_size=bad)
+
+
+def test_bad_inputs_named():
+    inputs = np_inputs("gated_delta_rule", 0, (1,), 5, 3, 2)
+    with refmem.backend("numpy") as xnp:
+        bad = dict(inputs, alpha=inputs["alpha"] * 2)  # gate > 1
+        with pytest.raises(ValueError, match="alpha"):
+            MEMS["gated_delta_rule"].chunked(**to_xp(bad, xnp), chunk_size=2)
+        bad = dict(inputs, beta=inputs["beta"][..., :4])
+        with pytest.raises(ValueError, match="beta"):
+            MEMS["gated_delta_rule"].chunked(**to_xp(bad, xnp), chunk_size=2)
+        bad = dict(inputs, q=np.where(np.arange(5)[:, None] == 2, np.nan, inputs["q"]))
+        with pytest.raises(ValueError, match="q"):
+            MEMS["gated_delta_rule"].chunked(**to_xp(bad, xnp), chunk_size=2)
+        with pytest.raises(ValueError, match="initial_state"):
+            MEMS["gated_delta_rule"].chunked(**to_xp(inputs, xnp), chunk_size=2, initial_state=xnp.zeros((1, 3, 3)))
+
+
+def test_mesa_cg_raises_when_not_converged():
+    from refmem.solvers import ConvergenceError
+
+    inputs = np_inputs("mesa", 0, (1,), 10, 6, 2)
+    with refmem.backend("numpy") as xnp:
+        with pytest.raises(ConvergenceError):
+            MEMS["mesa"].chunked(**to_xp(inputs, xnp), chunk_size=4, max_iter=1)
+
+
+def test_every_memory_with_a_chunked_form_is_listed():
+    """New chunked forms must join the property tests above."""
+    have = {name for name, spec in MEMS.items() if spec.chunked is not None}
+    assert have == {name for name, _ in VARIANTS}
+    assert {name for name, spec in MEMS.items() if spec.minibatch is not None} >= set(MINIBATCH)
