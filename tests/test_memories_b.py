@@ -1,0 +1,480 @@
+"""Mesa, softmax / sliding-window attention and the deep memory (MATH.md 5, issue 3 parts 2b-3).
+
+References are computed independently in the tests (NumPy's lstsq / explicit
+masked softmax / central differences / SciPy) or by the other method
+(closed vs iterative). Tolerances are written next to each check with their reason.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refmem
+from conftest import to_numpy
+from refmem.checks import sequence_memories_b as chk
+from refmem.level import ClosedFormUnavailable
+from refmem.memories import MEMORIES, load_all
+from refmem.memories.deep_memory import (ResidualLoss, deep_loss_grad, deep_memory_recurrent, deep_step,
+                                         make_initial_state, mlp_forward)
+from refmem.memories.mesa import make_initial_state as mesa_stats
+from refmem.memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
+from refmem.memories.softmax_attention import (attention_iterative, sliding_window_attention_recurrent,
+                                               softmax_attention_recurrent)
+from refmem.metrics import rel_error
+from refmem.retentions import ForgetGate, LocalL2
+from refmem.solvers import default_rtol
+
+EPS = float(np.finfo(np.float64).eps)
+# Closed vs iterative in float64: solvers stop at relative optimality 1e-12; the error in the
+# solution is <= rtol * kappa; every problem below has kappa < 50 (Mesa: checked per case).
+CLOSED_VS_ITERATIVE = 1e-10
+
+load_all()
+
+
+def draw(name, seed, batch=(2,), T=6, d_k=4, d_v=3, xp=None):
+    xp = xp or refmem.backends.current_namespace()
+    return MEMORIES[name].make_inputs(seed, batch, T, d_k, d_v, xp, "float64")
+
+
+def np_inputs(inp):
+    return {n: (to_numpy(a) if hasattr(a, "shape") else a) for n, a in inp.items()}
+
+
+# ====================================================================== Mesa
+
+
+def mesa_reference(q, k, v, lam, G0=None, H0=None):
+    """Per step, per batch element: numpy.linalg.lstsq on the stacked system [K; sqrt(Lam)] M^T = [V; 0]."""
+    batch = q.shape[:-2]
+    T, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
+    out = np.zeros(batch + (T, d_v))
+    for b in np.ndindex(*batch):
+        for t in range(T):
+            lam_t = lam if np.ndim(lam) == 0 else lam[b + (t,)]
+            D = np.diag(np.sqrt(np.broadcast_to(lam_t, (d_k,))))
+            A = np.concatenate([k[b][: t + 1], D])
+            B = np.concatenate([v[b][: t + 1], np.zeros((d_k, d_v))])
+            if H0 is not None:  # earlier data with statistics (G0, H0): any factor F^T F = H0 and F^T Y = G0^T
+                w, Q = np.linalg.eigh(H0[b])
+                keep = w > 1e-12 * w.max()
+                F = (Q[:, keep] * np.sqrt(w[keep])).T
+                Y = (Q[:, keep] / np.sqrt(w[keep])).T @ G0[b].T
+                A, B = np.concatenate([F, A]), np.concatenate([Y, B])
+            Mt = np.linalg.lstsq(A, B, rcond=None)[0].T  # (d_v, d_k)
+            out[b + (t,)] = Mt @ q[b][t]
+    return out
+
+
+@given(seed=st.integers(0, 2**16), lam=st.floats(min_value=0.05, max_value=5.0, allow_nan=False))
+@settings(max_examples=15)
+def test_mesa_closed_equals_lstsq(seed, lam):
+    with refmem.backend("numpy") as xp:
+        inp = draw("mesa", seed, xp=xp)
+        inp["lam"] = lam
+        o, _ = mesa_recurrent(**inp)
+        ref = mesa_reference(*(to_numpy(inp[n]) for n in "qkv"), lam)
+    # Both are backward-stable solves of systems with condition number kappa <= (T + lam)/lam <= 130:
+    # relative error <= ~ kappa * d * eps each; 64 * 130 * eps = 2e-12.
+    assert rel_error(np.asarray(o), ref, np) <= 64 * 130 * EPS
+
+
+def test_mesa_per_channel_lam_and_stats_equal_lstsq(xp):
+    inp = draw("mesa", 3, xp=xp)
+    g = np.random.default_rng(0)
+    lam = g.uniform(0.2, 2.0, size=tuple(inp["k"].shape))
+    inp["lam"] = xp.asarray(lam)
+    G0, H0 = mesa_stats(4, (2,), 4, 3, xp)
+    o, _ = mesa_recurrent(**inp, initial_state=(G0, H0))
+    ref = mesa_reference(*(to_numpy(inp[n]) for n in "qkv"), lam, to_numpy(G0), to_numpy(H0))
+    # kappa <= (5 earlier + 6 tokens + lam_max) / lam_min < 70; as above with margin
+    assert rel_error(to_numpy(o), ref, np) <= 64 * 130 * EPS
+
+
+@given(seed=st.integers(0, 2**16), T=st.integers(1, 7))
+@settings(max_examples=10)
+def test_mesa_closed_equals_cg(seed, T):
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            inp = draw("mesa", seed, T=T, xp=xp)
+            o, M = mesa_recurrent(**inp)
+            o_it, M_it, rep = mesa_iterative(**inp)
+            _, kappa = mesa_objective(**inp)
+            assert rep.converged
+            # CG's relative error is at most rtol * kappa (mesa_iterative's Notes); closed-form rounding ~ kappa eps
+            bound = max(CLOSED_VS_ITERATIVE, 4 * default_rtol(xp.float64, xp, condition=kappa) * kappa)
+            assert rel_error(o_it, o, xp) <= bound
+            assert rel_error(M_it, M, xp) <= bound
+
+
+def test_mesa_split_scan_equals_one_scan(xp):
+    inp = draw("mesa", 9, T=7, xp=xp)
+    o, M = mesa_recurrent(**inp)
+    first = {n: (a[..., :4, :] if a.ndim == 3 else a[..., :4]) for n, a in inp.items()}
+    rest = {n: (a[..., 4:, :] if a.ndim == 3 else a[..., 4:]) for n, a in inp.items()}
+    o1, _, stats = mesa_recurrent(**first, return_stats=True)
+    o2, M2 = mesa_recurrent(**rest, initial_state=stats)
+    # identical running sums and solves: equal up to the same rounding (exactly equal in practice)
+    tol = 64 * 7 * 4 * EPS
+    assert rel_error(xp.concat([o1, o2], axis=-2), o, xp) <= tol
+    assert rel_error(M2, M, xp) <= tol
+
+
+def test_mesa_numpy_equals_strict():
+    outs = []
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            outs.append([to_numpy(a) for a in mesa_recurrent(**draw("mesa", 5, batch=(2, 3), xp=xp))])
+    for a, b in zip(*outs):  # the same operations in the same order on the same (NumPy) kernels
+        assert rel_error(a, b, np) <= 64 * 6 * EPS
+
+
+def test_mesa_large_lam_shrinks_to_zero_and_small_lam_interpolates(xp):
+    # hand facts: lam -> inf gives M -> G/lam -> 0; with T >= d_k independent keys and lam -> 0 the
+    # memory reproduces the stored values exactly: M k_i = v_i when the v_i are M* k_i.
+    g = np.random.default_rng(1)
+    K = g.standard_normal((6, 3))
+    Mstar = g.standard_normal((2, 3))
+    q, k, v = xp.asarray(K), xp.asarray(K), xp.asarray(K @ Mstar.T)
+    _, M = mesa_recurrent(q, k, v, 1e-12)
+    # lam/sigma_min(K)^2 ~ 1e-12 relative bias plus kappa eps rounding
+    assert rel_error(M, xp.asarray(Mstar), xp) <= 1e-10
+    _, M_big = mesa_recurrent(q, k, v, 1e12)
+    assert float(xp.max(xp.abs(M_big))) <= 1e-10
+
+
+def test_mesa_bad_inputs(xp):
+    inp = draw("mesa", 0, xp=xp)
+    with pytest.raises(ValueError, match="lam"):
+        mesa_recurrent(**dict(inp, lam=0.0))
+    with pytest.raises(ValueError, match="lam"):
+        mesa_recurrent(**dict(inp, lam=-inp["lam"]))
+    with pytest.raises(ValueError, match="lam must be a number, or have shape"):
+        mesa_recurrent(**dict(inp, lam=inp["lam"][..., :3]))
+    with pytest.raises(TypeError, match="sufficient statistics"):
+        mesa_recurrent(**inp, initial_state=xp.zeros((2, 3, 4), dtype=xp.float64))
+    G0, H0 = mesa_stats(1, (2,), 4, 3, xp)
+    with pytest.raises(ValueError, match="G_0"):
+        mesa_recurrent(**inp, initial_state=(G0[..., :2, :], H0))
+    with pytest.raises(ValueError, match="symmetric"):
+        mesa_recurrent(**inp, initial_state=(G0, H0 + xp.reshape(xp.arange(32, dtype=xp.float64), (2, 4, 4))))
+    with pytest.raises(ValueError, match="non-finite"):
+        mesa_recurrent(**dict(inp, v=inp["v"] * xp.asarray(float("nan"))))
+    with pytest.raises(ValueError, match="q and k"):
+        mesa_recurrent(**dict(inp, q=inp["q"][..., :3]))
+    with pytest.raises(ValueError, match="at least one step"):
+        mesa_recurrent(inp["q"][..., :0, :], inp["k"][..., :0, :], inp["v"][..., :0, :], 1.0)
+
+
+# ====================================================================== attention
+
+
+def attention_reference(q, k, v, window=None, K0=None, V0=None):
+    """Direct formula, float64 NumPy: o_t = sum_i e^{s_i} v_i / sum_i e^{s_i}, scores shifted by their max."""
+    if K0 is not None:
+        k, v = np.concatenate([K0, k], -2), np.concatenate([V0, v], -2)
+    n0 = 0 if K0 is None else K0.shape[-2]
+    T = q.shape[-2]
+    out = np.zeros(q.shape[:-1] + (v.shape[-1],))
+    for t in range(T):
+        lo = 0 if window is None else max(0, n0 + t - window + 1)
+        s = np.einsum("...d,...nd->...n", q[..., t, :], k[..., lo:n0 + t + 1, :])
+        w = np.exp(s - s.max(-1, keepdims=True))
+        out[..., t, :] = np.einsum("...n,...nd->...d", w, v[..., lo:n0 + t + 1, :]) / w.sum(-1)[..., None]
+    return out
+
+
+def test_attention_two_tokens_by_hand(xp):
+    q = xp.asarray([[0.0, 0.0], [1.0, 0.0]])
+    k = xp.asarray([[2.0, 0.0], [0.0, 3.0]])
+    v = xp.asarray([[1.0, 0.0], [0.0, 1.0]])
+    o, (K, V) = softmax_attention_recurrent(q, k, v)
+    # t=0: only v_0. t=1: scores q.k = (2, 0): weights e^2/(e^2+1), 1/(e^2+1)
+    e2 = math.exp(2.0)
+    want = np.array([[1.0, 0.0], [e2 / (e2 + 1), 1 / (e2 + 1)]])
+    assert rel_error(to_numpy(o), want, np) <= 4 * EPS
+    assert K.shape == (2, 2) and V.shape == (2, 2)
+
+
+@given(seed=st.integers(0, 2**16), T=st.integers(1, 9), window=st.one_of(st.none(), st.integers(1, 10)),
+       scale=st.floats(min_value=0.1, max_value=50.0, allow_nan=False))
+@settings(max_examples=20)
+def test_attention_closed_equals_reference_and_cg(seed, T, window, scale):
+    with refmem.backend("numpy") as xp:
+        inp = draw("softmax_attention", seed, T=T, xp=xp)
+        inp["q"] = inp["q"] * scale
+        o, _ = sliding_window_attention_recurrent(**inp, window=window)
+        ref = attention_reference(*(to_numpy(inp[n]) for n in "qkv"), window)
+        # both are sums of <= T positive weights times values over a sum >= 1: ~ 4 T eps relative each
+        assert rel_error(to_numpy(o), ref, np) <= 64 * 10 * EPS
+        o_it, rep = attention_iterative(**inp, window=window)
+        assert rep.converged
+        assert rel_error(o_it, o, xp) <= CLOSED_VS_ITERATIVE  # Hessian = (sum w) I: kappa = 1
+
+
+def test_attention_cg_on_strict_and_cache(xp):
+    inp = draw("sliding_window_attention", 2, T=7, xp=xp)
+    inp.pop("window")
+    K0, V0 = MEMORIES["softmax_attention"].extra["make_initial_state"](3, (2,), 4, 3, xp)
+    for window in (None, 1, 3, 20):
+        o, (K, V) = sliding_window_attention_recurrent(**inp, window=window, initial_state=(K0, V0))
+        o_it, _ = attention_iterative(**inp, window=window, initial_state=(K0, V0))
+        assert rel_error(o_it, o, xp) <= CLOSED_VS_ITERATIVE
+        ref = attention_reference(*(to_numpy(inp[n]) for n in "qkv"), window, to_numpy(K0), to_numpy(V0))
+        assert rel_error(to_numpy(o), ref, np) <= 64 * 10 * EPS
+        assert K.shape[-2] == (10 if window is None else min(window, 10))
+
+
+def test_window_T_equals_full_and_window_1_is_v(xp):
+    inp = draw("softmax_attention", 4, T=8, xp=xp)
+    o_full, _ = softmax_attention_recurrent(**inp)
+    o_T, _ = sliding_window_attention_recurrent(**inp, window=8)
+    o_big, _ = sliding_window_attention_recurrent(**inp, window=100)
+    assert rel_error(o_T, o_full, xp) == 0.0  # the window never drops a token: the same operations
+    assert rel_error(o_big, o_full, xp) == 0.0
+    o_1, _ = sliding_window_attention_recurrent(**inp, window=1)
+    assert rel_error(o_1, inp["v"], xp) <= EPS  # softmax of one score is exactly 1 (w = e^0 = 1)
+
+
+def test_attention_split_scan_equals_one_scan(xp):
+    inp = draw("softmax_attention", 6, T=9, xp=xp)
+    for window in (None, 2, 4):
+        o, cache = sliding_window_attention_recurrent(**inp, window=window)
+        first = {n: a[..., :5, :] for n, a in inp.items()}
+        rest = {n: a[..., 5:, :] for n, a in inp.items()}
+        o1, c1 = sliding_window_attention_recurrent(**first, window=window)
+        o2, c2 = sliding_window_attention_recurrent(**rest, window=window, initial_state=c1)
+        assert rel_error(xp.concat([o1, o2], axis=-2), o, xp) == 0.0  # same caches, same operations
+        assert rel_error(c2[0], cache[0], xp) == 0.0
+
+
+def test_attention_huge_scores_stay_finite(xp):
+    inp = draw("softmax_attention", 8, T=5, xp=xp)
+    inp["q"] = inp["q"] * 1e4  # scores ~1e3-1e4: exp overflows without the shift
+    o, _ = softmax_attention_recurrent(**inp)
+    assert bool(xp.all(xp.isfinite(o)))
+    ref = attention_reference(*(to_numpy(inp[n]) for n in "qkv"))
+    assert rel_error(to_numpy(o), ref, np) <= 64 * 5 * EPS * 1e4  # scores carry ~|s| eps absolute error each
+
+
+def test_attention_numpy_equals_strict():
+    outs = []
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            inp = draw("sliding_window_attention", 1, batch=(2, 2), xp=xp)
+            outs.append(to_numpy(sliding_window_attention_recurrent(**inp)[0]))
+    assert rel_error(outs[0], outs[1], np) <= 64 * 6 * EPS
+
+
+def test_attention_bad_inputs(xp):
+    inp = draw("softmax_attention", 0, xp=xp)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        sliding_window_attention_recurrent(**inp, window=0)
+    with pytest.raises(TypeError, match="window"):
+        sliding_window_attention_recurrent(**inp, window=2.5)
+    with pytest.raises(TypeError, match="window"):
+        sliding_window_attention_recurrent(**inp, window=True)
+    with pytest.raises(TypeError, match="key-value cache"):
+        softmax_attention_recurrent(**inp, initial_state=xp.zeros((2, 3, 4), dtype=xp.float64))
+    K0, V0 = MEMORIES["softmax_attention"].extra["make_initial_state"](1, (2,), 4, 3, xp)
+    with pytest.raises(ValueError, match="V_0"):
+        softmax_attention_recurrent(**inp, initial_state=(K0, V0[..., :2, :]))
+    with pytest.raises(ValueError, match="K_0"):
+        softmax_attention_recurrent(**inp, initial_state=(K0[..., :3], V0))
+    with pytest.raises(ValueError, match="v must be"):
+        softmax_attention_recurrent(inp["q"], inp["k"], inp["v"][..., :4, :])
+    with pytest.raises(ValueError, match="non-finite"):
+        softmax_attention_recurrent(inp["q"] * xp.asarray(float("inf")), inp["k"], inp["v"])
+
+
+# ====================================================================== deep memory
+
+LOSSES = [ResidualLoss("l2"), ResidualLoss("lp", p=3.0), ResidualLoss("lp", p=2.5), ResidualLoss("huber", delta=0.5)]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: f"{l.name}-{l.p}")
+@given(seed=st.integers(0, 2**16))
+@settings(max_examples=8)
+def test_deep_gradients_equal_central_differences(loss, seed):
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            W1, W2, k, v = chk.deep_problem(xp, seed=seed, d=3, h=4)
+            step = EPS ** (1 / 3)
+            if not chk._huber_away_from_kinks(W1, W2, k, v, loss, xp, step):
+                continue  # the bound assumes no Huber kink within the difference step
+            _, g1, g2 = deep_loss_grad(W1, W2, k, v, loss, xp)
+            bound = chk.fd_bound(W1, W2, k, v, loss, xp, step)  # truncation h^2/6 C3 + rounding delta/h
+            assert float(xp.max(xp.abs(chk.central_differences(W1, W2, k, v, loss, xp, 0, step) - g1))) <= bound
+            assert float(xp.max(xp.abs(chk.central_differences(W1, W2, k, v, loss, xp, 1, step) - g2))) <= bound
+
+
+def test_deep_input_gradient_equals_central_differences(xp):
+    # the backward closure's gx (residual path + W2^T gz) against differences in x, loss <gy, y>
+    W1, W2, k, _ = chk.deep_problem(xp, seed=2, d=4, h=3)
+    gy = xp.asarray(np.random.default_rng(0).standard_normal(tuple(k.shape)))
+    _, back = mlp_forward(W1, W2, k, xp)
+    gx = back(gy)[2]
+    h = EPS ** (1 / 3)
+    E = xp.eye(4, dtype=xp.float64)
+    f = lambda x: xp.sum(mlp_forward(W1[..., None, :, :], W2[..., None, :, :], x, xp)[0] * gy[..., None, :], axis=-1)  # noqa: E731
+    fd = (f(k[..., None, :] + h * E) - f(k[..., None, :] - h * E)) / (2 * h)
+    # |f'''| <= ||gy|| ||W1|| |W2|^3 sup|tanh'''| (< 50 here): h^2/6 * 50 + 1e-15 / h ~ 4e-10
+    assert float(xp.max(xp.abs(fd - gx))) <= 1e-8
+
+
+@pytest.mark.parametrize("name,loss", [("l2", ResidualLoss("l2")), ("lp", ResidualLoss("lp", p=3.0)),
+                                       ("huber", ResidualLoss("huber", delta=0.7))])
+def test_residual_losses_match_linear_objectives(xp, name, loss):
+    # For a linear memory M(k) = M k the gradient in M is u k^T: the deep memory's biases are the
+    # objectives of MATH.md 3 (refmem.objectives), same scaling.
+    from refmem.objectives import OBJECTIVES
+
+    obj = {"l2": lambda: OBJECTIVES["l2"](), "lp": lambda: OBJECTIVES["lp"](p=3.0),
+           "huber": lambda: OBJECTIVES["huber"](delta=0.7)}[name]()
+    g = np.random.default_rng(3)
+    M = xp.asarray(g.standard_normal((2, 3, 4)))
+    k = xp.asarray(g.standard_normal((2, 4)))
+    v = xp.asarray(g.standard_normal((2, 3)))
+    r = (M @ k[..., None])[..., 0] - v
+    assert rel_error(loss.value(r, xp), obj.value(M, k, v, xp), xp) <= 16 * EPS
+    assert rel_error(loss.grad(r, xp)[..., :, None] * k[..., None, :], obj.grad(M, k, v, xp), xp) <= 16 * EPS
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: f"{l.name}-{l.p}")
+def test_deep_explicit_step_closed_is_gd_and_equals_cg(xp, loss):
+    W1, W2, k, v = chk.deep_problem(xp, seed=11)
+    ret = ForgetGate(eta=0.4, alpha=0.8)
+    (A, B), rep = deep_step((W1, W2), k, v, retention=ret, loss=loss)
+    _, g1, g2 = deep_loss_grad(W1, W2, k, v, loss, xp)
+    assert rel_error(A, 0.8 * W1 - 0.4 * g1, xp) <= 4 * EPS  # one GD step, the same arithmetic
+    assert rel_error(B, 0.8 * W2 - 0.4 * g2, xp) <= 4 * EPS
+    (A2, B2), rep2 = deep_step((W1, W2), k, v, retention=ret, loss=loss, method="iterative")
+    assert rep2.solver == "cg" and rep2.converged
+    # Hessian of the linearised level is I/eta: kappa = 1
+    assert max(rel_error(A2, A, xp), rel_error(B2, B, xp)) <= CLOSED_VS_ITERATIVE
+
+
+@pytest.mark.parametrize("loss", [LOSSES[0], LOSSES[3]], ids=["l2", "huber"])
+def test_deep_implicit_step_fixed_point_and_no_closed_form(xp, loss):
+    W1, W2, k, v = chk.deep_problem(xp, seed=12, batch=(1,) if xp.__name__ == "array_api_strict" else (3,))
+    ret = ForgetGate(eta=0.25, alpha=0.9)
+    with pytest.raises(ClosedFormUnavailable):
+        deep_step((W1, W2), k, v, retention=ret, loss=loss, step="implicit")
+    (A, B), rep = deep_step((W1, W2), k, v, retention=ret, loss=loss, step="implicit", method="iterative")
+    assert rep.converged
+    _, g1, g2 = deep_loss_grad(A, B, k, v, loss, xp)
+    # optimality: W = alpha W_t - eta grad l(W); GD stopped at relative gradient 1e-12 w.r.t.
+    # max(||W||/eta, r0), r0 = ||grad F(W_t)|| = O(||W||/eta) here: residual/||W|| <= ~1e-11
+    assert rel_error(A, 0.9 * W1 - 0.25 * g1, xp) <= 1e-10
+    assert rel_error(B, 0.9 * W2 - 0.25 * g2, xp) <= 1e-10
+
+
+def test_deep_implicit_step_equals_scipy():
+    from refmem.checks.deep_memory_scipy import lbfgs_deep_implicit
+
+    import array_api_compat.numpy as npx
+
+    for seed in (1, 2):
+        W1, W2, k, v = chk.deep_problem(npx, seed=seed, batch=())
+        for loss in (LOSSES[1], LOSSES[3]):
+            (A, B), _ = deep_step((W1, W2), k, v, retention=ForgetGate(eta=0.3, alpha=0.95), loss=loss,
+                                  step="implicit", method="iterative")
+            A_ref, B_ref = lbfgs_deep_implicit(W1, W2, k, v, loss, 0.3, 0.95)
+            # both within ~1e-11 of the minimiser (see refmem.checks.deep_memory_scipy)
+            assert max(rel_error(A, A_ref, npx), rel_error(B, B_ref, npx)) <= 1e-10
+
+
+def test_deep_scan_explicit_is_a_loop_of_gd_steps_and_closed_equals_iterative(xp):
+    inp = draw("deep_memory", 5, T=4, d_k=3, d_v=3, xp=xp)
+    o, (W1, W2) = deep_memory_recurrent(**inp, loss="huber")
+    # the same recurrence written out: W = alpha W - eta grad l(W); o_t = q_t + W1 tanh(W2 q_t)
+    A = xp.zeros((2, 3, 3), dtype=xp.float64)
+    B = xp.zeros((2, 3, 3), dtype=xp.float64) + xp.eye(3, dtype=xp.float64)
+    for t in range(4):
+        k_t, v_t, q_t = inp["k"][:, t, :], inp["v"][:, t, :], inp["q"][:, t, :]
+        _, g1, g2 = deep_loss_grad(A, B, k_t, v_t, ResidualLoss("huber"), xp)
+        a, e = inp["alpha"][:, t, None, None], inp["eta"][:, t, None, None]
+        A, B = a * A - e * g1, a * B - e * g2
+        o_t = q_t + (A @ xp.tanh(B @ q_t[..., None]))[..., 0]
+        assert rel_error(o[:, t, :], o_t, xp) <= 64 * 3 * EPS
+    o_it, (W1_it, _) = deep_memory_recurrent(**inp, loss="huber", method="iterative")
+    assert rel_error(o_it, o, xp) <= CLOSED_VS_ITERATIVE
+    assert rel_error(W1_it, W1, xp) <= CLOSED_VS_ITERATIVE
+
+
+def test_deep_scan_implicit_numpy_equals_strict_and_initial_state():
+    outs = []
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            inp = draw("deep_memory", 6, batch=(1,), T=2, d_k=3, d_v=3, xp=xp)
+            W0 = make_initial_state(2, (1,), 3, xp, h=2)
+            o, W = deep_memory_recurrent(**inp, initial_state=W0, step="implicit", method="iterative",
+                                         activation="silu")
+            outs.append([to_numpy(o), to_numpy(W[0]), to_numpy(W[1])])
+    for a, b in zip(*outs):  # the same iterations on the same kernels: rounding-level agreement
+        assert rel_error(a, b, np) <= 1e-13
+
+
+def test_deep_silu_gradients_equal_central_differences(xp):
+    W1, W2, k, v = chk.deep_problem(xp, seed=4, d=3, h=2)
+    loss = ResidualLoss("l2")
+    y, back = mlp_forward(W1, W2, k, xp, activation="silu")
+    g1, g2, _ = back(y - v)
+    h = EPS ** (1 / 3)
+    for which, g in ((0, g1), (1, g2)):
+        W = W1 if which == 0 else W2
+        E = xp.reshape(xp.eye(6, dtype=xp.float64), (6,) + tuple(W.shape[-2:]))
+
+        def f(Wp):
+            A, B = (Wp, W2[..., None, :, :]) if which == 0 else (W1[..., None, :, :], Wp)
+            yy, _ = mlp_forward(A, B, k[..., None, :], xp, activation="silu")
+            return 0.5 * xp.sum((yy - v[..., None, :]) ** 2, axis=-1)
+
+        fd = (f(W[..., None, :, :] + h * E) - f(W[..., None, :, :] - h * E)) / (2 * h)
+        # silu''' is bounded by 1 (|silu'''| <= 0.5 + ...): same derivation as fd_bound; 1e-8 is > 10x it
+        assert float(xp.max(xp.abs(xp.reshape(fd, tuple(W.shape)) - g))) <= 1e-8
+
+
+def test_deep_bad_inputs(xp):
+    inp = draw("deep_memory", 0, d_k=3, d_v=3, xp=xp)
+    with pytest.raises(ValueError, match="d_k"):
+        deep_memory_recurrent(inp["q"], inp["k"], inp["v"][..., :2], inp["eta"])
+    with pytest.raises(ValueError, match="eta"):
+        deep_memory_recurrent(**dict(inp, eta=inp["eta"] * 0.0))
+    with pytest.raises(ValueError, match="alpha"):
+        deep_memory_recurrent(**dict(inp, alpha=inp["alpha"] + 1.0))
+    with pytest.raises(ValueError, match="eta must have shape"):
+        deep_memory_recurrent(**dict(inp, eta=inp["eta"][..., :2]))
+    with pytest.raises(TypeError, match="pair"):
+        deep_memory_recurrent(**inp, initial_state=xp.zeros((2, 3, 3), dtype=xp.float64))
+    with pytest.raises(ValueError, match="one hidden size"):
+        deep_memory_recurrent(**inp, initial_state=(xp.zeros((2, 3, 4), dtype=xp.float64),
+                                                     xp.zeros((2, 5, 3), dtype=xp.float64)))
+    with pytest.raises(ValueError, match="activation"):
+        deep_memory_recurrent(**inp, activation="relu6")
+    with pytest.raises(ValueError, match="p must be"):
+        ResidualLoss("lp", p=0.5)
+    with pytest.raises(ValueError, match="delta"):
+        ResidualLoss("huber", delta=0.0)
+    with pytest.raises(ValueError, match="smooth loss"):
+        deep_memory_recurrent(**inp, loss=ResidualLoss("lp", p=1.5), step="implicit", method="iterative")
+    with pytest.raises(ValueError, match="non-finite"):
+        deep_memory_recurrent(**dict(inp, k=inp["k"] * xp.asarray(float("nan"))))
+    with pytest.raises(TypeError, match="Retention"):
+        deep_step(make_initial_state(0, (2,), 3, xp), inp["k"][:, 0, :], inp["v"][:, 0, :], retention=0.3)
+
+
+# ====================================================================== registry / verify
+
+
+def test_registered_and_checks_pass():
+    from refmem.verify import run_checks
+
+    for name in ("mesa", "softmax_attention", "sliding_window_attention", "deep_memory"):
+        assert name in MEMORIES
+    rows = run_checks("numpy", spec_filter=["mesa", "softmax_attention", "sliding_window_attention", "deep_memory"])
+    bad = [(r["spec"], r["check"], r["max_error"], r["error"]) for r in rows if r["status"] != "pass"]
+    assert rows and not bad, bad
