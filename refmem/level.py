@@ -26,6 +26,7 @@ from .linalg import inner
 from .objectives import Objective
 from .retentions import Retention
 from .solvers import SOLVERS, Problem, SolveReport, default_rtol
+from .solvers.residual_dual import ResidualDual
 from .validation import check_arrays, check_ndim
 
 STEPS = ("explicit", "implicit")
@@ -105,7 +106,9 @@ def _check_inputs(level: Level, M_t, k, v):
             raise ValueError(f"v has length {v.shape[-1]} but M_t has d_v = {d_v} (M_t is [..., d_v, d_k])")
         batch = [M_t.shape[:-2], k.shape[:-1 - w], v.shape[:-1 - w]]
     _check_broadcast(batch)
-    return xp, level.retention.bind(xp, M_t.dtype)
+    ret = level.retention.bind(xp, M_t.dtype)
+    ret.check_state(M_t, xp)  # e.g. a simplex retention needs M_t on its simplex
+    return xp, ret
 
 
 def _check_broadcast(shapes):
@@ -178,11 +181,26 @@ def problem(level: Level, M_t, k, v, *, bound_retention=None, xp=None) -> Proble
         quadratic = obj.quadratic
     quadratic = quadratic and ret.prox is None and getattr(ret, "quadratic", True)
     x0 = M_t + 0 * df(M_t)  # broadcast the start to the full batch shape of the problem
-    return Problem(xp, x0, f, df, L, ret.mu(xp), ret.prox, ret.h_value, quadratic)
+    prob = Problem(xp, x0, f, df, L, ret.mu(xp), ret.prox, ret.h_value, quadratic,
+                   preferred_solver=_preferred_solver(level, ret))
+    if level.step == "implicit" and getattr(obj, "conjugate", None) is not None:
+        prob.dual = ResidualDual(k, v, obj.conjugate(xp), lambda W: ret.explicit_step(M_t, W, xp),
+                                 lambda M: ret.total_value(M, M_t, xp), ret.lipschitz(xp), M_t)
+    return prob
+
+
+def _preferred_solver(level: Level, ret: Retention):
+    """A non-smooth objective's solver (implicit step) first, then the retention's, then a smooth objective's."""
+    obj_pref = getattr(level.objective, "preferred_solver", None) if level.step == "implicit" else None
+    if obj_pref is not None and not getattr(level.objective, "smooth", True):
+        return obj_pref
+    return getattr(ret, "preferred_solver", None) or obj_pref
 
 
 def default_solver(prob: Problem) -> str:
-    """``"cg"`` for smooth quadratics, ``"prox_grad"`` with a non-smooth part, else ``"gd"``."""
+    """The problem's preferred solver if any; else ``"cg"`` for smooth quadratics, ``"prox_grad"`` with a non-smooth part, else ``"gd"``."""
+    if prob.preferred_solver is not None:
+        return prob.preferred_solver
     if prob.prox is not None:
         return "prox_grad"
     return "cg" if prob.quadratic else "gd"
@@ -203,7 +221,8 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
         Value.
     method : {"closed", "iterative"}
     solver : str, optional
-        Iterative solver: ``"cg"``, ``"gd"``, ``"gd-backtracking"``, ``"prox_grad"``;
+        Iterative solver: ``"cg"``, ``"gd"``, ``"gd-backtracking"``, ``"prox_grad"``,
+        ``"prox_grad_bt"``, ``"residual_dual"``, ``"mirror_descent"``;
         default chosen from the problem (:func:`default_solver`).
     rtol : float, optional
         Relative optimality tolerance; default :func:`~refmem.solvers.default_rtol`.

@@ -7,9 +7,11 @@ level can be named in a spec, a test vector or the CLI.
 from .base import Objective
 from .dot import Dot
 from .inner import Inner
+from .huber import Huber
 from .l2 import L2, sherman_morrison_step
+from .lp import Lp
 
-OBJECTIVES: dict[str, type[Objective]] = {"dot": Dot, "inner": Inner, "l2": L2}
+OBJECTIVES: dict[str, type[Objective]] = {"dot": Dot, "inner": Inner, "l2": L2, "lp": Lp, "huber": Huber}
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
@@ -18,4 +20,4 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-__all__ = ["Objective", "Dot", "Inner", "L2", "sherman_morrison_step", "OBJECTIVES", "register_objective"]
+__all__ = ["Objective", "Dot", "Inner", "L2", "Lp", "Huber", "sherman_morrison_step", "OBJECTIVES", "register_objective"]

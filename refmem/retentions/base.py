@@ -53,6 +53,16 @@ class Retention(abc.ABC):
     # Non-smooth part: none by default.
     h_value = None
     prox = None
+    # Solver this retention's levels need (e.g. "mirror_descent" on a simplex); None: the default rules.
+    preferred_solver = None
+
+    def check_state(self, M_t, xp) -> None:
+        """Raise ``ValueError`` if ``M_t`` is outside this retention's domain (default: every finite state is)."""
+
+    def total_value(self, M, M_t, xp):
+        """``Ret(M, M_t)`` including the non-smooth part ``h`` when there is one."""
+        val = self.value(M, M_t, xp)
+        return val if self.h_value is None else val + self.h_value(M)
 
     def retained(self, M_t, xp):
         """The point an explicit step linearises at when a memory asks for the retained state (default ``M_t``)."""

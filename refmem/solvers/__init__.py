@@ -12,17 +12,21 @@ independent problems, so every scalar of an algorithm (step, CG's alpha and
 beta, the stopping test) is per batch element, reduced over the last two axes.
 """
 
+from .backtracking import backtracking_proximal_gradient
 from .conjugate_gradient import conjugate_gradient
 from .gradient_descent import gradient_descent
 from .newton import newton_scalar
 from .problem import Problem, default_rtol
 from .proximal_gradient import proximal_gradient
 from .report import ConvergenceError, SolveReport
+from .residual_dual import residual_dual
 
 SOLVERS = {
     "gd": gradient_descent,
     "cg": conjugate_gradient,
     "prox_grad": proximal_gradient,
+    "prox_grad_bt": backtracking_proximal_gradient,
+    "residual_dual": residual_dual,
 }
 
 __all__ = [
@@ -34,5 +38,7 @@ __all__ = [
     "conjugate_gradient",
     "proximal_gradient",
     "newton_scalar",
+    "backtracking_proximal_gradient",
+    "residual_dual",
     "SOLVERS",
 ]

@@ -31,6 +31,11 @@ class Problem:
         ``h(X)``.
     quadratic : bool
         ``f`` is a quadratic (conjugate gradient applies).
+    preferred_solver : str or None
+        The solver the level's objective or retention asks for (read by
+        :func:`refmem.level.default_solver`), e.g. ``"mirror_descent"`` on a simplex.
+    dual : object or None
+        Extra structure for a dual solver (:class:`refmem.solvers.residual_dual.ResidualDual`).
     """
 
     xp: object
@@ -42,6 +47,8 @@ class Problem:
     prox: Callable | None = None
     h_value: Callable | None = None
     quadratic: bool = False
+    preferred_solver: str | None = None
+    dual: object | None = None
 
     def total_value(self, X):
         f = self.value(X)

@@ -1,0 +1,100 @@
+r"""Proximal gradient with per-problem backtracking: for smooth parts whose gradient is only locally Lipschitz.
+
+:func:`~refmem.solvers.proximal_gradient` and :func:`~refmem.solvers.gradient_descent`
+take their step from a global Lipschitz bound ``L``. Some stated objectives
+have none: ``||r||_p^p`` with ``p > 2``, the lq retention with ``q < 2``, the
+dual of an lp level. This solver needs no bound: every batch element keeps
+its own step, halved until the sufficient-decrease test holds, and grown
+again after each accepted step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..linalg import fro_norm, inner
+from ..validation import expand_matrix
+from .problem import Problem, max_float
+from .report import ConvergenceError, SolveReport
+
+
+def _initial_step(problem: Problem):
+    xp = problem.xp
+    L = xp.asarray(problem.lipschitz)
+    finite = xp.isfinite(L) & (L > 0)
+    return xp.where(finite, 1.0 / xp.where(finite, L, xp.ones_like(L)), xp.ones_like(L))
+
+
+def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: int = 20000,
+                                   grow: float = 1.5, max_halvings: int = 200):
+    r"""Minimise ``f + h`` (``h`` optional, given by its prox) with backtracking steps.
+
+    Parameters
+    ----------
+    problem : Problem
+        ``problem.lipschitz`` is only the first guess of ``1/step`` (``inf`` allowed: start at 1).
+    rtol : float
+        Stop when :math:`\|G_t(X)\| \le \mathrm{rtol}\cdot\max(\mu\|X^+\|, \|G_{t_0}(X_0)\|)`.
+    max_iter : int
+    grow : float
+        Step growth factor after a step accepted at once (only while the test is above rounding).
+    max_halvings : int
+        Per iteration; running out means the objective is not smooth where the iterate is.
+
+    Notes
+    -----
+    Step: :math:`X^+ = \operatorname{prox}_{t h}(X - t\nabla f(X))`, accepted when
+
+    .. math::
+
+        f(X^+) \le f(X) + \langle \nabla f(X), X^+ - X\rangle + \frac{1}{2t}\|X^+ - X\|^2
+        + 8\,\varepsilon\,|f(X)|,
+
+    the descent lemma with a rounding allowance (without it, rounding in ``f``
+    near the minimiser would reject every step). Optimality measure: the
+    gradient mapping :math:`G_t(X) = (X - X^+)/t`, zero exactly at a minimiser
+    of ``f + h`` for any ``t > 0``.
+    """
+    xp = problem.xp
+    X = problem.x0
+    eps = float(xp.finfo(X.dtype).eps)
+    t = _initial_step(problem) + 0 * fro_norm(X, xp)  # (..,) one step per problem
+
+    def candidate(X, G, t):
+        Y = X - expand_matrix(t, xp) * G
+        return Y if problem.prox is None else problem.prox(Y, t)  # prox takes the batch-shaped step
+
+    r0 = None
+    rel = math.inf
+    for it in range(max_iter + 1):
+        G = problem.grad(X)
+        fX = problem.value(X)
+        Xn = candidate(X, G, t)
+        first = None
+        for _ in range(max_halvings):
+            D = Xn - X
+            quad = inner(D, D, xp) / (2 * t)
+            noise = 8 * eps * xp.abs(fX)
+            fn = problem.value(Xn)
+            ok = fn <= fX + inner(G, D, xp) + quad + noise  # nan/inf (overflow from a too long step) compare False
+            if first is None:
+                # grow the step only where it was accepted at once and the test was above rounding:
+                # near the minimiser the test cannot see a too long step, so the step must not grow there
+                first = ok & (quad > 1e3 * noise)
+            if bool(xp.all(ok)):
+                break
+            t = xp.where(ok, t, 0.5 * t)
+            Xn = xp.where(expand_matrix(ok, xp), Xn, candidate(X, G, t))
+        else:
+            raise ConvergenceError(SolveReport("iterative", "prox_grad_bt", it, rel, rtol, False),
+                                   "backtracking found no acceptable step; is the objective smooth and finite here?")
+        gmap = fro_norm(X - Xn, xp) / t  # (..,)
+        if r0 is None:
+            r0 = gmap
+        rel = max_float(gmap / problem.scale(Xn, r0), xp)
+        X = Xn
+        if rel <= rtol:
+            return X, SolveReport("iterative", "prox_grad_bt", it + 1, rel, rtol, True)
+        t = xp.where(first, grow * t, t)
+    raise ConvergenceError(SolveReport("iterative", "prox_grad_bt", max_iter, rel, rtol, False),
+                           "raise max_iter or check the problem's conditioning")
