@@ -74,7 +74,30 @@ def _add_conform(sub):
     p.set_defaults(func=run)
 
 
-SUBCOMMANDS = [_add_verify, _add_backends, _add_vectors, _add_conform]
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="throughput of the recurrent, chunked and mini-batch forms (head-tokens/s)")
+    p.add_argument("--memory", action="append", metavar="NAME",
+                   help="memory to benchmark (repeatable; default every memory with a chunked form)")
+    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
+    p.add_argument("--seq-len", type=int, default=1024, help="sequence length T (default 1024)")
+    p.add_argument("--heads", type=int, default=4, help="heads H (default 4)")
+    p.add_argument("--dim", type=int, default=64, help="head dimension d = d_k = d_v (default 64)")
+    p.add_argument("--chunk", type=int, default=64, help="chunk size C (default 64)")
+    p.add_argument("--dtype", action="append", choices=["float64", "float32", "all"],
+                   help="dtype (repeatable, or 'all'; default all)")
+    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per row, best kept (default 3)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
+
+    def run(args):
+        from .bench import main as bench_main
+
+        return bench_main(args)
+
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS = [_add_verify, _add_backends, _add_vectors, _add_conform, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,250 @@
+"""``refmem bench``: throughput of the recurrent, chunked and mini-batch forms of each memory.
+
+For every memory (default: every memory with a chunked form), every dtype and
+every form it has, the benchmark times the form on random inputs of shape
+``B x H x T x d`` (``d_k = d_v = d``) and reports one row:
+
+- ``head_tokens_per_s = B H T / seconds`` (best of ``--repeat`` timed calls,
+  after one untimed warm-up call);
+- ``ceiling_fraction = (flops / seconds) / matmul_flops_per_s``: ``flops`` is
+  the form's analytic FLOP count (:func:`form_flops`, multiply-add = 2), and
+  ``matmul_flops_per_s`` is the rate of a batched matrix product of comparable
+  shape, ``[B H N, C, d] @ [B H N, d, d]``, measured in the same run on the
+  same backend and dtype (:func:`matmul_rate`);
+- ``peak_extra_bytes``: the peak memory allocated during one extra (untimed)
+  call above what was allocated before it, outputs included. On ``numpy``
+  and ``array_api_strict`` it is measured with :mod:`tracemalloc`, which
+  NumPy reports its data buffers to. A backend may provide an extra
+  ``peak_bytes(fn) -> int`` (:func:`refmem.backends.extra`); otherwise the field
+  is ``None`` and ``memory_method`` says "not measured". ``peak_extra_per_BHTd``
+  divides it by ``B H T d x itemsize``: a form that kept the state of every step
+  would need about ``d`` of those; an O(B H T d) form needs a constant.
+
+GPU timing: every timed call is followed by the backend's ``synchronize`` extra
+(a no-op where absent). Finiteness/range checks of the inputs are switched
+off while timing (``refmem.options(check_finite=False)``: the inputs are valid
+by construction) so that the rows time the computation, not the validation.
+BLAS threads are whatever the environment gives (``OPENBLAS_NUM_THREADS`` ...);
+the row records ``threads`` when :mod:`os` can tell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tracemalloc
+
+from . import backends
+from .memories import load_all
+from .validation import options
+
+FORMS = ("recurrent", "chunked", "minibatch")
+
+
+def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> float:
+    """Analytic FLOP count of one call (multiply-add = 2 FLOPs; elementwise gate algebra not counted).
+
+    Notes
+    -----
+    Per head, with ``N = ceil(T / C)`` chunks (``d_k = d_v = d``):
+
+    - recurrent: per step, one read ``M q`` (``2 d^2``) plus the update: linear
+      attention ``2 d^2``; delta / Longhorn ``4 d^2`` (``M k`` and the rank-one
+      write); gated delta ``5 d^2`` (and ``a M``); Titans ``8 d^2``; Mesa a
+      ``d x d`` solve with ``d`` right-hand sides (``8/3 d^3``) and ``4 d^2`` of statistics.
+    - chunked, linear attention family: ``4 C^2 d + 4 C d^2`` per chunk
+      (``Q K^T``, ``P V``, ``V^T K``, ``Q M^T``).
+    - chunked, delta family (UT form): ``10 C^2 d + 6 C d^2 + 2 d^3`` per chunk
+      (``Q K^T``, ``K K^T``, the triangular solve with ``2 d`` right-hand sides
+      ``2 C^2 d``, ``P [U~, W]``, ``[U~, W]^T K~``, ``Q~ M^T`` and ``M F``);
+      mini-batch: without ``K K^T`` and the solve, ``6 C^2 d + 6 C d^2 + 2 d^3``.
+    - chunked Titans (pair state ``d x 2d``): ``13 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``;
+      mini-batch ``8 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``.
+    - chunked Mesa: ``d`` CG iterations (the exact-arithmetic count; an
+      estimate) of ``4 C^2 d + 2 C d^2``, plus ``4 C^2 d + 6 C d^2`` per chunk.
+    """
+    heads = B * H
+    N = max(1, math.ceil(T / C))
+    delta_family = {"delta_rule", "gated_delta_rule", "longhorn"}
+    if form == "recurrent":
+        per_step = {"linear_attention": 4, "gated_linear_attention": 5, "delta_rule": 6, "longhorn": 6,
+                    "gated_delta_rule": 7, "titans": 10}
+        if name == "mesa":
+            return heads * T * (8 / 3 * d**3 + 6 * d**2)
+        return heads * T * per_step.get(name, 6) * d**2
+    if name in ("linear_attention", "gated_linear_attention"):
+        per_chunk = 4 * C**2 * d + 4 * C * d**2
+    elif name in delta_family:
+        per_chunk = (10 if form == "chunked" else 6) * C**2 * d + 6 * C * d**2 + 2 * d**3
+    elif name == "titans":
+        per_chunk = (13 if form == "chunked" else 8) * C**2 * d + 2 * C**3 + 16 * C * d**2 + 8 * d**3
+    elif name == "mesa":
+        per_chunk = d * (4 * C**2 * d + 2 * C * d**2) + 4 * C**2 * d + 6 * C * d**2
+    else:
+        per_chunk = 10 * C**2 * d + 6 * C * d**2 + 2 * d**3
+    return heads * N * per_chunk
+
+
+def _sync(xp):
+    fn = backends.extra(xp, "synchronize")
+    if fn is not None:
+        fn()
+
+
+def _best_time(fn, xp, repeat: int) -> float:
+    fn()  # warm-up (allocator, BLAS threads, caches)
+    _sync(xp)
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        _sync(xp)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_rate(xp, dtype, batch: int, C: int, d: int, repeat: int) -> float:
+    """FLOP/s of ``[batch, C, d] @ [batch, d, d]`` on ``xp`` (best of ``repeat``), the ceiling of the run."""
+    import numpy as np  # randomness only
+
+    g = np.random.default_rng(0)
+    A = xp.asarray(np.asarray(g.standard_normal((batch, C, d)), dtype=dtype))
+    Bm = xp.asarray(np.asarray(g.standard_normal((batch, d, d)), dtype=dtype))
+    seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+    return 2.0 * batch * C * d * d / seconds
+
+
+def peak_extra_bytes(fn, xp, backend_name: str):
+    """``(bytes, method)``: peak memory allocated by ``fn()`` above what was allocated before it."""
+    custom = backends.extra(xp, "peak_bytes")
+    if custom is not None:
+        return int(custom(fn)), "backend peak_bytes extra"
+    if backend_name not in ("numpy", "array_api_strict"):
+        return None, "not measured (no tracemalloc view of this backend's memory)"
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+        del out
+    finally:
+        if started:
+            tracemalloc.stop()
+    return int(peak - before), "tracemalloc"
+
+
+def _threads() -> str:
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var):
+            return f"{var}={os.environ[var]}"
+    return f"default ({os.cpu_count()} cpus)"
+
+
+def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
+              backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None) -> list[dict]:
+    """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form)."""
+    registry = load_all()
+    if not memories:
+        memories = sorted(n for n, s in registry.items() if s.chunked is not None)
+    unknown = [m for m in memories if m not in registry]
+    if unknown:
+        raise ValueError(f"unknown memory {unknown}; known: {', '.join(sorted(registry))}")
+    for n, v in (("batch", batch), ("seq_len", seq_len), ("heads", heads), ("dim", dim), ("chunk", chunk),
+                 ("repeat", repeat)):
+        if int(v) < 1:
+            raise ValueError(f"{n} must be >= 1; got {v}")
+    B, T, H, d, C = int(batch), int(seq_len), int(heads), int(dim), int(chunk)
+    rows = []
+    xp = backends.get_backend(backend).namespace()
+    for dtype in dtypes:
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32; got {dtype!r}")
+        N = max(1, math.ceil(T / C))
+        ceiling = matmul_rate(xp, dtype, B * H * N, C, d, repeat)
+        for name in memories:
+            spec = registry[name]
+            inputs = spec.make_inputs(seed, (B, H), T, d, d, xp, dtype)
+            base_rate = None
+            for form in forms:
+                fn = spec.recurrent if form == "recurrent" else getattr(spec, form)
+                if fn is None:
+                    continue
+                kw = {} if form == "recurrent" else {"chunk_size": C}
+                call = lambda fn=fn, kw=kw: fn(**inputs, **kw)  # noqa: E731
+                with options(check_finite=False):
+                    seconds = _best_time(call, xp, repeat)
+                    extra_bytes, method = peak_extra_bytes(call, xp, backend)
+                rate = B * H * T / seconds
+                flops = form_flops(name, form, B, H, T, d, C)
+                itemsize = 8 if dtype == "float64" else 4
+                row = {
+                    "memory": name, "form": form, "dtype": dtype, "backend": backend,
+                    "B": B, "T": T, "H": H, "d": d, "C": C if form != "recurrent" else None,
+                    "seconds": seconds, "head_tokens_per_s": rate,
+                    "flops": flops, "flops_per_s": flops / seconds, "matmul_flops_per_s": ceiling,
+                    "ceiling_fraction": flops / seconds / ceiling,
+                    "peak_extra_bytes": extra_bytes,
+                    "peak_extra_per_BHTd": None if extra_bytes is None else extra_bytes / (B * H * T * d * itemsize),
+                    "memory_method": method,
+                    "speedup_vs_recurrent": None,
+                    "threads": _threads(),
+                }
+                if form == "recurrent":
+                    base_rate = rate
+                elif base_rate is not None:
+                    row["speedup_vs_recurrent"] = rate / base_rate
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table."""
+    head = ("memory", "form", "dtype", "B", "T", "H", "d", "C", "head-tok/s", "x recur", "GFLOP/s", "ceiling",
+            "peak extra", "/BHTd")
+    body = []
+    for r in rows:
+        extra = "-" if r["peak_extra_bytes"] is None else _bytes(r["peak_extra_bytes"])
+        per = "-" if r["peak_extra_per_BHTd"] is None else f"{r['peak_extra_per_BHTd']:.1f}"
+        body.append((r["memory"], r["form"], r["dtype"], str(r["B"]), str(r["T"]), str(r["H"]), str(r["d"]),
+                     "-" if r["C"] is None else str(r["C"]), f"{r['head_tokens_per_s']:.3g}",
+                     "-" if r["speedup_vs_recurrent"] is None else f"{r['speedup_vs_recurrent']:.2f}",
+                     f"{r['flops_per_s'] / 1e9:.2f}", f"{100 * r['ceiling_fraction']:.1f}%", extra, per))
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [line(head), line(tuple("-" * w for w in widths))] + [line(b) for b in body]
+    if rows:
+        ceilings = sorted({(r["dtype"], r["matmul_flops_per_s"]) for r in rows})
+        out.append("matmul ceiling ([B H N, C, d] @ [B H N, d, d], same run): "
+                   + ", ".join(f"{dt} {rate / 1e9:.2f} GFLOP/s" for dt, rate in ceilings)
+                   + f"; backend {rows[0]['backend']}; BLAS threads {rows[0]['threads']}; "
+                   + f"memory: {rows[0]['memory_method']}")
+    return "\n".join(out)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main(args) -> int:
+    dtypes = []
+    for dt in args.dtype or ["all"]:
+        dtypes.extend(["float64", "float32"] if dt == "all" else [dt])
+    rows = run_bench(args.memory, batch=args.batch, seq_len=args.seq_len, heads=args.heads, dim=args.dim,
+                     chunk=args.chunk, dtypes=tuple(dict.fromkeys(dtypes)), backend=args.backend,
+                     repeat=args.repeat)
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0

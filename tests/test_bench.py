@@ -1,0 +1,80 @@
+"""``refmem bench`` (issue 4 part 3): runs on tiny sizes, prints the table, writes the JSON rows.
+
+No test asserts a time. One test checks memory: the chunked gated delta rule
+keeps no per-step state history (its peak extra memory, measured by tracemalloc,
+is far below the ``B H T d^2`` bytes a history would need).
+"""
+
+import json
+
+import pytest
+
+from refmem.bench import form_flops, run_bench
+from refmem.cli import main
+from refmem.memories import load_all
+
+FIELDS = {"memory", "form", "dtype", "backend", "B", "T", "H", "d", "C", "head_tokens_per_s", "ceiling_fraction",
+          "peak_extra_bytes"}
+
+
+def test_cli_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = main(["bench", "--memory", "gated_delta_rule", "--memory", "linear_attention", "--batch", "1",
+               "--seq-len", "20", "--heads", "2", "--dim", "4", "--chunk", "8", "--dtype", "all", "--repeat", "1",
+               "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "head-tok/s" in out and "gated_delta_rule" in out and "matmul ceiling" in out
+    rows = json.loads(path.read_text())
+    assert {(r["memory"], r["form"], r["dtype"]) for r in rows} == {
+        (m, f, dt) for dt in ("float64", "float32")
+        for m, f in [("gated_delta_rule", "recurrent"), ("gated_delta_rule", "chunked"),
+                     ("gated_delta_rule", "minibatch"), ("linear_attention", "recurrent"),
+                     ("linear_attention", "chunked")]}
+    for r in rows:
+        assert FIELDS <= set(r)
+        assert (r["B"], r["T"], r["H"], r["d"]) == (1, 20, 2, 4)
+        assert r["C"] == (None if r["form"] == "recurrent" else 8)
+        assert r["backend"] == "numpy"
+        assert r["head_tokens_per_s"] > 0 and r["ceiling_fraction"] > 0
+        assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] > 0
+
+
+def test_default_memories_are_those_with_a_chunked_form():
+    rows = run_bench(None, batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float64",), repeat=1,
+                     forms=("chunked",))
+    assert {r["memory"] for r in rows} == {n for n, s in load_all().items() if s.chunked is not None}
+
+
+def test_strict_backend_runs():
+    rows = run_bench(["delta_rule"], batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float32",),
+                     backend="array_api_strict", repeat=1)
+    assert [r["form"] for r in rows] == ["recurrent", "chunked", "minibatch"]
+    assert all(r["dtype"] == "float32" and r["backend"] == "array_api_strict" for r in rows)
+
+
+def test_no_state_history():
+    """Chunked gated delta rule: peak extra memory O(B H T d), not the B H T d^2 of a per-step history.
+
+    B=1, H=1, T=512, d=64, C=64, float64: a history is T d^2 8 bytes = 16 MiB; the chunked form holds
+    a constant number of [T, d] and [T, C] arrays plus N = T/C chunk matrices [d, d] (another T d), so
+    its peak must stay below half the history (it measures ~15 T d 8 bytes, about a quarter)."""
+    rows = run_bench(["gated_delta_rule"], batch=1, seq_len=512, heads=1, dim=64, chunk=64, dtypes=("float64",),
+                     repeat=1, forms=("chunked",))
+    history = 512 * 64 * 64 * 8
+    assert rows[0]["memory_method"] == "tracemalloc"
+    assert rows[0]["peak_extra_bytes"] < history / 2
+
+
+def test_flop_model_orders():
+    """The chunked delta form's FLOPs grow like T C d + T d^2 (not T^2): doubling T doubles them."""
+    a = form_flops("gated_delta_rule", "chunked", 1, 1, 1024, 64, 64)
+    b = form_flops("gated_delta_rule", "chunked", 1, 1, 2048, 64, 64)
+    assert b == 2 * a
+    assert form_flops("gated_delta_rule", "minibatch", 1, 1, 1024, 64, 64) < a
+
+
+@pytest.mark.parametrize("bad", [["--memory", "nope"], ["--seq-len", "0"]])
+def test_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        main(["bench", "--repeat", "1", "--dim", "3", "--seq-len", "5", *bad])
