@@ -478,3 +478,109 @@ def test_registered_and_checks_pass():
     rows = run_checks("numpy", spec_filter=["mesa", "softmax_attention", "sliding_window_attention", "deep_memory"])
     bad = [(r["spec"], r["check"], r["max_error"], r["error"]) for r in rows if r["status"] != "pass"]
     assert rows and not bad, bad
+
+
+# ====================================================================== Miras: Yaad
+
+
+def yaad_reference(q, k, v, alpha, eta, delta, M0=None):
+    """Miras' explicit Yaad rule written out in NumPy: M = a M - eta clip(M k - v, delta) k^T."""
+    batch = k.shape[:-2]
+    M = np.zeros(batch + (v.shape[-1], k.shape[-1])) if M0 is None else M0
+    out = []
+    for t in range(k.shape[-2]):
+        r = np.einsum("...ij,...j->...i", M, k[..., t, :]) - v[..., t, :]
+        M = alpha[..., t, None, None] * M - eta[..., t, None, None] * np.clip(r, -delta, delta)[..., :, None] * k[..., t, None, :]
+        out.append(np.einsum("...ij,...j->...i", M, q[..., t, :]))
+    return np.stack(out, -2), M
+
+
+@given(seed=st.integers(0, 2**16), delta=st.floats(min_value=0.01, max_value=5.0, allow_nan=False))
+@settings(max_examples=10)
+def test_yaad_explicit_equals_written_out_rule(seed, delta):
+    from refmem.memories.yaad import yaad_recurrent
+
+    with refmem.backend("numpy") as xp:
+        inp = draw("yaad", seed, xp=xp)
+        o, M = yaad_recurrent(**inp, delta=delta)
+        o_ref, M_ref = yaad_reference(*(to_numpy(inp[n]) for n in ("q", "k", "v", "alpha", "eta")), delta)
+    # the same products in a different order: d_k-term sums, T steps of contraction: 64 d eps
+    assert rel_error(np.asarray(o), o_ref, np) <= 64 * 4 * EPS * 6
+    assert rel_error(np.asarray(M), M_ref, np) <= 64 * 4 * EPS * 6
+
+
+@pytest.mark.parametrize("mode", ["coordinate", "norm"])
+@pytest.mark.parametrize("step", ["explicit", "implicit"])
+def test_yaad_closed_equals_iterative(xp, mode, step):
+    from refmem.memories.yaad import yaad_recurrent
+
+    inp = draw("yaad", 7, T=4, xp=xp)
+    M0 = xp.asarray(np.random.default_rng(1).standard_normal((2, 3, 4)))
+    o, M = yaad_recurrent(**inp, delta=0.4, mode=mode, step=step, initial_state=M0)
+    o_it, M_it = yaad_recurrent(**inp, delta=0.4, mode=mode, step=step, initial_state=M0, method="iterative")
+    # each step: strongly convex, kappa <= 1 + eta ||k||^2 < 10; solvers stop at 1e-12 relative
+    assert rel_error(o_it, o, xp) <= CLOSED_VS_ITERATIVE
+    assert rel_error(M_it, M, xp) <= CLOSED_VS_ITERATIVE
+
+
+def test_yaad_implicit_is_bounded_where_explicit_diverges(xp):
+    # Huber's gradient is bounded by delta ||k||: the explicit step cannot blow up like the delta rule's,
+    # but with eta ||k||^2 > 2 it oscillates; the implicit step contracts the residual (MATH.md 3 analogue).
+    from refmem.memories.yaad import yaad_recurrent
+
+    g = np.random.default_rng(0)
+    k1 = g.standard_normal(4)
+    k1 = 2.0 * k1 / np.linalg.norm(k1)  # ||k||^2 = 4
+    T = 30
+    k = xp.asarray(np.tile(k1, (T, 1)))
+    v = xp.asarray(np.tile(g.standard_normal(3) * 0.1, (T, 1)))
+    ones, eta = xp.ones((T,), dtype=xp.float64), xp.full((T,), 1.0, dtype=xp.float64)  # eta ||k||^2 = 4 > 2
+    _, M_imp = yaad_recurrent(k, k, v, ones, eta, delta=1e6, step="implicit")
+    _, M_exp = yaad_recurrent(k, k, v, ones, eta, delta=1e6, step="explicit")
+    r_imp = float(xp.max(xp.abs((M_imp @ k[0, :, None])[:, 0] - v[0, :])))
+    r_exp = float(xp.max(xp.abs((M_exp @ k[0, :, None])[:, 0] - v[0, :])))
+    assert r_imp <= 1e-12 and r_exp >= 1e6  # (1 - 4)^30 ~ 2e14 growth vs (1/5)^30 contraction
+
+
+def test_yaad_numpy_equals_strict_and_deep():
+    from refmem.memories.yaad import yaad_deep_recurrent, yaad_recurrent
+
+    outs = []
+    for name in ("numpy", "array_api_strict"):
+        with refmem.backend(name) as xp:
+            inp = draw("yaad", 2, batch=(2, 2), d_v=4, xp=xp)
+            o, M = yaad_recurrent(**inp, delta=0.5, mode="norm", step="implicit")
+            od, W = yaad_deep_recurrent(**inp, delta=0.5, hidden=3)
+            outs.append([to_numpy(o), to_numpy(M), to_numpy(od), to_numpy(W[0]), to_numpy(W[1])])
+    for a, b in zip(*outs):
+        assert rel_error(a, b, np) <= 64 * 6 * EPS
+
+
+def test_yaad_deep_is_deep_memory_with_huber(xp):
+    from refmem.memories.yaad import yaad_deep_recurrent
+
+    inp = draw("yaad", 3, T=4, d_v=4, xp=xp)
+    o, W = yaad_deep_recurrent(**inp, delta=0.3)
+    o2, W2 = deep_memory_recurrent(inp["q"], inp["k"], inp["v"], inp["eta"], inp["alpha"],
+                                   loss=ResidualLoss("huber", delta=0.3))
+    assert rel_error(o, o2, xp) == 0.0 and rel_error(W[0], W2[0], xp) == 0.0
+
+
+def test_yaad_bad_inputs(xp):
+    from refmem.memories.yaad import yaad_recurrent
+
+    inp = draw("yaad", 0, xp=xp)
+    with pytest.raises(ValueError, match="alpha"):
+        yaad_recurrent(**dict(inp, alpha=inp["alpha"] + 1.0))
+    with pytest.raises(ValueError, match="eta"):
+        yaad_recurrent(**dict(inp, eta=-inp["eta"]))
+    with pytest.raises(ValueError, match="alpha must have shape"):
+        yaad_recurrent(**dict(inp, alpha=inp["alpha"][..., :2]))
+    with pytest.raises(ValueError, match="delta"):
+        yaad_recurrent(**inp, delta=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        yaad_recurrent(**inp, mode="rows")
+    with pytest.raises(ValueError, match="initial_state"):
+        yaad_recurrent(**inp, initial_state=xp.zeros((2, 4, 3), dtype=xp.float64))
+    with pytest.raises(ValueError, match="non-finite"):
+        yaad_recurrent(**dict(inp, q=inp["q"] * xp.asarray(float("nan"))))

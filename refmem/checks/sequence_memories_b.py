@@ -259,3 +259,58 @@ def _deep_implicit_fixed_point(xp):
     scale = min(float(xp.max(xp.abs(A))), float(xp.max(xp.abs(B))))
     bound = 4 * rep.tolerance * max(1.0, 0.3 * r0 / scale) * math.sqrt(A.shape[-1] * A.shape[-2] * 2)
     return err, max(bound, rounding_tol(xp, xp.float64, A.shape[-1]))
+
+
+# ------------------------------------------------------------------ Miras: Yaad
+
+
+def _yaad_step_errors(xp):
+    from .sequence_memories_a import step_errors
+
+    return step_errors("yaad", xp)
+
+
+@register_check("yaad", "scan step == solve(step_level, closed)")
+def _yaad_scan_vs_level(xp):
+    return _yaad_step_errors(xp)[0], rounding_tol(xp, xp.float64, SHAPE["d_k"])
+
+
+@register_check("yaad", "explicit step closed == iterative (CG)", CLOSED_VS_ITERATIVE_TOL)
+def _yaad_explicit_closed_vs_iterative(xp):
+    return _yaad_step_errors(xp)[1]
+
+
+@register_check("yaad", "implicit scan closed == iterative, coordinate and norm Huber", CLOSED_VS_ITERATIVE_TOL)
+def _yaad_implicit(xp):
+    from ..memories.yaad import yaad_recurrent
+
+    inp = _inputs("yaad", xp, seed=2, T=3)
+    err = 0.0
+    for mode in ("coordinate", "norm"):  # delta = 0.3 puts residuals on both sides of the kink
+        o, M = yaad_recurrent(**inp, step="implicit", mode=mode, delta=0.3)
+        o_it, M_it = yaad_recurrent(**inp, step="implicit", mode=mode, delta=0.3, method="iterative")
+        err = max(err, rel_error(o_it, o, xp), rel_error(M_it, M, xp))
+    return err
+
+
+@register_check("yaad", "delta = 1e6, alpha = 1 == delta rule with beta = eta")
+def _yaad_is_delta_rule(xp):
+    from ..memories.delta_rule import delta_rule_recurrent
+    from ..memories.yaad import yaad_recurrent
+
+    inp = _inputs("yaad", xp, seed=3)
+    alpha = xp.ones_like(inp["alpha"])
+    o, M = yaad_recurrent(inp["q"], inp["k"], inp["v"], alpha, inp["eta"], delta=1e6)
+    o_d, M_d = delta_rule_recurrent(inp["q"], inp["k"], inp["v"], inp["eta"])
+    # residuals stay far below delta: clip is the identity and the two recurrences do the same arithmetic
+    return max(rel_error(o, o_d, xp), rel_error(M, M_d, xp)), rounding_tol(xp, xp.float64, SHAPE["d_k"])
+
+
+@register_check("yaad", "deep memory: explicit scan closed == iterative (CG)", CLOSED_VS_ITERATIVE_TOL)
+def _yaad_deep(xp):
+    from ..memories.yaad import yaad_deep_recurrent
+
+    inp = _inputs("yaad", xp, seed=4, T=3, d_v=SHAPE["d_k"])
+    o, (W1, W2) = yaad_deep_recurrent(**inp, delta=0.5)
+    o_it, (A, B) = yaad_deep_recurrent(**inp, delta=0.5, method="iterative")
+    return max(rel_error(o_it, o, xp), rel_error(A, W1, xp), rel_error(B, W2, xp))

@@ -494,28 +494,44 @@ def deep_memory_recurrent(q, k, v, eta, alpha=None, *, initial_state=None, hidde
     state : tuple ``(W1, W2)``
     """
     xp = check_sequence(q, k, v, eta=eta, alpha=alpha)
-    d = k.shape[-1]
-    if v.shape[-1] != d:
-        raise ValueError(f"the deep memory maps d to d: v must have last dimension d_k = {d}; got {tuple(v.shape)}")
     lead = tuple(k.shape[:-1])
     for name, g in (("eta", eta), ("alpha", alpha)):
         if g is not None and tuple(g.shape) != lead:
             raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
     positive(eta, "eta", xp, k.dtype)
     check_gate_range(alpha, "alpha", xp)
+
+    def retention_at(t):
+        return ForgetGate(eta=eta[..., t], alpha=1.0 if alpha is None else alpha[..., t])
+
+    return deep_scan(q, k, v, retention_at, initial_state=initial_state, hidden=hidden, loss=loss, step=step,
+                     method=method, activation=activation, rtol=rtol)
+
+
+def deep_scan(q, k, v, retention_at, *, initial_state=None, hidden=None, loss=None, step="explicit",
+              method="closed", activation="tanh", rtol=None, initial_default=None):
+    """Scan of the deep memory under any retention: ``retention_at(t) -> Retention`` for token ``t``.
+
+    The shared scan of :func:`deep_memory_recurrent` and the deep variants of
+    the Miras memories (Yaad, Memora, ...). ``initial_default(batch, d, h, xp, dtype)``
+    overrides :func:`default_params` (e.g. a state on the simplex).
+    Returns ``(o [..., T, d], (W1, W2))``.
+    """
+    xp = check_sequence(q, k, v)
+    d = k.shape[-1]
+    if v.shape[-1] != d:
+        raise ValueError(f"the deep memory maps d to d: v must have last dimension d_k = {d}; got {tuple(v.shape)}")
     if initial_state is None:
         h = d if hidden is None else int(hidden)
         if h < 1:
             raise ValueError(f"hidden must be >= 1; got {hidden}")
-        W = default_params(k.shape[:-2], d, h, xp, k.dtype)
+        W = (initial_default or default_params)(k.shape[:-2], d, h, xp, k.dtype)
     else:
         W = check_params(initial_state, d, xp, k.dtype)
     outs = []
     for t in range(k.shape[-2]):
-        a_t = 1.0 if alpha is None else alpha[..., t]
-        ret = ForgetGate(eta=eta[..., t], alpha=a_t)
-        W, _ = deep_step(W, k[..., t, :], v[..., t, :], retention=ret, loss=loss, step=step, method=method,
-                         activation=activation, rtol=rtol)
+        W, _ = deep_step(W, k[..., t, :], v[..., t, :], retention=retention_at(t), loss=loss, step=step,
+                         method=method, activation=activation, rtol=rtol)
         y, _ = mlp_forward(W[0], W[1], q[..., t, :], xp, activation)
         outs.append(y)  # (.., d)
     o = xp.stack(outs, axis=-2) if outs else xp.zeros(tuple(v.shape), dtype=v.dtype)
