@@ -51,6 +51,9 @@ Backend-specific kernels found by ``refmem.backends.extra(xp, name)``:
 ``solve(a, b)``
     ``xp.linalg.solve`` that raises ``numpy.linalg.LinAlgError`` on a singular
     system instead of returning garbage, :func:`refmem_cupy.kernels.solve`.
+``peak_bytes(fn)``
+    Peak memory ``fn()`` takes from CuPy's memory pool (``refmem bench``'s
+    ``peak_extra_bytes``), :func:`refmem_cupy.kernels.peak_bytes`.
 ``synchronize()``
     Waits for the current CUDA stream (the benchmark's timer needs it). The
     CPU backends have no ``synchronize`` extra: ``extra(xp, "synchronize")``
@@ -85,5 +88,6 @@ def backend() -> Backend:
             "solve_triangular": kernels.solve_triangular,
             "solve": kernels.solve,
             "synchronize": kernels.synchronize,
+            "peak_bytes": kernels.peak_bytes,
         },
     )

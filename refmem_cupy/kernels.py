@@ -4,7 +4,8 @@ r"""CuPy kernels beyond the array API standard, looked up with ``refmem.backends
   ``cupyx.scipy.linalg``; falls back to an LU solve of the triangle where the
   installed CuPy has no batched version);
 - :func:`solve`: ``xp.linalg.solve`` that raises on a singular system;
-- :func:`synchronize`: wait for the current CUDA stream (timing).
+- :func:`synchronize`: wait for the current CUDA stream (timing);
+- :func:`peak_bytes`: peak pool memory of a call (the benchmark's memory column).
 
 Singular systems. CuPy's default is not to look at cuSOLVER's status flag
 (reading it is a device-to-host transfer), so a singular solve silently returns
@@ -153,6 +154,40 @@ def solve(a, b):
     if not bool(cupy.all(cupy.isfinite(x))):
         raise _linalg_error("solve: the matrix a is singular or too ill-conditioned (non-finite solution)")
     return x
+
+
+def peak_bytes(fn) -> int:
+    """Peak device memory, in bytes, that ``fn()`` takes from CuPy's memory pool above what it held before.
+
+    For ``refmem bench``'s ``peak_extra_bytes``. A ``cupy.cuda.MemoryHook``
+    follows every allocation from and release to the pool during the call
+    (outputs included, sizes rounded up to CuPy's 512-byte blocks) and keeps the
+    running maximum. Work buffers that cuBLAS/cuSOLVER allocate outside CuPy's
+    pool are not seen.
+    """
+    import cupy
+
+    class PeakHook(cupy.cuda.MemoryHook):
+        name = "refmem_cupy_peak_bytes"
+
+        def __init__(self):
+            self.current = 0
+            self.peak = 0
+
+        def malloc_postprocess(self, **kwargs):
+            if kwargs.get("mem_ptr", 0):  # 0: the allocation failed
+                self.current += int(kwargs.get("mem_size", 0))
+                self.peak = max(self.peak, self.current)
+
+        def free_postprocess(self, **kwargs):
+            self.current -= int(kwargs.get("mem_size", 0))
+
+    hook = PeakHook()
+    with hook:
+        out = fn()
+        synchronize()
+        del out
+    return int(hook.peak)
 
 
 def synchronize(*_ignored) -> None:

@@ -15,7 +15,18 @@
 # Needs: the wheels of array-api-compat and array-api-strict in .whl/ (carry ".whl"), since the
 # machine has no registry access. refmem itself is not pip-installed: the repository goes on
 # PYTHONPATH, and a dist-info with the entry points of pyproject.toml is written to /tmp/site so
-# `refmem.backends` discovers numpy, array_api_strict and cupy. Outputs go to $OUT (or ./out).
+# `refmem.backends` discovers numpy, array_api_strict and cupy. Outputs go to $OUT (or ./out), at most
+# 8 files: env.txt, test_all.txt (or test_cupy.txt), agreement.jsonl, verify_cupy.txt, verify_cupy.json,
+# bench.txt (both bench stages append), bench_cupy.json, bench_numpy.json.
+#
+# Timings measured on the H200 machine (2026-11-25): machine start ~30 s; tests/test_cupy.py 33 s;
+# refmem verify --backend cupy ~15 s; the whole suite serially 476 s (hence xdist below).
+# Suggested final runs (each one device command):
+#   run(command="bash scripts/gpu_run.sh env test verify", carry=[".whl"], timeout_s=600)
+#   run(command="bash scripts/gpu_run.sh bench", carry=[".whl"], timeout_s=600)
+#   run(command="bash scripts/gpu_run.sh bench-cpu", carry=[".whl"], timeout_s=600)
+# bench-cpu is the long one (estimate, not measured: the recurrent NumPy scans stream a 16 MB float64
+# state per step, ~10 ms a step, ~80 s a call, three calls per row with warm-up and memory pass).
 #
 # Example for the device tool:  run(command="bash scripts/gpu_run.sh env test verify", carry=[".whl"])
 set -uo pipefail
@@ -64,12 +75,25 @@ stage_env() {
     } 2>&1 | tee "$OUT/env.txt"
 }
 
+# pytest-xdist (in the machine's image) spreads the suite over the CPU cores: serially the whole
+# suite took 476 s on the H200 machine (2026-11-25), too close to the 10-minute command limit.
+# Set PYTEST_WORKERS=0 to run serially. Each worker holds its own CUDA context (~0.5 GB of GPU memory).
+xdist_args() {
+    local n=${PYTEST_WORKERS:-8}
+    if [ "$n" != 0 ] && $PY -c "import xdist" 2>/dev/null; then echo "-n $n"; fi
+}
+
+# Agreement errors of tests/test_cupy.py (one JSON line per compared case) go to $OUT/agreement.jsonl.
 stage_test() {
-    $PY -m pytest -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/test_all.txt"
+    rm -f "$OUT/agreement.jsonl"
+    REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) 2>&1 \
+        | tee "$OUT/test_all.txt"
 }
 
 stage_cupy_tests() {
-    $PY -m pytest -q -rs -p no:cacheprovider tests/test_cupy.py 2>&1 | tee "$OUT/test_cupy.txt"
+    rm -f "$OUT/agreement.jsonl"
+    REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) \
+        tests/test_cupy.py 2>&1 | tee "$OUT/test_cupy.txt"
 }
 
 stage_verify() {
@@ -80,12 +104,12 @@ BENCH_ARGS=(--memory gated_delta_rule --memory linear_attention --batch 8 --seq-
 
 stage_bench() {
     $PY -m refmem bench "${BENCH_ARGS[@]}" --dtype float32 --dtype float64 --backend cupy \
-        --json "$OUT/bench_cupy.json" 2>&1 | tee "$OUT/bench_cupy.txt"
+        --json "$OUT/bench_cupy.json" 2>&1 | tee -a "$OUT/bench.txt"
 }
 
 stage_bench_cpu() {
     $PY -m refmem bench "${BENCH_ARGS[@]}" --dtype float64 --backend numpy --repeat 1 \
-        --json "$OUT/bench_numpy.json" 2>&1 | tee "$OUT/bench_numpy.txt"
+        --json "$OUT/bench_numpy.json" 2>&1 | tee -a "$OUT/bench.txt"
 }
 
 setup || exit 1

@@ -40,10 +40,13 @@ import contextlib
 import importlib
 import importlib.metadata
 import inspect
+import json
+import os
 import pathlib
 import re
 import subprocess
 import sys
+import traceback
 import types
 import warnings
 
@@ -319,8 +322,17 @@ def _compare(out_np, out_cp, tol, what):
         err = rel_error(npx.asarray(_host(y)), npx.asarray(x), npx)
         assert np.isfinite(err), f"{what}: output {i} not finite"
         worst = max(worst, err)
+    _log_agreement(what, worst, tol)
     assert worst <= tol, f"{what}: relative error {worst:.3e} > tolerance {tol:.3e}"
     return worst
+
+
+def _log_agreement(what, err, tol):
+    """Append ``what, err, tol`` to the JSON-lines file ``$REFMEM_AGREEMENT_LOG`` (set by scripts/gpu_run.sh)."""
+    path = os.environ.get("REFMEM_AGREEMENT_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"case": what, "rel_error": err, "tolerance": tol}) + "\n")
 
 
 # ---- levels
@@ -532,6 +544,19 @@ class DeviceRead(AssertionError):
 READ_METHODS = ("get", "item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__complex__", "__array__")
 
 
+def _culprit() -> str:
+    """Where the read came from: the innermost refmem frame and the innermost frame overall."""
+    frames = [f for f in traceback.extract_stack()[:-2] if not f.filename.endswith("test_cupy.py")]
+    ours = [f for f in frames if f"{os.sep}refmem{os.sep}" in f.filename]
+
+    def at(f):
+        parts = pathlib.Path(f.filename).parts
+        return f"{'/'.join(parts[-3:])}:{f.lineno} in {f.name}"
+
+    where = f"at {at(ours[-1])}" if ours else "outside refmem"
+    return where + (f" (innermost: {at(frames[-1])})" if frames and (not ours or frames[-1] is not ours[-1]) else "")
+
+
 @contextlib.contextmanager
 def forbid_device_reads():
     """Make every device-to-host read raise :class:`DeviceRead` inside the block.
@@ -553,7 +578,8 @@ def forbid_device_reads():
 
     def forbidden(name):
         def method(self, *args, **kwargs):
-            raise DeviceRead(f"device-to-host read: cupy.ndarray.{name} on an array of shape {self.shape}")
+            raise DeviceRead(f"device-to-host read: cupy.ndarray.{name} on an array of shape {self.shape}"
+                             f" {_culprit()}")
 
         return method
 
@@ -788,6 +814,25 @@ def test_synchronize_extra_waits_for_the_stream():
     backends.extra(_cpx(), "synchronize")()
     assert cupy.cuda.get_current_stream().done
     assert float(y[0, 0]) == 512.0
+
+
+@gpu
+def test_peak_bytes_extra_counts_pool_allocations():
+    """A call that holds 1 MiB while making and dropping a 2 MiB temporary peaks at 3 MiB (block-rounded)."""
+    import cupy
+
+    peak_bytes = backends.extra(_cpx(), "peak_bytes")
+    MiB = 1 << 20
+
+    def fn():
+        kept = cupy.zeros(MiB // 8)  # 1 MiB of float64
+        tmp = cupy.ones(2 * MiB // 8)  # 2 MiB, dropped before returning
+        kept += tmp[: MiB // 8]
+        del tmp
+        return kept
+
+    assert peak_bytes(fn) == 3 * MiB  # both sizes are multiples of the 512-byte block: no rounding
+    assert peak_bytes(lambda: None) == 0
 
 
 def test_cpu_backends_need_no_synchronize():
