@@ -7,9 +7,10 @@ from hypothesis import HealthCheck, settings
 
 # `ci`: deterministic, no deadline (a 2-core CI machine is slow and noisy); used by `make test`.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
-                          suppress_health_check=[HealthCheck.too_slow])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 # `dev`: random, more examples, for hunting bugs locally: HYPOTHESIS_PROFILE=dev pytest
-settings.register_profile("dev", deadline=None, max_examples=200)
+settings.register_profile("dev", deadline=None, max_examples=200,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CPU_BACKENDS = ["numpy", "array_api_strict"]

@@ -1,0 +1,105 @@
+"""The iterative solvers on problems whose answers are known independently (numpy.linalg, hand algebra)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refmem.solvers import (ConvergenceError, Problem, conjugate_gradient, default_rtol, gradient_descent,
+                            newton_scalar, proximal_gradient)
+
+from conftest import to_numpy
+
+
+def _spd_quadratic(xp, seed, batch=3, n=4, cond=10.0):
+    """f(X) = 1/2 <X, A X> - <B, X> with X [batch, n, 1]; A SPD with the given condition number."""
+    g = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(g.standard_normal((batch, n, n)))
+    lam = np.geomspace(1.0, cond, n)
+    A = Q @ (lam[:, None] * np.swapaxes(Q, -1, -2))
+    B = g.standard_normal((batch, n, 1))
+    As, Bs = xp.asarray(A), xp.asarray(B)
+
+    def value(X):
+        return xp.sum(X * (As @ X), axis=(-2, -1)) / 2 - xp.sum(Bs * X, axis=(-2, -1))
+
+    def grad(X):
+        return As @ X - Bs
+
+    prob = Problem(xp, xp.zeros_like(Bs), value, grad, xp.asarray(cond), xp.asarray(1.0), quadratic=True)
+    return prob, np.linalg.solve(A, B)
+
+
+@given(seed=st.integers(0, 10_000), cond=st.floats(1.0, 1e3))
+def test_cg_solves_spd_systems(xp, seed, cond):
+    _check_solver(xp, seed, cond, conjugate_gradient, {})
+
+
+# GD needs about cond * ln(1/rtol) ~ 28 cond steps: keep cond <= 30 so a case stays fast on strict
+@given(seed=st.integers(0, 10_000), cond=st.floats(1.0, 30.0), backtracking=st.booleans())
+def test_gd_solves_spd_systems(xp, seed, cond, backtracking):
+    _check_solver(xp, seed, cond, gradient_descent, {"backtracking": backtracking})
+
+
+def _check_solver(xp, seed, cond, solver, kw):
+    prob, exact = _spd_quadratic(xp, seed, cond=cond)
+    rtol = default_rtol(xp.float64, xp, condition=cond)
+    X, rep = solver(prob, rtol=rtol, **kw)
+    assert rep.converged
+    # ||X - X*|| <= ||grad|| / mu <= rtol * max(mu||X||, r0) / mu, with mu = 1, r0 <= cond ||X*||;
+    # numpy's solve adds ~cond * eps
+    bound = rtol * cond * np.max(np.abs(exact)) * 10 + 100 * cond * np.finfo(float).eps
+    assert np.max(np.abs(to_numpy(X) - exact)) <= bound
+
+
+def test_cg_terminates_in_n_steps_on_n_dim_problem(xp):
+    prob, _ = _spd_quadratic(xp, 0, n=5, cond=100.0)
+    _, rep = conjugate_gradient(prob, rtol=1e-12)
+    assert rep.iterations <= 5 + 8  # n steps in exact arithmetic; a refresh every 8 may add a few
+
+
+def test_non_convergence_is_an_error(xp):
+    prob, _ = _spd_quadratic(xp, 1, cond=1e3)
+    with pytest.raises(ConvergenceError, match="gd did not converge: 5 iterations"):
+        gradient_descent(prob, rtol=1e-12, max_iter=5)
+    with pytest.raises(ConvergenceError, match="cg did not converge"):
+        conjugate_gradient(prob, rtol=1e-12, max_iter=1)
+    try:
+        gradient_descent(prob, rtol=1e-12, max_iter=5)
+    except ConvergenceError as exc:
+        assert exc.report.converged is False and exc.report.iterations == 5
+
+
+def test_proximal_gradient_lasso_is_soft_threshold(xp):
+    """min 1/2||X - Y||^2 + lam ||X||_1 has the soft threshold as minimiser (hand algebra)."""
+    g = np.random.default_rng(3)
+    Y = g.standard_normal((2, 3, 4))
+    lam = 0.4
+    Ys = xp.asarray(Y)
+
+    def prox(X, t):
+        t = t if t.ndim == 0 else t[..., None, None]
+        return xp.sign(X) * xp.maximum(xp.abs(X) - lam * t, xp.zeros_like(X))
+
+    prob = Problem(xp, xp.zeros_like(Ys), lambda X: xp.sum((X - Ys) ** 2, axis=(-2, -1)) / 2, lambda X: X - Ys,
+                   xp.asarray(2.0), xp.asarray(1.0), prox=prox,
+                   h_value=lambda X: lam * xp.sum(xp.abs(X), axis=(-2, -1)))
+    X, rep = proximal_gradient(prob, rtol=1e-12)
+    expected = np.sign(Y) * np.maximum(np.abs(Y) - lam, 0)
+    assert np.max(np.abs(to_numpy(X) - expected)) <= 1e-11
+    with pytest.raises(ValueError, match="non-smooth"):
+        gradient_descent(prob, rtol=1e-12)
+
+
+@given(c=st.floats(-50, 50), a=st.floats(0.01, 10))
+def test_newton_scalar_solves_cubic(xp, c, a):
+    """x^3 + a x = c has one real root; check it against numpy.roots."""
+    cs = xp.asarray([c, -c, 0.0])
+    lo = xp.asarray([-60.0] * 3)
+    hi = xp.asarray([60.0] * 3)
+    x, rep = newton_scalar(lambda x: x**3 + a * x - cs, lambda x: 3 * x**2 + a, lo, hi, xp.zeros_like(cs), rtol=1e-14)
+    for i, ci in enumerate((c, -c, 0.0)):
+        r = np.roots([1, 0, a, -ci])
+        real = r[np.abs(r.imag) < 1e-9].real
+        # root of a monotone cubic: |dx| <= |f(x)| / f'(x); f'(x) >= a
+        assert abs(float(to_numpy(x)[i]) - real[0]) <= 1e-12 * (1 + abs(real[0])) / min(a, 1.0) * 10
