@@ -56,10 +56,11 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
       ``d x d`` solve with ``d`` right-hand sides (``8/3 d^3``) and ``4 d^2`` of statistics.
     - chunked, linear attention family: ``4 C^2 d + 4 C d^2`` per chunk
       (``Q K^T``, ``P V``, ``V^T K``, ``Q M^T``).
-    - chunked, delta family (UT form): ``10 C^2 d + 6 C d^2 + 2 d^3`` per chunk
-      (``Q K^T``, ``K K^T``, the triangular solve with ``2 d`` right-hand sides
-      ``2 C^2 d``, ``P [U~, W]``, ``[U~, W]^T K~``, ``Q~ M^T`` and ``M F``);
-      mini-batch: without ``K K^T`` and the solve, ``6 C^2 d + 6 C d^2 + 2 d^3``.
+    - chunked, delta family (UT form, :func:`refmem.chunked._ut.delta_family`):
+      ``8 C^2 d + 6 C d^2`` per chunk (``Q K^T``, ``K K^T``, the triangular solve
+      with ``2 d`` right-hand sides ``2 C^2 d``, ``P U``; ``W M^T``, ``U^T K~``,
+      ``Q M^T``); mini-batch: without ``K K^T`` and the solve, ``4 C^2 d + 6 C d^2``.
+      Per token at ``C = d`` that is ``14 d^2`` against the recurrence's ``7 d^2``.
     - chunked Titans (pair state ``d x 2d``): ``13 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``;
       mini-batch ``8 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``.
     - chunked Mesa: ``d`` CG iterations (the exact-arithmetic count; an
@@ -77,13 +78,13 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
     if name in ("linear_attention", "gated_linear_attention"):
         per_chunk = 4 * C**2 * d + 4 * C * d**2
     elif name in delta_family:
-        per_chunk = (10 if form == "chunked" else 6) * C**2 * d + 6 * C * d**2 + 2 * d**3
+        per_chunk = (8 if form == "chunked" else 4) * C**2 * d + 6 * C * d**2
     elif name == "titans":
         per_chunk = (13 if form == "chunked" else 8) * C**2 * d + 2 * C**3 + 16 * C * d**2 + 8 * d**3
     elif name == "mesa":
         per_chunk = d * (4 * C**2 * d + 2 * C * d**2) + 4 * C**2 * d + 6 * C * d**2
     else:
-        per_chunk = 10 * C**2 * d + 6 * C * d**2 + 2 * d**3
+        per_chunk = 8 * C**2 * d + 6 * C * d**2
     return heads * N * per_chunk
 
 

@@ -73,6 +73,25 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     :math:`\\gamma_t M_0` instead of :math:`a_t M_{t-1}`: the same formulas with
     :math:`A = I`. At ``C = 1`` the two coincide.
     """
+    d_v, d_k = V.shape[-1], K.shape[-1]
+    U, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact)
+    PX = P @ concat_last(U, W, xp=xp)  # [P U~, P W] (.., C, C) @ (.., C, d_v + d_k)
+    PU = PX[..., :d_v]
+    Qt = Qg - PX[..., d_v:]  # diag(gamma) Q - P W, (.., C, d_k)
+    HG = mT(concat_last(U, W, xp=xp), xp) @ Kt  # [U~^T K~; W^T K~] (.., d_v + d_k, C) @ (.., C, d_k)
+    H, G = HG[..., :d_v, :], HG[..., d_v:, :]
+    eye = xp.eye(d_k, dtype=K.dtype, device=device_of(K))
+    F = (eye if g_end is None else g_end[..., None, None] * eye) - G  # (.., d_k, d_k)
+    return PU, Qt, H, F
+
+
+def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
+    """The ``M0``-independent pieces of a delta-family chunk (see :func:`delta_terms` for the algebra).
+
+    Returns ``U~ [..., C, d_v]``, ``W [..., C, d_k]`` (``U = U~ - W M0^T``),
+    ``P = tril(D o Q K^T) [..., C, C]``, ``Qg = diag(gamma) Q``, ``K~ = diag(D_{C.}) K``
+    and ``g_end = gamma_C [...]`` (``None`` without a gate).
+    """
     C = K.shape[-2]
     d_v = V.shape[-1]
     dev = device_of(K)
@@ -81,11 +100,13 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
         D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
         VK = concat_last(V, K, xp=xp)  # (.., C, d_v + d_k)
         g_end = None
+        Qg = Q
     else:
         D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
         gamma = decay_from_start(L, Z, xp)  # (.., C)
         VK = concat_last(V, gamma[..., None] * K, xp=xp)  # (.., C, d_v + d_k)
         g_end = gamma[..., C - 1]  # (..)
+        Qg = gamma[..., None] * Q
     rhs = b[..., None] * VK  # [diag(b) V, diag(b gamma) K]
     del VK
     if exact:
@@ -99,17 +120,8 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     else:
         X = rhs  # mini-batch: A = I
     P = D * (Q @ mT(K, xp))  # tril(D o Q K^T) (D is masked), (.., C, C)
-    PX = P @ X  # [P U~, P W] (.., C, C) @ (.., C, d_v + d_k)
-    del P
-    PU = PX[..., :d_v]
-    Qt = (Q if L is None else gamma[..., None] * Q) - PX[..., d_v:]  # diag(gamma) Q - P W, (.., C, d_k)
     Kt = D[..., C - 1, :][..., None] * K  # decay from s to the chunk end, (.., C, d_k)
-    HG = mT(X, xp) @ Kt  # [U~^T K~; W^T K~] (.., d_v + d_k, C) @ (.., C, d_k) -> (.., d_v + d_k, d_k)
-    H, G = HG[..., :d_v, :], HG[..., d_v:, :]
-    d_k = K.shape[-1]
-    eye = xp.eye(d_k, dtype=K.dtype, device=dev)
-    F = (eye if g_end is None else g_end[..., None, None] * eye) - G  # (.., d_k, d_k)
-    return PU, Qt, H, F
+    return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
 
 
 def broadcast_lead(*shapes):
@@ -195,18 +207,32 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
 
     ``exact=False`` gives the mini-batch form (see :func:`delta_terms`).
     Returns ``(o [..., T, d_v], M_T [..., d_v, d_k])``.
+
+    Notes
+    -----
+    Same algebra as :func:`delta_terms`, ordered for the fewest FLOPs: the
+    sequential pass carries ``M`` and forms :math:`U = \tilde U - W M_0^T` and
+    :math:`M_C = \gamma_C M_0 + U^T \tilde K` (two ``C x d x d`` products per
+    chunk); the outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are then
+    one batched product over all chunks, from the stacked chunk-start states
+    (``N`` matrices ``d_v x d_k``: ``T d / C`` numbers per head, no per-step history).
     """
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)
     b = to_chunks(beta, C, xp, fill=0.0, time_axis=-1)  # padding steps write nothing
     L, Z = gate_cumulants(alpha, C, xp)
-    PU, Qt, H, F = delta_terms(Q, K, V, b, L, Z, xp, exact=exact)
+    Ut, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact)
     del Q, K, V
-
-    def terms(n):
-        Fn, Hn = chunk(F, n), chunk(H, n)
-        return chunk(PU, n), chunk(Qt, n), lambda M: M @ Fn + Hn  # (.., d_v, d_k) @ (.., d_k, d_k)
-
-    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
+    M = M0
+    starts, us = [], []
+    for n in range(Ut.shape[-3]):
+        starts.append(M)
+        U = chunk(Ut, n) - chunk(W, n) @ mT(M, xp)  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+        us.append(U)
+        write = mT(U, xp) @ chunk(Kt, n)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+        M = M + write if g_end is None else scalar_chunk(g_end, n)[..., None, None] * M + write
+    M_starts = xp.stack(starts, axis=-3)  # (.., N, d_v, d_k): chunk-start states only
+    U_all = xp.stack(us, axis=-3)  # (.., N, C, d_v)
+    O = Qg @ mT(M_starts, xp) + P @ U_all  # (.., N, C, d_k) @ (.., N, d_k, d_v) + (.., N, C, C) @ (.., N, C, d_v)
     return from_chunks(O, T, xp), M
 
 
