@@ -211,9 +211,9 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
     Notes
     -----
     Same algebra as :func:`delta_terms`, ordered for the fewest FLOPs: the
-    sequential pass carries ``M`` and forms :math:`U = \tilde U - W M_0^T` and
-    :math:`M_C = \gamma_C M_0 + U^T \tilde K` (two ``C x d x d`` products per
-    chunk); the outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are then
+    sequential pass carries ``M`` and forms :math:`U = \\tilde U - W M_0^T` and
+    :math:`M_C = \\gamma_C M_0 + U^T \\tilde K` (two ``C x d x d`` products per
+    chunk); the outputs :math:`O = \\mathrm{diag}(\\gamma) Q M_0^T + P U` are then
     one batched product over all chunks, from the stacked chunk-start states
     (``N`` matrices ``d_v x d_k``: ``T d / C`` numbers per head, no per-step history).
     """
