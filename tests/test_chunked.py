@@ -357,3 +357,32 @@ def test_every_memory_with_a_chunked_form_is_listed():
     have = {name for name, spec in MEMS.items() if spec.chunked is not None}
     assert have == {name for name, _ in VARIANTS}
     assert {name for name, spec in MEMS.items() if spec.minibatch is not None} >= set(MINIBATCH)
+
+
+def test_math_md_8_delta_formulas_hold_in_refmem_orientation():
+    """MATH.md 8's delta-rule chunk formulas, typed in literally, with M0 in refmem's ``[d_v, d_k]`` orientation.
+
+    Erratum (wording): MATH.md 8 says the formulas are "in K x V orientation", but as printed
+    (``Q M0^T``, ``W M0^T``, ``M = M0 + (U - W M0^T)^T K``) they are in refmem's ``M [d_v, d_k]``
+    orientation; with flash-linear-attention's ``S = M^T [d_k, d_v]`` they read
+    ``O = Q S0 + (Q K^T * tril)(U - W S0)``, ``S = S0 + K^T (U - W S0)``. This test checks the printed
+    formulas with ``M0 [d_v, d_k]`` against the recurrence (one chunk, NumPy, independent of refmem.chunked).
+    """
+    g = np.random.default_rng(4)
+    C, d_k, d_v = 9, 5, 3
+    K = g.standard_normal((C, d_k)) / np.sqrt(d_k)
+    Q = g.standard_normal((C, d_k))
+    V = g.standard_normal((C, d_v))
+    b = g.uniform(0.1, 0.9, C)
+    M0 = g.standard_normal((d_v, d_k))
+    Tm = np.linalg.inv(np.eye(C) + np.tril(np.diag(b) @ K @ K.T, -1)) @ np.diag(b)
+    W, U = Tm @ K, Tm @ V
+    M_chunk = M0 + (U - W @ M0.T).T @ K
+    O_chunk = Q @ M0.T + (Q @ K.T * np.tril(np.ones((C, C)))) @ (U - W @ M0.T)
+    M, outs = M0, []
+    for t in range(C):
+        M = M - b[t] * np.outer(M @ K[t] - V[t], K[t])
+        outs.append(M @ Q[t])
+    # explicit inverse of a unit triangular matrix with entries < 1: error ~ C eps
+    assert rel_error(M_chunk, M, np) <= EQUAL_TOL
+    assert rel_error(O_chunk, np.stack(outs), np) <= EQUAL_TOL
