@@ -291,18 +291,33 @@ def _tolerance(kappa: float, growth: float, dtype) -> float:
     return max(tol, F64_FLOOR) if np.dtype(dtype) == np.float64 else tol
 
 
+STATE_KEYS = ("M_t", "initial_state")
+
+
 def _condition(fn, inputs: dict, data_keys, seed: int) -> float:
-    """Measured relative condition number of ``fn`` w.r.t. the data (float64, NumPy, two trials)."""
+    """Measured relative condition number of ``fn`` w.r.t. the data (float64, NumPy, two trials).
+
+    A state with a constraint (rows on a simplex) may reject the perturbation: then
+    the state is held fixed and only the other data are perturbed.
+    """
     base = [_host(a) for a in _arrays(fn(inputs))]
     g = np.random.default_rng(seed)
     kappa = 0.0
     for _ in range(2):
-        pert = dict(inputs)
-        for key in data_keys:
-            if inputs.get(key) is not None:
-                x = inputs[key]
-                pert[key] = x * _npx().asarray(1 + DELTA * g.uniform(-1, 1, size=x.shape))
-        outs = [_host(a) for a in _arrays(fn(pert))]
+        outs = None
+        for keys in (data_keys, [k for k in data_keys if k not in STATE_KEYS]):
+            pert = dict(inputs)
+            for key in keys:
+                if inputs.get(key) is not None:
+                    x = inputs[key]
+                    pert[key] = x * _npx().asarray(1 + DELTA * g.uniform(-1, 1, size=x.shape))
+            try:
+                outs = [_host(a) for a in _arrays(fn(pert))]
+                break
+            except ValueError:
+                continue
+        if outs is None:
+            raise AssertionError("the condition estimate found no perturbation the function accepts")
         for b, o in zip(base, outs):
             scale = np.max(np.abs(b)) if b.size else 0.0
             if scale > 0:
@@ -438,7 +453,7 @@ def test_level_numpy_equals_cupy(oname, rname, step, at, dtype):
     _closed_form_or_skip(level)
     fn = _solve_closed(level)
 
-    @settings(max_examples=10)
+    @settings(max_examples=10, deadline=None)  # the first GPU call of a kernel compiles it (seconds)
     @given(level_shapes)
     def check(shape):
         seed, batch, d_v, d_k = shape
@@ -518,7 +533,7 @@ def test_memory_numpy_equals_cupy(name, form, dtype):
     if spec.make_inputs is None:
         pytest.skip(f"memory {name!r} registers no make_inputs")
 
-    @settings(max_examples=8)
+    @settings(max_examples=8, deadline=None)  # the first GPU call of a kernel compiles it (seconds)
     @given(memory_shapes)
     def check(shape):
         seed, batch, T, d_k, d_v, C, with_state = shape
