@@ -11,7 +11,13 @@ Two groups of tests:
   (recurrent, chunked, mini-batch) on NumPy and on CuPy, compared in float64
   and float32 with tolerances derived below; the switch; the extras; and the
   proof that with ``refmem.options(check_finite=False)`` a closed-form solve
-  and every scan make no device-to-host transfer.
+  and every scan make no device-to-host transfer (:func:`forbid_device_reads`
+  makes any read raise and names the line that read). What is allowed to read:
+  input checks (``check_finite=True``, one read per checked array) and
+  iterative solvers (one read per iteration, their stopping test). A memory
+  form that runs an inner iterative solver declares it in its spec,
+  ``MemorySpec(extra={"device_reads": "why"})`` (or a dict by form name); its
+  no-read test is then skipped with that reason when it reads.
 
 They iterate over the registries (``OBJECTIVES`` x ``RETENTIONS`` x steps,
 ``refmem.memories.load_all()``), so a level or memory added later is covered
@@ -665,9 +671,24 @@ def test_scan_makes_no_device_read(name, form):
     fn = _form_fn(spec, form, 4)
     d_v, _ = _valid_memory_setup(spec, fn, 3, (2,), 11, 4, 5, False)
     inp = _memory_inputs(spec, 3, (2,), 11, 4, d_v, _cpx(), "float64", False)
-    with refmem.options(check_finite=False), forbid_device_reads():
-        out = fn(inp)
+    declared = _declared_reads(spec, form)
+    try:
+        with refmem.options(check_finite=False), forbid_device_reads():
+            out = fn(inp)
+    except DeviceRead as exc:
+        if declared:
+            pytest.skip(f"{name}/{form} declares device reads ({declared}); first read: {exc}")
+        raise
     assert all(type(a).__module__.startswith("cupy") for a in _arrays(out))
+
+
+def _declared_reads(spec, form) -> str:
+    """A memory whose form runs an inner iterative solver (one stopping-test read per iteration) says so:
+    ``MemorySpec(extra={"device_reads": "why"})`` for every form, or ``{"device_reads": {"chunked": "why"}}``."""
+    d = (spec.extra or {}).get("device_reads")
+    if isinstance(d, dict):
+        return str(d.get(form) or "")
+    return str(d or "")
 
 
 @gpu
