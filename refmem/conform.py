@@ -35,6 +35,9 @@ Layouts
     ``(1, 1)``, one -> ``(B, 1)``, two -> ``(B, H)``, more -> all but the last
     folded into ``B``.
 
+A case the layout cannot express (a state made of several arrays, under
+``fla``) is reported as skipped, never as a pass.
+
 Pass criterion, per case and output (``ref`` the float64 expected output):
 ``max|out - ref| <= tol * max|ref|`` and ``rms(out - ref) <= tol * rms(ref)``
 (absolute when ``ref`` is all zero), with ``tol`` the case's tolerance for the
