@@ -255,11 +255,20 @@ def check_params(params, d, xp, dtype, name="initial_state"):
 
 
 def _pack(W1, W2, xp):
-    """``X = [W1 | W2^T]``: ``[..., d, 2h]`` (the solvers' variable is one matrix)."""
+    """The solvers' variable, one matrix: ``[W1; W2]`` ``[..., 2d, d]`` when ``h = d``, else ``[W1 | W2^T]`` ``[..., d, 2h]``.
+
+    With ``h = d`` every row of the packed matrix is a row of ``W1`` or of ``W2``,
+    so row-wise constraints (the KL retention's simplex rows, kept by mirror
+    descent) hold for the packed variable exactly when they hold for both matrices.
+    """
+    if W1.shape[-1] == W1.shape[-2]:
+        return xp.concat([W1, W2], axis=-2)
     return xp.concat([W1, xp.matrix_transpose(W2)], axis=-1)
 
 
-def _unpack(X, h, xp):
+def _unpack(X, h, d, xp):
+    if h == d:
+        return X[..., :d, :], X[..., d:, :]
     return X[..., :h], xp.matrix_transpose(X[..., h:])
 
 
@@ -307,11 +316,11 @@ def _measured_curvature(W1, W2, k, v, loss, activation, xp, iters=12):
     eigenvector); :func:`deep_step` doubles it and caps it by the bound of
     :func:`_lipschitz_estimate`.
     """
-    h = W1.shape[-1]
+    h, d = W1.shape[-1], W1.shape[-2]
     X = _pack(W1, W2, xp)
 
     def grad(Y):
-        A, B = _unpack(Y, h, xp)
+        A, B = _unpack(Y, h, d, xp)
         _, g1, g2 = deep_loss_grad(A, B, k, v, loss, xp, activation)
         return _pack(g1, g2, xp)
 
@@ -377,7 +386,9 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     if not isinstance(retention, Retention):
         raise TypeError(f"retention must be a Retention instance; got {type(retention).__name__}")
     ret = retention.bind(xp, k.dtype)
-    h = W1t.shape[-1]
+    h, d = W1t.shape[-1], W1t.shape[-2]
+    for W in (W1t, W2t):  # e.g. the KL retention needs every row on its simplex
+        ret.check_state(W, xp)
     _, g1, g2 = deep_loss_grad(W1t, W2t, k, v, loss, xp, activation)
     if method == "closed":
         if step == "implicit":
@@ -390,11 +401,11 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     g = _pack(g1, g2, xp)
 
     def ret_value(X):
-        A, B = _unpack(X, h, xp)
+        A, B = _unpack(X, h, d, xp)
         return ret.value(A, W1t, xp) + ret.value(B, W2t, xp)
 
     def ret_grad(X):
-        A, B = _unpack(X, h, xp)
+        A, B = _unpack(X, h, d, xp)
         return _pack(ret.grad(A, W1t, xp), ret.grad(B, W2t, xp), xp)
 
     if step == "explicit":
@@ -408,11 +419,11 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
         quadratic = getattr(ret, "quadratic", True) and ret.prox is None
     else:
         def f(X):
-            A, B = _unpack(X, h, xp)
+            A, B = _unpack(X, h, d, xp)
             return deep_loss(A, B, k, v, loss, xp, activation) + ret_value(X)
 
         def df(X):
-            A, B = _unpack(X, h, xp)
+            A, B = _unpack(X, h, d, xp)
             _, a1, a2 = deep_loss_grad(A, B, k, v, loss, xp, activation)
             return _pack(a1, a2, xp) + ret_grad(X)
 
@@ -423,11 +434,11 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     prox = h_value = None
     if ret.prox is not None:
         def prox(X, t):
-            A, B = _unpack(X, h, xp)
+            A, B = _unpack(X, h, d, xp)
             return _pack(ret.prox(A, t), ret.prox(B, t), xp)
 
         def h_value(X):
-            A, B = _unpack(X, h, xp)
+            A, B = _unpack(X, h, d, xp)
             return ret.h_value(A) + ret.h_value(B)
 
     L = xp.asarray(L, dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,)
@@ -435,6 +446,9 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     x0 = Xt + 0 * g
     prob = Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
     name = solver or _default_solver(prob, ret, step)
+    if name == "mirror_descent" and h != d:
+        raise ValueError(f"the row-wise (simplex) retention {ret.name!r} needs the hidden size h equal to d = {d} "
+                         f"for the iterative deep step (rows of W1 and W2 are packed as rows); got h = {h}")
     kwargs = {}
     if name == "gd-backtracking":
         name, kwargs["backtracking"] = "gd", True
@@ -445,7 +459,7 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     if rtol is None:
         rtol = default_rtol(k.dtype, xp)
     X, report = SOLVERS[name](prob, rtol=rtol, **kwargs)
-    return _unpack(X, h, xp), report
+    return _unpack(X, h, d, xp), report
 
 
 def _default_solver(prob, ret, step):
