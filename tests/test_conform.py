@@ -372,8 +372,16 @@ def _registered_forms():
     return out
 
 
+@pytest.fixture(scope="module")
+def all_vectors(tmp_path_factory):
+    """Vectors of every registered memory, generated once for this module."""
+    d = tmp_path_factory.mktemp("all_vectors")
+    generate(str(d))
+    return str(d)
+
+
 @pytest.mark.parametrize("name, form", _registered_forms())
-def test_registered_forms_conform_in_refmem_layout(name, form):
+def test_registered_forms_conform_in_refmem_layout(all_vectors, name, form):
     # The runner drives every registered memory (tuple states, parameters, initial states included);
     # a chunked form with chunk size 16 (so T = 63 and 100 cross chunk boundaries) must match the
     # recurrent reference to the derived float64 tolerance: an independent algorithm, same numbers.
@@ -381,7 +389,7 @@ def test_registered_forms_conform_in_refmem_layout(name, form):
 
     mem = load_all()[name]
     fn = mem.recurrent if form == "recurrent" else functools.partial(mem.chunked, chunk_size=16)
-    res = conform.check(fn, spec=name, name=f"{name}.{form}")
+    res = conform.check(fn, spec=name, vectors=all_vectors, name=f"{name}.{form}")
     assert res.passed, str(res)
     assert res.rows and {r.output for r in res.rows} >= {"o"}
 
