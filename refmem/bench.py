@@ -24,8 +24,12 @@ GPU timing: every timed call is followed by the backend's ``synchronize`` extra
 (a no-op where absent). Finiteness/range checks of the inputs are switched
 off while timing (``refmem.options(check_finite=False)``: the inputs are valid
 by construction) so that the rows time the computation, not the validation.
-BLAS threads are whatever the environment gives (``OPENBLAS_NUM_THREADS`` ...);
-the row records ``threads`` when :mod:`os` can tell.
+BLAS threads are whatever the environment gives (``OPENBLAS_NUM_THREADS`` ...)
+unless ``--threads N`` is given (the benchmark then runs in a child process
+started with ``OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = N``);
+each row records the setting. The chunked forms' products are small
+(``C x d`` by ``d x d``): on a busy 2-core machine two BLAS threads per product
+can be many times slower than one.
 """
 
 from __future__ import annotations
@@ -237,7 +241,38 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _rerun_with_threads(args) -> int:
+    """Run this benchmark in a child process whose BLAS libraries start with ``args.threads`` threads.
+
+    BLAS reads its thread count when it is loaded, so the only portable way to
+    change it is a fresh process with the environment set.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARS})
+    argv = [sys.executable, "-m", "refmem", "bench", "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+            "--heads", str(args.heads), "--dim", str(args.dim), "--chunk", str(args.chunk),
+            "--backend", args.backend, "--repeat", str(args.repeat)]
+    for m in args.memory or []:
+        argv += ["--memory", m]
+    for dt in args.dtype or []:
+        argv += ["--dtype", dt]
+    if args.json:
+        argv += ["--json", args.json]
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
 def main(args) -> int:
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1; got {threads}")
+        if any(os.environ.get(var) != str(threads) for var in THREAD_VARS):
+            return _rerun_with_threads(args)
     dtypes = []
     for dt in args.dtype or ["all"]:
         dtypes.extend(["float64", "float32"] if dt == "all" else [dt])

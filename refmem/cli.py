@@ -87,6 +87,7 @@ def _add_bench(sub):
                    help="dtype (repeatable, or 'all'; default all)")
     p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per row, best kept (default 3)")
+    p.add_argument("--threads", type=int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
 
     def run(args):

@@ -78,3 +78,13 @@ def test_flop_model_orders():
 def test_bad_arguments(bad):
     with pytest.raises(ValueError):
         main(["bench", "--repeat", "1", "--dim", "3", "--seq-len", "5", *bad])
+
+
+def test_threads_option_runs_in_a_child(tmp_path):
+    """``--threads 1`` re-runs the benchmark with the BLAS thread variables set; the rows say so."""
+    path = tmp_path / "b.json"
+    rc = main(["bench", "--memory", "delta_rule", "--seq-len", "6", "--heads", "1", "--dim", "3", "--chunk", "4",
+               "--dtype", "float64", "--repeat", "1", "--threads", "1", "--json", str(path)])
+    assert rc == 0
+    rows = json.loads(path.read_text())
+    assert rows and all(r["threads"] == "OPENBLAS_NUM_THREADS=1" for r in rows)
