@@ -156,13 +156,3 @@ def forward_substitution(A, B, xp, *, block: int = 16):
     rhs2 = B[..., h:, :] - A[..., h:, :h] @ X1  # (.., n-h, h) @ (.., h, m) -> (.., n-h, m)
     X2 = forward_substitution(A[..., h:, h:], rhs2, xp, block=block)
     return xp.concat([X1, X2], axis=-2)
-
-
-def transpose(x, xp):
-    """Swap the last two axes."""
-    return xp.matrix_transpose(x)
-
-
-def chunk_slice(x, n: int):
-    """Chunk ``n`` of a chunked array ``[..., N, C, ...]`` whose chunk axis is ``-3`` (sequences) ."""
-    return x[..., n, :, :]

@@ -9,8 +9,9 @@ Every chunked form here reduces one chunk of ``C`` steps, started from state
 
 where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
 ``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
-for all chunks at once (batched matrix products); :func:`scan_chunks` is the only
-sequential part, two small matrix products per chunk.
+for all chunks at once (batched matrix products); the chunk-to-chunk pass
+(:func:`scan_chunks`, or the loop in :func:`delta_family`) is the only sequential
+part, two small matrix products per chunk, and carries only the current state.
 """
 
 from __future__ import annotations
