@@ -273,6 +273,13 @@ def _numbers(r: Row) -> str:
     return f"max-abs {r.max_abs:.2e}, rms-rel {r.rms_rel:.2e}, max-rel {r.max_rel:.2e} > tol {r.tolerance:.1e}"
 
 
+def _rms(x, x_max: float) -> float:
+    """Root mean square, scaled by ``max|x|`` first so that squaring cannot overflow."""
+    if not x.size or x_max == 0:
+        return 0.0
+    return x_max * float(np.sqrt(np.mean((x / x_max) ** 2)))
+
+
 def compare(out, ref: np.ndarray, tol: float, case: str, name: str) -> Row:
     """Compare one output with its float64 reference (module docstring: pass criterion)."""
     nan = math.nan
@@ -284,8 +291,8 @@ def compare(out, ref: np.ndarray, tol: float, case: str, name: str) -> Row:
     diff = out - ref
     max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
     ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
-    rms_d = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
-    rms_r = float(np.sqrt(np.mean(ref * ref))) if ref.size else 0.0
+    rms_d = _rms(diff, max_abs)
+    rms_r = _rms(ref, ref_max)
     max_rel = max_abs / ref_max if ref_max > 0 else max_abs
     rms_rel = rms_d / rms_r if rms_r > 0 else rms_d
     ok = max_rel <= tol and rms_rel <= tol

@@ -405,3 +405,16 @@ def test_case_the_layout_cannot_express_is_skipped_not_passed(vec_dir, tmp_path)
     res = conform.check(fla_mesa, spec="mesa", vectors=str(tmp_path), layout="fla", cases=["initial_state"])
     assert not res.passed and not res.rows
     assert res.skipped and res.skipped[0][0] == "initial_state" and "skipped" in res.summary()
+
+
+def test_compare_measures_huge_and_zero_references():
+    # rms is scaled before squaring: a reference near the float64 limit is still measured
+    ref = np.full((3, 4), 1e200)
+    row = conform.compare(ref * (1 + 1e-3), ref, 1e-6, "c", "o")
+    assert not row.passed and abs(row.rms_rel - 1e-3) < 1e-9 and abs(row.max_rel - 1e-3) < 1e-9
+    # an all-zero reference is compared absolutely
+    assert conform.compare(np.zeros(3), np.zeros(3), 1e-12, "c", "o").passed
+    assert not conform.compare(np.full(3, 1e-6), np.zeros(3), 1e-12, "c", "o").passed
+    # shape mismatch and non-finite values fail with a message, they do not raise
+    assert "shape" in conform.compare(np.zeros((2, 3)), np.zeros((3, 2)), 1.0, "c", "o").message
+    assert "non-finite" in conform.compare(np.array([np.inf]), np.array([1.0]), 1.0, "c", "o").message
