@@ -28,8 +28,9 @@ performs (T state updates, inner products of length d_k and d_v), and
 ``kappa_hat`` the relative condition number of the outputs, estimated by
 perturbing every input by a relative 1e-7 in random directions. The 8 covers
 two roundings per multiply-add and the under-estimate of a random-direction
-condition estimate. A case whose estimated condition exceeds 1e4 is skipped
-(listed under ``skipped`` in the manifest): no float32 kernel can be held to it.
+condition estimate. A case whose estimated condition exceeds 1e4, or whose
+reference outputs exceed 1e6 (the scan diverges), is skipped (listed under
+``skipped`` in the manifest): no float32 kernel can be held to it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ MANIFEST = "manifest.json"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Relative size of the input perturbation that estimates the condition number.
 _DELTA = 1e-7
+# Outputs larger than this (inputs are O(1)) mean the scan diverges: not a useful vector.
+_GROWTH_MAX = 1e6
 # Cases worse conditioned than this are skipped (float32 tolerance would be >~ 0.1).
 _KAPPA_MAX = 1e4
 # Gates that are step sizes: the large-key case divides them by s^2 so that
 # beta ||k||^2 stays in the regime the recurrence is stable in (MATH.md 3).
 # A memory whose step sizes have other names sets ``extra["step_gates"]``.
-STEP_GATES = ("beta", "eta", "theta", "lr", "b")
+STEP_GATES = ("beta", "eta", "theta", "lr", "b", "gamma")
 
 
 class VectorError(ValueError):
@@ -340,6 +343,10 @@ def generate_spec(spec: str, out_dir: str) -> dict:
             continue
         if not all(np.all(np.isfinite(a)) for a in ref.values()):
             entry["skipped"].append({"case": cd.name, "reason": "the reference output is not finite"})
+            continue
+        growth = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in ref.values())
+        if growth > _GROWTH_MAX:  # inputs are O(1) (keys O(8)): outputs this large mean the scan diverges
+            entry["skipped"].append({"case": cd.name, "reason": f"the reference diverges (max |output| {growth:.1e} > {_GROWTH_MAX:.0e})"})
             continue
         seed = case_seed(spec, cd.name)
         kappa = _condition(mem, inputs, params, ref, seed)
