@@ -234,3 +234,31 @@ def test_tolerance_rule():
     assert t["float64"] >= 8 * np.finfo(np.float64).eps * 220
     assert t["float32"] >= 8 * np.finfo(np.float32).eps * 220
     assert V.tolerance(10, 8, 8, 50.0)["float32"] >= 50 * V.tolerance(10, 8, 8, 1.0)["float32"] * 0.95
+
+
+def test_skip_rules(tmp_path, monkeypatch):
+    # A stand-in memory (registered only for this test) that refuses zero gates and grows like 10^(T/5):
+    # the zero-gate case is "not applicable", long sequences "diverge"; the rest is written.
+    from refmem.memories import MEMORIES, MemorySpec
+
+    def toy_recurrent(q, k, v, beta, *, initial_state=None):
+        if np.any(beta == 0):
+            raise ValueError("beta must be > 0")
+        T = k.shape[-2]
+        o = v * 10.0 ** (np.arange(1, T + 1)[:, None] / 5)  # (.., T, d_v)
+        M = np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1])) if initial_state is None else initial_state
+        return o, M
+
+    def toy_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+        g = np.random.default_rng(seed)
+        shape = tuple(batch) + (T,)
+        return {"q": g.standard_normal(shape + (d_k,)), "k": g.standard_normal(shape + (d_k,)),
+                "v": g.standard_normal(shape + (d_v,)), "beta": g.uniform(0.1, 0.9, shape)}
+
+    monkeypatch.setitem(MEMORIES, "toy", MemorySpec("toy", toy_recurrent, ("beta",), toy_inputs))
+    entry = V.generate(str(tmp_path), ["toy"])["specs"]["toy"]
+    reasons = {s["case"]: s["reason"] for s in entry["skipped"]}
+    assert "not applicable: beta must be > 0" in reasons["zero_gates"]
+    # 10^(T/5) > 1e6 from T = 31 on: T = 33, 40, 63, 100 diverge; T <= 24 are written
+    assert {c for c, r in reasons.items() if "diverges" in r} == {"T63_heads3", "T100_d60", "dk60_dv24", "initial_state"}
+    assert {c["name"] for c in entry["cases"]} == {"T1", "unit_gates", "large_keys", "batch4_heads4", "no_batch"}
