@@ -418,3 +418,32 @@ def test_compare_measures_huge_and_zero_references():
     # shape mismatch and non-finite values fail with a message, they do not raise
     assert "shape" in conform.compare(np.zeros((2, 3)), np.zeros((3, 2)), 1.0, "c", "o").message
     assert "non-finite" in conform.compare(np.array([np.inf]), np.array([1.0]), 1.0, "c", "o").message
+
+
+def fla_gla_per_channel(q, k, v, gk, scale=None, initial_state=None, output_final_state=False):
+    """GLA with a per-key-channel log gate: S_t = diag(exp(gk_t)) S_{t-1} + k_t v_t^T (rows of S are key channels)."""
+    B, T, H, K, V, scale, S = _prep(q, k, scale, initial_state, v)
+    o = np.zeros((B, T, H, V), dtype=v.dtype)
+    for t in range(T):
+        S = np.exp(gk[:, t])[..., :, None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, 1) * (B, H, K, V)
+        o[:, t] = np.sum((scale * q[:, t, :, :, None]) * S, axis=-2)
+    return o, (S if output_final_state else None)
+
+
+def test_per_channel_gate_goes_to_gk(tmp_path, monkeypatch):
+    # Per-key-channel forget gates alpha [..., T, d_k] reach an fla kernel as gk = log(alpha) [B, T, H, K].
+    import dataclasses
+    import functools
+
+    from refmem.memories import MEMORIES
+    from refmem.memories.gated_linear_attention import _make_inputs
+
+    _need("gated_linear_attention")
+    mem = MEMORIES["gated_linear_attention"]
+    monkeypatch.setitem(MEMORIES, "gated_linear_attention",
+                        dataclasses.replace(mem, make_inputs=functools.partial(_make_inputs, per_channel=True)))
+    generate(str(tmp_path), ["gated_linear_attention"])
+    res = conform.check(fla_gla_per_channel, spec="gated_linear_attention", vectors=str(tmp_path), layout="fla")
+    assert res.passed, str(res)
+    assert not conform.check(fla_gla_per_channel, spec="gated_linear_attention", vectors=str(tmp_path),
+                             layout="refmem").passed  # wrong layout: refmem passes alpha, not gk
