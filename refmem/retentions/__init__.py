@@ -5,9 +5,20 @@ Each retention is one module; :data:`RETENTIONS` maps names to classes.
 
 from .base import QuadraticProximal, Retention
 from .forget_gate import ForgetGate
+from .elastic_net import ElasticNet
+from .kl_simplex import KLSimplex
 from .local_l2 import LocalL2
+from .lq_moneta import LqMoneta
+from .weight_decay import WeightDecay
 
-RETENTIONS: dict[str, type[Retention]] = {"local_l2": LocalL2, "forget_gate": ForgetGate}
+RETENTIONS: dict[str, type[Retention]] = {
+    "local_l2": LocalL2,
+    "forget_gate": ForgetGate,
+    "weight_decay": WeightDecay,
+    "elastic_net": ElasticNet,
+    "kl_simplex": KLSimplex,
+    "lq_moneta": LqMoneta,
+}
 
 
 def register_retention(cls: type[Retention]) -> type[Retention]:
@@ -16,4 +27,5 @@ def register_retention(cls: type[Retention]) -> type[Retention]:
     return cls
 
 
-__all__ = ["Retention", "QuadraticProximal", "LocalL2", "ForgetGate", "RETENTIONS", "register_retention"]
+__all__ = ["Retention", "QuadraticProximal", "LocalL2", "ForgetGate", "WeightDecay", "ElasticNet", "KLSimplex",
+           "LqMoneta", "RETENTIONS", "register_retention"]

@@ -15,7 +15,9 @@ beta, the stopping test) is per batch element, reduced over the last two axes.
 from .backtracking import backtracking_proximal_gradient
 from .conjugate_gradient import conjugate_gradient
 from .gradient_descent import gradient_descent
+from .mirror_descent import mirror_descent
 from .newton import newton_scalar
+from .newton_fd import newton_fd
 from .problem import Problem, default_rtol
 from .proximal_gradient import proximal_gradient
 from .report import ConvergenceError, SolveReport
@@ -27,6 +29,8 @@ SOLVERS = {
     "prox_grad": proximal_gradient,
     "prox_grad_bt": backtracking_proximal_gradient,
     "residual_dual": residual_dual,
+    "mirror_descent": mirror_descent,
+    "newton_fd": newton_fd,
 }
 
 __all__ = [
@@ -40,5 +44,7 @@ __all__ = [
     "newton_scalar",
     "backtracking_proximal_gradient",
     "residual_dual",
+    "mirror_descent",
+    "newton_fd",
     "SOLVERS",
 ]
