@@ -387,3 +387,13 @@ def test_non_finite_state(xp):
             solve(Level(L2(), ret, "explicit"), bad, k, v)
     with pytest.raises(ValueError, match="non-finite"):
         solve(Level(L2(), KLSimplex(), "explicit"), bad, k, v)
+
+
+def test_verify_checks_registered_and_pass():
+    """``refmem verify`` has rows for every objective and retention of this area, and they pass on NumPy."""
+    from refmem.verify import run_checks
+
+    specs = ["lp", "huber", "weight_decay", "elastic_net", "kl_simplex", "lq_moneta"]
+    rows = [r for r in run_checks("numpy", spec_filter=specs) if r["spec"] in specs]
+    assert {r["spec"] for r in rows} == set(specs)
+    assert all(r["status"] == "pass" for r in rows), [r for r in rows if r["status"] != "pass"]
