@@ -4,7 +4,11 @@ They minimise a stated objective numerically and know nothing of any closed
 form: :func:`gradient_descent` (fixed ``1/L`` or backtracking),
 :func:`conjugate_gradient` (quadratics), :func:`proximal_gradient` (smooth +
 non-smooth with a prox, e.g. l1), :func:`newton_scalar` (separable monotone
-1-D equations, safeguarded by bisection). Each returns the solution and a
+1-D equations, safeguarded by bisection), :func:`backtracking_proximal_gradient`
+(no global Lipschitz bound needed), :func:`residual_dual` (Fenchel dual of a
+residual-separable objective such as lp with p < 2), :func:`mirror_descent`
+(rows on a scaled simplex), :func:`newton_fd` (damped Newton, finite-difference
+Hessian, for small badly scaled smooth problems). Each returns the solution and a
 :class:`SolveReport`; failing to converge raises :class:`ConvergenceError`.
 
 Solver variables are arrays ``[..., a, b]``: the leading axes are a batch of
