@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 import refmem
 from refmem.level import Level, problem, solve
 from refmem.metrics import rel_error
-from refmem.objectives import L2, Dot, Huber, Lp
+from refmem.objectives import L2, Dot, Huber, Inner, Lp
 from refmem.problems import level_problem, to_backend
-from refmem.retentions import RETENTIONS, ElasticNet, ForgetGate, KLSimplex, LqMoneta, WeightDecay
+from refmem.retentions import RETENTIONS, ElasticNet, ForgetGate, KLSimplex, LocalL2, LqMoneta, WeightDecay
 from refmem.retentions.lq_moneta import lq_link, lq_mirror, lq_norm, moneta_printed_rule
 
 from conftest import CPU_BACKENDS, to_numpy
@@ -281,7 +281,8 @@ def test_lq_printed_rule_erratum():
 
     (1) it differs from grad psi*(A); (2) its Jacobian is not symmetric, so it is not the
     gradient of any function, hence not argmin_M -<A, M> + R(M) for any convex R;
-    (3) it is homogeneous of degree 3 - q, not 1; (4) for q = 2 it is exact.
+    (3) it is homogeneous of degree 3 - q, not 1; (4) for q = 2 it is exact; (5) it is the
+    Euclidean FTRL state with the accumulator-dependent step ||A||_q^{2-q}.
     """
     xp = refmem.backends.get_backend("numpy").namespace()
     A = xp.asarray(np.random.default_rng(0).standard_normal((2, 3)))
@@ -307,6 +308,11 @@ def test_lq_printed_rule_erratum():
     s = 3.0
     assert rel_error(moneta_printed_rule(s * A, q, xp), s ** (3 - q) * printed, xp) <= 1e-14
     assert rel_error(moneta_printed_rule(A, 2.0, xp), lq_link(A, 2.0, xp), xp) <= 1e-15
+    # what it does solve: FTRL with the Euclidean regulariser and scalar step ||A||_q^{2-q}
+    # (argmin_M -<A, M> + ||M||^2 / (2 step), minimised iteratively from 0)
+    step = float(lq_norm(A[None], q, xp)[0]) ** (2 - q)
+    it, _ = solve(Level(Inner(), LocalL2(step), "explicit"), xp.zeros_like(A), None, A, method="iterative")
+    assert rel_error(it, printed, xp) <= 1e-12
 
 
 def test_lq_q2_is_forget_gate(xp):

@@ -26,15 +26,20 @@ So the consistent rule is the printed one with ``q`` replaced by the dual
 exponent ``q* = q/(q-1)`` *and* with the elementwise power :math:`|A|^{q^*-1}` in the
 numerator. What the printed rule actually is:
 
-1. for ``q = 2`` it is exact: :math:`M = A` (FTRL with the squared Frobenius norm);
+1. it *is* an FTRL state, but for the Euclidean regulariser with an accumulator-dependent
+   scalar step: :math:`A\|A\|_q^{2-q} = \operatorname{argmin}_M -\langle A, M\rangle
+   + \frac{\|A\|_q^{q-2}}{2}\|M\|^2`; the q-norm enters only through that step size, so the
+   update direction is the l2 one, and for ``q = 2`` it is exactly :math:`M = A`;
 2. for ``q != 2`` it is :math:`\nabla\psi` with its elementwise power dropped, i.e. the
    mirror map in the wrong direction (state -> accumulator) and rescaled along
    ``A`` only;
-3. it is **not the minimiser of any problem** :math:`\min_M -\langle A, M\rangle + R(M)` with a
-   convex ``R``: such a minimiser is :math:`\nabla R^*(A)`, a gradient field with a
+3. with a regulariser that does not depend on ``A`` it is **not the minimiser of any
+   problem** :math:`\min_M -\langle A, M\rangle + R(M)` with a convex ``R``: such a minimiser is :math:`\nabla R^*(A)`, a gradient field with a
    symmetric Jacobian, while the Jacobian of :math:`A \mapsto A\|A\|_q^{2-q}` is
    :math:`\|A\|_q^{2-q} I + (2-q)\|A\|_q^{-q}\,A\,(\operatorname{sign}(A)|A|^{q-1})^T`,
    not symmetric for ``q != 2`` (``A`` and :math:`\operatorname{sign}(A)|A|^{q-1}` are not parallel);
+   for the same reason it is not the prox of any convex function (a prox is the gradient
+   of a convex function too);
 4. dimensionally it is inconsistent: it is homogeneous of degree ``3 - q`` in
    ``A`` (scaling every gradient, or ``eta``, by ``s`` scales ``M`` by :math:`s^{3-q}`), whereas
    FTRL with the 2-homogeneous :math:`\psi` gives degree 1 (``M`` scales like ``A``).
