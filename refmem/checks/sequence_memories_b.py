@@ -264,10 +264,21 @@ def _deep_implicit_fixed_point(xp):
 # ------------------------------------------------------------------ Miras: Yaad
 
 
-def _yaad_step_errors(xp):
+_STEP_ERRORS: dict = {}
+
+
+def _step_errors(name, xp, **shape):
+    """``sequence_memories_a.step_errors`` once per (memory, backend): two checks read its two numbers."""
     from .sequence_memories_a import step_errors
 
-    return step_errors("yaad", xp)
+    key = (name, getattr(xp, "__name__", repr(xp)))
+    if key not in _STEP_ERRORS:
+        _STEP_ERRORS[key] = step_errors(name, xp, shape=shape or None)
+    return _STEP_ERRORS[key]
+
+
+def _yaad_step_errors(xp):
+    return _step_errors("yaad", xp)
 
 
 @register_check("yaad", "scan step == solve(step_level, closed)")
@@ -284,7 +295,7 @@ def _yaad_explicit_closed_vs_iterative(xp):
 def _yaad_implicit(xp):
     from ..memories.yaad import yaad_recurrent
 
-    inp = _inputs("yaad", xp, seed=2, T=3)
+    inp = _inputs("yaad", xp, seed=2, T=2)
     err = 0.0
     for mode in ("coordinate", "norm"):  # delta = 0.3 puts residuals on both sides of the kink
         o, M = yaad_recurrent(**inp, step="implicit", mode=mode, delta=0.3)
@@ -314,3 +325,86 @@ def _yaad_deep(xp):
     o, (W1, W2) = yaad_deep_recurrent(**inp, delta=0.5)
     o_it, (A, B) = yaad_deep_recurrent(**inp, delta=0.5, method="iterative")
     return max(rel_error(o_it, o, xp), rel_error(A, W1, xp), rel_error(B, W2, xp))
+
+
+# ------------------------------------------------------------------ Miras: Memora
+
+
+@register_check("memora", "explicit scan closed (softmax rule) == mirror descent", CLOSED_VS_ITERATIVE_TOL)
+def _memora_explicit(xp):
+    from ..memories.memora import make_initial_state as simplex_state
+    from ..memories.memora import memora_recurrent
+
+    inp = _inputs("memora", xp, seed=1, T=2)
+    M0 = simplex_state(2, SHAPE["batch"], SHAPE["d_k"], SHAPE["d_v"], xp)
+    o, M = memora_recurrent(**inp, a=2.0, initial_state=M0)
+    o_it, M_it = memora_recurrent(**inp, a=2.0, initial_state=M0, method="iterative")
+    return max(rel_error(o_it, o, xp), rel_error(M_it, M, xp))
+
+
+@register_check("memora", "rows stay on the scaled simplex (c = 2) over a scan")
+def _memora_simplex(xp):
+    from ..memories.memora import memora_recurrent
+
+    inp = _inputs("memora", xp, seed=2)
+    _, M = memora_recurrent(**inp, c=2.0)
+    if not bool(xp.all(M > 0)):
+        return math.inf, 0.0
+    # each row is c * softmax: its sum is c up to d_k roundings of the normalisation
+    return float(xp.max(xp.abs(xp.sum(M, axis=-1) - 2.0))) / 2.0, rounding_tol(xp, xp.float64, SHAPE["d_k"])
+
+
+@register_check("memora", "a -> inf, eta = 1, c = 1: rows == softmax of the accumulated log-weights")
+def _memora_unregularised(xp):
+    # With a = inf (no pull to uniform) and eta' = eta, log M_t = log M_{t-1} - eta g_t + row const, so
+    # M_T = softmax_row(log M_0 - sum_t eta_t g_t): an FTRL (exponentiated-gradient) identity checked
+    # against the scan, gradients recomputed at the scan's own states.
+    from ..memories.memora import memora_recurrent, uniform_state
+
+    inp = _inputs("memora", xp, seed=3, T=5)
+    q, k, v, eta = inp["q"], inp["k"], inp["v"], inp["eta"]
+    M = uniform_state(SHAPE["batch"], SHAPE["d_v"], SHAPE["d_k"], 1.0, xp, xp.float64)
+    Z = xp.log(M)
+    for t in range(5):
+        r = (M @ k[..., t, :, None])[..., 0] - v[..., t, :]
+        Z = Z - eta[..., t, None, None] * (r[..., :, None] * k[..., t, None, :])
+        E = xp.exp(Z - xp.max(Z, axis=-1, keepdims=True))
+        M = E / xp.sum(E, axis=-1, keepdims=True)
+    _, M_scan = memora_recurrent(q, k, v, eta, a=1e300)
+    # 1/a = 1e-300 is below every rounding: lam = 0 and eta' = eta exactly in float64
+    return rel_error(M_scan, M, xp), rounding_tol(xp, xp.float64, SHAPE["d_k"] * 5)
+
+
+# ------------------------------------------------------------------ Miras: Moneta
+
+
+def _moneta_step_errors(xp):
+    return _step_errors("moneta", xp, T=2)
+
+
+@register_check("moneta", "scan step == solve(step_level, closed)")
+def _moneta_scan_vs_level(xp):
+    return _moneta_step_errors(xp)[0], rounding_tol(xp, xp.float64, SHAPE["d_k"])
+
+
+@register_check("moneta", "explicit step closed == iterative (p = 3, q = 4, from a random state)",
+                CLOSED_VS_ITERATIVE_TOL)
+def _moneta_closed_vs_iterative(xp):
+    return _moneta_step_errors(xp)[1]
+
+
+@register_check("moneta", "q = 2: consistent rule == printed rule == forget-gate GD on ||r||_p^p")
+def _moneta_q2(xp):
+    # With q = 2 both mirror maps are the identity: A_t = alpha M_{t-1} - eta g and M_t = A_t, which is the
+    # printed rule A / ||A||_2^0 and the forget-gate explicit step; written out here independently.
+    from ..memories.moneta import moneta_recurrent
+
+    inp = _inputs("moneta", xp, seed=4, T=5)
+    q, k, v, alpha, eta = (inp[n] for n in ("q", "k", "v", "alpha", "eta"))
+    _, M = moneta_recurrent(q, k, v, alpha, eta, p=3.0, lq=2.0)
+    W = xp.zeros_like(M)
+    for t in range(5):
+        r = (W @ k[..., t, :, None])[..., 0] - v[..., t, :]
+        g = (3.0 * xp.sign(r) * xp.abs(r) ** 2)[..., :, None] * k[..., t, None, :]
+        W = alpha[..., t, None, None] * W - eta[..., t, None, None] * g
+    return rel_error(M, W, xp), rounding_tol(xp, xp.float64, SHAPE["d_k"] * 5)
