@@ -1,4 +1,4 @@
-"""The delta rule (DeltaNet): one explicit l2 step per token (MATH.md 5).
+r"""The delta rule (DeltaNet): one explicit l2 step per token (MATH.md 5).
 
 .. math::
 

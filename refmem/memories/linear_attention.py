@@ -1,4 +1,4 @@
-"""Linear attention: the dot objective with ``eta = 1`` (MATH.md 5).
+r"""Linear attention: the dot objective with ``eta = 1`` (MATH.md 5).
 
 .. math::
 
