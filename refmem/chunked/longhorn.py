@@ -65,26 +65,24 @@ def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
 
 
 def _per_channel(q, k, v, e, C, M0, xp):
-    """One delta rule per row of ``M`` (value channel), rows as a batch axis, chunk by chunk."""
+    """One delta rule per row of ``M`` (value channel), rows as a batch axis, chunk by chunk.
+
+    Row ``i``, ``m_i = M[i, :]`` held as ``[..., d_v, 1, d_k]``, is a delta rule with
+    ``d_v = 1``: :func:`~refmem.chunked._ut.delta_terms` on values ``V[:, i]`` and step
+    sizes ``e[:, i]`` gives ``o_{t,i} = PU_i + Qt_i m_i^T`` and ``m_i <- m_i F_i + H_i``.
+    """
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)
     E = to_chunks(e, C, xp, fill=0.0)  # (.., N, C, d_v); padding steps write nothing
-
-    def terms(n):
+    Mr = M0[..., :, None, :]  # (.., d_v, 1, d_k)
+    outs = []
+    for n in range(Q.shape[-3]):
         Qn, Kn = chunk(Q, n)[..., None, :, :], chunk(K, n)[..., None, :, :]  # (.., 1, C, d_k), shared by all rows
         Vn = mT(chunk(V, n), xp)[..., :, :, None]  # (.., d_v, C, 1): row i's values
         En = mT(chunk(E, n), xp)  # (.., d_v, C): row i's step sizes
         PU, Qt, H, F = delta_terms(Qn, Kn, Vn, En, None, None, xp, exact=True)
-        # rows m_i = M[i, :] as (.., d_v, 1, d_k): o_{t,i} = PU_i + Qt_i m_i^T, m_i <- m_i F_i + H_i
-        out_of = lambda Mr: mT((PU + Qt @ mT(Mr, xp))[..., 0], xp)  # (.., d_v, C, 1) -> (.., C, d_v)  # noqa: E731
-        step = lambda Mr: Mr @ F + H  # (.., d_v, 1, d_k) @ (.., d_v, d_k, d_k)  # noqa: E731
-        return out_of, step
-
-    Mr = M0[..., :, None, :]  # (.., d_v, 1, d_k)
-    outs = []
-    for n in range(Q.shape[-3]):
-        out_of, step = terms(n)
-        outs.append(out_of(Mr))
-        Mr = step(Mr)
+        o_rows = (PU + Qt @ mT(Mr, xp))[..., 0]  # (.., d_v, C, 1) -> (.., d_v, C)
+        outs.append(mT(o_rows, xp))  # (.., C, d_v)
+        Mr = Mr @ F + H  # (.., d_v, 1, d_k) @ (.., d_v, d_k, d_k) + (.., d_v, 1, d_k)
     return from_chunks(xp.stack(outs, axis=-3), T, xp), Mr[..., :, 0, :]
 
 
