@@ -408,3 +408,32 @@ def _moneta_q2(xp):
         g = (3.0 * xp.sign(r) * xp.abs(r) ** 2)[..., :, None] * k[..., t, None, :]
         W = alpha[..., t, None, None] * W - eta[..., t, None, None] * g
     return rel_error(M, W, xp), rounding_tol(xp, xp.float64, SHAPE["d_k"] * 5)
+
+
+# ------------------------------------------------------------------ Miras on the deep memory
+
+
+def _deep_explicit_closed_vs_iterative(xp, retention, loss, W0):
+    W1, W2, k, v = deep_problem(xp, seed=9, d=3, h=3)
+    W0 = (W1, W2) if W0 is None else W0
+    (A, B), _ = deep_step(W0, k, v, retention=retention, loss=loss, step="explicit", method="closed")
+    (A2, B2), _ = deep_step(W0, k, v, retention=retention, loss=loss, step="explicit", method="iterative")
+    return max(rel_error(A2, A, xp), rel_error(B2, B, xp))
+
+
+@register_check("moneta", "deep memory: explicit step closed (lq mirror step per matrix) == iterative",
+                CLOSED_VS_ITERATIVE_TOL)
+def _moneta_deep_explicit(xp):
+    from ..retentions.lq_moneta import LqMoneta
+
+    return _deep_explicit_closed_vs_iterative(xp, LqMoneta(q=4.0, alpha=0.9, eta=0.3), ResidualLoss("lp", p=3.0), None)
+
+
+@register_check("memora", "deep memory: explicit step closed (row softmax per matrix) == mirror descent",
+                CLOSED_VS_ITERATIVE_TOL)
+def _memora_deep_explicit(xp):
+    from ..memories.memora import make_initial_state as simplex_state
+    from ..retentions.kl_simplex import KLSimplex
+
+    W0 = (simplex_state(10, (2,), 3, 3, xp), simplex_state(11, (2,), 3, 3, xp))  # W1 [3, h=3], W2 [h=3, 3]
+    return _deep_explicit_closed_vs_iterative(xp, KLSimplex(eta=0.5, a=2.0, c=1.0), ResidualLoss("l2"), W0)

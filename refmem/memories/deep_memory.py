@@ -442,7 +442,7 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
             return ret.h_value(A) + ret.h_value(B)
 
     L = xp.asarray(L, dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,)
-    mu = xp.asarray(ret.mu(xp), dtype=k.dtype) + 0 * L
+    mu = xp.asarray(ret.mu(xp), dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,); not 0 * L: L may be inf
     x0 = Xt + 0 * g
     prob = Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
     name = solver or _default_solver(prob, ret, step)
