@@ -84,15 +84,20 @@ xdist_args() {
 }
 
 # Agreement errors of tests/test_cupy.py (one JSON line per compared case) go to $OUT/agreement.jsonl.
+# The suite's matrices are tiny: one BLAS thread per test process (16 threads on tiny products only
+# add overhead; the same suite took 197 s serially on a 2-core CPU machine against 476 s there).
+# (set per command, not exported, so that bench-cpu later in the same call keeps every core)
+ONE_BLAS_THREAD=(env OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1)
+
 stage_test() {
     rm -f "$OUT/agreement.jsonl"
-    REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) 2>&1 \
+    "${ONE_BLAS_THREAD[@]}" REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) 2>&1 \
         | tee "$OUT/test_all.txt"
 }
 
 stage_cupy_tests() {
     rm -f "$OUT/agreement.jsonl"
-    REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) \
+    "${ONE_BLAS_THREAD[@]}" REFMEM_AGREEMENT_LOG="$OUT/agreement.jsonl" $PY -m pytest -q -rs -p no:cacheprovider $(xdist_args) \
         tests/test_cupy.py 2>&1 | tee "$OUT/test_cupy.txt"
 }
 
