@@ -26,7 +26,11 @@ because ``q`` is the query.
 
 :func:`moneta_deep_recurrent`: Moneta on the residual-MLP memory of
 :mod:`refmem.memories.deep_memory` (lp on ``M(k) - v``; the lq retention on each
-weight matrix, :math:`\psi(W) = \tfrac12\|W_1\|_q^2 + \tfrac12\|W_2\|_q^2`).
+weight matrix, :math:`\psi(W) = \tfrac12\|W_1\|_q^2 + \tfrac12\|W_2\|_q^2`). Its iterative
+steps need a start without an all-zero weight matrix when ``q > 2``: the lq
+Hessian vanishes at 0 and the retention's Newton solver (``newton_fd``) then
+stops with a singular-matrix error (loudly); the closed explicit step has no
+such restriction, and the default start (``W1 = 0``) is fine for it.
 """
 
 from __future__ import annotations
