@@ -25,11 +25,23 @@ class Objective(abc.ABC):
     keyless : bool
         True when the objective takes no key: ``k`` is ``None`` and ``v`` is a
         matrix shaped like the state (e.g. a gradient to remember).
+    smooth : bool
+        False when gradient steps cannot solve an implicit step (gradient not
+        Lipschitz near its minimiser, or only a subgradient): the level then uses
+        the objective's ``preferred_solver`` whatever the retention prefers.
+    preferred_solver : str or None
+        Solver for the implicit step (read by :func:`refmem.level.default_solver`).
+    conjugate : callable ``xp -> ResidualConjugate`` or None
+        For objectives ``sum_i phi((M k - v)_i)``: the conjugate ``phi^*``, used by
+        the dual solver :func:`refmem.solvers.residual_dual`.
     """
 
     name = "objective"
     quadratic = False
     keyless = False
+    smooth = True
+    preferred_solver = None
+    conjugate = None
 
     @abc.abstractmethod
     def value(self, M, k, v, xp):
