@@ -386,3 +386,28 @@ def test_math_md_8_delta_formulas_hold_in_refmem_orientation():
     # explicit inverse of a unit triangular matrix with entries < 1: error ~ C eps
     assert rel_error(M_chunk, M, np) <= EQUAL_TOL
     assert rel_error(O_chunk, np.stack(outs), np) <= EQUAL_TOL
+
+
+@pytest.mark.parametrize("low", [0.5, 1e-3, 1e-30])
+def test_decay_matrix_without_zero_gates(xp, low):
+    """No zero gates: the factorised ``exp(L_t) exp(-L_s)`` path (small logs) and the ``exp(L_t - L_s)`` path
+    (``1e-30`` gates push ``L`` below ``-log(max)/2``) both equal the direct product.
+
+    Tolerance: an entry is ``exp`` of cumulative logs of size ``|L| <= C |log low|``, each carrying an
+    absolute rounding error of about ``|L| eps``, hence a relative error of ``4 C max(1, |log low|) eps``
+    (compared on the entries that are normal numbers; the rest underflow in both)."""
+    g = np.random.default_rng(7)
+    C = 24
+    a = g.uniform(low, 1.0, C)
+    want = np.zeros((C, C))
+    for t in range(C):
+        for s in range(t + 1):
+            want[t, s] = np.prod(a[s + 1:t + 1])
+    L, Z = log_gate_cumsum(xp.asarray(a), xp)
+    assert Z is None
+    got = to_numpy(decay_matrix(L, Z, L, Z, lower_mask(C, xp, None), xp))
+    normal = want > np.finfo(float).tiny
+    # each entry is exp of a difference of cumulative logs of size <= C |log low|: relative error <= 4 C |log low| eps
+    tol = 4 * C * max(1.0, abs(np.log(low))) * np.finfo(float).eps
+    assert np.max(np.abs(got - want)[normal] / want[normal]) <= tol
+    assert np.all(got[~np.tril(np.ones((C, C), bool))] == 0)

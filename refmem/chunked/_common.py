@@ -98,9 +98,25 @@ def decay_matrix(L_row, Z_row, L_col, Z_col, mask, xp):
     cumulants give "decay up to the step before ``t``"). Zero gates give exact
     zeros; ``Z_row = None`` means "no zero gate anywhere" (skips the comparison).
     """
+    if Z_row is None and _factor_safe(L_row, L_col, xp):
+        # exp(L_t) exp(-L_s): two exps of [.., C] instead of one of [.., C, C]; no overflow (see _factor_safe)
+        outer = xp.exp(L_row)[..., :, None] * xp.exp(-L_col)[..., None, :]  # (.., C, 1) * (.., 1, C)
+        return xp.where(mask, outer, xp.zeros_like(outer))
     diff = L_row[..., :, None] - L_col[..., None, :]  # (.., C, 1) - (.., 1, C) -> (.., C, C)
     valid = mask if Z_row is None else xp.logical_and(mask, Z_row[..., :, None] == Z_col[..., None, :])
     return xp.exp(xp.where(valid, diff, -math.inf))  # exp(-inf) = 0 exactly; exponents <= 0 where valid
+
+
+def _factor_safe(L_row, L_col, xp) -> bool:
+    """Whether ``exp(L_t) exp(-L_s)`` is safe: every ``L >= -log(max)/2``.
+
+    Then ``exp(-L_s) <= sqrt(max)`` does not overflow, ``exp(L_t) >= 1/sqrt(max)``
+    is a normal number (no underflow, no denormals), and every product, masked or
+    not, is at most ``sqrt(max)``. The relative error, ``|L| eps`` from the
+    cumulative sum plus two roundings, matches that of ``exp(L_t - L_s)``.
+    """
+    limit = 0.5 * math.log(float(xp.finfo(L_row.dtype).max))
+    return bool(xp.min(L_row) >= -limit) and bool(xp.min(L_col) >= -limit)
 
 
 def decay_from_start(L, Z, xp):
