@@ -901,3 +901,56 @@ def test_deep_miras_scans_numpy_equals_strict():
             outs.append([to_numpy(x) for x in (o1, W[0], W[1], o2, U[0], U[1])])
     for x, y in zip(*outs):  # the same iterations on the same kernels
         assert rel_error(x, y, np) <= 1e-12
+
+
+# ====================================================================== Titans on the deep memory
+
+
+def test_titans_deep_equals_written_out_recurrence(xp):
+    from refmem.memories.titans_deep import titans_deep_recurrent
+
+    inp = draw("titans", 3, T=4, d_k=3, d_v=3, xp=xp)
+    W0 = make_initial_state(4, (2,), 3, xp, h=2)
+    S0 = make_initial_state(5, (2,), 3, xp, h=2)
+    o, W, S = titans_deep_recurrent(**inp, initial_state=W0, initial_momentum=S0, return_momentum=True,
+                                    loss=ResidualLoss("lp", p=3.0))
+    # NumPy, from the Titans equations: S = eta S - theta grad l(W), W = (1 - alpha) W + S, o = q + W1 tanh(W2 q)
+    q, k, v, a, e, th = (to_numpy(inp[n]) for n in ("q", "k", "v", "alpha", "eta", "theta"))
+    W1, W2 = to_numpy(W0[0]), to_numpy(W0[1])
+    S1, S2 = to_numpy(S0[0]), to_numpy(S0[1])
+    for t in range(4):
+        z = np.einsum("bhd,bd->bh", W2, k[:, t])
+        r = k[:, t] + np.einsum("bdh,bh->bd", W1, np.tanh(z)) - v[:, t]
+        u = 3.0 * np.sign(r) * r ** 2
+        g1 = u[:, :, None] * np.tanh(z)[:, None, :]
+        g2 = (np.einsum("bdh,bd->bh", W1, u) * (1 - np.tanh(z) ** 2))[:, :, None] * k[:, t, None, :]
+        S1 = e[:, t, None, None] * S1 - th[:, t, None, None] * g1
+        S2 = e[:, t, None, None] * S2 - th[:, t, None, None] * g2
+        W1 = (1 - a[:, t, None, None]) * W1 + S1
+        W2 = (1 - a[:, t, None, None]) * W2 + S2
+        o_t = q[:, t] + np.einsum("bdh,bh->bd", W1, np.tanh(np.einsum("bhd,bd->bh", W2, q[:, t])))
+        assert rel_error(to_numpy(o[:, t, :]), o_t, np) <= 1e-13  # same products in another order, 4 steps
+    for x, y in zip((W[0], W[1], S[0], S[1]), (W1, W2, S1, S2)):
+        assert rel_error(to_numpy(x), y, np) <= 1e-13
+
+
+def test_titans_deep_closed_equals_iterative_and_bad_inputs(xp):
+    from refmem.memories.titans_deep import titans_deep_recurrent
+
+    inp = draw("titans", 6, T=3, d_k=3, d_v=3, xp=xp)
+    o, W = titans_deep_recurrent(**inp)
+    o_it, W_it = titans_deep_recurrent(**inp, method="iterative")
+    assert rel_error(o_it, o, xp) <= CLOSED_VS_ITERATIVE  # both levels are quadratic with Hessian I/eta: kappa 1
+    assert rel_error(W_it[1], W[1], xp) <= CLOSED_VS_ITERATIVE
+    with pytest.raises(ValueError, match="theta"):
+        titans_deep_recurrent(**dict(inp, theta=inp["theta"] * 0.0))
+    with pytest.raises(ValueError, match="eta"):
+        titans_deep_recurrent(**dict(inp, eta=inp["eta"] + 1.0))
+    with pytest.raises(ValueError, match="alpha must have shape"):
+        titans_deep_recurrent(**dict(inp, alpha=inp["alpha"][..., :1]))
+    with pytest.raises(ValueError, match="initial_momentum"):
+        titans_deep_recurrent(**inp, initial_momentum=(W[0][..., :2], W[1]))
+    with pytest.raises(TypeError, match="initial_momentum"):
+        titans_deep_recurrent(**inp, initial_momentum=W[0])
+    with pytest.raises(ValueError, match="d_k"):
+        titans_deep_recurrent(inp["q"], inp["k"], inp["v"][..., :2], inp["alpha"], inp["eta"], inp["theta"])

@@ -437,3 +437,30 @@ def _memora_deep_explicit(xp):
 
     W0 = (simplex_state(10, (2,), 3, 3, xp), simplex_state(11, (2,), 3, 3, xp))  # W1 [3, h=3], W2 [h=3, 3]
     return _deep_explicit_closed_vs_iterative(xp, KLSimplex(eta=0.5, a=2.0, c=1.0), ResidualLoss("l2"), W0)
+
+
+# ------------------------------------------------------------------ Titans on the deep memory
+
+
+@register_check("titans", "deep memory: scan with both levels closed == both iterative (CG)", CLOSED_VS_ITERATIVE_TOL)
+def _titans_deep_closed_vs_iterative(xp):
+    from ..memories.titans_deep import titans_deep_recurrent
+
+    inp = _inputs("titans", xp, seed=1, T=3, d_k=3, d_v=3)
+    o, W, S = titans_deep_recurrent(**inp, return_momentum=True)
+    o_it, W_it, S_it = titans_deep_recurrent(**inp, return_momentum=True, method="iterative")
+    return max(rel_error(o_it, o, xp), *(rel_error(a, b, xp) for a, b in zip(W_it + S_it, W + S)))
+
+
+@register_check("titans", "deep memory: eta = 0, alpha = 0 == the deep memory's GD scan with step theta")
+def _titans_deep_is_gd(xp):
+    from ..memories.deep_memory import deep_memory_recurrent
+    from ..memories.titans_deep import titans_deep_recurrent
+
+    inp = _inputs("titans", xp, seed=2, T=4, d_k=3, d_v=3)
+    zero = xp.zeros_like(inp["alpha"])
+    o, W = titans_deep_recurrent(inp["q"], inp["k"], inp["v"], zero, zero, inp["theta"], loss="huber")
+    o_gd, W_gd = deep_memory_recurrent(inp["q"], inp["k"], inp["v"], inp["theta"], loss="huber")
+    # S = 0 * S - theta g and W = 1 * W + S: the same products as W - theta g, up to the added zeros
+    return max(rel_error(o, o_gd, xp), rel_error(W[0], W_gd[0], xp), rel_error(W[1], W_gd[1], xp)), \
+        rounding_tol(xp, xp.float64, 3)
