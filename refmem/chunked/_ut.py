@@ -99,17 +99,16 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     incl = lower_mask(C, xp, dev)
     if L is None:
         D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
-        VK = concat_last(V, K, xp=xp)  # (.., C, d_v + d_k)
+        bg = b
         g_end = None
         Qg = Q
     else:
         D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
         gamma = decay_from_start(L, Z, xp)  # (.., C)
-        VK = concat_last(V, gamma[..., None] * K, xp=xp)  # (.., C, d_v + d_k)
+        bg = b * gamma
         g_end = gamma[..., C - 1]  # (..)
         Qg = gamma[..., None] * Q
-    rhs = b[..., None] * VK  # [diag(b) V, diag(b gamma) K]
-    del VK
+    rhs = concat_last(b[..., None] * V, bg[..., None] * K, xp=xp)  # [diag(b) V, diag(b gamma) K], (.., C, d_v + d_k)
     if exact:
         KK = K @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
         A_low = b[..., :, None] * (D * KK)  # diag(b) (D o K K^T); only its strict lower triangle is read
