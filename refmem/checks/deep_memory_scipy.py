@@ -1,4 +1,4 @@
-"""NumPy-only ``refmem verify`` check: the deep memory's implicit step against SciPy's L-BFGS.
+"""NumPy-only ``refmem verify`` check: the deep memory's implicit step against SciPy (BFGS + MINPACK root).
 
 This module is NumPy-only (SciPy works on NumPy arrays): whatever backend
 ``refmem verify`` runs on, the check builds its problem in NumPy. The implicit

@@ -58,7 +58,7 @@ def rounding_tol(xp, dtype, n: int) -> float:
 
 
 def _mesa_bound(inp, xp):
-    _, kappa = mesa_objective(inp["q"], inp["k"], inp["v"], inp["lam"])
+    _, kappa = mesa_objective(inp["q"], inp["k"], inp["v"], inp["lam"], initial_state=inp.get("initial_state"))
     return max(CLOSED_VS_ITERATIVE_TOL, 4 * default_rtol(inp["k"].dtype, xp, condition=kappa) * kappa)
 
 

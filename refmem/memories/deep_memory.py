@@ -42,7 +42,7 @@ Steps (:func:`deep_step`):
   estimate, or proximal gradient for a non-smooth retention) computes it. For ``eta`` small enough
   that :math:`1/\eta` exceeds the negative curvature of ``l`` the problem is
   strongly convex and the minimiser unique; the NumPy-only cross-check in
-  :mod:`refmem.checks.deep_memory_scipy` compares it with SciPy's L-BFGS.
+  :mod:`refmem.checks.deep_memory_scipy` compares it with SciPy (BFGS, then a root of the optimality condition).
 
 State convention: the state is the pair ``(W_1, W_2)`` (``[..., d, h]``,
 ``[..., h, d]``), not a matrix ``[..., d_v, d_k]``. Without ``initial_state``
