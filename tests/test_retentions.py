@@ -34,7 +34,7 @@ seeds = st.integers(min_value=0, max_value=2**16)
 etas = st.floats(min_value=0.05, max_value=4.0, allow_nan=False)
 bs = st.floats(min_value=0.05, max_value=10.0, allow_nan=False)
 alphas = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
-qs = st.floats(min_value=2.0, max_value=5.0, allow_nan=False)
+qs = st.one_of(st.sampled_from([1.5, 2.0, 3.0, 4.0]), st.floats(min_value=1.2, max_value=5.0, allow_nan=False))
 SMOOTH_OBJECTIVES = [L2(), Huber(0.5), Huber(0.5, "norm"), Lp(3.0)]
 
 

@@ -204,7 +204,7 @@ def _register_lq(q):
         return _closed_vs_iterative(Level(L2(), LqMoneta(q, 0.9, 0.8), "explicit"), M_t, k, v)
 
 
-for _q in (2.0, 3.0, 4.0):
+for _q in (1.5, 2.0, 3.0, 4.0):
     _register_lq(_q)
 
 

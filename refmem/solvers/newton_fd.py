@@ -12,7 +12,11 @@ The finite-difference Hessian is only a *model*: its error (about ``1e-6``
 relative) slows Newton to a linear rate of about that size but does not move
 the fixed point, because every step and the stopping test use the exact
 gradient. Steps are damped by a backtracking line search; where the model
-is not positive definite the step falls back to the gradient direction.
+is not positive definite the step falls back to the gradient direction, and
+where a Newton step barely reduces the gradient (a poor model, e.g. at an entry
+of :math:`|x|^q`, ``q < 2``, that has to cross zero, where Newton's step
+overshoots to :math:`-x`) a backtracking gradient step is tried as well and the
+better of the two is kept.
 """
 
 from __future__ import annotations
@@ -104,6 +108,22 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
         else:
             raise ConvergenceError(SolveReport("iterative", "newton_fd", it, rel, rtol, False),
                                    "line search failed; is the objective smooth and convex here?")
+        # Where the Newton step barely reduced the gradient (the model is poor, e.g. at an entry of
+        # |x|^q, q < 2, that must cross 0), also try a backtracking gradient step and keep the better.
+        poor = fro_norm(Gn, xp) > 0.5 * gnorm
+        if bool(xp.any(poor)):
+            tg = 1.0 / xp.maximum(fro_norm(H, xp), xp.asarray(1e-300, dtype=X.dtype))  # 1/||H||_F <= 1/lambda_max
+            for _ in range(max_halvings):
+                Xg = X - expand_matrix(tg, xp) * G
+                fg = problem.value(Xg)
+                okg = fg <= fX - 0.5 * tg * gnorm * gnorm + 8 * eps * xp.abs(fX)
+                if bool(xp.all(okg | ~poor)):
+                    break
+                tg = xp.where(okg, tg, 0.5 * tg)
+            better = poor & (fg < problem.value(Xn))
+            if bool(xp.any(better)):
+                Xn = xp.where(expand_matrix(better, xp), Xg, Xn)
+                Gn = problem.grad(Xn)
         X, G = Xn, Gn
     raise ConvergenceError(SolveReport("iterative", "newton_fd", max_iter, rel, rtol, False),
                            "raise max_iter or check the problem's conditioning")
