@@ -43,7 +43,10 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
 
     Notes
     -----
-    Step: :math:`X^+ = \operatorname{prox}_{t h}(X - t\nabla f(X))`, accepted when
+    Step: :math:`X^+ = \operatorname{prox}_{t h}(X - t\nabla f(X))`, accepted when the descent
+    lemma :math:`f(X^+) \le f(X) + \langle\nabla f(X), D\rangle + \frac{1}{2t}\|D\|^2`
+    (:math:`D = X^+ - X`; no rounding allowance: near the minimiser it would pass steps that
+    are too long) holds, or its gradient form
 
     .. math::
 
@@ -69,15 +72,19 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     r0 = None
     rel = math.inf
     G = problem.grad(X)
+    fX = problem.value(X)
     for it in range(max_iter + 1):
         Xn = candidate(X, G, t)
         first = None
         for _ in range(max_halvings):
             D = Xn - X
             Gn = problem.grad(Xn)
+            fn = problem.value(Xn)
             quad = inner(D, D, xp) / (2 * t)
             noise = 8 * eps * (fro_norm(G, xp) + fro_norm(Gn, xp)) * fro_norm(D, xp)
-            ok = inner(Gn - G, D, xp) <= quad + noise  # nan/inf (overflow from a too long step) compare False
+            # the descent lemma itself (exact for t <= 1/L), or its gradient form (robust to rounding);
+            # nan/inf (overflow from a too long step) compare False
+            ok = (fn <= fX + inner(G, D, xp) + quad) | (inner(Gn - G, D, xp) <= quad + noise)
             if first is None:
                 # grow the step only where it was accepted at once and the test was above rounding:
                 # near the minimiser the test cannot see a too long step, so the step must not grow there
@@ -93,7 +100,7 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
         if r0 is None:
             r0 = gmap
         rel = max_float(gmap / problem.scale(Xn, r0), xp)
-        X, G = Xn, Gn
+        X, G, fX = Xn, Gn, fn
         if rel <= rtol:
             return X, SolveReport("iterative", "prox_grad_bt", it + 1, rel, rtol, True)
         t = xp.where(first, grow * t, t)

@@ -23,8 +23,10 @@ the retention's *explicit* step with gradient :math:`y k^T` (verified on its
 own against its iterative solve). Because the retention is strongly convex,
 ``D`` is smooth apart from :math:`\phi^*`, which is either smooth (``p > 1``:
 :math:`\phi^*(y) = (p-1)(|y|/p)^{p/(p-1)}`, exponent > 2) or the indicator of a
-box (``p = 1``: prox = clipping). :func:`~refmem.solvers.backtracking_proximal_gradient`
-minimises ``D``; the primal minimiser is :math:`M(y^\star)` (strong duality).
+box (``p = 1``: prox = clipping). ``D`` is minimised by
+:func:`~refmem.solvers.newton_fd` when it is smooth (``p > 1``) and by
+:func:`~refmem.solvers.backtracking_proximal_gradient` (projected gradient) for
+the box; the primal minimiser is :math:`M(y^\star)` (strong duality).
 
 Optimality measure: the gradient mapping of ``D``; the primal error is at most
 :math:`\|k\|/\mu_R` times the dual error, and the dual error at most the gradient
@@ -43,6 +45,7 @@ from typing import Callable
 
 from ..linalg import matvec, outer, sq_norm
 from .backtracking import backtracking_proximal_gradient
+from .newton_fd import newton_fd
 from .problem import Problem
 from .report import ConvergenceError, SolveReport
 
@@ -84,6 +87,9 @@ class ResidualDual:
     retention_lipschitz : array ``[...]`` or 0-d
         Lipschitz constant of the retention's gradient (``inf`` if none).
     M_t : array ``[..., d_v, d_k]``
+    retention_mu : array ``[...]`` or 0-d
+        Strong-convexity modulus of the retention (0 if unknown): ``||k||^2 / mu_R`` bounds
+        the Lipschitz constant of the dual's smooth part when ``phi^*`` is an indicator.
     """
 
     k: object
@@ -93,6 +99,7 @@ class ResidualDual:
     retention_value: Callable
     retention_lipschitz: object
     M_t: object
+    retention_mu: object = 0.0
 
 
 def dual_problem(xp, dual: ResidualDual) -> Problem:
@@ -117,7 +124,12 @@ def dual_problem(xp, dual: ResidualDual) -> Problem:
 
     r_t = matvec(dual.M_t, k) - v  # (.., d_v)
     y0 = cj.start(r_t)[..., None]  # (.., d_v, 1)
-    return Problem(xp, y0, value, grad, xp.full_like(s, math.inf), mu, cj.prox, None, False)
+    # with phi* an indicator the smooth part is <y, v> + R*(-y k^T): gradient (||k||^2 / mu_R)-Lipschitz
+    mu_R = xp.asarray(dual.retention_mu, dtype=s.dtype) + 0 * s
+    L = xp.full_like(s, math.inf)
+    if cj.prox is not None:
+        L = xp.where(mu_R > 0, s / xp.where(mu_R > 0, mu_R, xp.ones_like(mu_R)), L)
+    return Problem(xp, y0, value, grad, L, mu, cj.prox, None, False)
 
 
 def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
@@ -127,8 +139,12 @@ def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
         raise ValueError("residual_dual: the problem carries no dual structure (only implicit steps of "
                          "objectives with a conjugate, such as lp, have one)")
     xp = problem.xp
+    dp = dual_problem(xp, dual)
     try:
-        y, rep = backtracking_proximal_gradient(dual_problem(xp, dual), rtol=rtol, max_iter=max_iter)
+        if dp.prox is None:  # smooth dual (p > 1): Newton is immune to the badly scaled retentions (lq)
+            y, rep = newton_fd(dp, rtol=rtol)
+        else:  # a box constraint (p = 1): projected gradient steps
+            y, rep = backtracking_proximal_gradient(dp, rtol=rtol, max_iter=max_iter)
     except ConvergenceError as exc:
         r = exc.report
         raise ConvergenceError(SolveReport("iterative", "residual_dual", r.iterations, r.residual, rtol, False),
