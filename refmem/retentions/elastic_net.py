@@ -90,4 +90,4 @@ class ElasticNet(WeightDecay):
         return None
 
     def retained(self, M_t, xp):
-        return self.center(M_t, xp)
+        return self.explicit_step(M_t, 0 * M_t, xp)  # what the state becomes with no new input: S_gam(lam M_t)

@@ -126,6 +126,9 @@ class KLSimplex(Retention):
         Z = expand_matrix(1.0 - self.lam, xp) * xp.log(M_t) - expand_matrix(self.eta_prime, xp) * g  # (.., d_v, d_k)
         return expand_matrix(self.c, xp) * softmax_rows(Z, xp)
 
+    def retained(self, M_t, xp):
+        return self.explicit_step(M_t, 0 * M_t, xp)  # with no new input: c softmax((1 - lam) log M_t)
+
     def implicit_step(self, objective, M_t, k, v, xp):
         if objective.name in ("dot", "inner"):  # linear l: its linearisation is exact
             return self.explicit_step(M_t, objective.grad(M_t, k, v, xp), xp)
