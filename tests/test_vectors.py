@@ -225,6 +225,10 @@ def test_every_registered_memory_generates_and_verifies(tmp_path):
         assert len(e["cases"]) + len(e["skipped"]) == len(V.CASES)
     rows = V.verify(str(tmp_path))
     assert all(r["ok"] for r in rows)
+    # and every memory's vectors regenerate byte for byte (iterative solvers included)
+    V.generate(str(tmp_path / "again"), names)
+    first = {n: b for n, b in _files(str(tmp_path)).items() if not n.startswith("again")}
+    assert first == _files(str(tmp_path / "again"))
 
 
 def test_tolerance_rule():
