@@ -328,6 +328,8 @@ class _Cast:
         self.convert = convert
 
     def __call__(self, a):
+        if isinstance(a, tuple):  # a state made of several arrays
+            return tuple(self(x) for x in a)
         if not isinstance(a, np.ndarray):
             return a
         a = np.ascontiguousarray(a.astype(self.dtype))
