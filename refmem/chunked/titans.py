@@ -132,6 +132,8 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     sequence with ``T`` not a multiple of ``C`` ends with a chunk of ``T mod C`` steps.
     """
     T = k.shape[-2]
+    if T == 0:
+        raise ValueError("q, k, v must have at least one step (T >= 1)")
     n_full = T // C
     pieces = [(0, n_full * C, C)] if n_full else []
     if T - n_full * C:
