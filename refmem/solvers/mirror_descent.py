@@ -43,9 +43,10 @@ def _entropy_gap(w, xp):
     small = xp.abs(w) < 1e-3
     ws = xp.where(small, w, xp.zeros_like(w))
     series = ws * ws * (1 / 2 - ws * (1 / 6 - ws * (1 / 12 - ws * (1 / 20 - ws * (1 / 30 - ws / 42)))))
-    wd = xp.where(small, xp.ones_like(w), w)
+    pos = w > -1  # w = -1: y underflowed to 0, where the term's limit is x (gap 1)
+    wd = xp.where(small | ~pos, xp.ones_like(w), w)
     direct = (1 + wd) * xp.log1p(wd) - wd
-    return xp.where(small, series, direct)
+    return xp.where(small, series, xp.where(pos, direct, xp.ones_like(w)))
 
 
 def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow: float = 1.5,

@@ -87,8 +87,17 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
             break
         H = _fd_hessian(problem, X, xp)  # (.., n, n)
         g = xp.reshape(G, tuple(shape[:-2]) + (n, 1))
+        # a tiny Levenberg shift keeps the model invertible where the curvature vanishes
+        # (|M_ij|^{q-2} at zero entries for q > 2); it changes the step, not the fixed point
+        shift = 1e-10 * xp.max(xp.abs(H), axis=(-2, -1), keepdims=True) + 1e-300
+        H = H + shift * xp.eye(n, dtype=X.dtype)
         ok_H = bool(xp.all(xp.isfinite(H)))
-        d = -xp.linalg.solve(H, g) if ok_H else -g  # (.., n, 1)
+        d = -g
+        if ok_H:
+            try:
+                d = -xp.linalg.solve(H, g)  # (.., n, 1)
+            except Exception:  # numerically singular even after the shift: gradient direction
+                d = -g
         d = xp.where(xp.isfinite(d), d, -g)
         D = xp.reshape(d, shape)
         slope = inner(G, D, xp)  # (..,)
