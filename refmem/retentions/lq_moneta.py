@@ -147,7 +147,11 @@ class LqMoneta(Retention):
     (:math:`\nabla\psi(M) + \eta\nabla l(M) = \alpha\nabla\psi(M_t)` couples the lq map with
     ``l``); it is solved iteratively (:func:`refmem.solvers.newton_fd` on the stated objective:
     the curvature :math:`\propto |M_{ij}|^{q-2}` vanishes or blows up at small entries,
-    which first-order methods crawl through).
+    which first-order methods crawl through). Known limit: with the lp objective at
+    ``p = 1`` the implicit step goes through the box-constrained dual
+    (:mod:`refmem.solvers.residual_dual`), whose curvature :math:`\propto |A|^{q^*-2}` is badly
+    scaled for large ``q``; measured: converges for ``q <= 4``, may raise
+    :class:`~refmem.solvers.ConvergenceError` (never a silent result) for ``q > 4``.
     """
 
     q: float = 3.0
