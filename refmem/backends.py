@@ -218,6 +218,17 @@ def name_of_namespace(xp) -> str:
     return getattr(xp, "__name__", repr(xp))
 
 
+def host_resident(xp) -> bool:
+    """Whether arrays of ``xp`` live in host memory, so reading a value costs no device transfer.
+
+    Data-dependent fast paths (e.g. "no gate is zero, skip the zero bookkeeping")
+    need to read the data; refmem takes them only where that read is free (NumPy,
+    array_api_strict) and uses the general, read-free path on device backends, so
+    a scan on a GPU never waits on a device-to-host copy.
+    """
+    return name_of_namespace(xp) in ("numpy", "array_api_strict")
+
+
 def extra(xp, name: str):
     """Backend-specific kernel ``name`` for namespace ``xp``, or ``None`` if it has none."""
     reg = _discover()

@@ -46,3 +46,14 @@ def _device(x):
 def device_of(x):
     """The device of array ``x`` (for creating arrays next to it)."""
     return _device(x)
+
+
+def sign(x, xp):
+    """``sign(x)`` (0 at 0, nan at nan) without the device read some backends' ``sign`` makes.
+
+    array_api_compat's CuPy ``sign`` patches nan entries by masked assignment,
+    which reads the device; this ``where`` form is elementwise only.
+    """
+    one = xp.ones_like(x)
+    zero_or_nan = xp.where(x == 0, 0 * one, x)  # what is neither > 0 nor < 0 is 0 or nan
+    return xp.where(x > 0, one, xp.where(x < 0, -one, zero_or_nan))

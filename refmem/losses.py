@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 
 from .backends import namespace_of
+from .linalg import sign
 from .validation import as_param, check_arrays, check_ndim
 
 
@@ -220,7 +221,7 @@ def finite_difference_surprise(loss, y, target, h: float = 1e-5):
         raise ValueError(f"target must have the shape of y {tuple(y.shape)}; got {tuple(target.shape)}")
     t_e = xp.expand_dims(target, axis=target.ndim - 1)  # (.., 1, d_out): broadcasts over the perturbed copies
     u_fd = central_gradient(lambda Y: loss._value(Y, t_e, xp), y, h, ndim=1)
-    y_far = y + h * xp.sign(y) + h * xp.astype(y == 0, y.dtype)  # |y| + h: the perturbed points lie within it
+    y_far = y + h * sign(y, xp) + h * xp.astype(y == 0, y.dtype)  # |y| + h: the perturbed points lie within it
     bound = central_difference_bound(h, loss._third(target, xp), 0.0) + (
         xp.maximum(loss.value_rounding_bound(y, target), loss.value_rounding_bound(y_far, target)) / h
     )

@@ -10,7 +10,7 @@ problem has no closed form the check returns the violation of its optimality (KK
 from __future__ import annotations
 
 from ..level import Level, problem, solve
-from ..linalg import matvec, outer, sq_norm
+from ..linalg import matvec, outer, sq_norm, sign
 from ..metrics import max_abs_error, rel_error
 from ..objectives import L2, Huber, Lp
 from ..problems import level_problem, rng, to_backend
@@ -60,7 +60,7 @@ def _lp1_printed(xp):
     eta = 0.8
     r0 = matvec(M_t, k) - v  # (.., d_v)
     s = sq_norm(k, xp)[..., None]
-    c = eta * xp.sign(r0) * xp.minimum(xp.ones_like(r0), xp.abs(r0) / (eta * s))  # as printed
+    c = eta * sign(r0, xp) * xp.minimum(xp.ones_like(r0), xp.abs(r0) / (eta * s))  # as printed
     printed = M_t - outer(c, k)
     it, _ = solve(Level(Lp(1.0), LocalL2(eta)), M_t, k, v, method="iterative")
     return rel_error(it, printed, xp)
@@ -75,7 +75,7 @@ def _lp3_printed(xp):
     r0 = matvec(M_t, k) - v
     s = sq_norm(k, xp)[..., None]
     r_abs = (xp.sqrt(1 + 12 * eta * s * xp.abs(r0)) - 1) / (6 * eta * s)  # as printed
-    c = (r0 - xp.sign(r0) * r_abs) / s
+    c = (r0 - sign(r0, xp) * r_abs) / s
     printed = M_t - outer(c, k)
     it, _ = solve(Level(Lp(3.0), LocalL2(eta)), M_t, k, v, method="iterative")
     return rel_error(it, printed, xp)
@@ -128,7 +128,7 @@ def _en_explicit(xp):
     eta, b, a = 0.8, 2.0, 4.0
     lam, gam = b / (b + eta), eta * b / (a * (eta + b))
     X = lam * (M_t - eta * L2().grad(M_t, k, v, xp))
-    printed = xp.sign(X) * xp.maximum(xp.abs(X) - gam, xp.zeros_like(X))
+    printed = sign(X, xp) * xp.maximum(xp.abs(X) - gam, xp.zeros_like(X))
     it, _ = solve(Level(L2(), ElasticNet(eta, b, a), "explicit"), M_t, k, v, method="iterative",
                   solver="prox_grad_bt")
     return rel_error(it, printed, xp)
@@ -138,7 +138,7 @@ def _l1_kkt_violation(level, M_t, k, v, M, a, xp):
     """Largest violation of 0 in grad f(M) + (1/a) d||M||_1, relative to max(1, |grad f|)."""
     G = problem(level, M_t, k, v).grad(M)
     nz = M != 0
-    on = xp.where(nz, xp.abs(G + xp.sign(M) / a), xp.zeros_like(G))
+    on = xp.where(nz, xp.abs(G + sign(M, xp) / a), xp.zeros_like(G))
     off = xp.where(nz, xp.zeros_like(G), xp.maximum(xp.abs(G) - 1 / a, xp.zeros_like(G)))
     scale = max(1.0, max_abs_error(G, 0 * G, xp))
     return max(max_abs_error(on, 0 * on, xp), max_abs_error(off, 0 * off, xp)) / scale

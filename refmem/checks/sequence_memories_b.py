@@ -33,6 +33,7 @@ from ..memories.mesa import make_initial_state as mesa_stats
 from ..memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
 from ..memories.softmax_attention import (attention_iterative, make_initial_state as kv_cache,
                                           sliding_window_attention_recurrent, softmax_attention_recurrent)
+from ..linalg import sign
 from ..metrics import rel_error
 from ..problems import rng, to_backend
 from ..retentions import ForgetGate
@@ -405,7 +406,7 @@ def _moneta_q2(xp):
     W = xp.zeros_like(M)
     for t in range(5):
         r = (W @ k[..., t, :, None])[..., 0] - v[..., t, :]
-        g = (3.0 * xp.sign(r) * xp.abs(r) ** 2)[..., :, None] * k[..., t, None, :]
+        g = (3.0 * sign(r, xp) * xp.abs(r) ** 2)[..., :, None] * k[..., t, None, :]
         W = alpha[..., t, None, None] * W - eta[..., t, None, None] * g
     return rel_error(M, W, xp), rounding_tol(xp, xp.float64, SHAPE["d_k"] * 5)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from numbers import Integral
 
-from ..backends import extra
+from ..backends import extra, host_resident
 from ..linalg import device_of
 
 
@@ -76,7 +76,7 @@ def log_gate_cumsum(a, xp, axis: int = -1):
     is 0 (then ``D`` needs no zero bookkeeping). ``log 0`` is never evaluated.
     """
     zero = a == 0
-    if not bool(xp.any(zero)):
+    if host_resident(xp) and not bool(xp.any(zero)):  # the check reads the data: host backends only
         return xp.cumulative_sum(xp.log(a), axis=axis), None
     logs = xp.log(xp.where(zero, xp.ones_like(a), a))  # log a, 0 where a = 0 (counted in Z instead)
     L = xp.cumulative_sum(logs, axis=axis)
@@ -98,7 +98,7 @@ def decay_matrix(L_row, Z_row, L_col, Z_col, mask, xp):
     cumulants give "decay up to the step before ``t``"). Zero gates give exact
     zeros; ``Z_row = None`` means "no zero gate anywhere" (skips the comparison).
     """
-    if Z_row is None and _factor_safe(L_row, L_col, xp):
+    if Z_row is None and host_resident(xp) and _factor_safe(L_row, L_col, xp):  # reads data: host only
         # exp(L_t) exp(-L_s): two exps of [.., C] instead of one of [.., C, C]; no overflow (see _factor_safe)
         outer = xp.exp(L_row)[..., :, None] * xp.exp(-L_col)[..., None, :]  # (.., C, 1) * (.., 1, C)
         return xp.where(mask, outer, xp.zeros_like(outer))

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..level import ClosedFormUnavailable
-from ..linalg import matvec, outer
+from ..linalg import matvec, outer, sign
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
 from ..validation import check_arrays, positive
@@ -161,7 +161,7 @@ class ResidualLoss:
         if self.name == "l2":
             return r
         if self.name == "lp":
-            return self.p * xp.sign(r) * xp.abs(r) ** (self.p - 1)
+            return self.p * sign(r, xp) * xp.abs(r) ** (self.p - 1)
         return xp.clip(r, -self.delta, self.delta)
 
     def curvature(self, r_max: float) -> float:

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from ..linalg import matvec, outer, sq_norm
+from ..linalg import matvec, outer, sq_norm, sign
 from ..solvers import newton_scalar
 from ..validation import expand_vector
 from .base import Objective
@@ -39,7 +39,7 @@ def _check_p(p) -> float:
 
 def _signed_power(x, e, xp):
     """``sign(x) |x|^e`` elementwise (``e >= 0``; ``0^0`` read as 1, so ``e = 0`` gives ``sign(x)``)."""
-    return xp.sign(x) * xp.abs(x) ** e
+    return sign(x, xp) * xp.abs(x) ** e
 
 
 def lp_prox_residual_power(r0, a, p, xp):
@@ -181,7 +181,7 @@ class Lp(Objective):
         if p == 1.0:
             # c = eta sign(r0) min(1, |r0|/(eta s)) = sign(r0) min(eta, |r0|/s); k = 0 leaves C unchanged
             safe_s = xp.where(s_v > 0, s_v, xp.ones_like(s_v))
-            c = xp.sign(r0) * xp.minimum(eta_v + 0 * r0, xp.abs(r0) / safe_s)  # (.., d_v)
+            c = sign(r0, xp) * xp.minimum(eta_v + 0 * r0, xp.abs(r0) / safe_s)  # (.., d_v)
             c = xp.where(s_v > 0, c, xp.zeros_like(c))
         else:
             a = eta_v * p * s_v  # (.., 1)
@@ -192,7 +192,7 @@ class Lp(Objective):
                 w = x * x
             else:
                 w = lp_prox_residual_power(r0, a, p, xp)
-            c = eta_v * p * xp.sign(r0) * w  # (.., d_v): c = eta p sign(r) |r|^{p-1}
+            c = eta_v * p * sign(r0, xp) * w  # (.., d_v): c = eta p sign(r) |r|^{p-1}
         return C - outer(c, k)  # (.., d_v, d_k)
 
     # Fenchel conjugate of phi(z) = |z|^p, for the dual solver (refmem.solvers.residual_dual).
@@ -214,7 +214,7 @@ class Lp(Objective):
                 value=lambda y: xp.zeros(y.shape[:-2], dtype=y.dtype),
                 grad=lambda y: xp.zeros_like(y),
                 prox=lambda y, t: xp.clip(y, -1.0, 1.0),
-                start=lambda r: xp.sign(r),
+                start=lambda r: sign(r, xp),
             )
         qs = p / (p - 1)
         return ResidualConjugate(

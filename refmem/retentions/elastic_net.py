@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..linalg import sign
 from ..validation import expand_matrix, positive
 from .weight_decay import WeightDecay
 
 
 def soft_threshold(X, gam, xp):
     r""":math:`S_\gamma(X) = \operatorname{sign}(X)\max(|X| - \gamma, 0)` elementwise; ``gam [...]`` per batch."""
-    return xp.sign(X) * xp.maximum(xp.abs(X) - expand_matrix(gam, xp), xp.zeros_like(X))  # (.., d_v, d_k)
+    return sign(X, xp) * xp.maximum(xp.abs(X) - expand_matrix(gam, xp), xp.zeros_like(X))  # (.., d_v, d_k)
 
 
 @dataclass(frozen=True)

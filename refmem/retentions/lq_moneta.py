@@ -73,7 +73,7 @@ from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any
 
-from ..linalg import inner
+from ..linalg import inner, sign
 from ..validation import expand_matrix, positive, unit_interval
 from .base import Retention
 
@@ -87,7 +87,7 @@ def lq_mirror(M, q, xp):
     r""":math:`\nabla\psi(M) = \operatorname{sign}(M)|M|^{q-1}\|M\|_q^{2-q}` for :math:`\psi = \tfrac12\|\cdot\|_q^2` (0 at 0)."""
     n = lq_norm(M, q, xp)  # (..,)
     n = xp.where(n > 0, n, xp.ones_like(n))  # M = 0: numerator is 0, any scale will do
-    return xp.sign(M) * xp.abs(M) ** (q - 1) * expand_matrix(n ** (2 - q), xp)  # (.., d_v, d_k)
+    return sign(M, xp) * xp.abs(M) ** (q - 1) * expand_matrix(n ** (2 - q), xp)  # (.., d_v, d_k)
 
 
 def dual_exponent(q: float) -> float:
