@@ -10,6 +10,7 @@ already validated the data may want that), never silently.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from numbers import Real
 
@@ -155,3 +156,47 @@ def expand_matrix(p, xp):
 def expand_vector(p, xp):
     """A batch-shaped parameter ``[...]`` broadcast against vectors ``[..., d]``."""
     return p if p.ndim == 0 else p[..., None]
+
+
+class DivergenceError(FloatingPointError):
+    """A scan produced non-finite outputs: the recurrence diverged or overflowed for these inputs."""
+
+
+_OUTPUT_NAMES = ("o", "final state", "third output")
+
+
+def _first_non_finite(out, path):
+    if isinstance(out, (tuple, list)):
+        for i, item in enumerate(out):
+            found = _first_non_finite(item, path + (i,))
+            if found is not None:
+                return found
+        return None
+    if hasattr(out, "dtype") and hasattr(out, "shape"):
+        xp = namespace_of(out)
+        if xp.isdtype(out.dtype, "real floating") and not bool(xp.all(xp.isfinite(out))):
+            return path
+    return None
+
+
+def finite_outputs(fn):
+    """Decorator for scans: raise :class:`DivergenceError` instead of returning nan or inf.
+
+    Costs one device read per call, like the input checks, and is switched off
+    with them by ``refmem.options(check_finite=False)``.
+    """
+
+    @functools.wraps(fn)
+    def scan(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if _OPTIONS["check_finite"]:
+            path = _first_non_finite(out, ())
+            if path is not None:
+                first = path[0] if path else 0
+                what = _OUTPUT_NAMES[first] if first < len(_OUTPUT_NAMES) else f"output {first}"
+                raise DivergenceError(
+                    f"{fn.__name__}: the {what} contains non-finite values: the recurrence diverged or overflowed "
+                    "for these inputs (e.g. an explicit l2 step with eta ||k||^2 > 2); no result is returned")
+        return out
+
+    return scan

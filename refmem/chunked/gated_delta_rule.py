@@ -15,6 +15,7 @@ analogue is the chunk-start state carried to step ``t`` by the gates,
 from __future__ import annotations
 
 from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..validation import finite_outputs
 from ._common import check_chunk_size
 from ._register import attach_forms
 from ._ut import delta_family
@@ -31,6 +32,7 @@ def _checked(q, k, v, alpha, beta, initial_state, chunk_size):
     return xp, check_chunk_size(chunk_size)
 
 
+@finite_outputs
 def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
     """The gated delta rule in chunks (exact).
 
@@ -53,6 +55,7 @@ def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_sta
     return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=True)
 
 
+@finite_outputs
 def gated_delta_rule_minibatch(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
     """Mini-batch gated delta rule: gradients at the gated chunk-start state ``gamma_t M_0``.
 

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..validation import finite_outputs
 from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                       to_chunks)
 from ._register import attach_forms
 from ._ut import chunk, linear_family, mT, prepare_chunks, scan_chunks
 
 
+@finite_outputs
 def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_state=None):
     """Gated linear attention in chunks; equals :func:`~refmem.memories.gated_linear_attention.gated_linear_attention_recurrent`.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..linalg import sq_norm
 from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..validation import finite_outputs
 from ._common import check_chunk_size, from_chunks, to_chunks
 from ._register import attach_forms
 from ._ut import chunk, delta_family, delta_terms, mT, prepare_chunks
@@ -40,6 +41,7 @@ def longhorn_step_sizes(k, beta, xp):
     return beta / (1 + beta * kk)  # (.., T)
 
 
+@finite_outputs
 def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """Longhorn in chunks (exact); equals :func:`~refmem.memories.longhorn.longhorn_recurrent`.
 

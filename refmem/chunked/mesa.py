@@ -30,6 +30,7 @@ from __future__ import annotations
 from ..linalg import device_of
 from ..memories.mesa import _scan_setup
 from ..solvers import ConvergenceError, SolveReport
+from ..validation import finite_outputs
 from ._common import check_chunk_size, from_chunks, lower_mask, to_chunks
 from ._register import attach_forms
 from ._ut import mT, prepare_chunks
@@ -85,6 +86,7 @@ def row_cg(apply, B, xp, *, rtol: float, max_iter: int):
                            hint="the systems are too ill-conditioned for this rtol; raise lam or rtol")
 
 
+@finite_outputs
 def mesa_chunked(q, k, v, lam, *, chunk_size=64, initial_state=None, return_stats=False, rtol=None, max_iter=None):
     """The Mesa layer in chunks, every per-step solve by conjugate gradient.
 

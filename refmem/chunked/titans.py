@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from ..memories._inputs import check_gate_range, check_sequence, initial
-from ..validation import check_arrays
+from ..validation import check_arrays, finite_outputs
 from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                       shift_right, solve_unit_lower, to_chunks)
 from ._register import attach_forms
@@ -160,6 +160,7 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     return (o, M, X[..., d_k:]) if return_momentum else (o, M)
 
 
+@finite_outputs
 def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=None, initial_momentum=None,
                    return_momentum=False):
     """Titans (linear memory) in chunks, exact; equals :func:`~refmem.memories.titans.titans_linear_recurrent`.
@@ -186,6 +187,7 @@ def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=N
     return _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, exact=True, return_momentum=return_momentum)
 
 
+@finite_outputs
 def titans_minibatch(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=None, initial_momentum=None,
                      return_momentum=False):
     """Mini-batch Titans: every surprise in a chunk is the gradient at the chunk-start memory ``M_0``.

@@ -62,7 +62,7 @@ from ..level import ClosedFormUnavailable
 from ..linalg import matvec, outer, sign
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
-from ..validation import check_arrays, positive
+from ..validation import check_arrays, finite_outputs, positive
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, random_qkv
 
@@ -483,6 +483,7 @@ def default_params(batch, d, h, xp, dtype):
     return W1, W2
 
 
+@finite_outputs
 def deep_memory_recurrent(q, k, v, eta, alpha=None, *, initial_state=None, hidden=None, loss=None,
                           step="explicit", method="closed", activation="tanh", rtol=None):
     r"""Scan of the deep memory: a forget-gate level per token, read-out ``o_t = M_t(q_t)``.

@@ -14,6 +14,7 @@ from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import LocalL2
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
@@ -24,6 +25,7 @@ def delta_step(M, k, v, beta, xp):
     return M - beta[..., None, None] * outer(r, k)  # (.., d_v, d_k)
 
 
+@finite_outputs
 def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
     """Recurrent delta rule.
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from ..linalg import matvec
 from ..losses import get_loss
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 from .longhorn import longhorn_level, longhorn_step
@@ -50,6 +51,7 @@ def dgd_value(M, k, v, loss="squared_error"):
     return -get_loss(loss).grad(matvec(M, k), v)  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
 
 
+@finite_outputs
 def dgd_recurrent(q, k, v, beta, *, loss="squared_error", initial_state=None):
     """Recurrent delta gradient descent.
 

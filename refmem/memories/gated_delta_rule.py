@@ -19,6 +19,7 @@ from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import ForgetGate
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
@@ -30,6 +31,7 @@ def gated_delta_step(M, k, v, alpha, beta, xp):
     return aM - beta[..., None, None] * outer(r, k)  # (.., d_v, d_k)
 
 
+@finite_outputs
 def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
     """Recurrent gated delta rule.
 

@@ -21,10 +21,12 @@ from ..linalg import matvec, outer
 from ..objectives import Dot
 from ..retentions import ForgetGate
 from ..retentions.channel_forget_gate import ChannelForgetGate
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 
+@finite_outputs
 def gated_linear_attention_recurrent(q, k, v, alpha, *, initial_state=None):
     """Recurrent gated linear attention.
 

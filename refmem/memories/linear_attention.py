@@ -11,10 +11,12 @@ from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import Dot
 from ..retentions import LocalL2
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_sequence, initial, random_qkv
 
 
+@finite_outputs
 def linear_attention_recurrent(q, k, v, *, initial_state=None):
     """Recurrent linear attention.
 

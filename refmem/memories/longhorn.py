@@ -23,6 +23,7 @@ from ..linalg import matvec, outer, sq_norm
 from ..objectives import L2
 from ..retentions import LocalL2
 from ..retentions.channel_local_l2 import ChannelLocalL2
+from ..validation import finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
@@ -38,6 +39,7 @@ def longhorn_step(M, k, v, beta, xp):
     return M - outer(e * r, k)  # (.., d_v) x (.., d_k) -> (.., d_v, d_k)
 
 
+@finite_outputs
 def longhorn_recurrent(q, k, v, beta, *, initial_state=None):
     """Recurrent Longhorn.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from ..level import Level
 from ..objectives import L2
 from ..retentions.kl_simplex import KLSimplex
-from ..validation import as_param, positive
+from ..validation import as_param, finite_outputs, positive
 from . import MemorySpec, register_memory
 from ._inputs import check_sequence, random_qkv
 from ._level_scan import level_scan
@@ -63,6 +63,7 @@ def uniform_state(batch, d_v, d_k, c, xp, dtype):
     return xp.full(tuple(batch) + (d_v, d_k), c / d_k, dtype=dtype)
 
 
+@finite_outputs
 def memora_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="closed", initial_state=None):
     """Recurrent Memora with a linear memory.
 
@@ -99,6 +100,7 @@ def memora_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="clo
     return level_scan(q, k, v, level_at, M0, xp, method=method)
 
 
+@finite_outputs
 def memora_deep_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="closed", initial_state=None,
                           hidden=None, activation="tanh"):
     """Memora on the deep memory ``M(x) = x + W1 sigma(W2 x)`` (``d_k = d_v = d``); returns ``(o, (W1, W2))``.

@@ -35,7 +35,7 @@ from ..level import Level
 from ..linalg import eye_like, matvec
 from ..objectives.windowed_l2 import WindowedL2
 from ..retentions import ForgetGate
-from ..validation import as_param, check_arrays
+from ..validation import as_param, check_arrays, finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
@@ -71,6 +71,7 @@ def _windows(x, c, xp):
     return xp.concat([pad, x], axis=-2)  # (.., T + c - 1, d)
 
 
+@finite_outputs
 def omega_recurrent(q, k, v, alpha, gamma, *, step="explicit", initial_state=None):
     """Recurrent Omega rule.
 
@@ -118,6 +119,7 @@ def omega_recurrent(q, k, v, alpha, gamma, *, step="explicit", initial_state=Non
     return xp.stack(outs, axis=-2), M
 
 
+@finite_outputs
 def omega_implicit_recurrent(q, k, v, alpha, gamma, *, initial_state=None):
     """The implicit Omega rule: :func:`omega_recurrent` with ``step="implicit"``."""
     return omega_recurrent(q, k, v, alpha, gamma, step="implicit", initial_state=initial_state)

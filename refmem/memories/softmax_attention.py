@@ -43,7 +43,7 @@ import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import matvec
 from ..solvers import Problem, conjugate_gradient, default_rtol
-from ..validation import check_arrays
+from ..validation import check_arrays, finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_sequence, random_qkv
 
@@ -99,6 +99,7 @@ def stable_softmax_readout(K, V, q, xp):
     return num / xp.sum(w, axis=-1)[..., None]
 
 
+@finite_outputs
 def sliding_window_attention_recurrent(q, k, v, *, window, initial_state=None):
     """Causal sliding-window softmax attention: token ``t`` reads the last ``window`` tokens.
 
@@ -134,6 +135,7 @@ def sliding_window_attention_recurrent(q, k, v, *, window, initial_state=None):
     return o, (K, V)
 
 
+@finite_outputs
 def softmax_attention_recurrent(q, k, v, *, initial_state=None):
     """Full causal softmax attention (no scale on ``q``): :func:`sliding_window_attention_recurrent` with ``window=None``."""
     return sliding_window_attention_recurrent(q, k, v, window=None, initial_state=initial_state)
@@ -175,6 +177,7 @@ def attention_problem(q, k, v, *, window=None, initial_state=None):
     return Problem(xp, x0, value, grad, sw, sw, quadratic=True)
 
 
+@finite_outputs
 def attention_iterative(q, k, v, *, window=None, initial_state=None, rtol=None):
     """Read-outs of (sliding-window) softmax attention by conjugate gradient on the weighted least squares.
 

@@ -28,7 +28,7 @@ from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import Inner
 from ..retentions import ForgetGate
-from ..validation import check_arrays
+from ..validation import check_arrays, finite_outputs
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
@@ -45,6 +45,7 @@ def titans_step(M, S, k, v, alpha, eta, theta):
     return M, S
 
 
+@finite_outputs
 def titans_linear_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
                             return_momentum=False):
     """Recurrent Titans with a linear memory.

@@ -22,12 +22,13 @@ scan with step ``theta`` (a check). State: ``(W1, W2)``; momentum ``(S1, S2)``.
 from __future__ import annotations
 
 from ..level import solve
-from ..validation import check_arrays
+from ..validation import check_arrays, finite_outputs
 from ._inputs import check_gate_range, check_sequence
 from .deep_memory import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
 from .titans import titans_memory_level, titans_momentum_level
 
 
+@finite_outputs
 def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None, hidden=None,
                           loss=None, method="closed", activation="tanh", return_momentum=False):
     """Recurrent Titans on the deep memory (``d_k = d_v = d``).

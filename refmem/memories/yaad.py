@@ -30,7 +30,7 @@ from __future__ import annotations
 from ..level import Level
 from ..objectives.huber import Huber
 from ..retentions import ForgetGate
-from ..validation import positive
+from ..validation import finite_outputs, positive
 from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 from ._level_scan import level_scan
@@ -51,6 +51,7 @@ def yaad_level(alpha, eta, *, delta=1.0, mode="coordinate", step="explicit"):
     return Level(Huber(delta=delta, mode=mode), ForgetGate(eta=eta, alpha=alpha), step=step, name="yaad")
 
 
+@finite_outputs
 def yaad_recurrent(q, k, v, alpha, eta, *, delta=1.0, mode="coordinate", step="explicit", method="closed",
                    initial_state=None):
     """Recurrent Yaad with a linear memory.
@@ -84,6 +85,7 @@ def yaad_recurrent(q, k, v, alpha, eta, *, delta=1.0, mode="coordinate", step="e
     return level_scan(q, k, v, level_at, initial(initial_state, k, v, xp), xp, method=method)
 
 
+@finite_outputs
 def yaad_deep_recurrent(q, k, v, alpha, eta, *, delta=1.0, step="explicit", method="closed", initial_state=None,
                         hidden=None, activation="tanh"):
     """Yaad on the deep memory ``M(x) = x + W1 sigma(W2 x)`` (``d_k = d_v``); returns ``(o, (W1, W2))``.
