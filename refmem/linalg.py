@@ -57,3 +57,8 @@ def sign(x, xp):
     one = xp.ones_like(x)
     zero_or_nan = xp.where(x == 0, 0 * one, x)  # what is neither > 0 nor < 0 is 0 or nan
     return xp.where(x > 0, one, xp.where(x < 0, -one, zero_or_nan))
+
+
+def clip(x, low: float, high: float, xp):
+    """``min(max(x, low), high)`` elementwise for scalar bounds (array_api_compat's CuPy ``clip`` reads the device)."""
+    return xp.minimum(xp.maximum(x, xp.full_like(x, low)), xp.full_like(x, high))

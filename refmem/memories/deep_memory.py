@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..level import ClosedFormUnavailable
-from ..linalg import matvec, outer, sign
+from ..linalg import clip, matvec, outer, sign
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
 from ..validation import check_arrays, finite_outputs, positive
@@ -162,7 +162,7 @@ class ResidualLoss:
             return r
         if self.name == "lp":
             return self.p * sign(r, xp) * xp.abs(r) ** (self.p - 1)
-        return xp.clip(r, -self.delta, self.delta)
+        return clip(r, -self.delta, self.delta, xp)
 
     def curvature(self, r_max: float) -> float:
         """Bound on the Hessian of ``ell`` for residual entries up to ``r_max`` in size."""

@@ -248,5 +248,7 @@ register_memory(MemorySpec(
     step_level=None,  # a whole-context problem, not one proximal step: see mesa_iterative
     description="M_t = argmin sum_{i<=t} ||M k_i - v_i||^2 + lam_t ||M||^2 (linear solve; CG)",
     extra={"iterative": mesa_iterative, "state": "sufficient statistics (G, H)",
-           "make_initial_state": make_initial_state},
+           "make_initial_state": make_initial_state,
+           # the chunked form is conjugate gradient: its stopping test reads the device once per iteration
+           "device_reads": {"chunked": "conjugate gradient stopping test, one read per iteration"}},
 ))

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from ..linalg import matvec, outer, sq_norm
+from ..linalg import clip, matvec, outer, sq_norm
 from ..validation import expand_vector
 from .base import Objective
 
@@ -89,7 +89,7 @@ class Huber(Objective):
     def psi(self, r, xp):
         """``h_delta'`` applied to the residual ``r [..., d_v]``: clip or ball projection."""
         if self.mode == "coordinate":
-            return xp.clip(r, -self.delta, self.delta)
+            return clip(r, -self.delta, self.delta, xp)
         return _ball_projection(r, self.delta, xp)
 
     def _h(self, z, xp):

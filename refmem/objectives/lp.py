@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from ..linalg import matvec, outer, sq_norm, sign
+from ..linalg import clip, matvec, outer, sign, sq_norm
 from ..solvers import newton_scalar
 from ..validation import expand_vector
 from .base import Objective
@@ -213,7 +213,7 @@ class Lp(Objective):
             return ResidualConjugate(
                 value=lambda y: xp.zeros(y.shape[:-2], dtype=y.dtype),
                 grad=lambda y: xp.zeros_like(y),
-                prox=lambda y, t: xp.clip(y, -1.0, 1.0),
+                prox=lambda y, t: clip(y, -1.0, 1.0, xp),
                 start=lambda r: sign(r, xp),
             )
         qs = p / (p - 1)

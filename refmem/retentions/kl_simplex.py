@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..validation import expand_matrix, expand_vector, positive
+from ..validation import expand_matrix, expand_vector, get_option, positive
 from .base import Retention
 
 
@@ -81,6 +81,8 @@ class KLSimplex(Retention):
 
     def check_state(self, M_t, xp):
         """``M_t`` must be strictly positive with every row summing to ``c`` (to rounding: ``16 d_k eps c``)."""
+        if not get_option("check_finite"):  # a state check reads the device, like the finiteness checks
+            return
         if not bool(xp.all(M_t > 0)):
             raise ValueError("M_t must have strictly positive entries for the KL simplex retention "
                              "(rows of M_t are points of the scaled simplex)")
