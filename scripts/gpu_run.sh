@@ -113,7 +113,13 @@ stage_bench() {
 }
 
 stage_bench_cpu() {
-    $PY -m refmem bench "${BENCH_ARGS[@]}" --dtype float64 --backend numpy --repeat 1 \
+    # BENCH_CPU_MEMORIES="gated_delta_rule" limits the (slow) CPU run to some memories
+    local args=("${BENCH_ARGS[@]}")
+    if [ -n "${BENCH_CPU_MEMORIES:-}" ]; then
+        args=(); for m in $BENCH_CPU_MEMORIES; do args+=(--memory "$m"); done
+        args+=("${BENCH_ARGS[@]:4}")
+    fi
+    $PY -m refmem bench "${args[@]}" --dtype float64 --backend numpy --repeat 1 \
         --json "$OUT/bench_numpy.json" 2>&1 | tee -a "$OUT/bench.txt"
 }
 
