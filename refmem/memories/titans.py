@@ -129,5 +129,6 @@ register_memory(MemorySpec(
     make_inputs=_make_inputs,
     step_level=None,  # two levels per step: see extra["levels"]
     description="S_t = eta_t S_{t-1} - theta_t (M_{t-1} k_t - v_t) k_t^T, M_t = (1 - alpha_t) M_{t-1} + S_t",
-    extra={"levels": titans_levels, "momentum_level": titans_momentum_level, "memory_level": titans_memory_level},
+    extra={"levels": titans_levels, "momentum_level": titans_momentum_level, "memory_level": titans_memory_level,
+           "step_gates": ("theta",)},  # theta is the step size; eta is the momentum decay, not a step
 ))
