@@ -170,7 +170,6 @@ _register_step_checks("gated_delta_rule", SHAPE["d_k"])
 @register_check("gated_delta_rule", "== explicit l2 step at a M: a M - b (a M k - v) k^T")
 def _gdr_explicit_at_aM(xp):
     """The scan against the stated formula built from the generic l2 gradient at the retained state."""
-    from ..linalg import outer
     from ..objectives import L2
 
     spec = MEMORIES["gated_delta_rule"]

@@ -50,8 +50,8 @@ recurrence only when ``C = 1``.
 from __future__ import annotations
 
 from ..linalg import device_of
-from ..memories._inputs import check_gate_range, check_sequence, initial
-from ..validation import check_arrays, finite_outputs
+from ..memories.titans import check_titans_inputs
+from ..validation import finite_outputs
 from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                       shift_right, solve_unit_lower, to_chunks)
 from ._register import attach_forms
@@ -59,20 +59,7 @@ from ._ut import chunk, concat_last, mT, prepare_chunks, scan_chunks
 
 
 def _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size):
-    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
-    check_arrays(k=k, initial_momentum=initial_momentum)
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(eta, "eta", xp)
-    check_gate_range(theta, "theta", xp, low=0.0, high=None)
-    M0 = initial(initial_state, k, v, xp)
-    if initial_momentum is not None and tuple(initial_momentum.shape) != tuple(M0.shape):
-        raise ValueError(f"initial_momentum must have shape [..., d_v, d_k] = {tuple(M0.shape)}; "
-                         f"got {tuple(initial_momentum.shape)}")
-    S0 = initial(initial_momentum, k, v, xp)
+    xp, M0, S0 = check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum)
     return xp, check_chunk_size(chunk_size), M0, S0
 
 

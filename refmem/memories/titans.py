@@ -45,6 +45,24 @@ def titans_step(M, S, k, v, alpha, eta, theta):
     return M, S
 
 
+def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum):
+    """Validate Titans' inputs (shared by the recurrent, chunked and mini-batch forms); return ``(xp, M_0, S_0)``."""
+    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
+    check_arrays(k=k, initial_momentum=initial_momentum)
+    lead = tuple(k.shape[:-1])
+    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
+        if tuple(g.shape) != lead:
+            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
+    check_gate_range(alpha, "alpha", xp)
+    check_gate_range(eta, "eta", xp)
+    check_gate_range(theta, "theta", xp, low=0.0, high=None)
+    M0 = initial(initial_state, k, v, xp)
+    if initial_momentum is not None and tuple(initial_momentum.shape) != tuple(M0.shape):
+        raise ValueError(f"initial_momentum must have shape [..., d_v, d_k] = {tuple(M0.shape)}; "
+                         f"got {tuple(initial_momentum.shape)}")
+    return xp, M0, initial(initial_momentum, k, v, xp)
+
+
 @finite_outputs
 def titans_linear_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
                             return_momentum=False):
@@ -70,20 +88,7 @@ def titans_linear_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, i
     M : array ``[..., d_v, d_k]``
     S : array ``[..., d_v, d_k]``, only with ``return_momentum=True``
     """
-    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
-    check_arrays(k=k, initial_momentum=initial_momentum)
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(eta, "eta", xp)
-    check_gate_range(theta, "theta", xp, low=0.0, high=None)
-    M = initial(initial_state, k, v, xp)
-    if initial_momentum is not None and tuple(initial_momentum.shape) != tuple(M.shape):
-        raise ValueError(f"initial_momentum must have shape [..., d_v, d_k] = {tuple(M.shape)}; "
-                         f"got {tuple(initial_momentum.shape)}")
-    S = initial(initial_momentum, k, v, xp)
+    xp, M, S = check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum)
     outs = []
     for t in range(k.shape[-2]):
         M, S = titans_step(M, S, k[..., t, :], v[..., t, :], alpha[..., t], eta[..., t], theta[..., t])

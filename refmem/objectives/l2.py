@@ -6,7 +6,7 @@ Where is the delta rule's implicit step? Here: :func:`sherman_morrison_step`.
 from __future__ import annotations
 
 from ..linalg import matvec, outer, sq_norm
-from ..validation import expand_matrix, expand_vector
+from ..validation import expand_matrix
 from .base import Objective
 
 
