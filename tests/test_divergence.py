@@ -48,3 +48,19 @@ def test_lq_mirror_map_is_stable_for_tiny_and_huge_states(xp):
             assert np.max(np.abs(to_numpy(Y) - M * scale)) <= 1e-13 * scale * np.max(np.abs(M))
             n = to_numpy(lq_norm(X, q, xp))
             assert np.allclose(n, scale * np.sum(np.abs(M) ** q, axis=(1, 2)) ** (1 / q), rtol=1e-14)
+
+
+def test_empty_sequence_is_a_clear_error(xp):
+    """T = 0 has no output to stack: every registered form says so instead of failing inside the backend."""
+    load_all()
+    for name, spec in MEMORIES.items():
+        if spec.make_inputs is None:
+            continue
+        inp = spec.make_inputs(0, (2,), 1, 3, 3, xp)
+        empty = {n: (a[..., :0, :] if n in ("q", "k", "v") else a) for n, a in inp.items()}
+        for form in ("recurrent", "chunked", "minibatch"):
+            fn = getattr(spec, form)
+            if fn is None:
+                continue
+            with pytest.raises(ValueError, match=r"T >= 1|at least one|T = 0|must have shape"):
+                fn(**empty)

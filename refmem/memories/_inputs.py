@@ -22,6 +22,8 @@ def check_sequence(q, k, v, initial_state=None, **gates):
         raise ValueError(f"q and k must have the same shape [..., T, d_k]; got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
         raise ValueError(f"v must be [..., T, d_v] with the same leading dims as k {tuple(k.shape[:-1])}; got {tuple(v.shape)}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"q, k, v must hold at least one step (T >= 1); got k of shape {tuple(k.shape)}")
     lead = tuple(k.shape[:-1])  # (..., T)
     for n, g in gates.items():
         if g is None:
