@@ -16,7 +16,7 @@ the rows are an extra batch axis, solved one chunk at a time (the per-row
 from __future__ import annotations
 
 from ..linalg import sq_norm
-from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..memories._inputs import check_sequence, check_value_channel_steps, initial
 from ..validation import finite_outputs
 from ._common import check_chunk_size, from_chunks, to_chunks
 from ._register import attach_forms
@@ -25,12 +25,7 @@ from ._ut import chunk, delta_family, delta_terms, mT, prepare_chunks
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    lead = tuple(k.shape[:-1])
-    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
-        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
-                         f"(one per step and value channel); got {tuple(beta.shape)}")
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
-    return xp, check_chunk_size(chunk_size), tuple(beta.shape) != lead
+    return xp, check_chunk_size(chunk_size), check_value_channel_steps(beta, k, v, xp)
 
 
 def longhorn_step_sizes(k, beta, xp):

@@ -43,6 +43,19 @@ def check_gate_range(g, name, xp, *, low=0.0, high=1.0, low_open=False, high_ope
         as_param(g, name, xp, g.dtype, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
+def check_value_channel_steps(beta, k, v, xp) -> bool:
+    """Check step sizes ``beta`` of shape ``[..., T]`` or ``[..., T, d_v]`` (per value channel), ``>= 0``.
+
+    Returns whether ``beta`` is per channel (Longhorn, DGD).
+    """
+    lead = tuple(k.shape[:-1])
+    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
+        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
+                         f"(one per step and value channel); got {tuple(beta.shape)}")
+    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    return tuple(beta.shape) != lead
+
+
 def initial(initial_state, k, v, xp):
     """The starting state: ``initial_state`` or zeros ``[..., d_v, d_k]``."""
     if initial_state is not None:

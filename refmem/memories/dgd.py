@@ -42,7 +42,7 @@ from ..linalg import matvec
 from ..losses import get_loss
 from ..validation import finite_outputs
 from . import MemorySpec, register_memory
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ._inputs import check_sequence, check_value_channel_steps, initial, random_qkv
 from .longhorn import longhorn_level, longhorn_step
 
 
@@ -72,12 +72,7 @@ def dgd_recurrent(q, k, v, beta, *, loss="squared_error", initial_state=None):
     M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    lead = tuple(k.shape[:-1])
-    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
-        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
-                         f"(one per step and value channel); got {tuple(beta.shape)}")
-    per_channel = tuple(beta.shape) != lead
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    per_channel = check_value_channel_steps(beta, k, v, xp)
     loss = get_loss(loss)
     M = initial(initial_state, k, v, xp)
     outs = []
