@@ -26,6 +26,7 @@ from .linalg import inner
 from .objectives import Objective
 from .retentions import Retention
 from .solvers import SOLVERS, Problem, SolveReport, default_rtol
+from .solvers.options import check_count, check_rtol
 from .solvers.residual_dual import ResidualDual
 from .validation import check_arrays, check_ndim
 
@@ -245,6 +246,12 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     """
     if method not in ("closed", "iterative"):
         raise ValueError(f"method must be 'closed' or 'iterative'; got {method!r}")
+    if solver is not None and not isinstance(solver, str):
+        raise TypeError(f"solver must be a solver name (str) or None; got {type(solver).__name__}")
+    if rtol is not None:
+        rtol = check_rtol(rtol)
+    if max_iter is not None:
+        max_iter = check_count(max_iter, "max_iter")
     xp, ret = _check_inputs(level, M_t, k, v)
     if method == "closed":
         M = _closed(level, ret, M_t, k, v, xp)

@@ -169,11 +169,8 @@ def gradient_weights(alpha: float, n: int):
     return [(1.0 - a) * a ** j for j in range(n)]
 
 
-def latest_gradients_for_mass(alpha: float, fraction: float, *, max_n: int = 100000) -> int:
+def latest_gradients_for_mass(alpha: float, fraction: float) -> int:
     r"""The smallest ``n`` whose latest ``n`` gradients carry at least ``fraction`` of the total weight.
-
-    Computed by summing :func:`gradient_weights` (``math.fsum``, exact
-    rounding of the partial sums) until the partial sum reaches ``fraction``.
 
     Notes
     -----
@@ -181,18 +178,28 @@ def latest_gradients_for_mass(alpha: float, fraction: float, *, max_n: int = 100
     answer is :math:`\lceil \log(1 - f) / \log\alpha \rceil`; at
     :math:`\alpha = 0.9` that is 7 for :math:`f = 0.5` and 44 for :math:`f = 0.99`
     (the paper states 6 and 43: :math:`1 - 0.9^6 = 0.469`, :math:`1 - 0.9^{43} = 0.989`).
+    The quotient of logarithms is computed with ``log1p`` and may be off by rounding
+    near an integer, so the two neighbours are tested with
+    :math:`1 - \alpha^n = -\operatorname{expm1}(n \log\alpha)`: a fixed amount of
+    work whatever the inputs (``alpha`` near 1 needs millions of gradients, never a loop over them).
     """
     a = _alpha(alpha)
-    if not (0.0 < fraction < 1.0):
-        raise ValueError(f"fraction must lie in (0, 1); got {fraction!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (0.0 < float(fraction) < 1.0):
+        raise ValueError(f"fraction must be a real number in (0, 1); got {fraction!r}")
+    f = float(fraction)
     if a == 0.0:
         return 1
-    terms = []
-    for n in range(1, max_n + 1):
-        terms.append((1.0 - a) * a ** (n - 1))
-        if math.fsum(terms) >= fraction:
-            return n
-    raise ValueError(f"fraction {fraction} not reached within {max_n} gradients at alpha = {a}")
+    log_a = math.log(a)
+
+    def mass(n):  # 1 - a^n, accurate also where a^n is close to 1
+        return -math.expm1(n * log_a)
+
+    n = max(1, math.ceil(math.log1p(-f) / log_a))
+    if n > 1 and mass(n - 1) >= f:  # the quotient rounded up past an integer
+        n -= 1
+    elif mass(n) < f:  # the quotient rounded down
+        n += 1
+    return n
 
 
 def mass_of_latest(alpha: float, n: int) -> float:

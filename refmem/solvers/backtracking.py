@@ -15,6 +15,7 @@ import math
 from ..linalg import fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
+from .options import check_count, check_factor, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -60,6 +61,10 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     gradient mapping :math:`G_t(X) = (X - X^+)/t`, zero exactly at a minimiser
     of ``f + h`` for any ``t > 0``.
     """
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
+    max_halvings = check_count(max_halvings, "max_halvings", minimum=1)
+    grow = check_factor(grow, "grow", above=1.0)
     xp = problem.xp
     X = problem.x0
     eps = float(xp.finfo(X.dtype).eps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..linalg import fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -29,6 +30,9 @@ def conjugate_gradient(problem: Problem, *, rtol: float, max_iter: int | None = 
     -------
     X, SolveReport
     """
+    rtol = check_rtol(rtol)
+    if max_iter is not None:
+        max_iter = check_count(max_iter, "max_iter")
     if not problem.quadratic or problem.prox is not None:
         raise ValueError("conjugate_gradient: problem must be a smooth quadratic")
     xp = problem.xp

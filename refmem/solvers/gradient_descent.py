@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..linalg import fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -31,6 +32,10 @@ def gradient_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, ba
     With step :math:`1/L` and :math:`\mu`-strong convexity the error shrinks
     by :math:`1 - \mu/L` per step, so about :math:`\kappa \ln(1/\mathrm{rtol})` steps.
     """
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
+    if not isinstance(backtracking, bool):
+        raise TypeError(f"backtracking must be a bool; got {type(backtracking).__name__}")
     if problem.prox is not None:
         raise ValueError("gradient_descent: problem has a non-smooth part; use proximal_gradient")
     xp = problem.xp

@@ -23,6 +23,7 @@ import math
 
 from ..linalg import fro_norm, inner
 from .problem import Problem, max_float
+from .options import check_count, check_factor, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -69,6 +70,10 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
     -------
     X, SolveReport
     """
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
+    max_halvings = check_count(max_halvings, "max_halvings", minimum=1)
+    grow = check_factor(grow, "grow", above=1.0)
     if problem.prox is not None:
         raise ValueError("mirror_descent: the problem must be smooth on the simplex (no prox part)")
     xp = problem.xp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .problem import max_float
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -28,6 +29,9 @@ def newton_scalar(phi, dphi, lo, hi, x0, *, rtol: float, max_iter: int = 200):
     shrinks with the sign of ``phi`` at each iterate.
     """
     import array_api_compat
+
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter", minimum=1)
 
     xp = array_api_compat.array_namespace(x0, lo, hi)
     x = x0

@@ -26,6 +26,7 @@ import math
 from ..linalg import fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -68,6 +69,9 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
     :math:`f(X + s d) \le f(X) + 10^{-4} s\langle\nabla f, d\rangle + 8\varepsilon|f(X)|` or the gradient norm
     halves (the latter keeps the search working once values of ``f`` are at rounding level).
     """
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
+    max_halvings = check_count(max_halvings, "max_halvings", minimum=1)
     if problem.prox is not None:
         raise ValueError("newton_fd: the problem must be smooth (no prox part)")
     xp = problem.xp

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..linalg import fro_norm
 from ..validation import expand_matrix
 from .problem import Problem, max_float
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -17,6 +18,8 @@ def proximal_gradient(problem: Problem, *, rtol: float, max_iter: int = 20000):
     :math:`\|G\| \le \mathrm{rtol}\cdot\max(\mu\|X\|, \|G(X_0)\|)`.
     Without a prox this is gradient descent.
     """
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
     xp = problem.xp
     L = problem.lipschitz
     L = xp.where(L > 0, L, xp.ones_like(L))

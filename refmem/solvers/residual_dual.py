@@ -47,6 +47,7 @@ from ..linalg import matvec, outer, sq_norm
 from .backtracking import backtracking_proximal_gradient
 from .newton_fd import newton_fd
 from .problem import Problem
+from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
 
 
@@ -134,6 +135,8 @@ def dual_problem(xp, dual: ResidualDual) -> Problem:
 
 def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
     """Solve a residual-separable level through its Fenchel dual (module docstring); return ``(M, SolveReport)``."""
+    rtol = check_rtol(rtol)
+    max_iter = check_count(max_iter, "max_iter")
     dual = getattr(problem, "dual", None)
     if dual is None:
         raise ValueError("residual_dual: the problem carries no dual structure (only implicit steps of "
