@@ -17,6 +17,7 @@ Quick tour::
     M_it, it_report = solve(level, M_t, k, v, method="iterative")  # CG on (P)
 """
 
+from . import memories  # the MEMORIES table, complete on import
 from .backends import BackendError, available as available_backends, backend, current_namespace, use
 from .level import ClosedFormUnavailable, Level, solve
 from .solvers import ConvergenceError, SolveReport
@@ -36,5 +37,6 @@ __all__ = [
     "available_backends",
     "BackendError",
     "options",
+    "memories",
     "__version__",
 ]

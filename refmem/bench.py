@@ -41,7 +41,7 @@ import time
 import tracemalloc
 
 from . import backends
-from .memories import load_all
+from .memories import MEMORIES
 from .validation import options
 
 FORMS = ("recurrent", "chunked", "minibatch")
@@ -153,7 +153,7 @@ def _threads() -> str:
 def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
               backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None) -> list[dict]:
     """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form)."""
-    registry = load_all()
+    registry = MEMORIES
     if not memories:
         memories = sorted(n for n, s in registry.items() if s.chunked is not None)
     unknown = [m for m in memories if m not in registry]

@@ -61,10 +61,6 @@ _DELTA = 1e-7
 _GROWTH_MAX = 1e6
 # Cases worse conditioned than this are skipped (float32 tolerance would be >~ 0.1).
 _KAPPA_MAX = 1e4
-# Gates that are step sizes: the large-key case divides them by s^2 so that
-# beta ||k||^2 stays in the regime the recurrence is stable in (MATH.md 3).
-# A memory whose step sizes have other names sets ``extra["step_gates"]``.
-STEP_GATES = ("beta", "eta", "theta", "lr", "b", "gamma")
 
 
 class VectorError(ValueError):
@@ -256,14 +252,15 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
             inputs[n] = np.full_like(inputs[n], fill)
     if cd.key_scale != 1.0:
         inputs["k"] = inputs["k"] * cd.key_scale
-        step_gates = mem.extra.get("step_gates", STEP_GATES)  # a memory may name its own step sizes
+        # the step sizes (MemorySpec.step_gates) scale like 1 / ||k||^2: dividing them by s^2 keeps
+        # beta ||k||^2 in the regime the recurrence is stable in (MATH.md 3)
         for n in gate_names:
-            if n in step_gates:
+            if n in mem.step_gates:
                 inputs[n] = inputs[n] / cd.key_scale**2
     if cd.initial_state:
         if not _accepts_initial_state(mem.recurrent):
             raise ValueError("the recurrent form takes no initial_state")
-        make = mem.extra.get("make_initial_state")
+        make = mem.make_initial_state
         if make is not None:  # the memory's state is not the matrix it returns (e.g. Mesa's (G, H))
             s0 = make(seed + 2, cd.batch, cd.d_k, cd.d_v, np, "float64")
             inputs["initial_state"] = tuple(np.asarray(a) for a in s0) if isinstance(s0, (tuple, list)) else np.asarray(s0)
@@ -328,9 +325,9 @@ def _sha256(path: str) -> str:
 
 def generate_spec(spec: str, out_dir: str) -> dict:
     """Write the cases of memory ``spec`` under ``out_dir/spec/``; return its manifest entry."""
-    from .memories import load_all
+    from .memories import MEMORIES
 
-    mem = load_all()[spec]
+    mem = MEMORIES[spec]
     entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": []}
     if mem.make_inputs is None:
         entry["skipped"].append({"case": "*", "reason": "the memory registers no make_inputs"})
@@ -392,9 +389,9 @@ def generate_spec(spec: str, out_dir: str) -> dict:
 def generate(out_dir: str, specs=None) -> dict:
     """Write vectors for ``specs`` (default: every registered memory) and ``manifest.json``; return the manifest."""
     from . import __version__
-    from .memories import load_all
+    from .memories import MEMORIES
 
-    registry = load_all()
+    registry = MEMORIES
     names = sorted(registry) if not specs else list(specs)
     unknown = [s for s in names if s not in registry]
     if unknown:
@@ -481,9 +478,9 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
     Returns one row per (case, output) with ``rel_error`` (``max|a - b| / max|b|``)
     and the case's float64 tolerance. Integrity failures raise :class:`VectorError`.
     """
-    from .memories import load_all
+    from .memories import MEMORIES
 
-    registry = load_all()
+    registry = MEMORIES
     rows = []
     for case in load(vec_dir, spec):
         if case.spec not in registry:

@@ -61,7 +61,7 @@ def test_namespace_of_rejects_mixed_libraries():
 
 
 def test_refmem_never_imports_cupy():
-    code = "import sys, refmem, refmem.cli, refmem.verify, refmem.memories; refmem.memories.load_all(); " \
+    code = "import sys, refmem, refmem.cli, refmem.verify, refmem.memories; " \
            "refmem.available_backends(); print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     # refmem_cupy's probe may import cupy when it is installed; refmem itself must not

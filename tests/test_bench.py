@@ -11,7 +11,7 @@ import pytest
 
 from refmem.bench import form_flops, run_bench
 from refmem.cli import main
-from refmem.memories import load_all
+from refmem.memories import MEMORIES
 
 FIELDS = {"memory", "form", "dtype", "backend", "B", "T", "H", "d", "C", "head_tokens_per_s", "ceiling_fraction",
           "peak_extra_bytes"}
@@ -43,7 +43,7 @@ def test_cli_table_and_json(tmp_path, capsys):
 def test_default_memories_are_those_with_a_chunked_form():
     rows = run_bench(None, batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float64",), repeat=1,
                      forms=("chunked",))
-    assert {r["memory"] for r in rows} == {n for n, s in load_all().items() if s.chunked is not None}
+    assert {r["memory"] for r in rows} == {n for n, s in MEMORIES.items() if s.chunked is not None}
 
 
 def test_strict_backend_runs():

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 import refmem
 from refmem.chunked._common import decay_matrix, forward_substitution, log_gate_cumsum, lower_mask
-from refmem.memories import load_all
+from refmem.memories import MEMORIES
 from refmem.metrics import rel_error
 
 from conftest import to_numpy
 
-MEMS = load_all()
+MEMS = MEMORIES
 EQUAL_TOL = 1e-10  # float64, exact reordering: see module docstring
 EPS32 = float(np.finfo(np.float32).eps)
 

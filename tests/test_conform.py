@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from refmem import conform
-from refmem.memories import load_all
+from refmem.memories import MEMORIES
 from refmem.vectors import generate
 
 # ---------------------------------------------------------------- independent fla-layout implementations
@@ -144,13 +144,13 @@ def _bug(fn, **flags):
 def vec_dir(tmp_path_factory):
     """Vectors for the memories these tests check, generated once."""
     d = tmp_path_factory.mktemp("vectors")
-    specs = [s for s in ("linear_attention", "delta_rule", "gated_linear_attention", "gated_delta_rule") if s in load_all()]
+    specs = [s for s in ("linear_attention", "delta_rule", "gated_linear_attention", "gated_delta_rule") if s in MEMORIES]
     generate(str(d), specs)
     return str(d)
 
 
 def _need(spec):
-    if spec not in load_all():
+    if spec not in MEMORIES:
         pytest.skip(f"memory {spec!r} is not registered in this checkout")
 
 
@@ -365,7 +365,7 @@ def test_cli_conform_pass_and_fail(vec_dir, tmp_path, monkeypatch, capsys):
 
 def _registered_forms():
     out = []
-    for name, mem in sorted(load_all().items()):
+    for name, mem in sorted(MEMORIES.items()):
         out.append(pytest.param(name, "recurrent", id=f"{name}-recurrent"))
         out.append(pytest.param(name, "recurrent-float32", id=f"{name}-recurrent-float32"))
         if mem.chunked is not None:
@@ -389,7 +389,7 @@ def test_registered_forms_conform_in_refmem_layout(all_vectors, name, form):
     import functools
 
     # refmem's own scan run in float32 is a float32 kernel: it must pass the derived float32 tolerance.
-    mem = load_all()[name]
+    mem = MEMORIES[name]
     fn = functools.partial(mem.chunked, chunk_size=16) if form == "chunked" else mem.recurrent
     dtype = "float32" if form.endswith("float32") else "float64"
     res = conform.check(fn, spec=name, vectors=all_vectors, dtype=dtype, name=f"{name}.{form}")

@@ -16,11 +16,11 @@ Two groups of tests:
   input checks (``check_finite=True``, one read per checked array) and
   iterative solvers (one read per iteration, their stopping test). A memory
   form that runs an inner iterative solver declares it in its spec,
-  ``MemorySpec(extra={"device_reads": "why"})`` (or a dict by form name); its
+  ``MemorySpec(device_reads={form: "why"})``; its
   no-read test is then skipped with that reason when it reads.
 
 They iterate over the registries (``OBJECTIVES`` x ``RETENTIONS`` x steps,
-``refmem.memories.load_all()``), so a level or memory added later is covered
+``refmem.memories.MEMORIES``), so a level or memory added later is covered
 without new code here.
 
 Tolerances (both comparisons use ``refmem.metrics.rel_error``, max-abs error over
@@ -76,7 +76,7 @@ gpu = pytest.mark.skipif(not USABLE, reason=f"cupy backend not usable: {REASON}"
 try:
     from refmem import memories as _memories
 
-    MEMORIES = dict(_memories.load_all())
+    MEMORIES = dict(_memories.MEMORIES)
     MEMORY_LOAD_ERROR = None
 except Exception as exc:  # a half-written memory module must not hide the others' results
     MEMORIES, MEMORY_LOAD_ERROR = {}, f"{type(exc).__name__}: {exc}"
@@ -123,12 +123,11 @@ for info in pkgutil.walk_packages(refmem.__path__, "refmem."):
         importlib.import_module(info.name)
     except Exception as exc:  # another module's own trouble is not this test's subject; a blocked cupy is recorded
         print("IMPORT-ERROR", info.name, repr(exc))
-from refmem import memories, checks
-for load in (memories.load_all, checks.load_all):
-    try:
-        load()
-    except Exception as exc:
-        print("LOAD-ERROR", repr(exc))
+try:
+    from refmem.checks import CHECKS  # the registries are complete on import
+    from refmem.memories import MEMORIES
+except Exception as exc:
+    print("LOAD-ERROR", repr(exc))
 import array_api_compat.numpy as xp
 from refmem.objectives import L2
 from refmem.retentions import LocalL2
@@ -539,7 +538,7 @@ memory_shapes = st.tuples(
 @pytest.mark.parametrize("name, form", list(_memory_cases()))
 def test_memory_numpy_equals_cupy(name, form, dtype):
     if MEMORY_LOAD_ERROR:
-        pytest.fail(f"refmem.memories.load_all() failed: {MEMORY_LOAD_ERROR}")
+        pytest.fail(f"importing refmem.memories failed: {MEMORY_LOAD_ERROR}")
     spec = MEMORIES[name]
     if spec.make_inputs is None:
         pytest.skip(f"memory {name!r} registers no make_inputs")
@@ -669,7 +668,7 @@ def test_closed_form_solve_makes_no_device_read(oname, rname, step, at):
 @pytest.mark.parametrize("name, form", list(_memory_cases()))
 def test_scan_makes_no_device_read(name, form):
     if MEMORY_LOAD_ERROR:
-        pytest.fail(f"refmem.memories.load_all() failed: {MEMORY_LOAD_ERROR}")
+        pytest.fail(f"importing refmem.memories failed: {MEMORY_LOAD_ERROR}")
     spec = MEMORIES[name]
     if spec.make_inputs is None:
         pytest.skip(f"memory {name!r} registers no make_inputs")
@@ -689,11 +688,8 @@ def test_scan_makes_no_device_read(name, form):
 
 def _declared_reads(spec, form) -> str:
     """A memory whose form runs an inner iterative solver (one stopping-test read per iteration) says so:
-    ``MemorySpec(extra={"device_reads": "why"})`` for every form, or ``{"device_reads": {"chunked": "why"}}``."""
-    d = (spec.extra or {}).get("device_reads")
-    if isinstance(d, dict):
-        return str(d.get(form) or "")
-    return str(d or "")
+    ``MemorySpec(device_reads={"chunked": "why"})``, one entry per form."""
+    return str(spec.device_reads.get(form) or "")
 
 
 @gpu

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import refmem
-from refmem.memories import MEMORIES, load_all
+from refmem.memories import MEMORIES
 from refmem.validation import DivergenceError
 
 from conftest import to_numpy
@@ -13,7 +13,6 @@ from conftest import to_numpy
 def _diverging_delta_inputs(xp, T=2000):
     # beta ||k||^2 = 3 > 2: the explicit delta step multiplies the residual by |1 - 3| = 2 per step,
     # so after ~1100 steps the state overflows float64 (2^1024)
-    load_all()
     inp = MEMORIES["delta_rule"].make_inputs(0, (1,), T, 4, 3, xp)
     k = xp.ones_like(inp["k"]) / 2.0  # ||k||^2 = 1
     return dict(inp, k=k, beta=xp.full(inp["beta"].shape, 3.0, dtype=k.dtype))
@@ -21,7 +20,6 @@ def _diverging_delta_inputs(xp, T=2000):
 
 @pytest.mark.parametrize("form", ["recurrent", "chunked"])
 def test_diverging_delta_rule_raises(xp, form):
-    load_all()
     fn = getattr(MEMORIES["delta_rule"], form)
     with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="non-finite values: the recurrence diverged"):
         fn(**_diverging_delta_inputs(xp))
@@ -52,7 +50,6 @@ def test_lq_mirror_map_is_stable_for_tiny_and_huge_states(xp):
 
 def test_empty_sequence_is_a_clear_error(xp):
     """T = 0 has no output to stack: every registered form says so instead of failing inside the backend."""
-    load_all()
     for name, spec in MEMORIES.items():
         if spec.make_inputs is None:
             continue

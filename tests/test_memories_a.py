@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 import refmem
 from refmem.checks.sequence_memories_a import CLOSED_VS_ITERATIVE_TOL, step_errors, titans_step_errors
 from refmem.losses import Loss
-from refmem.memories import load_all
+from refmem.memories import MEMORIES
 
 from conftest import to_numpy
 
 EPS = np.finfo(np.float64).eps
-MEMS = load_all()
+MEMS = MEMORIES
 
 
 def tol_same(d, T=1):

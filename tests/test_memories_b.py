@@ -16,7 +16,7 @@ import refmem
 from conftest import to_numpy
 from refmem.checks import sequence_memories_b as chk
 from refmem.level import ClosedFormUnavailable
-from refmem.memories import MEMORIES, load_all
+from refmem.memories import MEMORIES
 from refmem.memories.deep_memory import (ResidualLoss, deep_loss_grad, deep_memory_recurrent, deep_step,
                                          make_initial_state, mlp_forward)
 from refmem.memories.mesa import make_initial_state as mesa_stats
@@ -32,7 +32,6 @@ EPS = float(np.finfo(np.float64).eps)
 # solution is <= rtol * kappa; every problem below has kappa < 50 (Mesa: checked per case).
 CLOSED_VS_ITERATIVE = 1e-10
 
-load_all()
 
 
 def draw(name, seed, batch=(2,), T=6, d_k=4, d_v=3, xp=None):
@@ -218,7 +217,7 @@ def test_attention_closed_equals_reference_and_cg(seed, T, window, scale):
 def test_attention_cg_on_strict_and_cache(xp):
     inp = draw("sliding_window_attention", 2, T=7, xp=xp)
     inp.pop("window")
-    K0, V0 = MEMORIES["softmax_attention"].extra["make_initial_state"](3, (2,), 4, 3, xp)
+    K0, V0 = MEMORIES["softmax_attention"].make_initial_state(3, (2,), 4, 3, xp)
     for window in (None, 1, 3, 20):
         o, (K, V) = sliding_window_attention_recurrent(**inp, window=window, initial_state=(K0, V0))
         o_it, _ = attention_iterative(**inp, window=window, initial_state=(K0, V0))
@@ -279,7 +278,7 @@ def test_attention_bad_inputs(xp):
         sliding_window_attention_recurrent(**inp, window=True)
     with pytest.raises(TypeError, match="key-value cache"):
         softmax_attention_recurrent(**inp, initial_state=xp.zeros((2, 3, 4), dtype=xp.float64))
-    K0, V0 = MEMORIES["softmax_attention"].extra["make_initial_state"](1, (2,), 4, 3, xp)
+    K0, V0 = MEMORIES["softmax_attention"].make_initial_state(1, (2,), 4, 3, xp)
     with pytest.raises(ValueError, match="V_0"):
         softmax_attention_recurrent(**inp, initial_state=(K0, V0[..., :2, :]))
     with pytest.raises(ValueError, match="K_0"):

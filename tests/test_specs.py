@@ -43,19 +43,19 @@ def _concrete_names(package, base_name):
 
 def registered_names() -> dict[str, str]:
     """Every registered spec name -> where it is registered."""
-    from refmem.checks import load_all as load_checks
-    from refmem.memories import load_all as load_memories
+    from refmem.checks import CHECKS
+    from refmem.memories import MEMORIES
     from refmem.objectives import OBJECTIVES
     from refmem.retentions import RETENTIONS
 
     names = {}
-    for n in load_memories():
+    for n in MEMORIES:
         names[n] = "memory registry"
     for n in set(OBJECTIVES) | _concrete_names("refmem.objectives", "Objective"):
         names.setdefault(n, "objective")
     for n in set(RETENTIONS) | _concrete_names("refmem.retentions", "Retention"):
         names.setdefault(n, "retention")
-    for c in load_checks():
+    for c in CHECKS:
         names.setdefault(c.spec, f"check {c.name!r}")
     return names
 
@@ -112,9 +112,8 @@ def test_spec_file_is_complete_and_points_at_real_code(name):
 
 
 def test_vectors_field_matches_the_memory_registry():
-    from refmem.memories import load_all
+    from refmem.memories import MEMORIES as memories
 
-    memories = load_all()
     for name, path in spec_files().items():
         vec = parse(path).get("Vectors", ["no"])[0]
         if name in memories:
@@ -125,10 +124,10 @@ def test_vectors_field_matches_the_memory_registry():
 
 def test_memory_forms_are_named_by_their_spec():
     # the recurrent, chunked and mini-batch forms registered for a memory appear in its spec
-    from refmem.memories import load_all
+    from refmem.memories import MEMORIES
 
     files = spec_files()
-    for name, mem in load_all().items():
+    for name, mem in MEMORIES.items():
         if name not in files:
             continue  # reported by test_every_registered_name_has_a_spec_file
         impls = set(parse(files[name]).get("Implementation", []))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np  # randomness only: inputs drawn in NumPy, moved to xp
 
 from ..backends import get_backend
-from ..memories import load_all
+from ..memories import MEMORIES
 from ..metrics import rel_error
 from . import register_check
 
@@ -24,7 +24,7 @@ _ZERO_ALLOWED = {"alpha", "beta", "eta", "theta"}  # gates for which 0 is a vali
 
 def _inputs(name, seed, xp, T=50, batch=(2,), d_k=6, d_v=5, **kw):
     npx = get_backend("numpy").namespace()
-    spec = load_all()[name]
+    spec = MEMORIES[name]
     drawn = {k: np.array(a) for k, a in spec.make_inputs(seed, batch, T, d_k, d_v, npx, **kw).items()}
     g = np.random.default_rng(seed)
     for gate in spec.gates:
@@ -44,7 +44,7 @@ def _inputs(name, seed, xp, T=50, batch=(2,), d_k=6, d_v=5, **kw):
 
 def chunked_error(name, xp, *, C=16, **kw):
     """Largest relative error, chunked vs recurrent, over the outputs and the final state."""
-    spec = load_all()[name]
+    spec = MEMORIES[name]
     inputs, init = _inputs(name, 3, xp, **kw)
     want = spec.recurrent(**inputs, **init)
     got = spec.chunked(**inputs, **init, chunk_size=C)
@@ -57,17 +57,17 @@ def _register(name, label="", **kw):
         return chunked_error(name, xp, **kw)
 
 
-for _name, _spec in sorted(load_all().items()):
+for _name, _spec in sorted(MEMORIES.items()):
     if _spec.chunked is not None:
         _register(_name)
 for _name in ("gated_linear_attention", "longhorn"):
-    if load_all()[_name].chunked is not None:
+    if MEMORIES[_name].chunked is not None:
         _register(_name, " (per channel)", per_channel=True)
 
 
 def minibatch_c1_error(name, xp):
     """Mini-batch form at chunk size 1 (every chunk one step) vs the recurrence: the same computation."""
-    spec = load_all()[name]
+    spec = MEMORIES[name]
     inputs, init = _inputs(name, 4, xp, T=20)
     want = spec.recurrent(**inputs, **init)
     got = spec.minibatch(**inputs, **init, chunk_size=1)
@@ -80,6 +80,6 @@ def _register_minibatch(name):
         return minibatch_c1_error(name, xp)
 
 
-for _name, _spec in sorted(load_all().items()):
+for _name, _spec in sorted(MEMORIES.items()):
     if _spec.minibatch is not None:
         _register_minibatch(_name)

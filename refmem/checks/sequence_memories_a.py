@@ -23,7 +23,7 @@ Tolerances (float64 unless the backend's dtype says otherwise):
 from __future__ import annotations
 
 from ..level import solve
-from ..memories import MEMORIES, load_all
+from ..memories import MEMORIES
 from ..metrics import rel_error
 from ..problems import rng, to_backend
 from . import register_check
@@ -56,20 +56,36 @@ def slice_step(inputs: dict, gates: tuple, t: int) -> dict:
     return out
 
 
-def default_step(spec, inputs, t, M_prev):
-    """``(level, k_t, v_t)`` of one step of a memory whose step is ``step_level(**gates_t)`` at ``(k_t, v_t)``."""
-    k = inputs["k"]
+def step_problem(spec, inputs, t, M_prev):
+    """``(level, keys, values)`` that step ``t`` of memory ``spec`` solves from ``M_prev``, read off the registry.
+
+    The level is ``spec.step_level(**gates at t)``; it is applied to ``(k_t, v_t)``,
+    or to ``(k_t, spec.step_value(M_prev, k_t, v_t))`` when the memory fits another
+    value (DGD), or to the window of the last ``c`` tokens when ``spec.windowed``
+    (Omega: keys ``[..., c, d_k]`` and values ``[..., c, d_v]``, absent tokens as zero rows).
+    """
+    k, v = inputs["k"], inputs["v"]
     gates = {}
     per_channel = False
     for n in spec.gates:
-        gates[n] = gate_at(inputs[n], k, t)
-        per_channel = per_channel or is_per_channel(inputs[n], k)
+        g = inputs[n]
+        if g.ndim < k.ndim - 1:  # a gate shared by all steps (Omega's gamma [c])
+            gates[n] = g
+            continue
+        gates[n] = gate_at(g, k, t)
+        per_channel = per_channel or (is_per_channel(g, k) and not spec.windowed)
     level = spec.step_level(**gates, per_channel=True) if per_channel else spec.step_level(**gates)
-    return level, k[..., t, :], inputs["v"][..., t, :]
+    if spec.windowed:
+        from ..backends import namespace_of
+        from ..memories.omega import _windows
 
-
-# memory name -> function (spec, inputs, t, M_prev) -> (level, k_t, v_t); default: default_step
-STEP_ADAPTERS: dict = {}
+        c = inputs["gamma"].shape[-1]
+        xp = namespace_of(k)
+        return level, _windows(k, c, xp)[..., t:t + c, :], _windows(v, c, xp)[..., t:t + c, :]  # (.., c, d)
+    k_t, v_t = k[..., t, :], v[..., t, :]  # (.., d_k), (.., d_v)
+    if spec.step_value is not None:
+        v_t = spec.step_value(M_prev, k_t, v_t)
+    return level, k_t, v_t
 
 
 def prefix(inputs: dict, gates: tuple, t: int) -> dict:
@@ -85,9 +101,6 @@ def prefix(inputs: dict, gates: tuple, t: int) -> dict:
     return out
 
 
-# memories whose step depends on earlier tokens (a window): their scan step is taken from prefixes
-WINDOWED = set()
-
 
 def step_errors(name: str, xp, *, seed: int = 0, inputs=None, shape=None):
     """Largest relative errors over a scan: (scan step vs closed, closed vs iterative).
@@ -96,21 +109,20 @@ def step_errors(name: str, xp, *, seed: int = 0, inputs=None, shape=None):
     The scan's step is the recurrent function run for token ``t`` alone from
     ``M_{t-1}``, or (windowed memories) the scan of tokens ``0..t`` from ``M_0``.
     """
-    spec = load_all()[name]
+    spec = MEMORIES[name]
     shape = dict(SHAPE, **(shape or {}))
     if inputs is None:
         inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
     k, v = inputs["k"], inputs["v"]
     M0 = to_backend(rng(seed + 1).standard_normal(tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1])), xp)
     M = M0
-    adapter = STEP_ADAPTERS.get(name, default_step)
     e_scan = e_iter = 0.0
     for t in range(k.shape[-2]):
-        if name in WINDOWED:
+        if spec.windowed:  # the step depends on earlier tokens: the scan of the prefix
             _, M_next = spec.recurrent(**prefix(inputs, spec.gates, t + 1), initial_state=M0)
         else:
             _, M_next = spec.recurrent(**slice_step(inputs, spec.gates, t), initial_state=M)
-        level, k_t, v_t = adapter(spec, inputs, t, M)
+        level, k_t, v_t = step_problem(spec, inputs, t, M)
         M_closed, _ = solve(level, M, k_t, v_t, method="closed")
         M_iter, _ = solve(level, M, k_t, v_t, method="iterative")
         e_scan = max(e_scan, rel_error(M_next, M_closed, xp))
@@ -288,7 +300,7 @@ def titans_step_errors(xp, *, seed: int = 0, shape=None, inputs=None):
     """
     from ..memories.titans import surprise, titans_levels
 
-    spec = load_all()["titans"]
+    spec = MEMORIES["titans"]
     shape = dict(SHAPE, **(shape or {}))
     if inputs is None:
         inputs = spec.make_inputs(seed, shape["batch"], shape["T"], shape["d_k"], shape["d_v"], xp)
@@ -325,12 +337,12 @@ def _titans_closed_vs_iterative(xp):
 @register_check("titans", "eta = 0, alpha = 0 (no momentum, no forgetting) == delta rule with b = theta")
 def _titans_is_delta(xp):
     from ..memories.delta_rule import delta_rule_recurrent
-    from ..memories.titans import titans_linear_recurrent
+    from ..memories.titans import titans_recurrent
 
     inputs = MEMORIES["titans"].make_inputs(51, (2,), 8, 4, 3, xp)
     zeros = xp.zeros_like(inputs["alpha"])
     M0 = to_backend(rng(52).standard_normal((2, 3, 4)), xp)
-    o1, M1 = titans_linear_recurrent(inputs["q"], inputs["k"], inputs["v"], zeros, zeros, inputs["theta"],
+    o1, M1 = titans_recurrent(inputs["q"], inputs["k"], inputs["v"], zeros, zeros, inputs["theta"],
                                      initial_state=M0)
     o2, M2 = delta_rule_recurrent(inputs["q"], inputs["k"], inputs["v"], inputs["theta"], initial_state=M0)
     return max(rel_error(o1, o2, xp), rel_error(M1, M2, xp)), rounding_tol(xp, xp.float64, 4) * 8
@@ -339,12 +351,6 @@ def _titans_is_delta(xp):
 # --- DGD (value generated by the layer) -------------------------------------------------------
 
 
-def _dgd_step(spec, inputs, t, M_prev):
-    level, k_t, v_t = default_step(spec, inputs, t, M_prev)
-    return level, k_t, spec.extra["value"](M_prev, k_t, v_t)
-
-
-STEP_ADAPTERS["dgd"] = _dgd_step
 _register_step_checks("dgd", SHAPE["d_k"])
 
 
@@ -369,24 +375,6 @@ def _dgd_hand_form(xp):
 # --- Omega (windowed) -------------------------------------------------------------------------
 
 
-def _omega_step(spec, inputs, t, M_prev):
-    """The level of step ``t`` and its window: keys/values of tokens ``t-c+1 .. t`` (absent ones as zero rows)."""
-    from ..memories.omega import _windows
-
-    k, gamma = inputs["k"], inputs["gamma"]
-    c = gamma.shape[-1]
-    K = _windows(k, c, _ns(k))[..., t:t + c, :]  # (.., c, d_k)
-    V = _windows(inputs["v"], c, _ns(k))[..., t:t + c, :]  # (.., c, d_v)
-    g = gamma if gamma.ndim == 1 else gamma[..., t, :]
-    return spec.step_level(inputs["alpha"][..., t], g), K, V
-
-
-def _ns(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)
-
-
 def _omega_shared_gamma_inputs(xp):
     inputs = MEMORIES["omega"].make_inputs(71, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp)
     inputs["gamma"] = to_backend([0.1, 0.2, 0.3, 0.4], xp)  # [c], c = 4 > 1: shared by every step
@@ -394,8 +382,6 @@ def _omega_shared_gamma_inputs(xp):
 
 
 for _name in ("omega", "omega_implicit"):
-    WINDOWED.add(_name)
-    STEP_ADAPTERS[_name] = _omega_step
     _register_step_checks(_name, SHAPE["d_k"])
 _register_step_checks("omega", SHAPE["d_k"], label="shared gamma [c]", make=_omega_shared_gamma_inputs)
 

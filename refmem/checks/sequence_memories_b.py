@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from ..memories import MEMORIES, load_all
+from ..memories import MEMORIES
 from ..memories.deep_memory import ResidualLoss, deep_loss, deep_loss_grad, deep_step, make_initial_state
 from ..memories.mesa import make_initial_state as mesa_stats
 from ..memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
@@ -45,7 +45,6 @@ SHAPE = dict(batch=(2,), T=8, d_k=4, d_v=3)
 
 
 def _inputs(name, xp, seed=0, **shape):
-    load_all()
     s = dict(SHAPE, **shape)
     return MEMORIES[name].make_inputs(seed, s["batch"], s["T"], s["d_k"], s["d_v"], xp, "float64")
 

@@ -2,9 +2,8 @@
 
 One module per memory defines ``<name>_chunked(q, k, v, <gates>, *, chunk_size=64,
 initial_state=None) -> (o, M_T)``, an exact reordering of the recurrent scan into
-matrix products over chunks of ``C`` steps, and attaches it to the memory
-registry (:func:`refmem.memories.attach`); some also define
+matrix products over chunks of ``C`` steps; some also define
 ``<name>_minibatch``, the different computation that takes every gradient in a
-chunk at the chunk-start state (TTT / Titans training). Modules are imported by
-:func:`refmem.memories.load_all`.
+chunk at the chunk-start state (TTT / Titans training). The table
+:data:`refmem.memories.MEMORIES` lists each form beside its recurrent scan.
 """

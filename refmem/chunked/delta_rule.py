@@ -15,7 +15,6 @@ from __future__ import annotations
 from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
 from ._common import check_chunk_size
-from ._register import attach_forms
 from ._ut import delta_family
 
 
@@ -57,6 +56,3 @@ def delta_rule_minibatch(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """
     xp, C = _checked(q, k, v, beta, initial_state, chunk_size)
     return delta_family(q, k, v, beta, None, C, initial(initial_state, k, v, xp), xp, exact=False)
-
-
-attach_forms("delta_rule", chunked=delta_rule_chunked, minibatch=delta_rule_minibatch)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
 from ._common import check_chunk_size
-from ._register import attach_forms
 from ._ut import delta_family
 
 
@@ -64,6 +63,3 @@ def gated_delta_rule_minibatch(q, k, v, alpha, beta, *, chunk_size=64, initial_s
     """
     xp, C = _checked(q, k, v, alpha, beta, initial_state, chunk_size)
     return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=False)
-
-
-attach_forms("gated_delta_rule", chunked=gated_delta_rule_chunked, minibatch=gated_delta_rule_minibatch)

@@ -29,7 +29,6 @@ from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
 from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                       to_chunks)
-from ._register import attach_forms
 from ._ut import chunk, linear_family, mT, prepare_chunks, scan_chunks
 
 
@@ -85,6 +84,3 @@ def _per_channel(q, k, v, alpha, C, M0, xp):
 
     O, M = scan_chunks(M0, Q.shape[-3], terms, xp)
     return from_chunks(O, T, xp), M
-
-
-attach_forms("gated_linear_attention", chunked=gated_linear_attention_chunked)

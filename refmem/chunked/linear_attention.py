@@ -12,7 +12,6 @@ from __future__ import annotations
 from ..memories._inputs import check_sequence, initial
 from ..validation import finite_outputs
 from ._common import check_chunk_size
-from ._register import attach_forms
 from ._ut import linear_family
 
 
@@ -36,6 +35,3 @@ def linear_attention_chunked(q, k, v, *, chunk_size=64, initial_state=None):
     xp = check_sequence(q, k, v, initial_state)
     C = check_chunk_size(chunk_size)
     return linear_family(q, k, v, None, C, initial(initial_state, k, v, xp), xp)
-
-
-attach_forms("linear_attention", chunked=linear_attention_chunked)

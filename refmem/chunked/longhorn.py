@@ -19,7 +19,6 @@ from ..linalg import sq_norm
 from ..memories._inputs import check_sequence, check_value_channel_steps, initial
 from ..validation import finite_outputs
 from ._common import check_chunk_size, from_chunks, to_chunks
-from ._register import attach_forms
 from ._ut import chunk, delta_family, delta_terms, mT, prepare_chunks
 
 
@@ -81,6 +80,3 @@ def _per_channel(q, k, v, e, C, M0, xp):
         outs.append(mT(o_rows, xp))  # (.., C, d_v)
         Mr = Mr @ F + H  # (.., d_v, 1, d_k) @ (.., d_v, d_k, d_k) + (.., d_v, 1, d_k)
     return from_chunks(xp.stack(outs, axis=-3), T, xp), Mr[..., :, 0, :]
-
-
-attach_forms("longhorn", chunked=longhorn_chunked)

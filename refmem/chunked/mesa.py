@@ -32,7 +32,6 @@ from ..memories.mesa import _scan_setup
 from ..solvers import ConvergenceError, SolveReport
 from ..validation import finite_outputs
 from ._common import check_chunk_size, from_chunks, lower_mask, to_chunks
-from ._register import attach_forms
 from ._ut import mT, prepare_chunks
 
 
@@ -158,6 +157,3 @@ def _exclusive_cumsum(x, xp):
     first = xp.zeros_like(x[..., :1, :, :])
     total = xp.cumulative_sum(x, axis=-3)
     return xp.concat([first, total[..., :-1, :, :]], axis=-3)
-
-
-attach_forms("mesa", chunked=mesa_chunked)

@@ -54,7 +54,6 @@ from ..memories.titans import check_titans_inputs
 from ..validation import finite_outputs
 from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                       shift_right, solve_unit_lower, to_chunks)
-from ._register import attach_forms
 from ._ut import chunk, concat_last, mT, prepare_chunks, scan_chunks
 
 
@@ -150,7 +149,7 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
 @finite_outputs
 def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=None, initial_momentum=None,
                    return_momentum=False):
-    """Titans (linear memory) in chunks, exact; equals :func:`~refmem.memories.titans.titans_linear_recurrent`.
+    """Titans (linear memory) in chunks, exact; equals :func:`~refmem.memories.titans.titans_recurrent`.
 
     Parameters
     ----------
@@ -184,6 +183,3 @@ def titans_minibatch(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state
     """
     xp, C, M0, S0 = _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size)
     return _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, exact=False, return_momentum=return_momentum)
-
-
-attach_forms("titans", chunked=titans_chunked, minibatch=titans_minibatch)

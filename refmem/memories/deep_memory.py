@@ -63,7 +63,6 @@ from ..linalg import clip, matvec, outer, sign
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
 from ..validation import check_arrays, finite_outputs, positive
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, random_qkv
 
 # --------------------------------------------------------------------------- activations
@@ -570,13 +569,8 @@ def make_initial_state(seed, batch, d, xp, dtype="float64", *, h=None):
     return xp.asarray(np.asarray(W1, dtype=dtype)), xp.asarray(np.asarray(W2, dtype=dtype))
 
 
-register_memory(MemorySpec(
-    name="deep_memory",
-    recurrent=deep_memory_recurrent,
-    gates=("eta", "alpha"),
-    make_inputs=_make_inputs,
-    description="M(x) = x + W1 sigma(W2 x); W_t = alpha_t W_{t-1} - eta_t grad l(W_{t-1}; k_t, v_t) (explicit)",
-    extra={"state": "MLP weights (W1, W2)", "d_v": "equal to d_k", "step": deep_step,
-           "make_initial_state": lambda seed, batch, d_k, d_v, xp, dtype="float64": make_initial_state(
-               seed, batch, d_k, xp, dtype)},
-))
+def make_deep_initial_state(seed, batch, d_k, d_v, xp, dtype="float64"):
+    """:func:`make_initial_state` in the registry's signature (``d_v`` must equal ``d_k``)."""
+    if d_v != d_k:
+        raise ValueError(f"the deep memory maps d to d: d_v must equal d_k = {d_k}; got {d_v}")
+    return make_initial_state(seed, batch, d_k, xp, dtype)

@@ -15,7 +15,6 @@ from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import LocalL2
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 
@@ -63,13 +62,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="delta_rule",
-    recurrent=delta_rule_recurrent,
-    gates=("beta",),
-    make_inputs=_make_inputs,
-    step_level=delta_rule_level,
-    description="M_t = M_{t-1} - beta_t (M_{t-1} k_t - v_t) k_t^T",
-))

@@ -41,7 +41,6 @@ from __future__ import annotations
 from ..linalg import matvec
 from ..losses import get_loss
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, check_value_channel_steps, initial, random_qkv
 from .longhorn import longhorn_level, longhorn_step
 
@@ -96,15 +95,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["beta"] = conv(g.uniform(0.1, 3.0, size=tuple(batch) + (T,)))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="dgd",
-    recurrent=dgd_recurrent,
-    gates=("beta",),
-    make_inputs=_make_inputs,
-    step_level=dgd_level,
-    description="M_t = M_{t-1}(I - e_t k_t k_t^T) + e_t u_t k_t^T, u_t = -dL/dy(M_{t-1} k_t; v_t); "
-                "step_level's value is u_t (extra['value']), not v_t",
-    extra={"value": dgd_value},
-))

@@ -20,7 +20,6 @@ from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import ForgetGate
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 
@@ -76,13 +75,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="gated_delta_rule",
-    recurrent=gated_delta_rule_recurrent,
-    gates=("alpha", "beta"),
-    make_inputs=_make_inputs,
-    step_level=gated_delta_rule_level,
-    description="M_t = a_t M_{t-1} - b_t (a_t M_{t-1} k_t - v_t) k_t^T",
-))

@@ -22,7 +22,6 @@ from ..objectives import Dot
 from ..retentions import ForgetGate
 from ..retentions.channel_forget_gate import ChannelForgetGate
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 
@@ -87,13 +86,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=F
     shape = tuple(batch) + (T,) + ((d_k,) if per_channel else ())
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=shape))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="gated_linear_attention",
-    recurrent=gated_linear_attention_recurrent,
-    gates=("alpha",),
-    make_inputs=_make_inputs,
-    step_level=gated_linear_attention_level,
-    description="M_t = alpha_t M_{t-1} + v_t k_t^T (alpha scalar, or per key channel: M_{t-1} diag(alpha_t))",
-))

@@ -12,7 +12,6 @@ from ..linalg import matvec, outer
 from ..objectives import Dot
 from ..retentions import LocalL2
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, initial, random_qkv
 
 
@@ -50,13 +49,3 @@ def linear_attention_level():
 def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     _, inputs, _ = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     return inputs
-
-
-register_memory(MemorySpec(
-    name="linear_attention",
-    recurrent=linear_attention_recurrent,
-    gates=(),
-    make_inputs=_make_inputs,
-    step_level=linear_attention_level,
-    description="M_t = M_{t-1} + v_t k_t^T",
-))

@@ -24,7 +24,6 @@ from ..objectives import L2
 from ..retentions import LocalL2
 from ..retentions.channel_local_l2 import ChannelLocalL2
 from ..validation import finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, check_value_channel_steps, initial, random_qkv
 
 
@@ -78,13 +77,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=F
     shape = tuple(batch) + (T,) + ((d_v,) if per_channel else ())
     inputs["beta"] = conv(g.uniform(0.1, 3.0, size=shape))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="longhorn",
-    recurrent=longhorn_recurrent,
-    gates=("beta",),
-    make_inputs=_make_inputs,
-    step_level=longhorn_level,
-    description="M_t = M_{t-1} - diag(e_t) (M_{t-1} k_t - v_t) k_t^T, e_t = b_t / (1 + b_t ||k_t||^2)",
-))

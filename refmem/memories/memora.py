@@ -33,7 +33,6 @@ from ..level import Level
 from ..objectives import L2
 from ..retentions.kl_simplex import KLSimplex
 from ..validation import as_param, finite_outputs, positive
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, random_qkv
 from ._level_scan import level_scan
 from .deep_memory import ResidualLoss, deep_scan
@@ -136,15 +135,3 @@ def make_initial_state(seed, batch, d_k, d_v, xp, dtype="float64", *, c=1.0):
     z = g.standard_normal(tuple(batch) + (d_v, d_k))
     M = c * np.exp(z) / np.exp(z).sum(-1, keepdims=True)
     return xp.asarray(np.asarray(M, dtype=dtype))
-
-
-register_memory(MemorySpec(
-    name="memora",
-    recurrent=memora_recurrent,
-    gates=("eta",),
-    make_inputs=_make_inputs,
-    step_level=memora_level,
-    description="l2 bias + KL retention on a scaled simplex: M_t = c softmax_row((1-lam) log M_{t-1} - eta' grad l)",
-    extra={"deep": memora_deep_recurrent, "make_initial_state": make_initial_state,
-           "state": "matrix with positive rows summing to c"},
-))

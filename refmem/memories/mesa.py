@@ -44,7 +44,6 @@ import numpy as np  # randomness only (make_inputs, make_initial_state)
 from ..linalg import eye_like, matvec, outer
 from ..solvers import Problem, conjugate_gradient, default_rtol
 from ..validation import as_param, check_arrays, finite_outputs, get_option
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, random_qkv
 
 
@@ -238,17 +237,3 @@ def make_initial_state(seed, batch, d_k, d_v, xp, dtype="float64", *, n=5):
     G0 = np.swapaxes(V, -1, -2) @ K
     H0 = np.swapaxes(K, -1, -2) @ K
     return xp.asarray(np.asarray(G0, dtype=dtype)), xp.asarray(np.asarray(H0, dtype=dtype))
-
-
-register_memory(MemorySpec(
-    name="mesa",
-    recurrent=mesa_recurrent,
-    gates=("lam",),
-    make_inputs=_make_inputs,
-    step_level=None,  # a whole-context problem, not one proximal step: see mesa_iterative
-    description="M_t = argmin sum_{i<=t} ||M k_i - v_i||^2 + lam_t ||M||^2 (linear solve; CG)",
-    extra={"iterative": mesa_iterative, "state": "sufficient statistics (G, H)",
-           "make_initial_state": make_initial_state,
-           # the chunked form is conjugate gradient: its stopping test reads the device once per iteration
-           "device_reads": {"chunked": "conjugate gradient stopping test, one read per iteration"}},
-))

@@ -39,7 +39,6 @@ from ..level import Level
 from ..objectives.lp import Lp
 from ..retentions.lq_moneta import LqMoneta
 from ..validation import finite_outputs, positive
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 from ._level_scan import level_scan
 from .deep_memory import ResidualLoss, deep_scan
@@ -117,14 +116,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     # 2/3 of random T = 100 cases overflow; eta <= 0.01 none of 72).
     inputs["eta"] = conv(g.uniform(0.001, 0.01, size=tuple(batch) + (T,)))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="moneta",
-    recurrent=moneta_recurrent,
-    gates=("alpha", "eta"),
-    make_inputs=_make_inputs,
-    step_level=moneta_level,
-    description="lp bias + lq retention: M_t = grad psi*(alpha_t grad psi(M_{t-1}) - eta_t grad ||M k - v||_p^p)",
-    extra={"deep": moneta_deep_recurrent, "step_gates": ("eta",)},
-))

@@ -36,7 +36,6 @@ from ..linalg import eye_like, matvec
 from ..objectives.windowed_l2 import WindowedL2
 from ..retentions import ForgetGate
 from ..validation import as_param, check_arrays, finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 STEPS = ("explicit", "implicit")
@@ -149,24 +148,3 @@ def _make_implicit_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3)
     inputs = _make_inputs(seed, batch, T, d_k, d_v, xp, dtype, c=c)
     inputs["gamma"] = 5 * inputs["gamma"]  # large weights: the implicit rule stays stable
     return inputs
-
-
-register_memory(MemorySpec(
-    name="omega",
-    recurrent=omega_recurrent,
-    gates=("alpha", "gamma"),
-    make_inputs=_make_inputs,
-    step_level=omega_level,
-    description="M_t = M_{t-1}(a_t I - sum_i gam_i k_i k_i^T) + sum_i gam_i v_i k_i^T over the last c tokens; "
-                "step_level takes the window's keys [..., c, d_k] and values [..., c, d_v]",
-))
-
-register_memory(MemorySpec(
-    name="omega_implicit",
-    recurrent=omega_implicit_recurrent,
-    gates=("alpha", "gamma"),
-    make_inputs=_make_implicit_inputs,
-    step_level=omega_implicit_level,
-    description="argmin_M 1/2 sum_i gam_i ||M k_i - v_i||^2 + 1/2 ||M - a_t M_{t-1}||^2 over the last c tokens "
-                "(c x c Woodbury solve); step_level takes the window's keys and values",
-))

@@ -44,7 +44,6 @@ import numpy as np  # randomness only (make_inputs, make_initial_state)
 from ..linalg import matvec
 from ..solvers import Problem, conjugate_gradient, default_rtol
 from ..validation import check_arrays, finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_sequence, random_qkv
 
 
@@ -210,24 +209,3 @@ def make_initial_state(seed, batch, d_k, d_v, xp, dtype="float64", *, n=3):
     K0 = g.standard_normal(tuple(batch) + (n, d_k)) / np.sqrt(d_k)
     V0 = g.standard_normal(tuple(batch) + (n, d_v))
     return xp.asarray(np.asarray(K0, dtype=dtype)), xp.asarray(np.asarray(V0, dtype=dtype))
-
-
-_EXTRA = {"state": "key-value cache (K, V)", "make_initial_state": make_initial_state}
-
-register_memory(MemorySpec(
-    name="softmax_attention",
-    recurrent=softmax_attention_recurrent,
-    gates=(),
-    make_inputs=_make_inputs,
-    description="o_t = argmin_m sum_{i<=t} exp(q_t.k_i) ||v_i - m||^2 = sum_i softmax_i v_i (no scale on q)",
-    extra=dict(_EXTRA, iterative=attention_iterative),
-))
-
-register_memory(MemorySpec(
-    name="sliding_window_attention",
-    recurrent=sliding_window_attention_recurrent,
-    gates=(),
-    make_inputs=_make_window_inputs,
-    description="softmax attention over the last `window` tokens (window is an int in make_inputs)",
-    extra=dict(_EXTRA, iterative=attention_iterative),
-))

@@ -29,7 +29,6 @@ from ..linalg import matvec, outer
 from ..objectives import Inner
 from ..retentions import ForgetGate
 from ..validation import check_arrays, finite_outputs
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 
 
@@ -64,7 +63,7 @@ def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momen
 
 
 @finite_outputs
-def titans_linear_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
+def titans_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
                             return_momentum=False):
     """Recurrent Titans with a linear memory.
 
@@ -125,15 +124,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     inputs["eta"] = conv(g.uniform(0.5, 0.95, size=shape))
     inputs["theta"] = conv(g.uniform(0.05, 0.5, size=shape))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="titans",
-    recurrent=titans_linear_recurrent,
-    gates=("alpha", "eta", "theta"),
-    make_inputs=_make_inputs,
-    step_level=None,  # two levels per step: see extra["levels"]
-    description="S_t = eta_t S_{t-1} - theta_t (M_{t-1} k_t - v_t) k_t^T, M_t = (1 - alpha_t) M_{t-1} + S_t",
-    extra={"levels": titans_levels, "momentum_level": titans_momentum_level, "memory_level": titans_memory_level,
-           "step_gates": ("theta",)},  # theta is the step size; eta is the momentum decay, not a step
-))

@@ -31,7 +31,6 @@ from ..level import Level
 from ..objectives.huber import Huber
 from ..retentions import ForgetGate
 from ..validation import finite_outputs, positive
-from . import MemorySpec, register_memory
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 from ._level_scan import level_scan
 from .deep_memory import ResidualLoss, deep_scan
@@ -108,14 +107,3 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     inputs["eta"] = conv(g.uniform(0.05, 0.9, size=tuple(batch) + (T,)))
     return inputs
-
-
-register_memory(MemorySpec(
-    name="yaad",
-    recurrent=yaad_recurrent,
-    gates=("alpha", "eta"),
-    make_inputs=_make_inputs,
-    step_level=yaad_level,
-    description="Huber bias + forget gate: M_t = alpha_t M_{t-1} - eta_t clip(M_{t-1} k_t - v_t, delta) k_t^T",
-    extra={"deep": yaad_deep_recurrent, "step_gates": ("eta",)},
-))

@@ -13,11 +13,4 @@ from .lp import Lp
 
 OBJECTIVES: dict[str, type[Objective]] = {"dot": Dot, "inner": Inner, "l2": L2, "lp": Lp, "huber": Huber}
 
-
-def register_objective(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make ``cls`` known by ``cls.name``."""
-    OBJECTIVES[cls.name] = cls
-    return cls
-
-
-__all__ = ["Objective", "Dot", "Inner", "L2", "Lp", "Huber", "sherman_morrison_step", "OBJECTIVES", "register_objective"]
+__all__ = ["Objective", "Dot", "Inner", "L2", "Lp", "Huber", "sherman_morrison_step", "OBJECTIVES"]

@@ -20,12 +20,5 @@ RETENTIONS: dict[str, type[Retention]] = {
     "lq_moneta": LqMoneta,
 }
 
-
-def register_retention(cls: type[Retention]) -> type[Retention]:
-    """Class decorator: make ``cls`` known by ``cls.name``."""
-    RETENTIONS[cls.name] = cls
-    return cls
-
-
 __all__ = ["Retention", "QuadraticProximal", "LocalL2", "ForgetGate", "WeightDecay", "ElasticNet", "KLSimplex",
-           "LqMoneta", "RETENTIONS", "register_retention"]
+           "LqMoneta", "RETENTIONS"]
