@@ -259,7 +259,8 @@ def test_skip_rules(tmp_path, monkeypatch):
         return {"q": g.standard_normal(shape + (d_k,)), "k": g.standard_normal(shape + (d_k,)),
                 "v": g.standard_normal(shape + (d_v,)), "beta": g.uniform(0.1, 0.9, shape)}
 
-    monkeypatch.setitem(MEMORIES, "toy", MemorySpec("toy", toy_recurrent, ("beta",), toy_inputs))
+    toy = MemorySpec("toy", toy_recurrent, ("beta",), toy_inputs, "a diverging toy", step_gates=("beta",))
+    monkeypatch.setitem(MEMORIES, "toy", toy)
     entry = V.generate(str(tmp_path), ["toy"])["specs"]["toy"]
     reasons = {s["case"]: s["reason"] for s in entry["skipped"]}
     assert "not applicable: beta must be > 0" in reasons["zero_gates"]
