@@ -61,7 +61,7 @@ def registered_names() -> dict[str, str]:
 
 
 def spec_files() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(SPECS.glob("*.md")) if p.name != "README.md"}
+    return {p.stem: p for p in sorted(SPECS.glob("*.md")) if p.name not in ("README.md", "MATH.md")}
 
 
 def parse(path: Path) -> dict:
