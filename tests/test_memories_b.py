@@ -17,8 +17,8 @@ from conftest import to_numpy
 from refmem.checks import sequence_memories_b as chk
 from refmem.level import ClosedFormUnavailable
 from refmem.memories import MEMORIES
-from refmem.memories.deep_memory import (ResidualLoss, deep_loss_grad, deep_memory_recurrent, deep_step,
-                                         make_initial_state, mlp_forward)
+from refmem.memories.deep_memory import deep_memory_recurrent, deep_step
+from refmem.memories.residual_mlp import ResidualLoss, deep_loss_grad, make_initial_state, mlp_forward
 from refmem.memories.mesa import make_initial_state as mesa_stats
 from refmem.memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
 from refmem.memories.softmax_attention import (attention_iterative, sliding_window_attention_recurrent,
@@ -849,7 +849,7 @@ def test_moneta_bad_inputs(xp):
 
 def _deep_F(W, W_t, k, v, loss, ret, xp):
     """The implicit level's stated objective l(W) + Ret(W1, W1_t) + Ret(W2, W2_t) (for comparisons)."""
-    from refmem.memories.deep_memory import deep_loss
+    from refmem.memories.residual_mlp import deep_loss
 
     r = ret.bind(xp, xp.float64)
     return deep_loss(W[0], W[1], k, v, loss, xp) + r.value(W[0], W_t[0], xp) + r.value(W[1], W_t[1], xp)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, root
 
-from ..memories.deep_memory import ResidualLoss, deep_loss_grad, deep_step
+from ..memories.deep_memory import deep_step
+from ..memories.residual_mlp import ResidualLoss, deep_loss_grad
 from ..metrics import rel_error
 from ..retentions import ForgetGate
 from .sequence_memories_b import deep_problem

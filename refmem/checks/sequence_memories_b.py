@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 
 from ..memories import MEMORIES
-from ..memories.deep_memory import ResidualLoss, deep_loss, deep_loss_grad, deep_step, make_initial_state
+from ..memories.deep_memory import deep_step
+from ..memories.residual_mlp import ResidualLoss, deep_loss, deep_loss_grad, make_initial_state, mlp_forward
 from ..memories.mesa import make_initial_state as mesa_stats
 from ..memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
 from ..memories.softmax_attention import (attention_iterative, make_initial_state as kv_cache,
@@ -201,8 +202,6 @@ def fd_bound(W1, W2, k, v, loss, xp, step):
 
 
 def deep_loss_residual(W1, W2, k, v, xp):
-    from ..memories.deep_memory import mlp_forward
-
     y, _ = mlp_forward(W1, W2, k, xp)
     return y - v
 

@@ -1,4 +1,4 @@
-r"""A deep (residual MLP) memory, with hand-written forward and backward (MATH.md 5; Titans / Miras).
+r"""A deep (residual MLP) memory: one level step and the scan (MATH.md 5; Titans / Miras).
 
 .. math::
 
@@ -19,17 +19,10 @@ with an attentional bias :math:`\ell` on the residual ``r = M(k) - v``
 :math:`\mathrm{Ret}(W, W') = \mathrm{Ret}(W_1, W_1') + \mathrm{Ret}(W_2, W_2')`
 (any :class:`~refmem.retentions.Retention`; the forget gate by default).
 
-Gradients (chain rule, written out in :func:`mlp_forward`'s backward closure):
-with :math:`z = W_2 x`, :math:`a = \sigma(z)`, :math:`u = \partial\ell/\partial r`,
-
-.. math::
-
-    \nabla_{W_1} l = u\, a^T, \qquad
-    \nabla_{W_2} l = \big((W_1^T u) \odot \sigma'(z)\big)\, x^T, \qquad
-    \nabla_x = u + W_2^T \big((W_1^T u) \odot \sigma'(z)\big).
-
-They are checked against central finite differences with a derived tolerance
-(``tests/test_memories_b.py``, ``refmem verify`` spec ``deep_memory``).
+The MLP, its hand-written backward pass and the residual losses are in
+:mod:`refmem.memories.residual_mlp`; the curvature bounds that size the
+iterative solvers' steps in :mod:`refmem.memories.deep_curvature`. This module
+holds one level step (:func:`deep_step`) and the scan.
 
 Steps (:func:`deep_step`):
 
@@ -53,286 +46,19 @@ where every gradient vanishes). Read-out ``o_t = M_t(q_t)``.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import numpy as np  # randomness only (make_inputs, make_initial_state)
-
 from ..level import ClosedFormUnavailable
-from ..linalg import clip, matvec, outer, sign
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
 from ..validation import check_arrays, finite_outputs, positive
 from ._inputs import check_gate_range, check_sequence, random_qkv
+from .deep_curvature import curvature_bound, measured_curvature
+from .residual_mlp import (ResidualLoss, check_params, deep_loss, deep_loss_grad, default_params, make_initial_state,
+                           mlp_forward, pack_weights, residual_loss, unpack_weights)
 
-# --------------------------------------------------------------------------- activations
-
-
-def _tanh(z, xp):
-    return xp.tanh(z)
-
-
-def _dtanh(z, xp):
-    t = xp.tanh(z)
-    return 1 - t * t
-
-
-def _silu(z, xp):
-    return z / (1 + xp.exp(-z))
-
-
-def _dsilu(z, xp):
-    s = 1 / (1 + xp.exp(-z))
-    return s + z * s * (1 - s)
-
-
-# name -> (sigma, sigma', sup|sigma'|, sup|sigma''|): the bounds size the finite-difference
-# tolerance and the solvers' Lipschitz estimates (tanh'' peaks at 4/(3 sqrt 3); silu' <= 1.1, silu'' <= 1/2).
-ACTIVATIONS = {
-    "tanh": (_tanh, _dtanh, 1.0, 4 / (3 * math.sqrt(3))),
-    "silu": (_silu, _dsilu, 1.1, 0.5),
-}
-
-
-def _activation(name):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {name!r}")
-    return ACTIVATIONS[name]
-
-
-# --------------------------------------------------------------------------- attentional bias on r
-
-
-@dataclass(frozen=True)
-class ResidualLoss:
-    r"""An attentional bias :math:`\ell(r)` on the residual ``r = M(k) - v`` with its gradient ``u = d ell / dr``.
-
-    Parameters
-    ----------
-    name : {"l2", "lp", "huber"}
-    p : float
-        Exponent of ``lp`` (``>= 1``).
-    delta : float
-        Threshold of ``huber`` (``> 0``).
-
-    Notes
-    -----
-    .. math::
-
-        \ell_2 = \tfrac12\|r\|^2,\ u = r; \qquad
-        \ell_p = \sum_i |r_i|^p,\ u = p\,\mathrm{sign}(r)|r|^{p-1}; \qquad
-        \ell_{H} = \sum_i \begin{cases} r_i^2/2 & |r_i| \le \delta \\ \delta(|r_i| - \delta/2) & \text{else}\end{cases},\
-        u = \mathrm{clip}(r, -\delta, \delta).
-
-    These are the linear-memory objectives of MATH.md 3 (``l2``, ``lp``,
-    per-coordinate ``huber``) read on the residual: for ``M(k) = M k`` the
-    gradient in ``M`` is ``u k^T``.
-    """
-
-    name: str = "l2"
-    p: float = 2.0
-    delta: float = 1.0
-
-    def __post_init__(self):
-        if self.name not in ("l2", "lp", "huber"):
-            raise ValueError(f"loss must be 'l2', 'lp' or 'huber'; got {self.name!r}")
-        if not (isinstance(self.p, (int, float)) and math.isfinite(self.p) and self.p >= 1):
-            raise ValueError(f"p must be a finite number >= 1; got {self.p!r}")
-        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
-            raise ValueError(f"delta must be a finite number > 0; got {self.delta!r}")
-
-    @property
-    def smooth(self) -> bool:
-        """``grad`` is Lipschitz (``l2``, ``huber``, ``lp`` with ``p >= 2``)."""
-        return self.name != "lp" or self.p >= 2
-
-    def value(self, r, xp):
-        """``ell(r)`` per batch element ``[...]``."""
-        if self.name == "l2":
-            return 0.5 * xp.sum(r * r, axis=-1)
-        if self.name == "lp":
-            return xp.sum(xp.abs(r) ** self.p, axis=-1)
-        a = xp.abs(r)
-        return xp.sum(xp.where(a <= self.delta, 0.5 * r * r, self.delta * (a - 0.5 * self.delta)), axis=-1)
-
-    def grad(self, r, xp):
-        """``u = d ell / dr``: ``[..., d]``."""
-        if self.name == "l2":
-            return r
-        if self.name == "lp":
-            return self.p * sign(r, xp) * xp.abs(r) ** (self.p - 1)
-        return clip(r, -self.delta, self.delta, xp)
-
-    def curvature(self, r_max: float) -> float:
-        """Bound on the Hessian of ``ell`` for residual entries up to ``r_max`` in size."""
-        if self.name == "lp":
-            return self.p * (self.p - 1) * max(r_max, 1.0) ** (self.p - 2) if self.p >= 2 else math.inf
-        return 1.0
-
-    def third(self, r_max: float) -> float:
-        """Bound on ``|d^3 ell / dr_i^3|`` for residual entries up to ``r_max`` (``huber``: 0 away from the kinks)."""
-        if self.name == "lp":
-            p = self.p
-            return abs(p * (p - 1) * (p - 2)) * max(r_max, 1.0) ** max(p - 3, 0.0)
-        return 0.0
-
-
-def residual_loss(loss) -> ResidualLoss:
-    """``loss`` as a :class:`ResidualLoss`: an instance, a name, or ``None`` (``l2``)."""
-    if loss is None:
-        return ResidualLoss("l2")
-    if isinstance(loss, ResidualLoss):
-        return loss
-    if isinstance(loss, str):
-        return ResidualLoss(loss)
-    raise TypeError(f"loss must be a ResidualLoss, 'l2', 'lp', 'huber' or None; got {type(loss).__name__}")
-
-
-# --------------------------------------------------------------------------- forward / backward
-
-
-def mlp_forward(W1, W2, x, xp, activation="tanh"):
-    r"""``y = x + W1 sigma(W2 x)`` and a closure computing the backward pass.
-
-    Parameters
-    ----------
-    W1 : array ``[..., d, h]``
-    W2 : array ``[..., h, d]``
-    x : array ``[..., d]``
-
-    Returns
-    -------
-    y : array ``[..., d]``
-    backward : callable ``gy [..., d] -> (gW1 [..., d, h], gW2 [..., h, d], gx [..., d])``
-        The chain rule for ``dL/dy = gy``.
-    """
-    sigma, dsigma, _, _ = _activation(activation)
-    z = matvec(W2, x)  # (.., h, d) @ (.., d) -> (.., h)
-    a = sigma(z, xp)  # (.., h)
-    y = x + matvec(W1, a)  # (.., d) + (.., d, h) @ (.., h)
-
-    def backward(gy):
-        gW1 = outer(gy, a)  # dL/dW1 = gy a^T: (.., d, h)
-        ga = matvec(xp.matrix_transpose(W1), gy)  # dL/da = W1^T gy: (.., h)
-        gz = ga * dsigma(z, xp)  # dL/dz = dL/da * sigma'(z): (.., h)
-        gW2 = outer(gz, x)  # dL/dW2 = gz x^T: (.., h, d)
-        gx = gy + matvec(xp.matrix_transpose(W2), gz)  # residual path + W2^T gz: (.., d)
-        return gW1, gW2, gx
-
-    return y, backward
-
-
-def deep_loss(W1, W2, k, v, loss, xp, activation="tanh"):
-    """``l(W; k, v) = ell(M(k) - v)`` per batch element ``[...]``."""
-    y, _ = mlp_forward(W1, W2, k, xp, activation)
-    return loss.value(y - v, xp)
-
-
-def deep_loss_grad(W1, W2, k, v, loss, xp, activation="tanh"):
-    """``(l, grad_W1 l, grad_W2 l)`` by the hand-written backward pass."""
-    y, backward = mlp_forward(W1, W2, k, xp, activation)
-    r = y - v  # (.., d)
-    gW1, gW2, _ = backward(loss.grad(r, xp))
-    return loss.value(r, xp), gW1, gW2
-
+__all__ = ["ResidualLoss", "deep_step", "level_problem", "deep_memory_recurrent", "deep_scan", "make_initial_state",
+           "make_deep_initial_state"]
 
 # --------------------------------------------------------------------------- one level step
-
-
-def check_params(params, d, xp, dtype, name="initial_state"):
-    """Validate ``(W1 [..., d, h], W2 [..., h, d])``; return ``(W1, W2)``."""
-    if not isinstance(params, tuple) or len(params) != 2:
-        raise TypeError(f"{name} for the deep memory must be a pair (W1 [..., d, h], W2 [..., h, d])")
-    W1, W2 = params
-    check_arrays(**{f"{name}[0] (W1)": W1, f"{name}[1] (W2)": W2})
-    if W1.dtype != dtype:
-        raise TypeError(f"{name} has dtype {W1.dtype} but the inputs have {dtype}")
-    if W1.ndim < 2 or W2.ndim < 2 or W1.shape[-2] != d or W2.shape[-1] != d or W1.shape[-1] != W2.shape[-2]:
-        raise ValueError(f"{name} must be (W1 [..., {d}, h], W2 [..., h, {d}]) with one hidden size h; "
-                         f"got {tuple(W1.shape)}, {tuple(W2.shape)}")
-    return W1, W2
-
-
-def _pack(W1, W2, xp):
-    """The solvers' variable, one matrix: ``[W1; W2]`` ``[..., 2d, d]`` when ``h = d``, else ``[W1 | W2^T]`` ``[..., d, 2h]``.
-
-    With ``h = d`` every row of the packed matrix is a row of ``W1`` or of ``W2``,
-    so row-wise constraints (the KL retention's simplex rows, kept by mirror
-    descent) hold for the packed variable exactly when they hold for both matrices.
-    """
-    if W1.shape[-1] == W1.shape[-2]:
-        return xp.concat([W1, W2], axis=-2)
-    return xp.concat([W1, xp.matrix_transpose(W2)], axis=-1)
-
-
-def _unpack(X, h, d, xp):
-    if h == d:
-        return X[..., :d, :], X[..., d:, :]
-    return X[..., :h], xp.matrix_transpose(X[..., h:])
-
-
-def _lipschitz_estimate(W1, W2, k, v, loss, activation, xp):
-    r"""An estimate of the curvature of ``l`` in ``W`` at ``W_t`` (the Lipschitz constant gradient descent uses).
-
-    Notes
-    -----
-    With ``J`` the Jacobian of ``M(k)`` in ``W`` and ``u = d ell/dr``,
-    :math:`\nabla^2 l = J^T \nabla^2\ell\, J + \langle u, \nabla^2 M(k)\rangle`, and
-
-    .. math::
-
-        \|J\|^2 \le \|a\|^2 + \|W_1\|_F^2 \|k\|^2 \sup|\sigma'|^2, \qquad
-        |\langle u, \nabla^2 M(k)\rangle| \le \|u\| (2 \sup|\sigma'| \|k\| + \|W_1\|_F \sup|\sigma''| \|k\|^2),
-
-    evaluated at ``W_t``. Gradient descent with step ``1/L`` converges on a
-    strongly convex smooth problem whenever ``1/L < 2/L_true``: the factor 2
-    is the margin for the change of curvature between ``W_t`` and the
-    minimiser (which is within about ``eta ||grad l(W_t)||`` for the step
-    sizes a memory uses). A step too long for the true curvature makes
-    gradient descent fail loudly (``ConvergenceError``), never silently.
-    """
-    sigma, _, s1, s2 = _activation(activation)
-    r = mlp_forward(W1, W2, k, xp, activation)[0] - v  # (.., d)
-    a = sigma(matvec(W2, k), xp)  # (.., h)
-    x2 = float(xp.max(xp.sum(k * k, axis=-1)))
-    w1 = float(xp.max(xp.sum(W1 * W1, axis=(-2, -1))))
-    a2 = float(xp.max(xp.sum(a * a, axis=-1)))
-    r_max = float(xp.max(xp.abs(r)))
-    u = float(xp.max(xp.sqrt(xp.sum(loss.grad(r, xp) ** 2, axis=-1))))
-    c2 = loss.curvature(r_max)
-    gn = c2 * (a2 + w1 * x2 * s1 * s1)
-    res = u * (2 * s1 * math.sqrt(x2) + math.sqrt(w1) * s2 * x2)
-    return gn + res
-
-
-def _measured_curvature(W1, W2, k, v, loss, activation, xp, iters=12):
-    r"""Largest ``|eigenvalue|`` of the Hessian of ``l`` at ``W`` per batch element ``[...]``, by power iteration.
-
-    Hessian-vector products are central differences of the hand-written
-    gradient, :math:`H u \approx (\nabla l(W + \epsilon u) - \nabla l(W - \epsilon u)) / (2\epsilon)`,
-    ``epsilon = eps^(1/3)``, from the start vector ``grad l + 1``. The
-    estimate can only be low (by the part of the start vector on the top
-    eigenvector); :func:`deep_step` doubles it and caps it by the bound of
-    :func:`_lipschitz_estimate`.
-    """
-    h, d = W1.shape[-1], W1.shape[-2]
-    X = _pack(W1, W2, xp)
-
-    def grad(Y):
-        A, B = _unpack(Y, h, d, xp)
-        _, g1, g2 = deep_loss_grad(A, B, k, v, loss, xp, activation)
-        return _pack(g1, g2, xp)
-
-    e = float(xp.finfo(X.dtype).eps) ** (1 / 3)
-    U = grad(X) + 1.0
-    lam = xp.zeros(tuple(U.shape[:-2]), dtype=X.dtype)
-    for _ in range(iters):
-        n = xp.sqrt(xp.sum(U * U, axis=(-2, -1)))  # (..,)
-        U = U / n[..., None, None]
-        HU = (grad(X + e * U) - grad(X - e * U)) / (2 * e)  # (.., d, 2h)
-        lam = xp.sqrt(xp.sum(HU * HU, axis=(-2, -1)))
-        U = HU + 1e-3 * U  # keep a non-zero iterate when H U = 0
-    return lam
 
 
 def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", method="closed",
@@ -358,8 +84,8 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
         quadratic retention, ``prox_grad`` for a non-smooth retention,
         the retention's ``preferred_solver`` if it names one, else ``gd``
         (step ``1/L``: ``L`` is ``1/eta`` plus twice the measured curvature of
-        ``l`` at ``W_t`` (:func:`_measured_curvature`), capped by the bound of
-        :func:`_lipschitz_estimate`).
+        ``l`` at ``W_t`` (:func:`~refmem.memories.deep_curvature.measured_curvature`), capped by
+        :func:`~refmem.memories.deep_curvature.curvature_bound`).
 
     Returns
     -------
@@ -396,54 +122,7 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
         return W, SolveReport("closed", f"deep/{loss.name}/{ret.name}/explicit")
     if step == "implicit" and not loss.smooth:
         raise ValueError(f"the implicit deep step needs a smooth loss (l2, huber, lp with p >= 2); got lp with p = {loss.p}")
-    Xt = _pack(W1t, W2t, xp)
-    g = _pack(g1, g2, xp)
-
-    def ret_value(X):
-        A, B = _unpack(X, h, d, xp)
-        return ret.value(A, W1t, xp) + ret.value(B, W2t, xp)
-
-    def ret_grad(X):
-        A, B = _unpack(X, h, d, xp)
-        return _pack(ret.grad(A, W1t, xp), ret.grad(B, W2t, xp), xp)
-
-    if step == "explicit":
-        def f(X):
-            return xp.sum(g * X, axis=(-2, -1)) + ret_value(X)
-
-        def df(X):
-            return g + ret_grad(X)
-
-        L = ret.lipschitz(xp)
-        quadratic = getattr(ret, "quadratic", True) and ret.prox is None
-    else:
-        def f(X):
-            A, B = _unpack(X, h, d, xp)
-            return deep_loss(A, B, k, v, loss, xp, activation) + ret_value(X)
-
-        def df(X):
-            A, B = _unpack(X, h, d, xp)
-            _, a1, a2 = deep_loss_grad(A, B, k, v, loss, xp, activation)
-            return _pack(a1, a2, xp) + ret_grad(X)
-
-        L_l = xp.minimum(2 * _measured_curvature(W1t, W2t, k, v, loss, activation, xp),
-                         xp.asarray(_lipschitz_estimate(W1t, W2t, k, v, loss, activation, xp), dtype=k.dtype))
-        L = ret.lipschitz(xp) + L_l
-        quadratic = False
-    prox = h_value = None
-    if ret.prox is not None:
-        def prox(X, t):
-            A, B = _unpack(X, h, d, xp)
-            return _pack(ret.prox(A, t), ret.prox(B, t), xp)
-
-        def h_value(X):
-            A, B = _unpack(X, h, d, xp)
-            return ret.h_value(A) + ret.h_value(B)
-
-    L = xp.asarray(L, dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,)
-    mu = xp.asarray(ret.mu(xp), dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,); not 0 * L: L may be inf
-    x0 = Xt + 0 * g
-    prob = Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
+    prob = level_problem(W1t, W2t, k, v, g1, g2, ret, loss, step, activation, xp)
     name = solver or _default_solver(prob, ret, step)
     if name == "mirror_descent" and h != d:
         raise ValueError(f"the row-wise (simplex) retention {ret.name!r} needs the hidden size h equal to d = {d} "
@@ -458,7 +137,67 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     if rtol is None:
         rtol = default_rtol(k.dtype, xp)
     X, report = SOLVERS[name](prob, rtol=rtol, **kwargs)
-    return _unpack(X, h, d, xp), report
+    return unpack_weights(X, h, d, xp), report
+
+
+def level_problem(W1t, W2t, k, v, g1, g2, ret, loss, step, activation, xp) -> Problem:
+    r"""The stated problem (P) of one level step on the packed weights ``X`` (:func:`~refmem.memories.residual_mlp.pack_weights`).
+
+    Explicit: :math:`\min_X \langle g, X\rangle + \mathrm{Ret}(X, X_t)` with
+    ``g = (g1, g2)`` the gradient of ``l`` at ``W_t``; implicit:
+    :math:`\min_X l(X) + \mathrm{Ret}(X, X_t)`, with the Lipschitz bound
+    ``L = L_Ret + min(2 x measured curvature, curvature bound)`` of ``l`` at ``W_t``.
+    ``ret`` is bound to ``xp`` and applied to each matrix.
+    """
+    h, d = W1t.shape[-1], W1t.shape[-2]
+    Xt = pack_weights(W1t, W2t, xp)
+    g = pack_weights(g1, g2, xp)
+
+    def ret_value(X):
+        A, B = unpack_weights(X, h, d, xp)
+        return ret.value(A, W1t, xp) + ret.value(B, W2t, xp)
+
+    def ret_grad(X):
+        A, B = unpack_weights(X, h, d, xp)
+        return pack_weights(ret.grad(A, W1t, xp), ret.grad(B, W2t, xp), xp)
+
+    if step == "explicit":
+        def f(X):
+            return xp.sum(g * X, axis=(-2, -1)) + ret_value(X)
+
+        def df(X):
+            return g + ret_grad(X)
+
+        L = ret.lipschitz(xp)
+        quadratic = getattr(ret, "quadratic", True) and ret.prox is None
+    else:
+        def f(X):
+            A, B = unpack_weights(X, h, d, xp)
+            return deep_loss(A, B, k, v, loss, xp, activation) + ret_value(X)
+
+        def df(X):
+            A, B = unpack_weights(X, h, d, xp)
+            _, a1, a2 = deep_loss_grad(A, B, k, v, loss, xp, activation)
+            return pack_weights(a1, a2, xp) + ret_grad(X)
+
+        L_l = xp.minimum(2 * measured_curvature(W1t, W2t, k, v, loss, activation, xp),
+                         xp.asarray(curvature_bound(W1t, W2t, k, v, loss, activation, xp), dtype=k.dtype))
+        L = ret.lipschitz(xp) + L_l
+        quadratic = False
+    prox = h_value = None
+    if ret.prox is not None:
+        def prox(X, t):
+            A, B = unpack_weights(X, h, d, xp)
+            return pack_weights(ret.prox(A, t), ret.prox(B, t), xp)
+
+        def h_value(X):
+            A, B = unpack_weights(X, h, d, xp)
+            return ret.h_value(A) + ret.h_value(B)
+
+    L = xp.asarray(L, dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,)
+    mu = xp.asarray(ret.mu(xp), dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,); not 0 * L: L may be inf
+    x0 = Xt + 0 * g
+    return Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
 
 
 def _default_solver(prob, ret, step):
@@ -473,13 +212,6 @@ def _default_solver(prob, ret, step):
 
 
 # --------------------------------------------------------------------------- the scan
-
-
-def default_params(batch, d, h, xp, dtype):
-    """``W1 = 0 [..., d, h]``, ``W2 = I_{h x d} [..., h, d]`` (``M`` starts as the identity map)."""
-    W1 = xp.zeros(tuple(batch) + (d, h), dtype=dtype)
-    W2 = xp.zeros(tuple(batch) + (h, d), dtype=dtype) + xp.eye(h, d, dtype=dtype)
-    return W1, W2
 
 
 @finite_outputs
@@ -558,15 +290,6 @@ def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     inputs["eta"] = conv(g.uniform(0.05, 0.5, size=tuple(batch) + (T,)))
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     return inputs
-
-
-def make_initial_state(seed, batch, d, xp, dtype="float64", *, h=None):
-    """Random ``(W1, W2)`` of scale ``1/sqrt(fan_in)``."""
-    h = d if h is None else h
-    g = np.random.default_rng(seed)
-    W1 = g.standard_normal(tuple(batch) + (d, h)) / np.sqrt(h)
-    W2 = g.standard_normal(tuple(batch) + (h, d)) / np.sqrt(d)
-    return xp.asarray(np.asarray(W1, dtype=dtype)), xp.asarray(np.asarray(W2, dtype=dtype))
 
 
 def make_deep_initial_state(seed, batch, d_k, d_v, xp, dtype="float64"):

@@ -35,7 +35,8 @@ from ..retentions.kl_simplex import KLSimplex
 from ..validation import as_param, finite_outputs, positive
 from ._inputs import check_sequence, random_qkv
 from ._level_scan import level_scan
-from .deep_memory import ResidualLoss, deep_scan
+from .deep_memory import deep_scan
+from .residual_mlp import ResidualLoss
 
 
 def _check_eta(eta, k, xp):

@@ -41,7 +41,8 @@ from ..retentions.lq_moneta import LqMoneta
 from ..validation import finite_outputs, positive
 from ._inputs import check_gate_range, check_sequence, initial, random_qkv
 from ._level_scan import level_scan
-from .deep_memory import ResidualLoss, deep_scan
+from .deep_memory import deep_scan
+from .residual_mlp import ResidualLoss
 
 
 def _check_gates(alpha, eta, k, xp):

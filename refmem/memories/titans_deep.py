@@ -7,7 +7,7 @@ r"""Titans with the deep memory: the momentum level under the memory level, on M
 
 for each weight matrix of the residual MLP :math:`\mathcal M(x) = x + W_1\sigma(W_2 x)`
 (:mod:`refmem.memories.deep_memory`), with the gradient from its hand-written
-backward pass and any bias on the residual (:class:`~refmem.memories.deep_memory.ResidualLoss`,
+backward pass and any bias on the residual (:class:`~refmem.memories.residual_mlp.ResidualLoss`,
 ``l2`` by default: Titans' objective up to its factor 2, see :mod:`refmem.memories.titans`).
 The two levels are exactly those of the linear Titans
 (:func:`refmem.memories.titans.titans_momentum_level`,
@@ -24,7 +24,7 @@ from __future__ import annotations
 from ..level import solve
 from ..validation import check_arrays, finite_outputs
 from ._inputs import check_gate_range, check_sequence
-from .deep_memory import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
+from .residual_mlp import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
 from .titans import titans_memory_level, titans_momentum_level
 
 
@@ -43,7 +43,7 @@ def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, ini
     theta : array ``[..., T]``
         Surprise step size ``> 0``.
     initial_state : tuple ``(W1 [..., d, h], W2 [..., h, d])``, optional
-        Default ``W1 = 0``, ``W2 = I`` (:func:`~refmem.memories.deep_memory.default_params`).
+        Default ``W1 = 0``, ``W2 = I`` (:func:`~refmem.memories.residual_mlp.default_params`).
     initial_momentum : tuple ``(S1, S2)`` shaped like the state, optional (zeros)
     loss : ResidualLoss or str, optional (``l2``)
     method : {"closed", "iterative"}
