@@ -69,7 +69,7 @@ import math
 
 from ..level import Level, solve
 from ..losses import get_loss
-from ..memories.deep_memory import check_params, mlp_forward
+from ..memories.residual_mlp import check_params, mlp_forward
 from ..objectives import Inner
 from ..retentions import LocalL2
 from ..validation import check_arrays, finite_outputs

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ..level import solve
 from ..losses import get_loss
-from ..memories.deep_memory import mlp_forward
+from ..memories.residual_mlp import mlp_forward
 from ..optimizers.momentum import momentum_level, weight_level
 from ..validation import check_arrays
 from .runner import run
