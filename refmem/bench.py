@@ -60,7 +60,7 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
       ``d x d`` solve with ``d`` right-hand sides (``8/3 d^3``) and ``4 d^2`` of statistics.
     - chunked, linear attention family: ``4 C^2 d + 4 C d^2`` per chunk
       (``Q K^T``, ``P V``, ``V^T K``, ``Q M^T``).
-    - chunked, delta family (UT form, :func:`refmem.chunked._ut.delta_family`):
+    - chunked, delta family (UT form, :func:`refmem.chunked.delta_family.delta_family`):
       ``8 C^2 d + 6 C d^2`` per chunk (``Q K^T``, ``K K^T``, the triangular solve
       with ``2 d`` right-hand sides ``2 C^2 d``, ``P U``; ``W M^T``, ``U^T K~``,
       ``Q M^T``); mini-batch: without ``K K^T`` and the solve, ``4 C^2 d + 6 C d^2``.

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refmem
-from refmem.chunked._common import decay_matrix, forward_substitution, log_gate_cumsum, lower_mask
+from refmem.chunked.chunks import decay_matrix, forward_substitution, log_gate_cumsum, lower_mask
 from refmem.memories import MEMORIES
 from refmem.metrics import rel_error
 

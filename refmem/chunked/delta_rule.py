@@ -3,7 +3,7 @@
 Exact form: per chunk, :math:`A = I + \\mathrm{strict\\_tril}(\\mathrm{diag}(\\beta) K K^T)`,
 :math:`U = A^{-1}\\mathrm{diag}(\\beta)(V - K M_0^T)`,
 :math:`O = Q M_0^T + \\mathrm{tril}(Q K^T) U`, :math:`M_C = M_0 + U^T K`
-(:func:`refmem.chunked._ut.delta_terms` with no gate).
+(:func:`refmem.chunked.delta_family.delta_terms` with no gate).
 
 Mini-batch form (TTT): every gradient of the chunk at the chunk-start state,
 :math:`M_t = M_0 - \\sum_{s \\le t} \\beta_s (M_0 k_s - v_s) k_s^T`: the same
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
-from ._common import check_chunk_size
-from ._ut import delta_family
+from .chunks import check_chunk_size
+from .delta_family import delta_family
 
 
 def _checked(q, k, v, beta, initial_state, chunk_size):

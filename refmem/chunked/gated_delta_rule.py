@@ -1,7 +1,7 @@
 """Chunked gated delta rule (UT form with in-chunk cumulative log-gates, MATH.md 8) and its mini-batch variant.
 
 Recurrence: :math:`M_t = a_t M_{t-1} - b_t (a_t M_{t-1} k_t - v_t) k_t^T`.
-Exact form: :func:`refmem.chunked._ut.delta_terms` with the gate decays
+Exact form: :func:`refmem.chunked.delta_family.delta_terms` with the gate decays
 :math:`\\gamma_t = \\prod_{r \\le t} a_r`, :math:`D_{ts} = \\prod_{s<r\\le t} a_r`
 (zero gates give exact zeros; no ``log 0``, no division by a gate product).
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
-from ._common import check_chunk_size
-from ._ut import delta_family
+from .chunks import check_chunk_size
+from .delta_family import delta_family
 
 
 def _checked(q, k, v, alpha, beta, initial_state, chunk_size):

@@ -17,7 +17,7 @@ the same with one decay per channel ``c``,
     \\qquad M_C = M_0 \\mathrm{diag}(\\gamma_C) + V^T (K \\odot D_{C\\cdot}) .
 
 The decays are formed from cumulative log-gates with an explicit zero count
-(:mod:`refmem.chunked._common`), never as ratios ``gamma_t / gamma_s`` (which
+(:mod:`refmem.chunked.chunks`), never as ratios ``gamma_t / gamma_s`` (which
 overflow or divide by zero). The per-channel score tensor is ``C x C x d_k`` per
 chunk, so that path is computed one chunk at a time.
 """
@@ -27,9 +27,9 @@ from __future__ import annotations
 from ..linalg import device_of
 from ..memories._inputs import check_gate_range, check_sequence, initial
 from ..validation import finite_outputs
-from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
-                      to_chunks)
-from ._ut import chunk, linear_family, mT, prepare_chunks, scan_chunks
+from .chunks import (check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
+                     mT, prepare_chunks, scan_chunks, to_chunks)
+from .linear_family import linear_family
 
 
 @finite_outputs

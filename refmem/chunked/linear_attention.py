@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from ..memories._inputs import check_sequence, initial
 from ..validation import finite_outputs
-from ._common import check_chunk_size
-from ._ut import linear_family
+from .chunks import check_chunk_size
+from .linear_family import linear_family
 
 
 @finite_outputs

@@ -4,7 +4,7 @@
 
     M_t = M_{t-1} - \\mathrm{diag}(e_t) (M_{t-1} k_t - v_t) k_t^T .
 
-Scalar ``b_t``: the chunked delta rule (:func:`refmem.chunked._ut.delta_terms`,
+Scalar ``b_t``: the chunked delta rule (:func:`refmem.chunked.delta_family.delta_terms`,
 UT form) with ``beta = e``. Per value channel ``b_t in R^{d_v}``: row ``i`` of
 ``M`` follows its own delta rule with step ``e_{t,i}``, so each row has its own
 unit lower-triangular system
@@ -18,8 +18,8 @@ from __future__ import annotations
 from ..linalg import sq_norm
 from ..memories._inputs import check_sequence, check_value_channel_steps, initial
 from ..validation import finite_outputs
-from ._common import check_chunk_size, from_chunks, to_chunks
-from ._ut import chunk, delta_family, delta_terms, mT, prepare_chunks
+from .chunks import check_chunk_size, chunk, from_chunks, mT, prepare_chunks, to_chunks
+from .delta_family import delta_family, delta_terms
 
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
@@ -64,7 +64,7 @@ def _per_channel(q, k, v, e, C, M0, xp):
     """One delta rule per row of ``M`` (value channel), rows as a batch axis, chunk by chunk.
 
     Row ``i``, ``m_i = M[i, :]`` held as ``[..., d_v, 1, d_k]``, is a delta rule with
-    ``d_v = 1``: :func:`~refmem.chunked._ut.delta_terms` on values ``V[:, i]`` and step
+    ``d_v = 1``: :func:`~refmem.chunked.delta_family.delta_terms` on values ``V[:, i]`` and step
     sizes ``e[:, i]`` gives ``o_{t,i} = PU_i + Qt_i m_i^T`` and ``m_i <- m_i F_i + H_i``.
     """
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)

@@ -31,8 +31,7 @@ from ..linalg import device_of
 from ..memories.mesa import _scan_setup
 from ..solvers import ConvergenceError, SolveReport
 from ..validation import finite_outputs
-from ._common import check_chunk_size, from_chunks, lower_mask, to_chunks
-from ._ut import mT, prepare_chunks
+from .chunks import check_chunk_size, from_chunks, lower_mask, mT, prepare_chunks, to_chunks
 
 
 def _default_rtol(dtype, xp) -> float:

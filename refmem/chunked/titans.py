@@ -52,9 +52,8 @@ from __future__ import annotations
 from ..linalg import device_of
 from ..memories.titans import check_titans_inputs
 from ..validation import finite_outputs
-from ._common import (check_chunk_size, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
-                      shift_right, solve_unit_lower, to_chunks)
-from ._ut import chunk, concat_last, mT, prepare_chunks, scan_chunks
+from .chunks import (check_chunk_size, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
+                     lower_mask, mT, prepare_chunks, scan_chunks, shift_right, solve_unit_lower, to_chunks)
 
 
 def _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size):

@@ -1,4 +1,4 @@
-"""The chunk algebra shared by the linear-attention and delta-rule families (MATH.md 8).
+"""The chunk algebra of the delta-rule family: the exact UT form and the mini-batch form (MATH.md 8).
 
 Every chunked form here reduces one chunk of ``C`` steps, started from state
 ``M0 [..., d_v, d_k]``, to
@@ -10,20 +10,15 @@ Every chunked form here reduces one chunk of ``C`` steps, started from state
 where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
 ``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
 for all chunks at once (batched matrix products); the chunk-to-chunk pass
-(:func:`scan_chunks`, or the loop in :func:`delta_family`) is the only sequential
+(the loop in :func:`delta_family`) is the only sequential
 part, two small matrix products per chunk, and carries only the current state.
 """
 
 from __future__ import annotations
 
 from ..linalg import device_of
-from ._common import (decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask, solve_unit_lower,
-                      to_chunks)
-
-
-def mT(x, xp):
-    """Transpose of the last two axes."""
-    return xp.matrix_transpose(x)
+from .chunks import (chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
+                     prepare_chunks, scalar_chunk, solve_unit_lower, to_chunks)
 
 
 def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
@@ -37,7 +32,7 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
         Write strengths ``beta_t`` (Longhorn passes ``e_t``).
     L, Z : array ``[..., C]`` or None
         Cumulative log-gate and zero count of the forget gate ``a_t``
-        (:func:`~refmem.chunked._common.log_gate_cumsum`); ``None`` for no gate (``a = 1``).
+        (:func:`~refmem.chunked.chunks.log_gate_cumsum`); ``None`` for no gate (``a = 1``).
     exact : bool
         ``True``: the per-token recurrence (triangular solve). ``False``: the
         mini-batch form, every gradient taken at the gated chunk-start state.
@@ -124,84 +119,6 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
 
 
-def broadcast_lead(*shapes):
-    """Broadcast of the leading shapes ``shapes`` (tuples), NumPy rules."""
-    n = max(len(sh) for sh in shapes)
-    out = []
-    for dims in zip(*((1,) * (n - len(sh)) + tuple(sh) for sh in shapes)):
-        big = {d for d in dims if d != 1}
-        if len(big) > 1:
-            raise ValueError(f"shapes {shapes} do not broadcast")
-        out.append(big.pop() if big else 1)
-    return tuple(out)
-
-
-def concat_last(*arrays, xp):
-    """Concatenate along the last axis after broadcasting the other axes."""
-    lead = broadcast_lead(*(tuple(a.shape[:-1]) for a in arrays))
-    return xp.concat([xp.broadcast_to(a, lead + (a.shape[-1],)) for a in arrays], axis=-1)
-
-
-def linear_terms(Q, K, V, L, Z, xp):
-    """Chunk terms of (scalar-gated) linear attention: ``O = PU + Qt M0^T``, ``M_C = g_C M0 + H``.
-
-    Notes
-    -----
-    :math:`M_t = \\gamma_t M_0 + \\sum_{s\\le t} D_{ts} v_s k_s^T`, so
-    :math:`O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T` and
-    :math:`M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K` (MATH.md 8, first bullet).
-    Returns ``PU, Qt, H, g_end`` with ``g_end [...]`` (``None`` without a gate).
-    """
-    C = K.shape[-2]
-    incl = lower_mask(C, xp, device_of(K))
-    QK = Q @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
-    if L is None:
-        P = xp.where(incl, QK, xp.zeros_like(QK))
-        return P @ V, Q, mT(V, xp) @ K, None  # (.., C, d_v), (.., C, d_k), (.., d_v, d_k)
-    D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
-    gamma = decay_from_start(L, Z, xp)  # (.., C)
-    Kt = D[..., C - 1, :][..., None] * K  # (.., C, d_k)
-    return (D * QK) @ V, gamma[..., None] * Q, mT(V, xp) @ Kt, gamma[..., C - 1]
-
-
-def scan_chunks(M0, N: int, chunk_terms, xp):
-    """The sequential chunk-to-chunk pass.
-
-    ``chunk_terms(n) -> (PU, Qt, step)``: chunk ``n``'s outputs are
-    ``PU + Qt M^T`` and the next state is ``step(M)``. Returns the outputs
-    ``[..., N, C, d_v]`` and the final state. Only ``M`` is carried: no state history.
-    """
-    M = M0
-    outs = []
-    for n in range(N):
-        PU, Qt, step = chunk_terms(n)
-        outs.append(PU + Qt @ mT(M, xp))  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
-        M = step(M)
-    return xp.stack(outs, axis=-3), M
-
-
-def chunk(x, n: int):
-    """Chunk ``n`` of ``[..., N, a, b]``."""
-    return x[..., n, :, :]
-
-
-def scalar_chunk(x, n: int):
-    """Chunk ``n`` of ``[..., N]``."""
-    return x[..., n]
-
-
-def prepare_chunks(q, k, v, C: int, xp):
-    """``q, k, v`` as chunks ``[..., N, C, d]`` (zero padded) and the sequence length ``T``."""
-    return to_chunks(q, C, xp), to_chunks(k, C, xp), to_chunks(v, C, xp), k.shape[-2]
-
-
-def gate_cumulants(alpha, C: int, xp):
-    """``(L, Z)`` of a per-step gate ``[..., T]`` in chunks ``[..., N, C]`` (padding gate 1); ``(None, None)`` if absent."""
-    if alpha is None:
-        return None, None
-    return log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0, time_axis=-1), xp)
-
-
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
     """Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
 
@@ -233,22 +150,4 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
     M_starts = xp.stack(starts, axis=-3)  # (.., N, d_v, d_k): chunk-start states only
     U_all = xp.stack(us, axis=-3)  # (.., N, C, d_v)
     O = Qg @ mT(M_starts, xp) + P @ U_all  # (.., N, C, d_k) @ (.., N, d_k, d_v) + (.., N, C, C) @ (.., N, C, d_v)
-    return from_chunks(O, T, xp), M
-
-
-def linear_family(q, k, v, alpha, C: int, M0, xp):
-    """Chunked (scalar-gated) linear attention on validated inputs. Returns ``(o, M_T)``."""
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
-    L, Z = gate_cumulants(alpha, C, xp)
-    PU, Qt, H, g_end = linear_terms(Q, K, V, L, Z, xp)
-    del Q, K, V
-
-    def terms(n):
-        Hn = chunk(H, n)
-        if g_end is None:
-            return chunk(PU, n), chunk(Qt, n), lambda M: M + Hn
-        gn = scalar_chunk(g_end, n)[..., None, None]
-        return chunk(PU, n), chunk(Qt, n), lambda M: gn * M + Hn
-
-    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
     return from_chunks(O, T, xp), M

@@ -1,4 +1,5 @@
-"""Pieces every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve.
+"""Chunk mechanics every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve,
+the chunk-to-chunk pass.
 
 A sequence ``[..., T, d]`` is padded at the end to ``N C`` steps (``N = ceil(T / C)``)
 and viewed as ``[..., N, C, d]``. Padding steps are chosen to leave the state
@@ -172,3 +173,64 @@ def forward_substitution(A, B, xp, *, block: int = 16):
     rhs2 = B[..., h:, :] - A[..., h:, :h] @ X1  # (.., n-h, h) @ (.., h, m) -> (.., n-h, m)
     X2 = forward_substitution(A[..., h:, h:], rhs2, xp, block=block)
     return xp.concat([X1, X2], axis=-2)
+
+
+def mT(x, xp):
+    """Transpose of the last two axes."""
+    return xp.matrix_transpose(x)
+
+
+def broadcast_lead(*shapes):
+    """Broadcast of the leading shapes ``shapes`` (tuples), NumPy rules."""
+    n = max(len(sh) for sh in shapes)
+    out = []
+    for dims in zip(*((1,) * (n - len(sh)) + tuple(sh) for sh in shapes)):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
+def concat_last(*arrays, xp):
+    """Concatenate along the last axis after broadcasting the other axes."""
+    lead = broadcast_lead(*(tuple(a.shape[:-1]) for a in arrays))
+    return xp.concat([xp.broadcast_to(a, lead + (a.shape[-1],)) for a in arrays], axis=-1)
+
+
+def scan_chunks(M0, N: int, chunk_terms, xp):
+    """The sequential chunk-to-chunk pass.
+
+    ``chunk_terms(n) -> (PU, Qt, step)``: chunk ``n``'s outputs are
+    ``PU + Qt M^T`` and the next state is ``step(M)``. Returns the outputs
+    ``[..., N, C, d_v]`` and the final state. Only ``M`` is carried: no state history.
+    """
+    M = M0
+    outs = []
+    for n in range(N):
+        PU, Qt, step = chunk_terms(n)
+        outs.append(PU + Qt @ mT(M, xp))  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+        M = step(M)
+    return xp.stack(outs, axis=-3), M
+
+
+def chunk(x, n: int):
+    """Chunk ``n`` of ``[..., N, a, b]``."""
+    return x[..., n, :, :]
+
+
+def scalar_chunk(x, n: int):
+    """Chunk ``n`` of ``[..., N]``."""
+    return x[..., n]
+
+
+def prepare_chunks(q, k, v, C: int, xp):
+    """``q, k, v`` as chunks ``[..., N, C, d]`` (zero padded) and the sequence length ``T``."""
+    return to_chunks(q, C, xp), to_chunks(k, C, xp), to_chunks(v, C, xp), k.shape[-2]
+
+
+def gate_cumulants(alpha, C: int, xp):
+    """``(L, Z)`` of a per-step gate ``[..., T]`` in chunks ``[..., N, C]`` (padding gate 1); ``(None, None)`` if absent."""
+    if alpha is None:
+        return None, None
+    return log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0, time_axis=-1), xp)

@@ -1,0 +1,61 @@
+"""The chunk algebra of the linear-attention family, scalar-gated or not (MATH.md 8).
+
+Every chunked form here reduces one chunk of ``C`` steps, started from state
+``M0 [..., d_v, d_k]``, to
+
+.. math::
+
+    O = P_U + \\tilde Q M_0^T, \\qquad M_C = \\mathrm{step}(M_0),
+
+where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
+``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
+for all chunks at once (batched matrix products); the chunk-to-chunk pass
+(:func:`~refmem.chunked.chunks.scan_chunks`) is the only sequential
+part, two small matrix products per chunk, and carries only the current state.
+"""
+
+from __future__ import annotations
+
+from ..linalg import device_of
+from .chunks import (chunk, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT, prepare_chunks,
+                     scalar_chunk, scan_chunks)
+
+
+def linear_terms(Q, K, V, L, Z, xp):
+    """Chunk terms of (scalar-gated) linear attention: ``O = PU + Qt M0^T``, ``M_C = g_C M0 + H``.
+
+    Notes
+    -----
+    :math:`M_t = \\gamma_t M_0 + \\sum_{s\\le t} D_{ts} v_s k_s^T`, so
+    :math:`O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T` and
+    :math:`M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K` (MATH.md 8, first bullet).
+    Returns ``PU, Qt, H, g_end`` with ``g_end [...]`` (``None`` without a gate).
+    """
+    C = K.shape[-2]
+    incl = lower_mask(C, xp, device_of(K))
+    QK = Q @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
+    if L is None:
+        P = xp.where(incl, QK, xp.zeros_like(QK))
+        return P @ V, Q, mT(V, xp) @ K, None  # (.., C, d_v), (.., C, d_k), (.., d_v, d_k)
+    D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
+    gamma = decay_from_start(L, Z, xp)  # (.., C)
+    Kt = D[..., C - 1, :][..., None] * K  # (.., C, d_k)
+    return (D * QK) @ V, gamma[..., None] * Q, mT(V, xp) @ Kt, gamma[..., C - 1]
+
+
+def linear_family(q, k, v, alpha, C: int, M0, xp):
+    """Chunked (scalar-gated) linear attention on validated inputs. Returns ``(o, M_T)``."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    L, Z = gate_cumulants(alpha, C, xp)
+    PU, Qt, H, g_end = linear_terms(Q, K, V, L, Z, xp)
+    del Q, K, V
+
+    def terms(n):
+        Hn = chunk(H, n)
+        if g_end is None:
+            return chunk(PU, n), chunk(Qt, n), lambda M: M + Hn
+        gn = scalar_chunk(g_end, n)[..., None, None]
+        return chunk(PU, n), chunk(Qt, n), lambda M: gn * M + Hn
+
+    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
+    return from_chunks(O, T, xp), M
