@@ -1,0 +1,162 @@
+r"""``refmem verify`` checks for the optimisers of :data:`refmem.optimizers.OPTIMIZERS` (NL 2.3, NLx 4, MATH.md 6).
+
+For each optimiser: closed == iterative over a short run, closed == the
+textbook update (torch.optim's documented algorithm, written out here
+with ``xp`` operations and no refmem code), and the errata its spec
+records. Problems are drawn with NumPy and moved to the backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np  # randomness only
+
+from ..metrics import max_abs_error
+from ..optimizers import make
+from ..optimizers import moment_memory as mm
+from ..problems import to_backend
+from . import register_check
+
+EPS = float(np.finfo(np.float64).eps)
+STEPS = 40
+
+
+def _noisy_quadratic(seed, shape, T, xp):
+    """``g_t(W) = (W - target) + noise_t``: noise keeps the moments away from zero (a relative test measures rounding)."""
+    g = np.random.default_rng(seed)
+    target = to_backend(g.standard_normal(shape), xp)
+    noise = [to_backend(0.5 * g.standard_normal(shape), xp) for _ in range(T)]
+    W0 = to_backend(g.standard_normal(shape), xp)
+    return W0, (lambda W, t: (W - target) + noise[t])
+
+
+def _trajectory(opt, W0, grad, T, method="closed"):
+    W, state, out = W0, opt.init(W0), [W0]
+    for t in range(T):
+        W, state, _ = opt.step(W, grad(W, t), state, method=method)
+        out.append(W)
+    return out
+
+
+def _max_rel(a, b, xp):
+    return max(max_abs_error(x, y, xp) / max_abs_error(y, 0 * y, xp) for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------ textbook updates (torch.optim's documented ones)
+
+
+def _textbook(name, hp, W0, grad, T, xp):
+    W, out = W0, [W0]
+    z = 0 * W0
+    m, v, buf, gbar, s = z, z, None, z, z + hp.get("initial_accumulator_value", 0.0)
+    for t in range(1, T + 1):
+        g = grad(W, t - 1)
+        if name == "sgd":
+            g = g + hp.get("weight_decay", 0.0) * W
+            mu = hp.get("momentum", 0.0)
+            if mu:
+                buf = g if buf is None else mu * buf + (1 - hp.get("dampening", 0.0)) * g
+                g = g + mu * buf if hp.get("nesterov") else buf
+            W = W - hp["lr"] * g
+        elif name in ("adam", "adamw"):
+            b1, b2 = hp.get("betas", (0.9, 0.999))
+            if name == "adamw":
+                W = W * (1 - hp["lr"] * hp.get("weight_decay", 1e-2))
+            else:
+                g = g + hp.get("weight_decay", 0.0) * W
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            W = W - hp["lr"] * (m / (1 - b1 ** t)) / (xp.sqrt(v / (1 - b2 ** t)) + hp.get("eps", 1e-8))
+        elif name == "rmsprop":
+            a, mu = hp.get("alpha", 0.99), hp.get("momentum", 0.0)
+            g = g + hp.get("weight_decay", 0.0) * W
+            v = a * v + (1 - a) * g * g
+            if hp.get("centered"):
+                gbar = a * gbar + (1 - a) * g
+                avg = xp.sqrt(v - gbar * gbar) + hp.get("eps", 1e-8)
+            else:
+                avg = xp.sqrt(v) + hp.get("eps", 1e-8)
+            if mu > 0:
+                buf = (z if buf is None else buf) * mu + g / avg
+                W = W - hp["lr"] * buf
+            else:
+                W = W - hp["lr"] * g / avg
+        elif name == "adagrad":
+            g = g + hp.get("weight_decay", 0.0) * W
+            clr = hp["lr"] / (1 + (t - 1) * hp.get("lr_decay", 0.0))
+            s = s + g * g
+            W = W - clr * g / (xp.sqrt(s) + hp.get("eps", 1e-10))
+        out.append(W)
+    return out
+
+
+TEXTBOOK_CASES = {
+    "sgd": dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "sgd_nesterov": dict(lr=0.05, momentum=0.9, nesterov=True),
+    "adam": dict(lr=1e-2, weight_decay=0.1),
+    "adamw": dict(lr=1e-2, weight_decay=0.1),
+    "rmsprop": dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01),
+    "adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.01),
+}
+
+
+def _register_textbook(key, hp):
+    name = key.split("_")[0]
+
+    # the same few flops per entry per step on both sides, a 1-Lipschitz gradient map, small steps: <= 16 eps per step
+    @register_check(name, f"{key}: closed == textbook (torch's documented update), {STEPS} steps", 16 * STEPS * EPS)
+    def textbook(xp):
+        W0, grad = _noisy_quadratic(20, (2, 3, 4), STEPS, xp)
+        return _max_rel(_trajectory(make(name, **hp), W0, grad, STEPS), _textbook(name, hp, W0, grad, STEPS, xp), xp)
+
+    # every level's CG stops at relative optimality 1e-12 (condition 1): 1e-12 per step, adding up linearly
+    @register_check(name, f"{key}: closed == iterative, {STEPS} steps", STEPS * 1e-12)
+    def closed_iterative(xp):
+        W0, grad = _noisy_quadratic(21, (2, 3, 4), STEPS, xp)
+        opt = make(name, **hp)
+        return _max_rel(_trajectory(opt, W0, grad, STEPS, "iterative"), _trajectory(opt, W0, grad, STEPS), xp)
+
+
+for _key, _hp in TEXTBOOK_CASES.items():
+    _register_textbook(_key, _hp)
+
+
+# ------------------------------------------------------------------ the moment memories
+
+
+@register_check("adam", "bias-corrected moment == argmin of the discounted least-squares memory (CG)", 1e-12)
+def _moment_is_minimiser(xp):
+    g = np.random.default_rng(22)
+    ys = [to_backend(g.standard_normal((3, 4)), xp) for _ in range(30)]
+    m = 0 * ys[0]
+    for y in ys:
+        m = mm.ema_step(m, y, 0.9)
+    x, _ = mm.discounted_least_squares_argmin(tuple(ys), 0.9)
+    closed = mm.bias_corrected(m, 0.9, 30)
+    return max_abs_error(x, closed, xp) / max_abs_error(closed, 0 * closed, xp)
+
+
+@register_check("adam", "erratum (plain sums): the plain-sum memory's minimiser is the mean, not Adam's moment")
+def _plain_sums(xp):
+    g = np.random.default_rng(23)
+    ys = [to_backend(g.standard_normal((2, 3)) + 0.1 * s, xp) for s in range(30)]  # a drifting gradient
+    plain, _ = mm.plain_sum_argmin(tuple(ys))
+    mean = sum(ys[1:], ys[0]) / 30.0
+    m = 0 * ys[0]
+    for y in ys:
+        m = mm.ema_step(m, y, 0.9)
+    gap = max_abs_error(mm.bias_corrected(m, 0.9, 30), mean, xp)
+    if not gap > 0.5:
+        raise AssertionError(f"Adam's moment is within {gap:.3g} of the plain mean: the plain-sum claim would hold")
+    # the plain-sum minimiser is the arithmetic mean (CG at 1e-12 relative)
+    return max_abs_error(plain, mean, xp), 1e-12 * max_abs_error(mean, 0 * mean, xp)
+
+
+@register_check("rmsprop", "uncorrected average == memory with a zero past; bias correction removes that past", 1e-12)
+def _zero_past(xp):
+    g = np.random.default_rng(24)
+    ys = [to_backend(g.standard_normal((2, 3)), xp) for _ in range(12)]
+    v = 0 * ys[0]
+    for y in ys:
+        v = mm.ema_step(v, y, 0.9)
+    x, _ = mm.discounted_least_squares_argmin(tuple(ys), 0.9, zero_prehistory=True)
+    return max_abs_error(x, v, xp) / max_abs_error(v, 0 * v, xp)
