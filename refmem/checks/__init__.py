@@ -56,6 +56,7 @@ MODULES = (
     "sequence_memories_b",
     "deep_memory_scipy",
     "chunked",
+    "optimizers",
 )
 
 for _module in MODULES:
