@@ -7,7 +7,7 @@ different solver (SciPy: BFGS, then MINPACK's root finder on the optimality
 condition) of the same stated objective
 ``l(W; k, v) + 1/(2 eta) ||W - alpha W_t||^2``; both use the hand-written
 gradient, itself checked against finite differences in
-:mod:`refmem.checks.sequence_memories_b`.
+:mod:`refmem.checks.deep_memory`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..memories.deep_memory import deep_step
 from ..memories.residual_mlp import ResidualLoss, deep_loss_grad
 from ..metrics import rel_error
 from ..retentions import ForgetGate
-from .sequence_memories_b import deep_problem
+from .deep_memory import deep_problem
 from . import register_check
 
 
