@@ -166,7 +166,21 @@ def get_backend(name: str) -> Backend:
 
 
 def use(name: str) -> None:
-    """Make ``name`` the current backend for arrays created from nothing."""
+    """Make ``name`` the current backend for arrays created from nothing.
+
+    Examples
+    --------
+    >>> from refmem.backends import current_name, use
+    >>> before = current_name()
+    >>> use("array_api_strict")
+    >>> current_name()
+    'array_api_strict'
+    >>> use("no_such_backend")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    refmem.backends.BackendError: ...
+    >>> use(before)
+    """
     global _current
     get_backend(name)
     _current = name
@@ -174,7 +188,18 @@ def use(name: str) -> None:
 
 @contextlib.contextmanager
 def backend(name: str):
-    """``with refmem.backend("array_api_strict"): ...`` sets the current backend inside the block."""
+    """``with refmem.backend("array_api_strict"): ...`` sets the current backend inside the block.
+
+    Examples
+    --------
+    >>> from refmem.backends import backend, current_name
+    >>> before = current_name()
+    >>> with backend("array_api_strict") as xp:
+    ...     print(current_name(), xp.__name__)
+    array_api_strict array_api_strict
+    >>> current_name() == before
+    True
+    """
     global _current
     get_backend(name)
     previous, _current = _current, name

@@ -364,6 +364,23 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     Returns
     -------
     ConformResult
+    Examples
+    --------
+    A linear-attention kernel written in refmem's layout, checked on two of the
+    test-vector cases:
+
+    >>> import numpy as np
+    >>> from refmem.conform import check
+    >>> def my_linear_attention(q, k, v, *, initial_state=None):
+    ...     M = np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1]))  # [..., d_v, d_k]
+    ...     outs = []
+    ...     for t in range(k.shape[-2]):
+    ...         M = M + v[..., t, :, None] * k[..., t, None, :]      # write v_t k_t^T
+    ...         outs.append(np.einsum("...ij,...j->...i", M, q[..., t, :]))  # then read M_t q_t
+    ...     return np.stack(outs, axis=-2), M
+    >>> result = check(my_linear_attention, spec="linear_attention", cases=["T1", "no_batch"])
+    >>> result.passed
+    True
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")

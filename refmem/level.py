@@ -54,6 +54,21 @@ class Level:
         the retained state (``alpha M_t`` under a forget gate: the gated delta rule).
     name : str
         Optional label used in reports.
+    Examples
+    --------
+    The delta rule's explicit step is one gradient step on ``1/2 ||M k - v||^2``:
+
+    >>> import numpy as np
+    >>> from refmem import Level, solve
+    >>> from refmem.objectives import L2
+    >>> from refmem.retentions import LocalL2
+    >>> rng = np.random.default_rng(0)
+    >>> M_t = rng.standard_normal((3, 4))          # state [d_v, d_k]
+    >>> k, v = rng.standard_normal(4), rng.standard_normal(3)
+    >>> level = Level(L2(), LocalL2(eta=0.1), step="explicit")
+    >>> M, report = solve(level, M_t, k, v)
+    >>> bool(np.allclose(M, M_t - 0.1 * np.outer(M_t @ k - v, k)))
+    True
     """
 
     objective: Objective
@@ -150,10 +165,10 @@ def _closed(level, ret, M_t, k, v, xp):
 
 
 def problem(level: Level, M_t, k, v, *, bound_retention=None, xp=None) -> Problem:
-    """The stated objective of (P) as a :class:`~refmem.solvers.Problem` for the iterative solvers.
+    r"""The stated objective of (P) as a :class:`~refmem.solvers.Problem` for the iterative solvers.
 
-    Explicit: :math:`F(M) = \\langle g, M\\rangle + \\mathrm{Ret}(M, M_t)` with ``g`` the
-    gradient at the linearisation point. Implicit: :math:`F(M) = l(M) + \\mathrm{Ret}(M, M_t)`.
+    Explicit: :math:`F(M) = \langle g, M\rangle + \mathrm{Ret}(M, M_t)` with ``g`` the
+    gradient at the linearisation point. Implicit: :math:`F(M) = l(M) + \mathrm{Ret}(M, M_t)`.
     The starting point is ``M_t``.
     """
     if bound_retention is None:
@@ -243,6 +258,25 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
         ``method="closed"`` for a combination without a closed form.
     ConvergenceError
         The iterative solver did not meet its tolerance.
+    Examples
+    --------
+    The implicit l2 step, once in closed form (Sherman-Morrison) and once by
+    conjugate gradient on the stated objective:
+
+    >>> import numpy as np
+    >>> from refmem import Level, solve
+    >>> from refmem.objectives import L2
+    >>> from refmem.retentions import LocalL2
+    >>> rng = np.random.default_rng(0)
+    >>> M_t = rng.standard_normal((3, 4))          # state [d_v, d_k]
+    >>> k, v = rng.standard_normal(4), rng.standard_normal(3)
+    >>> level = Level(L2(), LocalL2(eta=0.5), step="implicit")
+    >>> M, report = solve(level, M_t, k, v)
+    >>> M_it, it_report = solve(level, M_t, k, v, method="iterative")
+    >>> report.method, it_report.method, it_report.solver, it_report.converged
+    ('closed', 'iterative', 'cg', True)
+    >>> bool(np.max(np.abs(M - M_it)) <= 1e-10 * np.max(np.abs(M)))
+    True
     """
     if method not in ("closed", "iterative"):
         raise ValueError(f"method must be 'closed' or 'iterative'; got {method!r}")

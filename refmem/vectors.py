@@ -1,6 +1,6 @@
-"""Test vectors: deterministic reference cases for every registered memory (NumPy-only module: file I/O).
+r"""Test vectors: deterministic reference cases for every registered memory (NumPy-only module: file I/O).
 
-This module is NumPy-only by design (the preamble allows it for I/O): it draws
+This module is NumPy-only by design (it reads and writes files): it draws
 inputs with NumPy, runs refmem's float64 reference on NumPy arrays, and writes
 and reads the files. Other implementations (PyTorch, JAX, Triton kernels) are
 checked against these files by :mod:`refmem.conform`.
@@ -20,7 +20,7 @@ Tolerance of a case (stored in the manifest, one per dtype):
 
 .. math::
 
-    \\mathrm{tol}(u) = 8\\,\\epsilon\\,(T + d_k + d_v)\\,\\max(1, \\hat\\kappa)
+    \mathrm{tol}(u) = 8\,\epsilon\,(T + d_k + d_v)\,\max(1, \hat\kappa)
 
 with ``eps`` the machine epsilon of the dtype compared, ``T + d_k + d_v`` the
 length of the longest chain of roundings a recurrent or chunked evaluation

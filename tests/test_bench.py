@@ -1,4 +1,4 @@
-"""``refmem bench`` (issue 4 part 3): runs on tiny sizes, prints the table, writes the JSON rows.
+"""``refmem bench``: runs on tiny sizes, prints the table, writes the JSON rows.
 
 No test asserts a time. One test checks memory: the chunked gated delta rule
 keeps no per-step state history (its peak extra memory, measured by tracemalloc,

@@ -1,4 +1,4 @@
-"""Chunked (parallel) and mini-batch forms (issue 4, MATH.md 8).
+"""Chunked (parallel) and mini-batch forms (MATH.md 8).
 
 Every chunked form is compared with its memory's *recurrent* form (written by
 another module, the per-token definition) over odd ``T``, chunk sizes 1..64,

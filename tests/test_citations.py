@@ -160,3 +160,52 @@ def test_every_reference_has_an_identifier_or_says_why_not():
 def test_docs_point_only_inside_the_repository(path):
     bad = outside_pointers(path.read_text(encoding="utf-8"), path)
     assert not bad, f"{path.relative_to(ROOT)} points outside the repository or at a missing file: {bad}"
+
+
+# --- module docstrings name their paper; no words of the project's own process --------------------
+
+# Packages whose modules implement something from a paper; every public module's docstring names it.
+PAPER_PACKAGES = ("memories", "chunked", "objectives", "retentions", "optimizers")
+# Short names a docstring may use, each of which section 10 of specs/MATH.md must list.
+PAPER_NAMES = ("Nested Learning", "NL-", "NLx-", "Titans", "Miras", "Moneta", "Yaad", "Memora", "Atlas", "Omega",
+               "Longhorn", "Mesa", "DeltaNet", "GLA", "RetNet", "Mamba2", "Katharopoulos", "Vaswani", "TTT",
+               "Muon", "Adam", "AdaGrad", "RMSProp")
+# Words that only mean something inside the project's planning: issue numbers, parts of a task, the
+# working material the contract grew from. A reader of the code has none of it.
+PROCESS_WORDS = re.compile(r"(?i)\bissues? #?\d+|\bparts? \d+[a-z]?\b|\bseed's\b|\bthe seed\b(?! of)|working copy|"
+                           r"\bpreamble\b|\bhelper session\b")
+
+
+def test_paper_names_are_listed_in_the_references():
+    refs = references_section(MATH.read_text(encoding="utf-8"))
+    for name in PAPER_NAMES:
+        assert name.rstrip("-") in refs, f"{name!r} is not in specs/MATH.md section 10"
+
+
+@pytest.mark.parametrize("package", PAPER_PACKAGES)
+def test_every_module_docstring_names_its_paper(package):
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "refmem" / package).glob("*.py")):
+        if path.name.startswith("_") and path.name != "__init__.py":
+            continue  # private helpers: the public module that uses them names the paper
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        if not any(name in doc for name in PAPER_NAMES):
+            missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"module docstrings that name no paper (one of {PAPER_NAMES}): {missing}"
+
+
+def test_no_process_words():
+    found = []
+    for path in source_files():
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if PROCESS_WORDS.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()[:80]}")
+    assert not found, f"words of the project's planning in code or docs: {found}"
+
+
+def test_process_word_pattern_can_fail():
+    hits = [t for t in ("see issue 3 part 4", "the seed's examples", "the seed of a case", "random seed 0",
+                        "part 2b of the plan", "the smooth part") if PROCESS_WORDS.search(t)]
+    assert hits == ["see issue 3 part 4", "the seed's examples", "part 2b of the plan"]

@@ -1,5 +1,5 @@
 """The core level: closed form == iterative for every (objective, retention, step) the core defines,
-backends agree, and bad input gets a clear error (issue 2, MATH.md 1-4)."""
+backends agree, and bad input gets a clear error (MATH.md 1-4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-r"""``refmem verify`` checks for the seed's two examples (MATH.md 2a, 2b; NL-2..11, NLx-10..13).
+r"""``refmem verify`` checks for gradient descent and momentum read as memories (MATH.md 2a, 2b; NL-2..11, NLx-10..13).
 
 Spec ``mlp_local_surprise``: the hand-written ``dL/dy`` against finite
 differences; one GD step on the real loss (gradient in ``W`` by finite

@@ -1,4 +1,4 @@
-"""Chunk mechanics every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve,
+r"""Chunk mechanics every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve,
 the chunk-to-chunk pass.
 
 A sequence ``[..., T, d]`` is padded at the end to ``N C`` steps (``N = ceil(T / C)``)
@@ -12,10 +12,10 @@ without ever dividing by a gate product and without ``log(0)``: for gates
 
 .. math::
 
-    D_{ts} = \\prod_{s < r \\le t} a_r
-           = \\exp(L_t - L_s)\\,[Z_t = Z_s],
-    \\qquad L_t = \\sum_{r \\le t,\\ a_r > 0} \\log a_r,
-    \\qquad Z_t = \\#\\{r \\le t : a_r = 0\\},
+    D_{ts} = \prod_{s < r \le t} a_r
+           = \exp(L_t - L_s)\,[Z_t = Z_s],
+    \qquad L_t = \sum_{r \le t,\ a_r > 0} \log a_r,
+    \qquad Z_t = \#\{r \le t : a_r = 0\},
 
 so a zero gate between ``s`` and ``t`` gives exactly 0 (the zero count differs)
 and every exponent is ``<= 0`` where it is used.

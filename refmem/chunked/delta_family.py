@@ -1,11 +1,11 @@
-"""The chunk algebra of the delta-rule family: the exact UT form and the mini-batch form (MATH.md 8).
+r"""The chunk algebra of the delta-rule family: the exact UT form and the mini-batch form (MATH.md 8).
 
 Every chunked form here reduces one chunk of ``C`` steps, started from state
 ``M0 [..., d_v, d_k]``, to
 
 .. math::
 
-    O = P_U + \\tilde Q M_0^T, \\qquad M_C = \\mathrm{step}(M_0),
+    O = P_U + \tilde Q M_0^T, \qquad M_C = \mathrm{step}(M_0),
 
 where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
 ``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
@@ -22,7 +22,7 @@ from .chunks import (chunk, concat_last, decay_from_start, decay_matrix, from_ch
 
 
 def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
-    """Chunk terms of the gated delta rule (exact UT form, or the mini-batch form).
+    r"""Chunk terms of the gated delta rule (exact UT form, or the mini-batch form).
 
     Parameters
     ----------
@@ -46,27 +46,27 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     -----
     The recurrence :math:`M_t = a_t M_{t-1} + u_t k_t^T`,
     :math:`u_t = b_t (v_t - a_t M_{t-1} k_t)` unrolls inside a chunk to
-    :math:`M_t = \\gamma_t M_0 + \\sum_{s \\le t} D_{ts} u_s k_s^T` with
-    :math:`\\gamma_t = \\prod_{r \\le t} a_r`, :math:`D_{ts} = \\prod_{s<r\\le t} a_r`. Since
-    :math:`a_t M_{t-1} = \\gamma_t M_0 + \\sum_{s<t} D_{ts} u_s k_s^T`, the rows of
+    :math:`M_t = \gamma_t M_0 + \sum_{s \le t} D_{ts} u_s k_s^T` with
+    :math:`\gamma_t = \prod_{r \le t} a_r`, :math:`D_{ts} = \prod_{s<r\le t} a_r`. Since
+    :math:`a_t M_{t-1} = \gamma_t M_0 + \sum_{s<t} D_{ts} u_s k_s^T`, the rows of
     :math:`U` solve the unit lower-triangular system (UT / WY form)
 
     .. math::
 
-        (I + \\mathrm{diag}(b)\\,\\mathrm{strict\\_tril}(D \\odot K K^T))\\, U
-        = \\mathrm{diag}(b) V - \\mathrm{diag}(b \\gamma) K M_0^T,
+        (I + \mathrm{diag}(b)\,\mathrm{strict\_tril}(D \odot K K^T))\, U
+        = \mathrm{diag}(b) V - \mathrm{diag}(b \gamma) K M_0^T,
 
-    so :math:`U = \\tilde U - W M_0^T` with :math:`\\tilde U = A^{-1} \\mathrm{diag}(b) V`,
-    :math:`W = A^{-1} \\mathrm{diag}(b\\gamma) K`. Then, with
-    :math:`P = \\mathrm{tril}(D \\odot Q K^T)` and :math:`\\tilde K = \\mathrm{diag}(D_{C\\cdot}) K`,
+    so :math:`U = \tilde U - W M_0^T` with :math:`\tilde U = A^{-1} \mathrm{diag}(b) V`,
+    :math:`W = A^{-1} \mathrm{diag}(b\gamma) K`. Then, with
+    :math:`P = \mathrm{tril}(D \odot Q K^T)` and :math:`\tilde K = \mathrm{diag}(D_{C\cdot}) K`,
 
     .. math::
 
-        O = P \\tilde U + (\\mathrm{diag}(\\gamma) Q - P W) M_0^T, \\qquad
-        M_C = M_0 (\\gamma_C I - W^T \\tilde K) + \\tilde U^T \\tilde K .
+        O = P \tilde U + (\mathrm{diag}(\gamma) Q - P W) M_0^T, \qquad
+        M_C = M_0 (\gamma_C I - W^T \tilde K) + \tilde U^T \tilde K .
 
     The mini-batch form takes every gradient at the gated chunk-start state
-    :math:`\\gamma_t M_0` instead of :math:`a_t M_{t-1}`: the same formulas with
+    :math:`\gamma_t M_0` instead of :math:`a_t M_{t-1}`: the same formulas with
     :math:`A = I`. At ``C = 1`` the two coincide.
     """
     d_v, d_k = V.shape[-1], K.shape[-1]
@@ -120,7 +120,7 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
 
 
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
-    """Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
+    r"""Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
 
     ``exact=False`` gives the mini-batch form (see :func:`delta_terms`).
     Returns ``(o [..., T, d_v], M_T [..., d_v, d_k])``.
@@ -128,9 +128,9 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
     Notes
     -----
     Same algebra as :func:`delta_terms`, ordered for the fewest FLOPs: the
-    sequential pass carries ``M`` and forms :math:`U = \\tilde U - W M_0^T` and
-    :math:`M_C = \\gamma_C M_0 + U^T \\tilde K` (two ``C x d x d`` products per
-    chunk); the outputs :math:`O = \\mathrm{diag}(\\gamma) Q M_0^T + P U` are then
+    sequential pass carries ``M`` and forms :math:`U = \tilde U - W M_0^T` and
+    :math:`M_C = \gamma_C M_0 + U^T \tilde K` (two ``C x d x d`` products per
+    chunk); the outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are then
     one batched product over all chunks, from the stacked chunk-start states
     (``N`` matrices ``d_v x d_k``: ``T d / C`` numbers per head, no per-step history).
     """

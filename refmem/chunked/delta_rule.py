@@ -1,12 +1,12 @@
-"""Chunked delta rule (WY / UT form, MATH.md 8) and its mini-batch variant.
+r"""Chunked delta rule (WY / UT form, MATH.md 8) and its mini-batch variant.
 
-Exact form: per chunk, :math:`A = I + \\mathrm{strict\\_tril}(\\mathrm{diag}(\\beta) K K^T)`,
-:math:`U = A^{-1}\\mathrm{diag}(\\beta)(V - K M_0^T)`,
-:math:`O = Q M_0^T + \\mathrm{tril}(Q K^T) U`, :math:`M_C = M_0 + U^T K`
+Exact form: per chunk, :math:`A = I + \mathrm{strict\_tril}(\mathrm{diag}(\beta) K K^T)`,
+:math:`U = A^{-1}\mathrm{diag}(\beta)(V - K M_0^T)`,
+:math:`O = Q M_0^T + \mathrm{tril}(Q K^T) U`, :math:`M_C = M_0 + U^T K`
 (:func:`refmem.chunked.delta_family.delta_terms` with no gate).
 
 Mini-batch form (TTT): every gradient of the chunk at the chunk-start state,
-:math:`M_t = M_0 - \\sum_{s \\le t} \\beta_s (M_0 k_s - v_s) k_s^T`: the same
+:math:`M_t = M_0 - \sum_{s \le t} \beta_s (M_0 k_s - v_s) k_s^T`: the same
 formulas with :math:`A = I`. It equals the recurrence only for ``C = 1``.
 """
 
@@ -42,6 +42,19 @@ def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     -------
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refmem.chunked.delta_rule import delta_rule_chunked
+    >>> from refmem.memories.delta_rule import delta_rule_recurrent
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((2, 10, 4))     # T = 10, d_k = 4
+    >>> v = rng.standard_normal((10, 3))           # d_v = 3
+    >>> beta = rng.uniform(0.1, 0.5, 10)
+    >>> o_c, M_c = delta_rule_chunked(q, k, v, beta, chunk_size=4)   # chunks of 4, 4 and 2
+    >>> o_r, M_r = delta_rule_recurrent(q, k, v, beta)
+    >>> bool(np.allclose(o_c, o_r)), bool(np.allclose(M_c, M_r))
+    (True, True)
     """
     xp, C = _checked(q, k, v, beta, initial_state, chunk_size)
     return delta_family(q, k, v, beta, None, C, initial(initial_state, k, v, xp), xp, exact=True)

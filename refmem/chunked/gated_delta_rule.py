@@ -1,15 +1,15 @@
-"""Chunked gated delta rule (UT form with in-chunk cumulative log-gates, MATH.md 8) and its mini-batch variant.
+r"""Chunked gated delta rule (Gated DeltaNet; UT form with in-chunk cumulative log-gates, MATH.md 8) and its mini-batch variant.
 
 Recurrence: :math:`M_t = a_t M_{t-1} - b_t (a_t M_{t-1} k_t - v_t) k_t^T`.
 Exact form: :func:`refmem.chunked.delta_family.delta_terms` with the gate decays
-:math:`\\gamma_t = \\prod_{r \\le t} a_r`, :math:`D_{ts} = \\prod_{s<r\\le t} a_r`
+:math:`\gamma_t = \prod_{r \le t} a_r`, :math:`D_{ts} = \prod_{s<r\le t} a_r`
 (zero gates give exact zeros; no ``log 0``, no division by a gate product).
 
 Mini-batch form: every gradient at the gated chunk-start state,
-:math:`M_t = a_t M_{t-1} - b_t (\\gamma_t M_0 k_t - v_t) k_t^T`. The recurrence
+:math:`M_t = a_t M_{t-1} - b_t (\gamma_t M_0 k_t - v_t) k_t^T`. The recurrence
 takes the l2 gradient at the retained state :math:`a_t M_{t-1}`; its mini-batch
 analogue is the chunk-start state carried to step ``t`` by the gates,
-:math:`\\gamma_t M_0` (with ``C = 1`` that is :math:`a_t M_{t-1}`, so the two agree).
+:math:`\gamma_t M_0` (with ``C = 1`` that is :math:`a_t M_{t-1}`, so the two agree).
 """
 
 from __future__ import annotations

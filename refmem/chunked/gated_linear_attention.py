@@ -1,20 +1,20 @@
-"""Chunked gated linear attention: scalar gates (RetNet / Mamba2) or per key channel (GLA) (MATH.md 8).
+r"""Chunked gated linear attention: scalar gates (RetNet / Mamba2) or per key channel (GLA) (MATH.md 8).
 
-Scalar gate :math:`a_t`: with :math:`\\gamma_t = \\prod_{r\\le t} a_r` and
-:math:`D_{ts} = \\prod_{s<r\\le t} a_r` inside a chunk,
+Scalar gate :math:`a_t`: with :math:`\gamma_t = \prod_{r\le t} a_r` and
+:math:`D_{ts} = \prod_{s<r\le t} a_r` inside a chunk,
 
 .. math::
 
-    O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T, \\qquad
-    M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K .
+    O = \mathrm{tril}(D \odot Q K^T) V + \mathrm{diag}(\gamma) Q M_0^T, \qquad
+    M_C = \gamma_C M_0 + V^T \mathrm{diag}(D_{C\cdot}) K .
 
-Per key channel :math:`a_t \\in [0,1]^{d_k}` (:math:`M_t = M_{t-1}\\mathrm{diag}(a_t) + v_t k_t^T`):
+Per key channel :math:`a_t \in [0,1]^{d_k}` (:math:`M_t = M_{t-1}\mathrm{diag}(a_t) + v_t k_t^T`):
 the same with one decay per channel ``c``,
 
 .. math::
 
-    O_{t} = \\sum_{s \\le t} \\Big(\\sum_c q_{tc} k_{sc} D^{(c)}_{ts}\\Big) v_s + M_0 (\\gamma_t \\odot q_t),
-    \\qquad M_C = M_0 \\mathrm{diag}(\\gamma_C) + V^T (K \\odot D_{C\\cdot}) .
+    O_{t} = \sum_{s \le t} \Big(\sum_c q_{tc} k_{sc} D^{(c)}_{ts}\Big) v_s + M_0 (\gamma_t \odot q_t),
+    \qquad M_C = M_0 \mathrm{diag}(\gamma_C) + V^T (K \odot D_{C\cdot}) .
 
 The decays are formed from cumulative log-gates with an explicit zero count
 (:mod:`refmem.chunked.chunks`), never as ratios ``gamma_t / gamma_s`` (which

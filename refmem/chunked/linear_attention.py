@@ -1,8 +1,8 @@
-"""Chunked linear attention (MATH.md 8, first bullet).
+r"""Chunked linear attention (Katharopoulos et al., "Transformers are RNNs"; MATH.md 8, first bullet).
 
 .. math::
 
-    O = Q M_0^T + \\mathrm{tril}(Q K^T) V, \\qquad M_C = M_0 + V^T K
+    O = Q M_0^T + \mathrm{tril}(Q K^T) V, \qquad M_C = M_0 + V^T K
 
 per chunk (rows of ``Q, K, V`` are the chunk's steps; ``M`` is ``[d_v, d_k]``).
 """

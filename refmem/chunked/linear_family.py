@@ -1,11 +1,11 @@
-"""The chunk algebra of the linear-attention family, scalar-gated or not (MATH.md 8).
+r"""The chunk algebra of the linear-attention family, scalar-gated or not (MATH.md 8).
 
 Every chunked form here reduces one chunk of ``C`` steps, started from state
 ``M0 [..., d_v, d_k]``, to
 
 .. math::
 
-    O = P_U + \\tilde Q M_0^T, \\qquad M_C = \\mathrm{step}(M_0),
+    O = P_U + \tilde Q M_0^T, \qquad M_C = \mathrm{step}(M_0),
 
 where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
 ``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
@@ -22,13 +22,13 @@ from .chunks import (chunk, decay_from_start, decay_matrix, from_chunks, gate_cu
 
 
 def linear_terms(Q, K, V, L, Z, xp):
-    """Chunk terms of (scalar-gated) linear attention: ``O = PU + Qt M0^T``, ``M_C = g_C M0 + H``.
+    r"""Chunk terms of (scalar-gated) linear attention: ``O = PU + Qt M0^T``, ``M_C = g_C M0 + H``.
 
     Notes
     -----
-    :math:`M_t = \\gamma_t M_0 + \\sum_{s\\le t} D_{ts} v_s k_s^T`, so
-    :math:`O = \\mathrm{tril}(D \\odot Q K^T) V + \\mathrm{diag}(\\gamma) Q M_0^T` and
-    :math:`M_C = \\gamma_C M_0 + V^T \\mathrm{diag}(D_{C\\cdot}) K` (MATH.md 8, first bullet).
+    :math:`M_t = \gamma_t M_0 + \sum_{s\le t} D_{ts} v_s k_s^T`, so
+    :math:`O = \mathrm{tril}(D \odot Q K^T) V + \mathrm{diag}(\gamma) Q M_0^T` and
+    :math:`M_C = \gamma_C M_0 + V^T \mathrm{diag}(D_{C\cdot}) K` (MATH.md 8, first bullet).
     Returns ``PU, Qt, H, g_end`` with ``g_end [...]`` (``None`` without a gate).
     """
     C = K.shape[-2]

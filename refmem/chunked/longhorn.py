@@ -1,14 +1,14 @@
-"""Chunked Longhorn: its implicit l2 step is a delta step with ``e_t = b_t / (1 + b_t ||k_t||^2)`` (MATH.md 5, 8).
+r"""Chunked Longhorn: its implicit l2 step is a delta step with ``e_t = b_t / (1 + b_t ||k_t||^2)`` (MATH.md 5, 8).
 
 .. math::
 
-    M_t = M_{t-1} - \\mathrm{diag}(e_t) (M_{t-1} k_t - v_t) k_t^T .
+    M_t = M_{t-1} - \mathrm{diag}(e_t) (M_{t-1} k_t - v_t) k_t^T .
 
 Scalar ``b_t``: the chunked delta rule (:func:`refmem.chunked.delta_family.delta_terms`,
 UT form) with ``beta = e``. Per value channel ``b_t in R^{d_v}``: row ``i`` of
 ``M`` follows its own delta rule with step ``e_{t,i}``, so each row has its own
 unit lower-triangular system
-:math:`(I + \\mathrm{diag}(e_{\\cdot i}) \\mathrm{strict\\_tril}(K K^T)) u_{\\cdot i} = \\ldots`;
+:math:`(I + \mathrm{diag}(e_{\cdot i}) \mathrm{strict\_tril}(K K^T)) u_{\cdot i} = \ldots`;
 the rows are an extra batch axis, solved one chunk at a time (the per-row
 ``W`` matrices are ``d_v`` times larger than in the scalar case).
 """

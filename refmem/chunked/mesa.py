@@ -1,26 +1,26 @@
-"""Chunked Mesa layer by conjugate gradient (MATH.md 5, 8).
+r"""Chunked Mesa layer by conjugate gradient (MATH.md 5, 8).
 
-Mesa's state is the pair of running statistics :math:`H_t = H_0 + \\sum_{i\\le t} k_i k_i^T`,
-:math:`G_t = G_0 + \\sum_{i\\le t} v_i k_i^T` (:mod:`refmem.memories.mesa`), and
-:math:`o_t = M_t q_t = G_t (H_t + \\Lambda_t)^{-1} q_t`. Per chunk with start
-statistics :math:`(G_0, H_0)`, write :math:`y_t = (H_t + \\Lambda_t)^{-1} q_t`; then
+Mesa's state is the pair of running statistics :math:`H_t = H_0 + \sum_{i\le t} k_i k_i^T`,
+:math:`G_t = G_0 + \sum_{i\le t} v_i k_i^T` (:mod:`refmem.memories.mesa`), and
+:math:`o_t = M_t q_t = G_t (H_t + \Lambda_t)^{-1} q_t`. Per chunk with start
+statistics :math:`(G_0, H_0)`, write :math:`y_t = (H_t + \Lambda_t)^{-1} q_t`; then
 
 .. math::
 
-    (H_t + \\Lambda_t)\\, y_t = H_0 y_t + \\sum_{s \\le t} k_s (k_s^T y_t) + \\Lambda_t y_t
-    \\;\\Rightarrow\\; \\mathcal A(Y) = Y H_0 + \\mathrm{tril}(Y K^T) K + \\Lambda \\odot Y,
+    (H_t + \Lambda_t)\, y_t = H_0 y_t + \sum_{s \le t} k_s (k_s^T y_t) + \Lambda_t y_t
+    \;\Rightarrow\; \mathcal A(Y) = Y H_0 + \mathrm{tril}(Y K^T) K + \Lambda \odot Y,
 
-    O = Y G_0^T + \\mathrm{tril}(Y K^T) V,
+    O = Y G_0^T + \mathrm{tril}(Y K^T) V,
 
 so the ``C`` systems of a chunk (and of all chunks at once, given each chunk's
 start statistics, which are prefix sums of :math:`K^T K` and :math:`V^T K`) are
 solved together by conjugate gradient whose operator is three matrix
-products. The final state :math:`M_T = G_T (H_T + \\Lambda_T)^{-1}` is solved by
-CG too (rows :math:`m_i (H_T + \\Lambda_T) = g_i`).
+products. The final state :math:`M_T = G_T (H_T + \Lambda_T)^{-1}` is solved by
+CG too (rows :math:`m_i (H_T + \Lambda_T) = g_i`).
 
-CG stops per system when :math:`\\|r\\| \\le \\mathrm{rtol}\\,\\|b\\|`; the error of
-:math:`y` is then at most about :math:`\\kappa\\,\\mathrm{rtol}` relative, with
-:math:`\\kappa \\le (\\|H_0\\| + \\sum\\|k_i\\|^2 + \\lambda_{max}) / \\lambda_{min}`.
+CG stops per system when :math:`\|r\| \le \mathrm{rtol}\,\|b\|`; the error of
+:math:`y` is then at most about :math:`\kappa\,\mathrm{rtol}` relative, with
+:math:`\kappa \le (\|H_0\| + \sum\|k_i\|^2 + \lambda_{max}) / \lambda_{min}`.
 A system that does not converge in ``max_iter`` steps raises
 :class:`~refmem.solvers.ConvergenceError`.
 """

@@ -1,48 +1,48 @@
-"""Chunked Titans (linear memory, momentum and forgetting): an exact chunked form exists (MATH.md 5, 8).
+r"""Chunked Titans (linear memory, momentum and forgetting): an exact chunked form exists (MATH.md 5, 8).
 
-Recurrence (:mod:`refmem.memories.titans`), with :math:`a_t = 1 - \\alpha_t`:
+Recurrence (:mod:`refmem.memories.titans`), with :math:`a_t = 1 - \alpha_t`:
 
 .. math::
 
-    S_t = \\eta_t S_{t-1} + u_t k_t^T, \\quad u_t = \\theta_t (v_t - M_{t-1} k_t), \\qquad
-    M_t = a_t M_{t-1} + S_t = a_t M_{t-1} + \\eta_t S_{t-1} + u_t k_t^T .
+    S_t = \eta_t S_{t-1} + u_t k_t^T, \quad u_t = \theta_t (v_t - M_{t-1} k_t), \qquad
+    M_t = a_t M_{t-1} + S_t = a_t M_{t-1} + \eta_t S_{t-1} + u_t k_t^T .
 
 Derivation. The pair :math:`X_t = [M_t, S_t]` (``d_v x 2 d_k``) obeys
-:math:`X_t = X_{t-1} (G_t \\otimes I) + u_t ((1, 1) \\otimes k_t^T)` with the 2 x 2 gate
-:math:`G_t = [[a_t, 0], [\\eta_t, \\eta_t]]`: the l2 gradient couples the levels
+:math:`X_t = X_{t-1} (G_t \otimes I) + u_t ((1, 1) \otimes k_t^T)` with the 2 x 2 gate
+:math:`G_t = [[a_t, 0], [\eta_t, \eta_t]]`: the l2 gradient couples the levels
 only through the rank-one writes, and the gates are a Kronecker product with the
 identity. So inside a chunk the coefficients are products of 2 x 2 lower-triangular
-gates, :math:`G_{s+1} \\cdots G_t = [[D^a_{ts}, 0], [P_{ts}, D^\\eta_{ts}]]`, with
-:math:`D^a_{ts} = \\prod_{s<r\\le t} a_r`, :math:`D^\\eta_{ts} = \\prod_{s<r\\le t} \\eta_r` and
+gates, :math:`G_{s+1} \cdots G_t = [[D^a_{ts}, 0], [P_{ts}, D^\eta_{ts}]]`, with
+:math:`D^a_{ts} = \prod_{s<r\le t} a_r`, :math:`D^\eta_{ts} = \prod_{s<r\le t} \eta_r` and
 
 .. math::
 
-    P_{ts} = \\sum_{s < r \\le t} D^\\eta_{rs} D^a_{tr}
-    \\quad (P = D^a \\, \\mathrm{strict\\_tril}(D^\\eta), \\text{ a matrix product}),
+    P_{ts} = \sum_{s < r \le t} D^\eta_{rs} D^a_{tr}
+    \quad (P = D^a \, \mathrm{strict\_tril}(D^\eta), \text{ a matrix product}),
 
 the weight with which momentum present at ``s`` has reached ``M`` by ``t``. Then
 
 .. math::
 
-    M_t = \\gamma^a_t M_0 + p_t S_0 + \\sum_{s \\le t} c_{ts} u_s k_s^T, \\quad
-    S_t = \\gamma^\\eta_t S_0 + \\sum_{s \\le t} D^\\eta_{ts} u_s k_s^T,
+    M_t = \gamma^a_t M_0 + p_t S_0 + \sum_{s \le t} c_{ts} u_s k_s^T, \quad
+    S_t = \gamma^\eta_t S_0 + \sum_{s \le t} D^\eta_{ts} u_s k_s^T,
 
-:math:`c = D^a + P`, :math:`\\gamma` the decays from the chunk start and
-:math:`p_t = \\sum_{r \\le t} D^a_{tr} \\gamma^\\eta_r`. Since ``u_t`` reads
+:math:`c = D^a + P`, :math:`\gamma` the decays from the chunk start and
+:math:`p_t = \sum_{r \le t} D^a_{tr} \gamma^\eta_r`. Since ``u_t`` reads
 :math:`M_{t-1}`, the rows of ``U`` solve a unit lower-triangular system exactly as in
 the delta rule (UT form) with the *shifted* coefficients :math:`c_{t-1,s}`:
 
 .. math::
 
-    (I + \\mathrm{diag}(\\theta)(c^{-} \\odot K K^T)) U
-    = \\mathrm{diag}(\\theta)(V - \\mathrm{diag}(\\gamma^{a-}) K M_0^T - \\mathrm{diag}(p^{-}) K S_0^T),
+    (I + \mathrm{diag}(\theta)(c^{-} \odot K K^T)) U
+    = \mathrm{diag}(\theta)(V - \mathrm{diag}(\gamma^{a-}) K M_0^T - \mathrm{diag}(p^{-}) K S_0^T),
 
-(:math:`x^-_t = x_{t-1}`, :math:`\\gamma^{a-}_0 = 1`, :math:`p^-_0 = 0`). Everything is
+(:math:`x^-_t = x_{t-1}`, :math:`\gamma^{a-}_0 = 1`, :math:`p^-_0 = 0`). Everything is
 affine in :math:`[M_0, S_0]`, so the chunk-to-chunk pass carries the pair
 (``d_v x 2 d_k``) through one ``2 d_k x 2 d_k`` matrix per chunk.
 
 Mini-batch form (Titans' own parallel training): every gradient of the chunk at
-the chunk-start state, :math:`u_t = \\theta_t (v_t - M_0 k_t)`: the same formulas
+the chunk-start state, :math:`u_t = \theta_t (v_t - M_0 k_t)`: the same formulas
 with :math:`A = I` and :math:`M_{t-1}` replaced by :math:`M_0`; equal to the
 recurrence only when ``C = 1``.
 """

@@ -1,4 +1,4 @@
-"""Sequence memories: one level each, scanned over a sequence (MATH.md 5).
+"""Sequence memories: one level each, scanned over a sequence (Nested Learning; MATH.md 5).
 
 Every memory module defines a recurrent scan ``name_recurrent(q, k, v, ...,
 initial_state=None) -> (o, M_T)`` over inputs ``[..., T, d]`` (any leading

@@ -40,6 +40,20 @@ def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
     -------
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refmem.memories.delta_rule import delta_rule_recurrent
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((2, 5, 4))      # T = 5, d_k = 4
+    >>> v = rng.standard_normal((5, 3))            # d_v = 3
+    >>> beta = np.full(5, 0.2)
+    >>> o, M = delta_rule_recurrent(q, k, v, beta)
+    >>> M_ref = np.zeros((3, 4))
+    >>> for t in range(5):                         # M_t = M_{t-1} - b_t (M_{t-1} k_t - v_t) k_t^T
+    ...     M_ref = M_ref - beta[t] * np.outer(M_ref @ k[t] - v[t], k[t])
+    >>> bool(np.allclose(M, M_ref)), bool(np.allclose(o[-1], M_ref @ q[-1]))
+    (True, True)
     """
     xp = check_sequence(q, k, v, initial_state, beta=beta)
     check_gate_range(beta, "beta", xp, low=0.0, high=None)

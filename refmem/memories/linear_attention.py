@@ -1,4 +1,4 @@
-r"""Linear attention: the dot objective with ``eta = 1`` (MATH.md 5).
+r"""Linear attention (Katharopoulos et al., "Transformers are RNNs"): the dot objective with ``eta = 1`` (MATH.md 5a).
 
 .. math::
 
@@ -31,6 +31,18 @@ def linear_attention_recurrent(q, k, v, *, initial_state=None):
         ``o_t = M_t q_t`` with ``M_t`` the state after token ``t``.
     M : array ``[..., d_v, d_k]``
         Final state.
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refmem.memories.linear_attention import linear_attention_recurrent
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((2, 6, 4))      # T = 6, d_k = 4
+    >>> v = rng.standard_normal((6, 3))            # d_v = 3
+    >>> o, M = linear_attention_recurrent(q, k, v)
+    >>> o.shape, M.shape
+    ((6, 3), (3, 4))
+    >>> bool(np.allclose(M, v.T @ k))             # M_T = sum_t v_t k_t^T
+    True
     """
     xp = check_sequence(q, k, v, initial_state)
     M = initial(initial_state, k, v, xp)

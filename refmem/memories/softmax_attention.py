@@ -1,4 +1,4 @@
-r"""Softmax and sliding-window attention as non-parametric minimisers (MATH.md 5).
+r"""Softmax and sliding-window attention (Vaswani et al., "Attention Is All You Need") as non-parametric minimisers (MATH.md 5f).
 
 For a query ``q_t`` the read-out is the minimiser of a weighted least squares
 over the stored values,

@@ -86,6 +86,22 @@ def titans_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
     S : array ``[..., d_v, d_k]``, only with ``return_momentum=True``
+    Examples
+    --------
+    Without momentum (``eta = 0``) and forgetting (``alpha = 0``) Titans is the
+    delta rule with step ``theta``:
+
+    >>> import numpy as np
+    >>> from refmem.memories.titans import titans_recurrent
+    >>> from refmem.memories.delta_rule import delta_rule_recurrent
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((2, 5, 4))      # T = 5, d_k = 4
+    >>> v = rng.standard_normal((5, 3))            # d_v = 3
+    >>> zero, theta = np.zeros(5), np.full(5, 0.2)
+    >>> o, M = titans_recurrent(q, k, v, zero, zero, theta)
+    >>> o_d, M_d = delta_rule_recurrent(q, k, v, theta)
+    >>> bool(np.allclose(M, M_d)), bool(np.allclose(o, o_d))
+    (True, True)
     """
     xp, M, S = check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum)
     outs = []

@@ -1,4 +1,4 @@
-"""Objectives ("attentional biases") ``l(M; k, v)`` of a linear memory.
+"""Objectives ("attentional biases", Miras; Nested Learning's ``l``) ``l(M; k, v)`` of a linear memory (MATH.md 3).
 
 Each objective is one module; :data:`OBJECTIVES` maps names to classes so a
 level can be named in a spec, a test vector or the CLI.

@@ -1,4 +1,4 @@
-"""The interface every objective ``l(M; k, v)`` implements."""
+"""The interface every objective ``l(M; k, v)`` implements (the attentional bias of Miras and Nested Learning; MATH.md 1, 3)."""
 
 from __future__ import annotations
 

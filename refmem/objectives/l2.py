@@ -1,4 +1,4 @@
-"""The squared-error (delta-rule) objective ``l(M) = 1/2 ||M k - v||^2``, and its implicit step.
+"""The squared-error objective ``l(M) = 1/2 ||M k - v||^2`` (DeltaNet, Longhorn; MATH.md 3), and its implicit step.
 
 Where is the delta rule's implicit step? Here: :func:`sherman_morrison_step`.
 """
@@ -38,6 +38,16 @@ def sherman_morrison_step(C, eta, k, v, xp):
     The factor on ``C k`` is :math:`1 - e\|k\|^2 = 1/(1 + \eta\|k\|^2) \in (0, 1]`:
     the step is a contraction for every ``eta > 0`` (MATH.md 3), unlike the
     explicit delta step, which diverges once :math:`\eta\|k\|^2 > 2`.
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refmem.objectives.l2 import sherman_morrison_step
+    >>> rng = np.random.default_rng(0)
+    >>> C, k, v = rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal(3)
+    >>> M = sherman_morrison_step(C, np.asarray(0.5), k, v, np)
+    >>> # stationarity: (M k - v) k^T + (M - C) / eta = 0
+    >>> bool(np.allclose(np.outer(M @ k - v, k) + (M - C) / 0.5, 0.0))
+    True
     """
     e = eta / (1 + eta * sq_norm(k, xp))  # (..,)
     r0 = matvec(C, k) - v  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)

@@ -94,6 +94,18 @@ def momentum_step(W_t, m_t, g, eta=1.0, alpha=0.9, *, method="closed", solver=No
     -------
     W, m : arrays ``[..., d_out, d_in]``
     reports : tuple of two SolveReport
+    Examples
+    --------
+    The two levels reproduce the heavy-ball update:
+
+    >>> import numpy as np
+    >>> from refmem.optimizers.momentum import momentum_step
+    >>> rng = np.random.default_rng(0)
+    >>> W, m, g = rng.standard_normal((3, 2, 4))   # weights, momentum, gradient [d_out, d_in]
+    >>> W_new, m_new, _ = momentum_step(W, m, g, eta=0.1, alpha=0.9)
+    >>> m_ref = 0.9 * m + 0.1 * g                  # m_{t+1} = alpha m_t + eta g
+    >>> bool(np.allclose(m_new, m_ref)), bool(np.allclose(W_new, W - m_ref))
+    (True, True)
     """
     check_arrays(W_t=W_t, m_t=m_t, g=g)
     m, rep_m = solve(momentum_level(eta, alpha), m_t, None, g, method=method, solver=solver)

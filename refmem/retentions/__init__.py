@@ -1,4 +1,4 @@
-"""Retentions ``Ret(M, M_t)``: how strongly a level holds on to its past state.
+"""Retentions ``Ret(M, M_t)`` (Miras' retention gates; MATH.md 4): how strongly a level holds on to its past state.
 
 Each retention is one module; :data:`RETENTIONS` maps names to classes.
 """

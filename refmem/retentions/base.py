@@ -1,4 +1,4 @@
-"""The interface every retention implements, and the quadratic proximal family."""
+"""The interface every retention implements (Miras, Nested Learning; MATH.md 1, 4), and the quadratic proximal family."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""Elastic-net retention: local + global l2 plus an l1 term (MATH.md 4).
+r"""Elastic-net retention (Miras): local + global l2 plus an l1 term (MATH.md 4).
 
 .. math::
 
@@ -66,7 +66,7 @@ class ElasticNet(WeightDecay):
 
     @property
     def gamma(self):
-        """Soft-threshold level of the explicit step, :math:`\\gamma = \\eta_e / a`."""
+        r"""Soft-threshold level of the explicit step, :math:`\gamma = \eta_e / a`."""
         return self.step / self.a
 
     def h_value(self, M):

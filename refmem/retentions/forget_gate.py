@@ -1,4 +1,4 @@
-"""The forget gate: ``1/(2 eta) ||M - alpha M_t||^2``, retention around a decayed state."""
+"""The forget gate: ``1/(2 eta) ||M - alpha M_t||^2``, retention around a decayed state (Miras; RetNet, Mamba2, Gated DeltaNet; MATH.md 4)."""
 
 from __future__ import annotations
 

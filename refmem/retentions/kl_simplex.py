@@ -116,12 +116,12 @@ class KLSimplex(Retention):
 
     @property
     def eta_prime(self):
-        """:math:`\\eta' = 1/(1/a + 1/\\eta)`."""
+        r""":math:`\eta' = 1/(1/a + 1/\eta)`."""
         return 1.0 / (1.0 / self.a + 1.0 / self.eta)
 
     @property
     def lam(self):
-        """:math:`\\lambda = (1/a)/(1/a + 1/\\eta)`."""
+        r""":math:`\lambda = (1/a)/(1/a + 1/\eta)`."""
         return (1.0 / self.a) / (1.0 / self.a + 1.0 / self.eta)
 
     def explicit_step(self, M_t, g, xp):

@@ -1,4 +1,4 @@
-"""The default retention: the local proximal term ``1/(2 eta) ||M - M_t||^2``."""
+"""The default retention: the local proximal term ``1/(2 eta) ||M - M_t||^2`` (Nested Learning, NLx-2; MATH.md 1)."""
 
 from __future__ import annotations
 

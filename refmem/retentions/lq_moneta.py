@@ -79,7 +79,7 @@ from .base import Retention
 
 
 def lq_norm(M, q, xp):
-    """Entrywise :math:`\\|M\\|_q = (\\sum_{ij} |M_{ij}|^q)^{1/q}` over the last two axes: ``[..., a, b] -> [...]``."""
+    r"""Entrywise :math:`\|M\|_q = (\sum_{ij} |M_{ij}|^q)^{1/q}` over the last two axes: ``[..., a, b] -> [...]``."""
     a = xp.abs(M)
     m = xp.max(a, axis=(-2, -1))  # (..,); scaling by the largest entry keeps |M|^q from under/overflowing
     safe = xp.where(m > 0, m, xp.ones_like(m))
@@ -109,7 +109,7 @@ def lq_link(A, q, xp):
 
 
 def moneta_printed_rule(A, q, xp):
-    """The normalisation as printed, :math:`A / \\|A\\|_q^{q-2}` (kept to show how it differs; not used by the level)."""
+    r"""The normalisation as printed, :math:`A / \|A\|_q^{q-2}` (kept to show how it differs; not used by the level)."""
     n = lq_norm(A, q, xp)
     n = xp.where(n > 0, n, xp.ones_like(n))
     return A / expand_matrix(n ** (q - 2), xp)
@@ -171,12 +171,12 @@ class LqMoneta(Retention):
         return replace(self, eta=positive(self.eta, "eta", xp, dtype), alpha=unit_interval(self.alpha, "alpha", xp, dtype))
 
     def psi(self, M, xp):
-        """:math:`\\psi(M) = \\tfrac12\\|M\\|_q^2` ``[...]``."""
+        r""":math:`\psi(M) = \tfrac12\|M\|_q^2` ``[...]``."""
         n = lq_norm(M, self.q, xp)
         return 0.5 * n * n
 
     def accumulator(self, M_t, xp):
-        """:math:`A = \\nabla\\psi(M_t)`: the FTRL accumulator the state ``M_t`` encodes."""
+        r""":math:`A = \nabla\psi(M_t)`: the FTRL accumulator the state ``M_t`` encodes."""
         return lq_mirror(M_t, self.q, xp)
 
     def value(self, M, M_t, xp):

@@ -1,4 +1,4 @@
-r"""Local + global l2 retention (weight decay): ``1/(2 eta)||M - M_t||^2 + 1/(2 b)||M||^2`` (MATH.md 4)."""
+r"""Local + global l2 retention (weight decay, Miras): ``1/(2 eta)||M - M_t||^2 + 1/(2 b)||M||^2`` (MATH.md 4)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class WeightDecay(QuadraticProximal):
 
     @property
     def step(self):
-        """The effective step :math:`\\eta_e = \\eta b/(\\eta + b)` of the equivalent proximal term."""
+        r"""The effective step :math:`\eta_e = \eta b/(\eta + b)` of the equivalent proximal term."""
         return effective_step(self.eta, self.b)
 
     def value(self, M, M_t, xp):

@@ -53,18 +53,18 @@ from .report import ConvergenceError, SolveReport
 
 @dataclass(frozen=True)
 class ResidualConjugate:
-    """The conjugate :math:`\\phi^*` of a separable residual objective, acting on ``y [..., d_v, 1]``.
+    r"""The conjugate :math:`\phi^*` of a separable residual objective, acting on ``y [..., d_v, 1]``.
 
     Attributes
     ----------
     value : callable ``y -> [...]``
-        :math:`\\sum_i \\phi^*(y_i)` over its smooth part (0 for an indicator).
+        :math:`\sum_i \phi^*(y_i)` over its smooth part (0 for an indicator).
     grad : callable ``y -> y-shaped``
         Gradient of that smooth part.
     prox : callable ``(y, t[...]) -> y`` or None
         Prox of the non-smooth part (an indicator: the projection), or None.
     start : callable ``r [..., d_v] -> y [..., d_v]``
-        A dual starting point from a residual (:math:`\\phi'(r)`).
+        A dual starting point from a residual (:math:`\phi'(r)`).
     """
 
     value: Callable
@@ -75,16 +75,16 @@ class ResidualConjugate:
 
 @dataclass(frozen=True)
 class ResidualDual:
-    """What :func:`residual_dual` needs besides the primal :class:`Problem`.
+    r"""What :func:`residual_dual` needs besides the primal :class:`Problem`.
 
     Attributes
     ----------
     k, v : arrays ``[..., d_k]``, ``[..., d_v]``
     conjugate : ResidualConjugate
     primal_of : callable ``W [..., d_v, d_k] -> M``
-        :math:`\\operatorname{argmin}_M \\langle W, M\\rangle + \\mathrm{Ret}(M, M_t)`.
+        :math:`\operatorname{argmin}_M \langle W, M\rangle + \mathrm{Ret}(M, M_t)`.
     retention_value : callable ``M -> [...]``
-        :math:`\\mathrm{Ret}(M, M_t)` including any non-smooth part.
+        :math:`\mathrm{Ret}(M, M_t)` including any non-smooth part.
     retention_lipschitz : array ``[...]`` or 0-d
         Lipschitz constant of the retention's gradient (``inf`` if none).
     M_t : array ``[..., d_v, d_k]``
