@@ -1,4 +1,4 @@
-r"""Chunk mechanics every chunked form shares: splitting a sequence into chunks, in-chunk gate decays, the triangular solve,
+r"""Chunk mechanics every chunked form shares (the chunkwise forms of GLA and DeltaNet; MATH.md 8): splitting a sequence into chunks, in-chunk gate decays, the triangular solve,
 the chunk-to-chunk pass.
 
 A sequence ``[..., T, d]`` is padded at the end to ``N C`` steps (``N = ceil(T / C)``)

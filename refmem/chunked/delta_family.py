@@ -1,4 +1,4 @@
-r"""The chunk algebra of the delta-rule family: the exact UT form and the mini-batch form (MATH.md 8).
+r"""The chunk algebra of the delta-rule family: the exact UT form (DeltaNet's parallel form) and the mini-batch form (TTT) (MATH.md 8).
 
 Every chunked form here reduces one chunk of ``C`` steps, started from state
 ``M0 [..., d_v, d_k]``, to

@@ -1,4 +1,4 @@
-r"""The chunk algebra of the linear-attention family, scalar-gated or not (MATH.md 8).
+r"""The chunk algebra of the linear-attention family (Katharopoulos et al.; RetNet, Mamba2), scalar-gated or not (MATH.md 8).
 
 Every chunked form here reduces one chunk of ``C`` steps, started from state
 ``M0 [..., d_v, d_k]``, to

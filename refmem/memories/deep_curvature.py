@@ -1,4 +1,4 @@
-r"""Curvature bounds of the deep memory's loss in its weights: the step sizes of its iterative solvers.
+r"""Curvature bounds of the deep memory's loss in its weights (Titans, Miras; MATH.md 5g): the step sizes of its iterative solvers.
 
 The implicit level step of :mod:`refmem.memories.deep_memory` minimises the
 non-convex :math:`l(W; k, v) + \mathrm{Ret}(W, W_t)` by gradient descent with
