@@ -17,7 +17,7 @@ by name with torch.optim's hyperparameter names and defaults:
 >>> bool(np.allclose(W, 1 - 1e-2))   # the first Adam step moves every entry by lr
 True
 
-The seed's two examples stay as modules of their own:
+The two examples of the Nested Learning paper's section 2 stay as modules of their own:
 :mod:`.local_surprise` (gradient descent on a one-layer MLP is a memory of
 local surprise, NL-2..6) and :mod:`.momentum` (momentum is a two-level
 memory, NL-7..11, NLx-10..13).

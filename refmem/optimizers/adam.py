@@ -100,7 +100,7 @@ def moment_estimate(running, history, y, beta: float, t: int, *, method: str):
 
 
 class Adam(Optimizer):
-    """Adam with torch.optim.Adam's hyperparameters (``amsgrad``, ``maximize`` and the rest are not implemented).
+    r"""Adam with torch.optim.Adam's hyperparameters (``amsgrad``, ``maximize`` and the rest are not implemented).
 
     Parameters
     ----------
@@ -108,7 +108,7 @@ class Adam(Optimizer):
     betas : (float, float), default (0.9, 0.999)
         Each in ``[0, 1)``.
     eps : float, default 1e-8
-        ``>= 0``; added to :math:`\\sqrt{\\hat v_t}`.
+        ``>= 0``; added to :math:`\sqrt{\hat v_t}`.
     weight_decay : float, default 0
         L2 penalty added to the gradient (coupled).
     """

@@ -44,7 +44,7 @@ from .optimizer import (
 
 @dataclass(frozen=True)
 class RMSpropState:
-    """``step``; ``square_avg`` :math:`v_t`, ``grad_avg`` :math:`\\bar g_t` (centered), ``momentum_buffer`` :math:`b_t`; histories for the iterative method."""
+    r"""``step``; ``square_avg`` :math:`v_t`, ``grad_avg`` :math:`\bar g_t` (centered), ``momentum_buffer`` :math:`b_t`; histories for the iterative method."""
 
     step: int
     square_avg: object
