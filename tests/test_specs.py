@@ -16,7 +16,8 @@ import pytest
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SECTIONS = ("## Problem (P)", "## Conventions", "## Closed form", "## Iterative method", "## Tolerance", "## Errata")
-LINE = re.compile(r"^(Spec|Kind|Implementation|Planned|Vectors):\s*(\S.*?)\s*$", re.M)
+LINE = re.compile(r"^(Spec|Kind|Implementation|Planned|Vectors|Tests):\s*(\S.*?)\s*$", re.M)
+TESTS = Path(__file__).resolve().parent
 KINDS = {"memory", "objective", "retention", "optimiser", "infrastructure"}
 
 
@@ -143,6 +144,32 @@ def test_every_optimiser_module_is_specified():
     named = {d for p in spec_files().values() for d in parse(p).get("Implementation", [])}
     for m in mods[1:]:
         assert any(d.startswith(m.__name__ + ".") for d in named), f"no spec names a function of {m.__name__}"
+
+
+def homes_of(name: str, spec: dict) -> list[Path]:
+    """The test modules of a spec: its ``Tests:`` lines, or else ``tests/test_<name>.py``."""
+    named = spec.get("Tests") or [f"tests/test_{name}.py"]
+    return [TESTS.parent / n for n in named]
+
+
+def test_every_spec_has_a_test_home():
+    # a reader finds the tests of specs/NAME.md in one guess: the file its Tests: line names
+    for name, path in spec_files().items():
+        spec = parse(path)
+        assert spec.get("Tests"), f"specs/{name}.md: no 'Tests: tests/test_<something>.py' line"
+        names = {name} | {d.rsplit(".", 1)[-1] for d in spec.get("Implementation", [])}
+        for home in homes_of(name, spec):
+            assert home.parent == TESTS and home.name.startswith("test_") and home.suffix == ".py", \
+                f"specs/{name}.md: Tests: {home} is not a test module in tests/"
+            assert home.exists(), f"specs/{name}.md: its test home {home.name} does not exist"
+            text = home.read_text(encoding="utf-8")
+            assert any(n in text for n in names), f"specs/{name}.md: {home.name} names neither {name!r} nor its implementation"
+
+
+def test_test_home_rule_can_fail():
+    assert homes_of("no_such_spec", {}) == [TESTS / "test_no_such_spec.py"]
+    assert not (TESTS / "test_no_such_spec.py").exists()
+    assert homes_of("x", {"Tests": ["tests/test_titans.py"]}) == [TESTS / "test_titans.py"]
 
 
 def test_index_lists_every_spec_file():
