@@ -67,8 +67,9 @@ def spec_files() -> dict[str, Path]:
 
 def parse(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
+    header = text.split("\n## ", 1)[0]  # the machine-readable lines stand above the first section
     fields = {}
-    for key, value in LINE.findall(text):
+    for key, value in LINE.findall(header):
         fields.setdefault(key, []).append(value)
     return {"text": text, **fields}
 
