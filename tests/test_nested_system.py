@@ -204,3 +204,16 @@ def test_run_rejects_bad_arguments():
         run(system, {"a": 0}, 3)
     with pytest.raises(TypeError, match="NestedSystem"):
         run("system", {"a": 0}, [1.0])
+
+
+def test_every_registered_nested_system_names_its_forms_in_its_spec():
+    from pathlib import Path
+
+    from refmem.nested.registry import NESTED_SYSTEMS
+
+    specs = Path(__file__).resolve().parent.parent / "specs"
+    for name, spec in NESTED_SYSTEMS.items():
+        text = (specs / f"{name}.md").read_text(encoding="utf-8")
+        for form in (spec.declare, spec.recurrent, spec.chunked):
+            if form is not None:
+                assert f"Implementation: {form.__module__}.{form.__qualname__}\n" in text, (name, form)

@@ -46,6 +46,7 @@ def registered_names() -> dict[str, str]:
     """Every registered spec name -> where it is registered."""
     from refmem.checks import CHECKS
     from refmem.memories import MEMORIES
+    from refmem.nested.registry import NESTED_SYSTEMS
     from refmem.objectives import OBJECTIVES
     from refmem.retentions import RETENTIONS
 
@@ -58,6 +59,8 @@ def registered_names() -> dict[str, str]:
         names.setdefault(n, "retention")
     for c in CHECKS:
         names.setdefault(c.spec, f"check {c.name!r}")
+    for n in NESTED_SYSTEMS:
+        names.setdefault(n, "nested system")
     return names
 
 

@@ -63,6 +63,7 @@ MODULES = (
     "miras",
     "chunked",
     "optimizers",
+    "nested",
 )
 
 for _module in MODULES:

@@ -1,7 +1,7 @@
 r"""The continuum memory system (CMS): a chain of MLP blocks, each updated at its own frequency (NL-30, 31; NLx-70..74).
 
 Blocks are refmem's residual MLPs :math:`\mathrm{MLP}_\ell(h) = h + W_{\ell,1}\sigma(W_{\ell,2} h)`
-(:func:`refmem.memories.deep_memory.mlp_forward`; parameters
+(:func:`refmem.memories.residual_mlp.mlp_forward`; parameters
 :math:`\theta_\ell = (W_{\ell,1} [d, h], W_{\ell,2} [h, d])`). Variants:
 
 - ``"sequential"`` (NLx-70, 73): :math:`y_t = \mathrm{MLP}_K(\cdots \mathrm{MLP}_1(x_t))`;

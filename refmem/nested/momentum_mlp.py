@@ -1,7 +1,7 @@
 r"""Momentum SGD training a small MLP, declared as a two-level nested system (NLx-10..13, MATH.md 2b and 7).
 
 The network is refmem's residual MLP :math:`y = x + W_1\sigma(W_2 x)`
-(:func:`refmem.memories.deep_memory.mlp_forward`, hand-written backward),
+(:func:`refmem.memories.residual_mlp.mlp_forward`, hand-written backward),
 trained on samples ``(x_t, target_t)`` with a loss :math:`L(y; t)`
 (:mod:`refmem.losses`). Declared components:
 

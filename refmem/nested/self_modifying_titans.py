@@ -2,7 +2,7 @@ r"""Self-modifying Titans: keys, values, step sizes and decays produced by their
 
 Every component is a small residual MLP memory
 :math:`\mathcal M_\square(z) = z + W_{\square,1}\sigma(W_{\square,2} z)` (NLx-89/91,
-:func:`refmem.memories.deep_memory.mlp_forward`),
+:func:`refmem.memories.residual_mlp.mlp_forward`),
 :math:`\square \in \{k, v, \eta, \alpha, \mathrm{memory}\}`, and the query is
 the fixed projection :math:`q_t = W_q x_t`. Per token (chunk size 1, NLx-86..88):
 
@@ -75,7 +75,7 @@ import math
 import numpy as np  # randomness only (random_memories)
 
 from ..linalg import eye_like, matvec, outer
-from ..memories.deep_memory import default_params, mlp_forward
+from ..memories.residual_mlp import default_params, mlp_forward
 from ..validation import check_arrays, finite_outputs
 
 MEMORY_NAMES = ("k", "v", "eta", "alpha", "memory")  # stacked in this order on a leading axis

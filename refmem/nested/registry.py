@@ -1,0 +1,83 @@
+"""The table of nested systems: one :class:`NestedSystemSpec` per system, listed explicitly (MATH.md 7).
+
+:data:`NESTED_SYSTEMS` is what the spec tests and ``refmem verify`` read: every
+name has a file ``specs/<name>.md``. A system is either *declared* (built
+by ``declare(...)`` as a :class:`~refmem.nested.system.NestedSystem` that
+:func:`~refmem.nested.runner.run` steps and :func:`~refmem.nested.system.diagram`
+prints) or a sequence scan over ``[..., T, d]`` with a token-by-token
+``recurrent`` form and a segment-at-a-time ``chunked`` form, or both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import cms, hope, momentum_mlp, self_modifying_titans
+
+
+@dataclass(frozen=True)
+class NestedSystemSpec:
+    """A registered nested system.
+
+    Attributes
+    ----------
+    name : str
+        Registry name and spec file name.
+    description : str
+        The system in one line.
+    levels : str
+        Its levels from the fastest (Definition 2), in words.
+    declare : callable or None
+        Builds the declared :class:`~refmem.nested.system.NestedSystem`.
+    recurrent, chunked : callable or None
+        Token-by-token and segment-at-a-time scans over ``[..., T, d]``.
+    """
+
+    name: str
+    description: str
+    levels: str
+    declare: Callable | None = None
+    recurrent: Callable | None = None
+    chunked: Callable | None = None
+
+
+def _table(*specs: NestedSystemSpec) -> dict[str, NestedSystemSpec]:
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a nested system is registered twice: {names}")
+    return {s.name: s for s in specs}
+
+
+NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
+    NestedSystemSpec(
+        name="nested_system",
+        description="momentum SGD on a residual MLP: m = alpha m + eta grad L(W), W = W - m",
+        levels="1: momentum m (every step); 2: weights W (every step, reads m of the same step)",
+        declare=momentum_mlp.momentum_mlp_system,
+    ),
+    NestedSystemSpec(
+        name="cms",
+        description="chain of MLP blocks, block l updated every C_l steps by the sum of its C_l error terms",
+        levels="blocks by chunk size, smallest C first; frozen blocks last (f = 0)",
+        declare=cms.cms_system,
+        recurrent=cms.cms_recurrent,
+        chunked=cms.cms_chunked,
+    ),
+    NestedSystemSpec(
+        name="self_modifying_titans",
+        description="k, v, eta, alpha and the memory: residual MLPs updated by DGD with weight decay on self-generated values",
+        levels="the five memories (every token, or every C tokens through snapshots); W_q and initial states outer",
+        recurrent=self_modifying_titans.self_modifying_titans_recurrent,
+        chunked=self_modifying_titans.self_modifying_titans_chunked,
+    ),
+    NestedSystemSpec(
+        name="hope",
+        description="self-modifying Titans followed by a CMS chain",
+        levels="Titans memories (every token / C), CMS blocks by chunk size, outer level",
+        recurrent=hope.hope_recurrent,
+        chunked=hope.hope_chunked,
+    ),
+)
+
+__all__ = ["NESTED_SYSTEMS", "NestedSystemSpec"]
