@@ -160,3 +160,83 @@ def _zero_past(xp):
         v = mm.ema_step(v, y, 0.9)
     x, _ = mm.discounted_least_squares_argmin(tuple(ys), 0.9, zero_prehistory=True)
     return max_abs_error(x, v, xp) / max_abs_error(v, 0 * v, xp)
+
+
+# ------------------------------------------------------------------ Muon and its orthogonalisation level
+
+
+def _spread(seed, n, kappa, xp):
+    g = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(g.standard_normal((n, n)))
+    V, _ = np.linalg.qr(g.standard_normal((n, n)))
+    s = np.logspace(0, -np.log10(kappa), n)
+    return to_backend((U * s) @ V.T, xp), s
+
+
+@register_check("muon", "nearest orthogonal matrix: polar factor (SVD) == cubic Newton-Schulz, kappa 1e4")
+def _polar_closed_iterative(xp):
+    from ..optimizers import orthogonalization as orth
+
+    M, _ = _spread(30, 16, 1e4, xp)
+    O, rep = orth.newton_schulz_polar(M)
+    # the polar factor's sensitivity to rounding is ~ eps kappa; 16 k eps kappa covers the SVD and NS products
+    return max_abs_error(O, orth.polar_factor(M), xp), 1e-12 + 16 * 16 * EPS * 1e4
+
+
+@register_check("muon", "quintic Newton-Schulz maps each singular value by q^5 (q(1) = 0.701: no fixed point at 1)")
+def _quintic_map(xp):
+    from ..optimizers import orthogonalization as orth
+
+    M, s = _spread(31, 16, 1e2, xp)
+    Q = orth.newton_schulz_quintic(M)
+    got = np.sort(_to_numpy(xp.linalg.svdvals(Q), xp))  # (16,) singular values of the output
+    a, b, c = orth.QUINTIC_COEFFICIENTS
+    x = s / np.linalg.norm(s)
+    for _ in range(5):
+        x = a * x + b * x ** 3 + c * x ** 5  # the scalar polynomial, written out
+    want = np.sort(x)
+    if not np.abs(want - 1).max() > 0.3:
+        raise AssertionError("the quintic's output is within 0.3 of orthogonal at kappa 1e2: erratum not shown")
+    return float(np.abs(got - want).max()), 1e-12
+
+
+def _to_numpy(a, xp):
+    return np.asarray(a) if type(a).__module__.startswith("numpy") else np.from_dlpack(a)
+
+
+def _textbook_muon(hp, W0, grad, T, xp):
+    a, b, c = (3.4445, -4.775, 2.0315)
+    lr, wd, mu = hp["lr"], hp.get("weight_decay", 0.1), hp.get("momentum", 0.95)
+    A, B = W0.shape[-2], W0.shape[-1]
+    ratio = (A / B if A > B else 1.0) ** 0.5
+    W, buf, out = W0, 0 * W0, [W0]
+    for t in range(T):
+        g = grad(W, t)
+        buf = mu * buf + g
+        X = g + mu * buf
+        X = xp.matrix_transpose(X) if A > B else X
+        X = X / xp.maximum(xp.sqrt(xp.sum(X * X, axis=(-2, -1)))[..., None, None], xp.asarray(1e-7, dtype=X.dtype))
+        for _ in range(5):
+            G = X @ xp.matrix_transpose(X)
+            X = a * X + (b * G + c * (G @ G)) @ X
+        O = xp.matrix_transpose(X) if A > B else X
+        W = W - lr * wd * W
+        W = W - lr * ratio * O
+        out.append(W)
+    return out
+
+
+@register_check("muon", f"muon (quintic) == torch's documented update, {STEPS} steps", 32 * STEPS * EPS)
+def _muon_textbook(xp):
+    hp = dict(lr=0.02)
+    W0, grad = _noisy_quadratic(32, (2, 5, 3), STEPS, xp)
+    return _max_rel(_trajectory(make("muon", **hp), W0, grad, STEPS), _textbook_muon(hp, W0, grad, STEPS, xp), xp)
+
+
+@register_check("muon", f"muon (polar) closed (SVD) == iterative (cubic Newton-Schulz), {STEPS} steps")
+def _muon_polar(xp):
+    W0, grad = _noisy_quadratic(33, (2, 4, 3), STEPS, xp)
+    opt = make("muon", lr=0.02, orthogonalize="polar")
+    # this run's Nesterov momenta have kappa < 1e3 (seeded; the polar factors' sensitivity ~ eps kappa per step)
+    return (_max_rel(_trajectory(opt, W0, grad, STEPS, "iterative"), _trajectory(opt, W0, grad, STEPS), xp),
+            STEPS * (1e-12 + 16 * 3 * EPS * 1e3))

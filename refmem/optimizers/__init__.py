@@ -30,6 +30,7 @@ import inspect
 from . import local_surprise, momentum
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .muon import Muon
 from .optimizer import METHODS, Optimizer
 from .rmsprop import RMSprop
 from .sgd import SGD
@@ -40,6 +41,7 @@ OPTIMIZERS: dict[str, type] = {
     "adamw": AdamW,
     "rmsprop": RMSprop,
     "adagrad": Adagrad,
+    "muon": Muon,
 }
 
 
@@ -64,4 +66,4 @@ def make(name: str, **hyperparameters) -> Optimizer:
 
 
 __all__ = ["OPTIMIZERS", "METHODS", "Optimizer", "make", "local_surprise", "momentum",
-           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Muon"]
