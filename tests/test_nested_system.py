@@ -213,7 +213,7 @@ def test_every_registered_nested_system_names_its_forms_in_its_spec():
 
     specs = Path(__file__).resolve().parent.parent / "specs"
     for name, spec in NESTED_SYSTEMS.items():
-        text = (specs / f"{name}.md").read_text(encoding="utf-8")
+        text = (specs / f"{spec.spec}.md").read_text(encoding="utf-8")
         for form in (spec.declare, spec.recurrent, spec.chunked):
             if form is not None:
                 assert f"Implementation: {form.__module__}.{form.__qualname__}\n" in text, (name, form)

@@ -59,8 +59,8 @@ def registered_names() -> dict[str, str]:
         names.setdefault(n, "retention")
     for c in CHECKS:
         names.setdefault(c.spec, f"check {c.name!r}")
-    for n in NESTED_SYSTEMS:
-        names.setdefault(n, "nested system")
+    for n, system in NESTED_SYSTEMS.items():
+        names.setdefault(system.spec, f"nested system {n!r}")
     return names
 
 

@@ -228,3 +228,25 @@ def hope_frozen(xp):
     for W1, W2 in blocks:
         h = h + xp.tanh(h @ xp.matrix_transpose(W2)) @ xp.matrix_transpose(W1)
     return max_abs_error(y, h, xp), _tol(1, xp, h)
+
+
+# --------------------------------------------------------------------------- optimisers as nested systems
+
+
+@register_check("nested_system", "Adam declared as two levels == refmem.optimizers.make('adam')")
+def adam_declared(xp):
+    from ..nested.optimizer_systems import adam_system, train_linear
+    from ..optimizers import make
+    from ..optimizers.local_surprise import weight_gradient
+
+    g = np.random.default_rng(9)
+    W = xp.asarray(g.standard_normal((3, 4)) / 2)
+    X, Y = xp.asarray(g.standard_normal((15, 4))), xp.asarray(g.standard_normal((15, 3)))
+    got = train_linear(adam_system(lr=0.05, weight_decay=0.1), W, X, Y)
+    opt = make("adam", lr=0.05, weight_decay=0.1)
+    state, err = opt.init(W), 0.0
+    for t in range(15):
+        W, state, _ = opt.step(W, weight_gradient("squared_error", W, X[t, :], Y[t, :]), state)
+        err = max(err, max_abs_error(got[t + 1], W, xp))
+    # same operations, same order, up to the rounding of the preconditioned direction: 4 eps per step
+    return err, 15 * 4 * EPS * (max_abs_error(W, 0 * W, xp) + 0.05)

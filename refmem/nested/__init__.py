@@ -4,6 +4,7 @@
   :class:`NestedSystem`), the level order of Definition 2, the text diagram;
 - :mod:`.runner`: running a declared system step by step;
 - :mod:`.momentum_mlp`: momentum SGD on a small MLP as a two-level system;
+- :mod:`.optimizer_systems`: Adam / AdamW declared as nested systems;
 - :mod:`.cms`: the continuum memory system (NL-30, 31; NLx-70..74);
 - :mod:`.self_modifying_titans`: self-modifying Titans (NLx-83..93);
 - :mod:`.hope`: the HOPE block (NLx-94..97);

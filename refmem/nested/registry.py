@@ -1,7 +1,7 @@
 """The table of nested systems: one :class:`NestedSystemSpec` per system, listed explicitly (MATH.md 7).
 
-:data:`NESTED_SYSTEMS` is what the spec tests and ``refmem verify`` read: every
-name has a file ``specs/<name>.md``. A system is either *declared* (built
+:data:`NESTED_SYSTEMS` is what the spec tests read: every entry names its
+file ``specs/<spec>.md``. A system is either *declared* (built
 by ``declare(...)`` as a :class:`~refmem.nested.system.NestedSystem` that
 :func:`~refmem.nested.runner.run` steps and :func:`~refmem.nested.system.diagram`
 prints) or a sequence scan over ``[..., T, d]`` with a token-by-token
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import cms, hope, momentum_mlp, self_modifying_titans
+from . import cms, hope, momentum_mlp, optimizer_systems, self_modifying_titans
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class NestedSystemSpec:
     Attributes
     ----------
     name : str
-        Registry name and spec file name.
+        Registry name.
+    spec : str
+        The file ``specs/<spec>.md`` that specifies it.
     description : str
         The system in one line.
     levels : str
@@ -35,6 +37,7 @@ class NestedSystemSpec:
     """
 
     name: str
+    spec: str
     description: str
     levels: str
     declare: Callable | None = None
@@ -51,13 +54,22 @@ def _table(*specs: NestedSystemSpec) -> dict[str, NestedSystemSpec]:
 
 NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
     NestedSystemSpec(
-        name="nested_system",
+        name="momentum_mlp",
+        spec="nested_system",
         description="momentum SGD on a residual MLP: m = alpha m + eta grad L(W), W = W - m",
         levels="1: momentum m (every step); 2: weights W (every step, reads m of the same step)",
         declare=momentum_mlp.momentum_mlp_system,
     ),
     NestedSystemSpec(
+        name="adam",
+        spec="nested_system",
+        description="Adam / AdamW on a linear layer: moment memories of g and g*g, then the weights",
+        levels="1: first and second moments (every step, independent: one level); 2: weights (reads both)",
+        declare=optimizer_systems.adam_system,
+    ),
+    NestedSystemSpec(
         name="cms",
+        spec="cms",
         description="chain of MLP blocks, block l updated every C_l steps by the sum of its C_l error terms",
         levels="blocks by chunk size, smallest C first; frozen blocks last (f = 0)",
         declare=cms.cms_system,
@@ -66,6 +78,7 @@ NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
     ),
     NestedSystemSpec(
         name="self_modifying_titans",
+        spec="self_modifying_titans",
         description="k, v, eta, alpha and the memory: residual MLPs updated by DGD with weight decay on self-generated values",
         levels="the five memories (every token, or every C tokens through snapshots); W_q and initial states outer",
         recurrent=self_modifying_titans.self_modifying_titans_recurrent,
@@ -73,6 +86,7 @@ NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
     ),
     NestedSystemSpec(
         name="hope",
+        spec="hope",
         description="self-modifying Titans followed by a CMS chain",
         levels="Titans memories (every token / C), CMS blocks by chunk size, outer level",
         recurrent=hope.hope_recurrent,
