@@ -125,3 +125,13 @@ def test_titans_deep_closed_equals_iterative_and_bad_inputs(xp):
         titans_deep_recurrent(**inp, initial_momentum=W[0])
     with pytest.raises(ValueError, match="d_k"):
         titans_deep_recurrent(inp["q"], inp["k"], inp["v"][..., :2], inp["alpha"], inp["eta"], inp["theta"])
+
+
+def test_paper_names_are_translated_once_into_what_they_are():
+    # alpha is the forgetting (1 - alpha is kept), eta the momentum decay, theta the step: written out by hand
+    from refmem.memories.titans import titans_gates, titans_levels
+
+    assert titans_gates(0.25, 0.9, 0.1) == (0.75, 0.9, 0.1)
+    mom, mem = titans_levels(0.25, 0.9, 0.1)
+    assert (mom.retention.eta, mom.retention.alpha) == (0.1, 0.9)  # 1/(2 theta) ||S - eta S_{t-1}||^2
+    assert (mem.retention.eta, mem.retention.alpha) == (1.0, 0.75)  # 1/2 ||M - (1 - alpha) M_{t-1}||^2

@@ -50,7 +50,7 @@ recurrence only when ``C = 1``.
 from __future__ import annotations
 
 from ..linalg import device_of
-from ..memories.titans import check_titans_inputs
+from ..memories.titans import check_titans_inputs, titans_gates
 from ..validation import finite_outputs
 from .chunks import (check_chunk_size, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
                      lower_mask, mT, prepare_chunks, scan_chunks, shift_right, solve_unit_lower, to_chunks)
@@ -123,13 +123,14 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     pieces = [(0, n_full * C, C)] if n_full else []
     if T - n_full * C:
         pieces.append((n_full * C, T, T - n_full * C))
+    kept, momentum_decay, step = titans_gates(alpha, eta, theta)  # the paper's names -> what they are
     X = xp.concat([M0, S0], axis=-1)  # (.., d_v, 2 d_k): the pair [M, S]
     outs = []
     for lo, hi, size in pieces:
         Q, K, V, _ = prepare_chunks(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], size, xp)
-        a = to_chunks(1 - alpha[..., lo:hi], size, xp, time_axis=-1)  # memory retention a_t = 1 - alpha_t
-        e = to_chunks(eta[..., lo:hi], size, xp, time_axis=-1)
-        th = to_chunks(theta[..., lo:hi], size, xp, time_axis=-1)
+        a = to_chunks(kept[..., lo:hi], size, xp, time_axis=-1)  # memory retention a_t = 1 - alpha_t
+        e = to_chunks(momentum_decay[..., lo:hi], size, xp, time_axis=-1)
+        th = to_chunks(step[..., lo:hi], size, xp, time_axis=-1)
         PU, Qt, H, F = titans_terms(Q, K, V, a, e, th, xp, exact=exact)
         del Q, K, V
 

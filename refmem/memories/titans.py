@@ -8,8 +8,12 @@ r"""Titans with a linear memory: a momentum level under a memory level (MATH.md 
 with the l2 objective :math:`l(M; k, v) = \tfrac12\|M k - v\|^2`, so
 :math:`\nabla l(M_{t-1}) = (M_{t-1} k_t - v_t) k_t^T` (Titans writes
 :math:`\|M k - v\|^2` without the :math:`\tfrac12`: its :math:`\theta` is half
-of ours). Names follow the Titans paper: :math:`\eta_t` is the momentum decay,
-:math:`\theta_t` the step size of the surprise, :math:`\alpha_t` the forgetting.
+of ours). The inputs keep the Titans paper's names: :math:`\eta_t` is the
+momentum decay, :math:`\theta_t` the step size of the surprise, :math:`\alpha_t`
+the forgetting. :func:`titans_gates` translates them, once, into what they are
+(the fraction of the memory kept :math:`1 - \alpha_t`, the momentum decay, the
+step); everything below it uses those names (``specs/titans.md``; the meanings of
+``alpha`` / ``eta`` across refmem are tabulated in ``specs/README.md``).
 
 Two levels, both explicit steps under a forget gate (:func:`titans_levels`):
 
@@ -37,10 +41,21 @@ def surprise(M, k, v):
     return -outer(matvec(M, k) - v, k)  # (.., d_v) x (.., d_k) -> (.., d_v, d_k)
 
 
+def titans_gates(alpha, eta, theta):
+    """Titans' paper names translated into what they are: ``(kept, momentum_decay, step)``.
+
+    ``kept = 1 - alpha`` is the fraction of ``M_{t-1}`` the memory keeps,
+    ``momentum_decay = eta`` the fraction of ``S_{t-1}`` the momentum keeps,
+    ``step = theta`` the step size of the surprise.
+    """
+    return 1 - alpha, eta, theta
+
+
 def titans_step(M, S, k, v, alpha, eta, theta):
-    """One Titans step ``(M, S) -> (M_t, S_t)`` with gates ``[...]``."""
-    S = eta[..., None, None] * S + theta[..., None, None] * surprise(M, k, v)  # (.., d_v, d_k)
-    M = (1 - alpha[..., None, None]) * M + S  # (.., d_v, d_k)
+    """One Titans step ``(M, S) -> (M_t, S_t)`` with gates ``[...]`` (paper names)."""
+    kept, momentum_decay, step = titans_gates(alpha, eta, theta)
+    S = momentum_decay[..., None, None] * S + step[..., None, None] * surprise(M, k, v)  # (.., d_v, d_k)
+    M = kept[..., None, None] * M + S  # (.., d_v, d_k)
     return M, S
 
 
@@ -112,25 +127,29 @@ def titans_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_
     return (o, M, S) if return_momentum else (o, M)
 
 
-def titans_momentum_level(eta, theta):
-    """The momentum level: ``S_t = argmin_S -<S, u> + 1/(2 theta) ||S - eta S_{t-1}||^2`` (explicit).
+def titans_momentum_level(momentum_decay, step):
+    """The momentum level: ``S_t = argmin_S -<S, u> + 1/(2 step) ||S - momentum_decay S_{t-1}||^2`` (explicit).
 
-    Solve it with ``k=None`` and ``v = surprise(M_{t-1}, k_t, v_t)``.
+    A forget gate with step size ``step`` (Titans' ``theta``) that keeps
+    ``momentum_decay`` (Titans' ``eta``) of ``S_{t-1}``. Solve it with ``k=None``
+    and ``v = surprise(M_{t-1}, k_t, v_t)``.
     """
-    return Level(Inner(), ForgetGate(eta=theta, alpha=eta), step="explicit", name="titans_momentum")
+    return Level(Inner(), ForgetGate(eta=step, alpha=momentum_decay), step="explicit", name="titans_momentum")
 
 
-def titans_memory_level(alpha):
-    """The memory level: ``M_t = argmin_M -<M, S_t> + 1/2 ||M - (1 - alpha) M_{t-1}||^2`` (explicit).
+def titans_memory_level(kept):
+    """The memory level: ``M_t = argmin_M -<M, S_t> + 1/2 ||M - kept M_{t-1}||^2`` (explicit).
 
-    Solve it with ``k=None`` and ``v = S_t``.
+    A forget gate with step 1 that keeps ``kept = 1 - alpha`` (Titans' forgetting
+    ``alpha``) of ``M_{t-1}``. Solve it with ``k=None`` and ``v = S_t``.
     """
-    return Level(Inner(), ForgetGate(eta=1.0, alpha=1 - alpha), step="explicit", name="titans_memory")
+    return Level(Inner(), ForgetGate(eta=1.0, alpha=kept), step="explicit", name="titans_memory")
 
 
 def titans_levels(alpha, eta, theta):
-    """``(momentum level, memory level)`` of one Titans step (momentum first: the memory reads it)."""
-    return titans_momentum_level(eta, theta), titans_memory_level(alpha)
+    """``(momentum level, memory level)`` of one Titans step, from the paper's gates (momentum first: the memory reads it)."""
+    kept, momentum_decay, step = titans_gates(alpha, eta, theta)
+    return titans_momentum_level(momentum_decay, step), titans_memory_level(kept)
 
 
 def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):

@@ -10,8 +10,7 @@ for each weight matrix of the residual MLP :math:`\mathcal M(x) = x + W_1\sigma(
 backward pass and any bias on the residual (:class:`~refmem.memories.residual_mlp.ResidualLoss`,
 ``l2`` by default: Titans' objective up to its factor 2, see :mod:`refmem.memories.titans`).
 The two levels are exactly those of the linear Titans
-(:func:`refmem.memories.titans.titans_momentum_level`,
-:func:`~refmem.memories.titans.titans_memory_level`), applied to ``W_1`` and to
+(:func:`refmem.memories.titans.titans_levels`), applied to ``W_1`` and to
 ``W_2``: a key-less level on a matrix does not care which matrix it is. Each
 level is solved by :func:`refmem.level.solve`, in closed form or iteratively.
 
@@ -25,7 +24,7 @@ from ..level import solve
 from ..validation import check_arrays, finite_outputs
 from ._inputs import check_gate_range, check_sequence
 from .residual_mlp import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
-from .titans import titans_memory_level, titans_momentum_level
+from .titans import titans_levels
 
 
 @finite_outputs
@@ -87,8 +86,7 @@ def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, ini
     outs = []
     for t in range(k.shape[-2]):
         _, g1, g2 = deep_loss_grad(W[0], W[1], k[..., t, :], v[..., t, :], loss, xp, activation)
-        mom = titans_momentum_level(eta[..., t], theta[..., t])
-        mem = titans_memory_level(alpha[..., t])
+        mom, mem = titans_levels(alpha[..., t], eta[..., t], theta[..., t])
         S = tuple(solve(mom, S_i, None, -g_i, method=method)[0] for S_i, g_i in zip(S, (g1, g2)))  # surprise = -grad
         W = tuple(solve(mem, W_i, None, S_i, method=method)[0] for W_i, S_i in zip(W, S))
         outs.append(mlp_forward(W[0], W[1], q[..., t, :], xp, activation)[0])  # (.., d)
