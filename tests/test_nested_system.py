@@ -7,6 +7,8 @@ residual MLP, nothing from refmem), step for step.
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import to_numpy
 from refmem.nested import FROZEN, TOKEN, NestedLevel, NestedSystem, NestedSystemError, Signal, level_order, run
@@ -217,3 +219,40 @@ def test_every_registered_nested_system_names_its_forms_in_its_spec():
         for form in (spec.declare, spec.recurrent, spec.chunked):
             if form is not None:
                 assert f"Implementation: {form.__module__}.{form.__qualname__}\n" in text, (name, form)
+
+
+# --------------------------------------------------------------------------- property: the derived order honours Definition 2
+
+
+@st.composite
+def _declarations(draw):
+    n = draw(st.integers(1, 7))
+    periods = [draw(st.sampled_from([1, 2, 3, 4, TOKEN])) for _ in range(n)]
+    freq = [np.inf if p == TOKEN else 1.0 / p for p in periods]
+    levels = []
+    for i in range(n):
+        # same-step reads only of earlier, not slower components (acyclic, no contradiction); any @prev read
+        same = [j for j in range(i) if freq[j] >= freq[i] and draw(st.booleans())]
+        prev = [j for j in range(n) if draw(st.integers(0, 3)) == 0]
+        reads = tuple(f"c{j}" for j in same) + tuple(f"c{j}@prev" for j in prev)
+        levels.append(lv(f"c{i}", reads=reads, period=periods[i]))
+    perm = draw(st.permutations(range(n)))
+    return [levels[i] for i in perm]
+
+
+@given(_declarations())
+def test_level_order_honours_frequency_and_same_step_reads(levels):
+    order, level_of = level_order(levels)
+    pos = {n: i for i, n in enumerate(order)}
+    byname = {x.name: x for x in levels}
+    for x in levels:
+        for r in x.reads:
+            if not r.endswith("@prev"):
+                assert pos[r] < pos[x.name] and level_of[r] < level_of[x.name]
+    for a in levels:
+        for b in levels:
+            if a.frequency > b.frequency:
+                assert pos[a.name] < pos[b.name] and level_of[a.name] < level_of[b.name]
+    # same frequency, no same-step read path between them and equal depth: one level number
+    assert sorted(set(level_of.values())) == list(range(1, max(level_of.values()) + 1))
+    assert set(byname) == set(order)
