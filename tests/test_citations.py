@@ -173,7 +173,7 @@ PAPER_NAMES = ("Nested Learning", "NL-", "NLx-", "Titans", "Miras", "Moneta", "Y
 # Words that only mean something inside the project's planning: issue numbers, parts of a task, the
 # working material the contract grew from. A reader of the code has none of it.
 PROCESS_WORDS = re.compile(r"(?i)\bissues? #?\d+|\bparts? \d+[a-z]?\b|\bseed's\b|\bthe seed\b(?! of)|working copy|"
-                           r"\bpreamble\b|\bhelper session\b")
+                           r"\bpreamble\b|\bhelper session\b|seed_examples")
 
 
 def test_paper_names_are_listed_in_the_references():
@@ -209,3 +209,26 @@ def test_process_word_pattern_can_fail():
     hits = [t for t in ("see issue 3 part 4", "the seed's examples", "the seed of a case", "random seed 0",
                         "part 2b of the plan", "the smooth part") if PROCESS_WORDS.search(t)]
     assert hits == ["see issue 3 part 4", "the seed's examples", "part 2b of the plan"]
+
+
+# --- the errata table is honest: what it says shows an erratum exists ------------------------------
+
+def errata_rows(text: str) -> list[str]:
+    body = text.split("\n## 9. ", 1)[1].split("\n## 10. ", 1)[0]
+    return [r for r in body.splitlines() if r.startswith("| ") and not r.startswith("| where")]
+
+
+def test_every_erratum_names_where_it_is_shown():
+    from refmem.checks import CHECKS
+
+    names = [c.name for c in CHECKS]
+    rows = errata_rows(MATH.read_text(encoding="utf-8"))
+    assert len(rows) >= 10
+    for row in rows:
+        shown = row.rstrip(" |").rsplit("|", 1)[1]
+        for quoted in re.findall(r'check "([^"]+)"', shown):
+            assert any(quoted in n for n in names), f"specs/MATH.md 9: no registered check named like {quoted!r}"
+        for path, func in re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", shown):
+            assert f"def {func}(" in (ROOT / path).read_text(encoding="utf-8"), f"specs/MATH.md 9: {path}::{func} does not exist"
+        for module in re.findall(r"`(refmem(?:\.\w+)+)`", shown):
+            assert (ROOT / Path(*module.split("."))).with_suffix(".py").exists(), f"specs/MATH.md 9: no module {module}"

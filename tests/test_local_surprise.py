@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import refmem
 from conftest import CPU_BACKENDS, to_numpy
-from refmem.checks.seed_examples import fd_gd_reference, layer_problem
+from refmem.checks.gd_and_momentum import fd_gd_reference, layer_problem
 from refmem.level import solve
 from refmem.losses import LOSSES
 from refmem.metrics import max_abs_error, rel_error

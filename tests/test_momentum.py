@@ -4,7 +4,7 @@ Independent routes: classic heavy ball written as
 ``W_{t+1} = W_t - eta g + alpha (W_t - W_{t-1})`` (no momentum variable),
 gradients written out in matrix form, SciPy's L-BFGS for the printed NL-10,
 and hand arithmetic for the weight counts. Run-length comparisons use the
-step-by-step error majorant of refmem.checks.seed_examples.
+step-by-step error majorant of refmem.checks.gd_and_momentum.
 """
 
 import math
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import refmem
 from conftest import CPU_BACKENDS, to_numpy
-from refmem.checks.seed_examples import (
+from refmem.checks.gd_and_momentum import (
     _grad_route_scale,
     _heavy_ball_majorant,
     _lipschitz_in_W,

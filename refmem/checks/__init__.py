@@ -51,7 +51,7 @@ MODULES = (
     "core_levels",
     "objectives_retentions",
     "miras_scipy",
-    "seed_examples",
+    "gd_and_momentum",
     "scan_steps",
     "delta_family",
     "titans",
