@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 from numbers import Real
 
@@ -159,10 +160,33 @@ def expand_vector(p, xp):
 
 
 class DivergenceError(FloatingPointError):
-    """A scan produced non-finite outputs: the recurrence diverged or overflowed for these inputs."""
+    """A scan produced non-finite values: the recurrence diverged or overflowed for these inputs.
+
+    ``step`` is the first step ``t`` (0-based) whose read-out or state is not
+    finite, when the scan knows it.
+    """
+
+    def __init__(self, message: str = "", *, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
-_OUTPUT_NAMES = ("o", "final state", "third output")
+def check_scan_state(M, t: int, xp) -> None:
+    """Inside a scan: raise :class:`DivergenceError` at step ``t`` when the new state ``M`` is not finite.
+
+    Without it the next step would refuse the state as bad input under an
+    internal name; the scan's decorator (:func:`finite_outputs`) adds the
+    inputs of that step to the message. One device read per step, switched off
+    with the other checks.
+    """
+    if not _OPTIONS["check_finite"]:
+        return
+    parts = M if isinstance(M, (tuple, list)) else (M,)
+    if not all(bool(xp.all(xp.isfinite(W))) for W in parts):
+        raise DivergenceError(f"the state is not finite after step t = {t}", step=t)
+
+
+_OUTPUT_NAMES = ("read-out o", "final state", "third output")
 
 
 def _first_non_finite(out, path):
@@ -179,24 +203,124 @@ def _first_non_finite(out, path):
     return None
 
 
+def _step_maxima(x, axis: int, xp):
+    """``max |x|`` of each step: ``x`` with its step axis at ``axis`` -> ``[T]``."""
+    steps = xp.moveaxis(x, axis, 0)  # (T, ...)
+    flat = xp.reshape(steps, (steps.shape[0], -1))  # (T, rest)
+    if flat.shape[1] == 0:
+        return xp.zeros((steps.shape[0],), dtype=x.dtype)
+    return xp.max(xp.abs(flat), axis=1)  # (T,)
+
+
+def _first_bad_step(o, xp) -> int | None:
+    """The first step ``t`` whose read-out ``o [..., T, d]`` has a non-finite entry."""
+    if o.ndim < 2:
+        return None
+    bad = xp.moveaxis(~xp.isfinite(o), -2, 0)  # (T, ..., d)
+    per_step = xp.any(xp.reshape(bad, (bad.shape[0], -1)), axis=1)  # (T,)
+    if not bool(xp.any(per_step)):
+        return None
+    return int(xp.argmax(xp.astype(per_step, xp.int8)))
+
+
+def _inputs_at_step(arguments: dict, t: int) -> str:
+    """The per-step inputs at step ``t`` (max |x_t|), naming the one that drove the overflow.
+
+    An input is per step when its leading dims are ``k``'s ``[..., T]``. The
+    driver is the input whose size at some step ``s <= t`` is largest against its
+    median over all steps (at least 10 times); when none stands out the growth
+    built up over the steps.
+    """
+    k = arguments.get("k")
+    if k is None or not hasattr(k, "shape") or k.ndim < 2:
+        return ""
+    lead = tuple(k.shape[:-1])  # (..., T)
+    axis = len(lead) - 1
+    sizes, driver, ratio = [], None, 10.0
+    for name, x in arguments.items():
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")) or tuple(x.shape[:len(lead)]) != lead:
+            continue
+        xp = namespace_of(x)
+        if not xp.isdtype(x.dtype, "real floating"):
+            continue
+        m = _step_maxima(x, axis, xp)  # (T,)
+        sizes.append(f"max |{name}_t| = {float(m[t]):.3g}")
+        typical = float(xp.sort(m)[m.shape[0] // 2])  # the median step's size
+        upto = m[:t + 1]  # (t + 1,) steps that can have driven step t
+        s = int(xp.argmax(upto))
+        peak = float(upto[s])
+        r = peak / typical if typical > 0 else (math.inf if peak > 0 else 0.0)
+        if r >= ratio:
+            driver, ratio = (name, s, peak), r
+    if not sizes:
+        return ""
+    if driver:
+        name, s, peak = driver
+        what = f"driven by {name} at step {s} (max |{name}_{s}| = {peak:.3g}, {ratio:.3g} times its median step's)"
+    else:
+        what = ("no input stands out up to that step: the growth built up over the steps (step sizes too "
+                "large for the keys, or inputs too large)")
+    return f"; inputs at step {t}: {', '.join(sizes)}; {what}"
+
+
 def finite_outputs(fn):
     """Decorator for scans: raise :class:`DivergenceError` instead of returning nan or inf.
 
-    Costs one device read per call, like the input checks, and is switched off
-    with them by ``refmem.options(check_finite=False)``.
+    The message names the first step whose read-out (or state) is not finite and
+    the per-step inputs at that step. While the check is on, NumPy's
+    floating-point warnings inside the scan are silenced: an overflow becomes
+    this error instead of a warning followed by a result. Costs one device
+    read per call, like the input checks, and is switched off with them by
+    ``refmem.options(check_finite=False)`` (then nothing is silenced either).
     """
+    signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def scan(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        if _OPTIONS["check_finite"]:
-            path = _first_non_finite(out, ())
-            if path is not None:
-                first = path[0] if path else 0
-                what = _OUTPUT_NAMES[first] if first < len(_OUTPUT_NAMES) else f"output {first}"
-                raise DivergenceError(
-                    f"{fn.__name__}: the {what} contains non-finite values: the recurrence diverged or overflowed "
-                    "for these inputs (e.g. an explicit l2 step with eta ||k||^2 > 2); no result is returned")
-        return out
+        if not _OPTIONS["check_finite"]:
+            return fn(*args, **kwargs)
+        try:
+            with floating_point_warnings_silenced():
+                out = fn(*args, **kwargs)
+        except DivergenceError as exc:
+            if getattr(exc, "described", False) or exc.step is None:
+                raise
+            raise _divergence(fn.__name__, "state", exc.step, signature, args, kwargs) from None
+        path = _first_non_finite(out, ())
+        if path is None:
+            return out
+        first = path[0] if path else 0
+        what = _OUTPUT_NAMES[first] if first < len(_OUTPUT_NAMES) else f"output {first}"
+        step = None
+        if first == 0 and isinstance(out, (tuple, list)):
+            step = _first_bad_step(out[0], namespace_of(out[0]))
+        raise _divergence(fn.__name__, what, step, signature, args, kwargs)
 
     return scan
+
+
+def _divergence(name, what, step, signature, args, kwargs) -> DivergenceError:
+    where, inputs = "", ""
+    if step is not None:
+        where = f" from step t = {step} on"
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            bound = None
+        if bound is not None:
+            inputs = _inputs_at_step(dict(bound.arguments), step)
+    exc = DivergenceError(
+        f"{name}: the {what} contains non-finite values{where}: the recurrence diverged or overflowed for "
+        f"these inputs (e.g. an explicit l2 step with eta ||k||^2 > 2){inputs}; no result is returned",
+        step=step)
+    exc.described = True
+    return exc
+
+
+@contextlib.contextmanager
+def floating_point_warnings_silenced():
+    """NumPy's overflow / invalid / divide warnings off (the caller turns non-finite results into an error)."""
+    from .numpy_extras import errors_ignored
+
+    with errors_ignored():
+        yield

@@ -21,8 +21,34 @@ def _diverging_delta_inputs(xp, T=2000):
 @pytest.mark.parametrize("form", ["recurrent", "chunked"])
 def test_diverging_delta_rule_raises(xp, form):
     fn = getattr(MEMORIES["delta_rule"], form)
-    with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="non-finite values: the recurrence diverged"):
+    # the residual doubles per step from O(1): float64 (2^1024) overflows near step 1024 (the chunked
+    # form from the start of the chunk that holds it: chunks of 64), and no single step's input stands out
+    with pytest.raises(DivergenceError, match=r"non-finite values from step t = \d+ on: the recurrence "
+                       r"diverged.*beta_t\| = 3.*no input stands out") as info:
         fn(**_diverging_delta_inputs(xp))
+    assert 1024 - 64 <= info.value.step <= 1100
+
+
+def test_divergence_names_the_step_and_the_input_that_drove_it(xp):
+    """One huge key at step 7 overflows the state there: the error names step 7 and k."""
+    load_all()
+    inp = MEMORIES["delta_rule"].make_inputs(0, (2,), 12, 4, 3, xp)
+    k = to_numpy(inp["k"]).copy()
+    k[1, 7, :] = 1e200  # beta ||k||^2 ~ 1e400: inf in the state at step 7
+    with pytest.raises(DivergenceError, match=r"from step t = 7 on.*driven by k at step 7") as info:
+        MEMORIES["delta_rule"].recurrent(**dict(inp, k=xp.asarray(k)))
+    assert info.value.step == 7
+
+
+def test_an_overflowing_level_scan_is_a_divergence_not_bad_input(xp):
+    """Moneta's steps are solved one level at a time: an overflow at step t is reported at t, not as a bad M_t."""
+    load_all()
+    inp = MEMORIES["moneta"].make_inputs(0, (1,), 6, 3, 3, xp)
+    v = to_numpy(inp["v"]).copy()
+    # |r|^(p-1) = 1e240 in the lp gradient at step 2 makes a huge (finite) state, which overflows at step 3
+    v[0, 2, :] = 1e120
+    with pytest.raises(DivergenceError, match=r"state contains non-finite values from step t = 3 on.*driven by v at step 2"):
+        MEMORIES["moneta"].recurrent(**dict(inp, v=xp.asarray(v)))
 
 
 def test_check_finite_off_returns_what_was_computed(xp):

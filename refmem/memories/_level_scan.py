@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..level import solve
 from ..linalg import matvec
+from ..validation import check_scan_state
 
 
 def level_scan(q, k, v, level_at, M0, xp, *, method="closed", solver=None, rtol=None):
@@ -26,6 +27,7 @@ def level_scan(q, k, v, level_at, M0, xp, *, method="closed", solver=None, rtol=
     outs = []
     for t in range(k.shape[-2]):
         M, _ = solve(level_at(t), M, k[..., t, :], v[..., t, :], method=method, solver=solver, rtol=rtol)
+        check_scan_state(M, t, xp)  # an overflow is a DivergenceError at step t, not bad input at t + 1
         outs.append(matvec(M, q[..., t, :]))  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
     o = xp.stack(outs, axis=-2) if outs else xp.zeros(tuple(v.shape), dtype=v.dtype)
     return o, M

@@ -49,7 +49,7 @@ from __future__ import annotations
 from ..level import ClosedFormUnavailable
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
-from ..validation import check_arrays, finite_outputs, positive
+from ..validation import check_arrays, check_scan_state, finite_outputs, positive
 from ._inputs import check_gate_range, check_sequence, random_qkv
 from .deep_curvature import curvature_bound, measured_curvature
 from .residual_mlp import (ResidualLoss, check_params, deep_loss, deep_loss_grad, default_params, make_initial_state,
@@ -278,6 +278,7 @@ def deep_scan(q, k, v, retention_at, *, initial_state=None, hidden=None, loss=No
     for t in range(k.shape[-2]):
         W, _ = deep_step(W, k[..., t, :], v[..., t, :], retention=retention_at(t), loss=loss, step=step,
                          method=method, activation=activation, rtol=rtol)
+        check_scan_state(W, t, xp)  # an overflow is a DivergenceError at step t, not bad input at t + 1
         y, _ = mlp_forward(W[0], W[1], q[..., t, :], xp, activation)
         outs.append(y)  # (.., d)
     o = xp.stack(outs, axis=-2) if outs else xp.zeros(tuple(v.shape), dtype=v.dtype)
