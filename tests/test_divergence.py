@@ -31,7 +31,6 @@ def test_diverging_delta_rule_raises(xp, form):
 
 def test_divergence_names_the_step_and_the_input_that_drove_it(xp):
     """One huge key at step 7 overflows the state there: the error names step 7 and k."""
-    load_all()
     inp = MEMORIES["delta_rule"].make_inputs(0, (2,), 12, 4, 3, xp)
     k = to_numpy(inp["k"]).copy()
     k[1, 7, :] = 1e200  # beta ||k||^2 ~ 1e400: inf in the state at step 7
@@ -42,7 +41,6 @@ def test_divergence_names_the_step_and_the_input_that_drove_it(xp):
 
 def test_an_overflowing_level_scan_is_a_divergence_not_bad_input(xp):
     """Moneta's steps are solved one level at a time: an overflow at step t is reported at t, not as a bad M_t."""
-    load_all()
     inp = MEMORIES["moneta"].make_inputs(0, (1,), 6, 3, 3, xp)
     v = to_numpy(inp["v"]).copy()
     # |r|^(p-1) = 1e240 in the lp gradient at step 2 makes a huge (finite) state, which overflows at step 3
