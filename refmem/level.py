@@ -1,4 +1,4 @@
-r"""A level: one associative memory updated by a small proximal problem (MATH.md 1).
+r"""A level: one associative memory updated by a small proximal problem (Nested Learning; MATH.md 1).
 
 .. math::
 
