@@ -29,6 +29,7 @@ KEY_FUNCTIONS = [
     "refmem.conform.check",
     "refmem.backends.use",
     "refmem.backends.backend",
+    "refmem.optimizers.make",
 ]
 
 

@@ -13,6 +13,14 @@ without new test code.
 Conventions (MATH.md 0): state ``M [..., d_v, d_k]``; read-out
 ``o_t = M_t q_t`` with ``M_t`` the state *after* the update with token ``t``;
 no scale is applied to ``q`` (adapters for other layouts add it).
+
+Examples
+--------
+>>> import refmem
+>>> from refmem.memories import MEMORIES
+>>> spec = MEMORIES["delta_rule"]
+>>> spec.recurrent.__name__, spec.chunked.__name__, spec.minibatch.__name__
+('delta_rule_recurrent', 'delta_rule_chunked', 'delta_rule_minibatch')
 """
 
 from __future__ import annotations

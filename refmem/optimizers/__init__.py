@@ -54,6 +54,20 @@ def make(name: str, **hyperparameters) -> Optimizer:
         Unknown ``name`` (the message lists the known ones), or a hyperparameter out of range.
     TypeError
         A hyperparameter the optimiser does not have (the message lists its hyperparameters).
+
+    Examples
+    --------
+    Adam's first step, solved in closed form and by its iterative levels: the
+    bias-corrected moments are ``g`` and ``g^2``, so the step is ``lr g / (|g| + eps)``.
+
+    >>> import numpy as np
+    >>> from refmem.optimizers import make
+    >>> opt = make("adam", lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    >>> W, g = np.ones((2, 3)), np.full((2, 3), 0.5)   # weights, gradient [d_out, d_in]
+    >>> W_closed, state, _ = opt.step(W, g, opt.init(W))
+    >>> W_iter, _, _ = opt.step(W, g, opt.init(W), method="iterative")
+    >>> bool(np.allclose(W_closed, W - 0.1 * g / (np.abs(g) + 1e-8))), bool(np.allclose(W_iter, W_closed))
+    (True, True)
     """
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"name must be one of {sorted(OPTIMIZERS)}; got {name!r}")
