@@ -6,6 +6,8 @@ backward pass (textbook backpropagation), and the update rules as loops.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import to_numpy
 from refmem.nested import run
@@ -280,3 +282,23 @@ def test_bad_shapes_are_named():
         cms_recurrent(X, (blocks[0], (blocks[1][0][:2], blocks[1][1])), (1, 1), 0.1)
     with pytest.raises(TypeError, match="params must be"):
         cms_recurrent(X, (), (), 0.1)
+
+
+# --------------------------------------------------------------------------- property: chunk-parallel == token by token
+
+
+@settings(max_examples=15)
+@given(st.lists(st.one_of(st.none(), st.integers(1, 6)), min_size=1, max_size=3), st.integers(1, 20),
+       st.sampled_from(["sequential", "independent"]))
+def test_property_chunk_parallel_equals_token_by_token(chunk_sizes, T, variant):
+    K = len(chunk_sizes)
+    blocks = _blocks(11, K)
+    X, Y = _seq(11, T)
+    w = tuple(1.0 / (i + 2) for i in range(K)) if variant == "independent" else None
+    y1, p1 = cms_recurrent(X, blocks, tuple(chunk_sizes), 0.1, targets=Y, variant=variant, weights=w)
+    y2, p2 = cms_chunked(X, blocks, tuple(chunk_sizes), 0.1, targets=Y, variant=variant, weights=w)
+    tol = _tol(T, y1)
+    _close(y2, y1, tol)
+    for a, b in zip(p1, p2):
+        _close(b[0], a[0], tol)
+        _close(b[1], a[1], tol)
