@@ -362,7 +362,7 @@ def test_every_memory_with_a_chunked_form_is_listed():
 def test_math_md_8_delta_formulas_hold_in_refmem_orientation():
     """MATH.md 8's delta-rule chunk formulas, typed in literally, with M0 in refmem's ``[d_v, d_k]`` orientation.
 
-    Erratum (wording): MATH.md 8 says the formulas are "in K x V orientation", but as printed
+    Erratum (wording, MATH.md 8, 9): the formulas were once labelled "in K x V orientation", but as printed
     (``Q M0^T``, ``W M0^T``, ``M = M0 + (U - W M0^T)^T K``) they are in refmem's ``M [d_v, d_k]``
     orientation; with flash-linear-attention's ``S = M^T [d_k, d_v]`` they read
     ``O = Q S0 + (Q K^T * tril)(U - W S0)``, ``S = S0 + K^T (U - W S0)``. This test checks the printed
