@@ -165,7 +165,7 @@ def test_docs_point_only_inside_the_repository(path):
 # --- module docstrings name their paper; no words of the project's own process --------------------
 
 # Packages whose modules implement something from a paper; every public module's docstring names it.
-PAPER_PACKAGES = ("memories", "chunked", "objectives", "retentions", "optimizers")
+PAPER_PACKAGES = ("memories", "chunked", "objectives", "retentions", "optimizers", "nested")
 # Short names a docstring may use, each of which section 10 of specs/MATH.md must list.
 PAPER_NAMES = ("Nested Learning", "NL-", "NLx-", "Titans", "Miras", "Moneta", "Yaad", "Memora", "Atlas", "Omega",
                "Longhorn", "Mesa", "DeltaNet", "GLA", "RetNet", "Mamba2", "Katharopoulos", "Vaswani", "TTT",

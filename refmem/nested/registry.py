@@ -1,4 +1,4 @@
-"""The table of nested systems: one :class:`NestedSystemSpec` per system, listed explicitly (MATH.md 7).
+"""The table of nested systems: one :class:`NestedSystemSpec` per system, listed explicitly (Nested Learning; MATH.md 7).
 
 :data:`NESTED_SYSTEMS` is what the spec tests read: every entry names its
 file ``specs/<spec>.md``. A system is either *declared* (built

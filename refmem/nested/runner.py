@@ -1,4 +1,4 @@
-r"""Running a declared nested system: every step, every component that is due updates, in the level order.
+r"""Running a declared nested system: every step, every component that is due updates, in the level order (Nested Learning; MATH.md 7a).
 
 At step ``t`` (``t = 1 .. N``, sample ``data[t-1]``) the runner visits the
 components in :attr:`NestedSystem.order` (fastest first, Definition 2). A

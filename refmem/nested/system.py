@@ -1,4 +1,4 @@
-r"""Declaring a nested system: levels, their context flows and update periods, and the level order (Definition 2).
+r"""Declaring a nested system: levels, their context flows and update periods, and the level order (Nested Learning, NLx Definition 2; MATH.md 7a).
 
 A *nested system* is a set of components, each an associative memory with
 its own state, **context flow** (what it reads) and **update frequency**
