@@ -302,3 +302,14 @@ def test_property_chunk_parallel_equals_token_by_token(chunk_sizes, T, variant):
     for a, b in zip(p1, p2):
         _close(b[0], a[0], tol)
         _close(b[1], a[1], tol)
+
+
+def test_flat_vector_convention_equals_the_structured_call():
+    from refmem.nested.vector_cases import cms_make_inputs, cms_vectors
+
+    inp = cms_make_inputs(4, (2,), 13, 4, 4, np)
+    x = inp.pop("x")
+    y, flat = cms_vectors(x, **inp)
+    c = inp["cms_params"]
+    want, params = cms_recurrent(x, ((c[0], c[1]), (c[2], c[3]), (c[4], c[5])), (8, 4, 1), 0.05, targets=inp["targets"])
+    assert np.array_equal(y, want) and all(np.array_equal(a, b) for a, b in zip(flat, [w for p in params for w in p]))

@@ -91,3 +91,22 @@ def test_titans_chunks_larger_than_one_are_a_different_computation():
     y4, _ = hope_chunked(x, **_kw(W_q, mem, blocks, 4, (1, 1), targets))
     assert np.abs(y1[..., 0, :] - y4[..., 0, :]).max() <= 64 * EPS  # the first token reads the initial state in both
     assert np.abs(y1 - y4).max() > 1e-6  # then the snapshots differ from the per-step states
+
+
+def test_flat_vector_convention_equals_the_structured_call():
+    from refmem.nested.self_modifying_titans import MEMORY_NAMES
+    from refmem.nested.vector_cases import hope_make_inputs, hope_vectors
+
+    inp = hope_make_inputs(3, (2,), 11, 4, 4, np)
+    x = inp.pop("x")
+    y = hope_vectors(x, **inp)
+    m = inp["memories"]
+    mem = {n: (m[2 * i], m[2 * i + 1]) for i, n in enumerate(MEMORY_NAMES)}
+    c = inp["cms_params"]
+    want, _ = hope_recurrent(x, inp["W_q"], cms_params=((c[0], c[1]), (c[2], c[3])), cms_chunk_sizes=(8, 2),
+                             cms_eta=0.05, targets=inp["targets"], memories=mem, chunk_size=4, memory_chunk_size=2)
+    assert np.array_equal(y, want)
+    with pytest.raises(ValueError, match="d_k must equal d_v"):
+        hope_make_inputs(3, (2,), 11, 4, 5, np)
+    with pytest.raises(TypeError, match="flat tuple"):
+        hope_vectors(x, **dict(inp, memories=m[:3]))
