@@ -1,4 +1,4 @@
-r"""Test-vector entry points of the CMS and the HOPE block: flat calling conventions and random inputs.
+r"""Test-vector entry points of the CMS (NLx-70..74) and the HOPE block (NLx-94..97): flat calling conventions and random inputs.
 
 ``refmem vectors`` and ``refmem conform`` call an implementation as
 ``fn(x, **inputs, **params)``: every input is an array or a tuple of arrays
