@@ -240,3 +240,70 @@ def _muon_polar(xp):
     # this run's Nesterov momenta have kappa < 1e3 (seeded; the polar factors' sensitivity ~ eps kappa per step)
     return (_max_rel(_trajectory(opt, W0, grad, STEPS, "iterative"), _trajectory(opt, W0, grad, STEPS), xp),
             STEPS * (1e-12 + 16 * 3 * EPS * 1e3))
+
+
+# ------------------------------------------------------------------ M3 (NLx Algorithm 1)
+
+
+def _algorithm_1(hp, W0, grad, T, xp):
+    """Algorithm 1 with its two loops (chunks, steps); the slow memory from the previous chunk's f gradients."""
+    b1, b2, b3 = hp.get("betas", (0.9, 0.999, 0.9))
+    f, lr, alpha, eps = hp["frequency"], hp["lr"], hp.get("alpha", 1.0), hp.get("eps", 1e-8)
+
+    def polar(M):
+        U, _, Vh = xp.linalg.svd(M, full_matrices=False)
+        return U @ Vh
+
+    W, M1, V, M2, O2 = W0, 0 * W0, 0 * W0, 0 * W0, 0 * W0
+    grads, out, t = [], [W0], 0
+    for k in range(-(-T // f)):
+        if k > 0:
+            M2 = M2 + b3 * sum(grads[(k - 1) * f + 1:k * f], grads[(k - 1) * f])
+            O2 = polar(M2)
+        for _ in range(min(f, T - t)):
+            g = grad(W, t)
+            grads.append(g)
+            M1 = M1 + b1 * g
+            V = V + b2 * g * g
+            W = W - lr * (polar(M1) + alpha * O2) / (xp.sqrt(V) + eps)
+            out.append(W)
+            t += 1
+    return out
+
+
+M3_CASE = dict(lr=1e-2, frequency=7, alpha=0.5)
+
+
+# one SVD per orthogonalisation on both sides; the polar factor's sensitivity ~ eps kappa, kappa < 1e3 on this
+# seeded run (the accumulated momenta are dominated by the drift): 16 k eps kappa per step, linear
+@register_check("m3", f"m3 == Algorithm 1 written with its two loops, {STEPS} steps, f = 7",
+                STEPS * (1e-12 + 16 * 3 * EPS * 1e3))
+def _m3_textbook(xp):
+    W0, grad = _noisy_quadratic(40, (2, 4, 3), STEPS, xp)
+    return _max_rel(_trajectory(make("m3", **M3_CASE), W0, grad, STEPS), _algorithm_1(M3_CASE, W0, grad, STEPS, xp), xp)
+
+
+@register_check("m3", f"m3 closed == iterative (CG levels, certified Newton-Schulz), {STEPS} steps",
+                STEPS * (1e-12 + 16 * 3 * EPS * 1e3))
+def _m3_closed_iterative(xp):
+    W0, grad = _noisy_quadratic(41, (2, 4, 3), STEPS, xp)
+    opt = make("m3", **M3_CASE)
+    return _max_rel(_trajectory(opt, W0, grad, STEPS, "iterative"), _trajectory(opt, W0, grad, STEPS), xp)
+
+
+@register_check("m3", "erratum: the printed slow sum counts f + 1 gradients; refmem's M2 holds exactly f", 0.0)
+def _m3_slow_terms(xp):
+    f = 5
+    opt = make("m3", lr=1e-2, frequency=f, betas=(0.9, 0.999, 1.0))
+    g_np = np.random.default_rng(42)
+    W = to_backend(g_np.standard_normal((3, 3)), xp)
+    state = opt.init(W)
+    ones = 0 * W + 1.0
+    for t in range(f):
+        W, state, _ = opt.step(W, ones + to_backend(np.eye(3) * (t + 1), xp), state)  # gradient 1 + (t+1) I
+    # M2 = sum of the f gradients ones + (t+1) I, t = 0 .. f-1: f ones + f(f+1)/2 I, written out
+    want = f * ones + to_backend(np.eye(3) * (f * (f + 1) / 2), xp)
+    printed = want + ones + to_backend(np.eye(3) * 1.0, xp)  # one more (boundary) gradient, as the print's range counts
+    if not max_abs_error(printed, state.slow_momentum, xp) > 0.5:
+        raise AssertionError("the slow momentum matches the printed f + 1 term range")
+    return max_abs_error(state.slow_momentum, want, xp)

@@ -30,6 +30,7 @@ import inspect
 from . import local_surprise, momentum
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .m3 import M3
 from .muon import Muon
 from .optimizer import METHODS, Optimizer
 from .rmsprop import RMSprop
@@ -42,6 +43,7 @@ OPTIMIZERS: dict[str, type] = {
     "rmsprop": RMSprop,
     "adagrad": Adagrad,
     "muon": Muon,
+    "m3": M3,
 }
 
 
@@ -80,4 +82,4 @@ def make(name: str, **hyperparameters) -> Optimizer:
 
 
 __all__ = ["OPTIMIZERS", "METHODS", "Optimizer", "make", "local_surprise", "momentum",
-           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Muon"]
+           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Muon", "M3"]

@@ -139,6 +139,23 @@ def newton_schulz_quintic(M, *, steps: int = 5, coefficients=QUINTIC_COEFFICIENT
     return _mT(X, xp) if tall else X
 
 
+def newton_schulz_cubic(M, *, steps: int):
+    r"""``steps`` cubic Newton-Schulz steps from ``M / ||M||_F`` as a fixed map (no stopping test).
+
+    The reading of M3's "Newton-Schulz_T" (NLx Algorithm 1) with a fixed ``T``;
+    :func:`newton_schulz_polar` runs the same iteration to a certified residual.
+    """
+    xp = _check_matrix(M)
+    a, b = M.shape[-2], M.shape[-1]
+    norm = xp.sqrt(xp.sum(M * M, axis=(-2, -1)))[..., None, None]  # (.., 1, 1)
+    if bool(xp.any(norm == 0)):
+        raise ValueError("M is zero: it has no orthogonal direction")
+    X = M / norm  # (.., a, b)
+    for _ in range(steps):
+        X = 1.5 * X - 0.5 * (X @ (_mT(X, xp) @ X) if a >= b else (X @ _mT(X, xp)) @ X)  # (.., a, b)
+    return X
+
+
 def quintic_singular_value_map(sigma: float, *, steps: int = 5, coefficients=QUINTIC_COEFFICIENTS) -> float:
     r"""The scalar map :math:`q^{\circ\,\mathrm{steps}}(\sigma)` the quintic applies to each (normalised) singular value."""
     qa, qb, qc = coefficients
@@ -161,6 +178,7 @@ __all__ = [
     "polar_factor",
     "newton_schulz_polar",
     "newton_schulz_quintic",
+    "newton_schulz_cubic",
     "quintic_singular_value_map",
     "orthogonality_residual",
     "nearest_orthogonal",
