@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from .linalg import inner
 from .objectives import Objective
 from .retentions import Retention
-from .solvers import SOLVERS, Problem, SolveReport, default_rtol
+from .solvers import Problem, SolveReport
+from .solvers.dispatch import default_solver, minimize
 from .solvers.options import check_count, check_rtol
 from .solvers.residual_dual import ResidualDual
 from .validation import check_arrays, check_ndim
@@ -213,15 +214,6 @@ def _preferred_solver(level: Level, ret: Retention):
     return getattr(ret, "preferred_solver", None) or obj_pref
 
 
-def default_solver(prob: Problem) -> str:
-    """The problem's preferred solver if any; else ``"cg"`` for smooth quadratics, ``"prox_grad"`` with a non-smooth part, else ``"gd"``."""
-    if prob.preferred_solver is not None:
-        return prob.preferred_solver
-    if prob.prox is not None:
-        return "prox_grad"
-    return "cg" if prob.quadratic else "gd"
-
-
 def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None = None,
           rtol: float | None = None, max_iter: int | None = None):
     """Solve one level's update (P).
@@ -283,29 +275,12 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     if solver is not None and not isinstance(solver, str):
         raise TypeError(f"solver must be a solver name (str) or None; got {type(solver).__name__}")
     if rtol is not None:
-        rtol = check_rtol(rtol)
+        check_rtol(rtol)
     if max_iter is not None:
-        max_iter = check_count(max_iter, "max_iter")
+        check_count(max_iter, "max_iter")
     xp, ret = _check_inputs(level, M_t, k, v)
     if method == "closed":
         M = _closed(level, ret, M_t, k, v, xp)
         return M, SolveReport("closed", f"{level.objective.name}/{ret.name}/{level.step}")
     prob = problem(level, M_t, k, v, bound_retention=ret, xp=xp)
-    name = solver or default_solver(prob)
-    kwargs = {}
-    if name == "gd-backtracking":
-        name, kwargs["backtracking"] = "gd", True
-    if name not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS) + ['gd-backtracking']}; got {solver!r}")
-    if rtol is None:
-        rtol = default_rtol(M_t.dtype, xp, condition=_condition(prob, xp))
-    if max_iter is not None:
-        kwargs["max_iter"] = max_iter
-    return SOLVERS[name](prob, rtol=rtol, **kwargs)
-
-
-def _condition(prob: Problem, xp) -> float:
-    L = xp.asarray(prob.lipschitz)
-    mu = xp.asarray(prob.mu)
-    kappa = L / xp.where(mu > 0, mu, xp.ones_like(mu)) + 0 * mu
-    return float(xp.max(xp.reshape(kappa, (-1,))))
+    return minimize(prob, solver=solver, rtol=rtol, max_iter=max_iter)

@@ -78,6 +78,10 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     rel = math.inf
     G = problem.grad(X)
     fX = problem.value(X)
+    mu = xp.asarray(problem.mu, dtype=X.dtype) + 0 * t  # (..,)
+    L = xp.asarray(problem.lipschitz, dtype=X.dtype) + xp.zeros_like(t)
+    known_L = xp.isfinite(L) & (L > 0) & (mu > 0)
+    inv_kappa_L = xp.where(known_L, mu / xp.where(known_L, L, xp.ones_like(L)), xp.ones_like(L))
     for it in range(max_iter + 1):
         Xn = candidate(X, G, t)
         first = None
@@ -101,10 +105,16 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
         else:
             raise ConvergenceError(SolveReport("iterative", "prox_grad_bt", it, rel, rtol, False),
                                    "backtracking found no acceptable step; is the objective smooth and finite here?")
-        gmap = fro_norm(X - Xn, xp) / t  # (..,)
+        # without a prox the gradient mapping is the gradient itself: measured directly, it cannot vanish
+        # by rounding when t G falls below the spacing of X (a step too small to move X is not a minimiser)
+        gmap = fro_norm(G, xp) if problem.prox is None else fro_norm(X - Xn, xp) / t  # (..,)
         if r0 is None:
             r0 = gmap
-        rel = max_float(gmap / problem.scale(Xn, r0), xp)
+            t_min = t
+        t_min = xp.minimum(t_min, t)
+        # without a global L, 1/t_min stands in for it in the scale's 1/kappa = mu t (Problem.scale)
+        inv_kappa = xp.where(known_L, inv_kappa_L, xp.minimum(mu * t_min, xp.ones_like(t_min)))
+        rel = max_float(gmap / problem.scale(Xn, r0, inv_kappa), xp)
         X, G, fX = Xn, Gn, fn
         if rel <= rtol:
             return X, SolveReport("iterative", "prox_grad_bt", it + 1, rel, rtol, True)

@@ -41,9 +41,19 @@ def conjugate_gradient(problem: Problem, *, rtol: float, max_iter: int | None = 
     if max_iter is None:
         max_iter = 4 * n + 20
     g_zero = problem.grad(xp.zeros_like(X))  # grad f(0) = -b
+    g_zero_norm = fro_norm(g_zero, xp)  # (..,)
+    mu = xp.asarray(problem.mu, dtype=X.dtype) + 0 * g_zero_norm  # (..,)
 
-    def A(P):  # Hessian-vector product of a quadratic
-        return problem.grad(P) - g_zero
+    def A(P):
+        # Hessian-vector product of a quadratic, A P = (grad f(s P) - grad f(0)) / s for any s > 0.
+        # At s = 1 the difference cancels when ||A P|| << ||grad f(0)|| (a small P, or a small mu:
+        # eta = 1e6 leaves one correct digit); s = ||grad f(0)|| / (mu ||P||) makes ||A sP|| >= ||grad f(0)||,
+        # so the difference keeps full relative precision.
+        size = mu * fro_norm(P, xp)  # (..,) lower bound on ||A P||
+        ok = (size > 0) & (g_zero_norm > size)
+        s = xp.where(ok, g_zero_norm / xp.where(ok, size, xp.ones_like(size)), xp.ones_like(size))  # (..,)
+        S = expand_matrix(s, xp)
+        return (problem.grad(S * P) - g_zero) / S
 
     R = -problem.grad(X)  # residual b - A X
     r0 = fro_norm(R, xp)

@@ -54,15 +54,25 @@ class Problem:
         f = self.value(X)
         return f if self.h_value is None else f + self.h_value(X)
 
-    def scale(self, X, r0):
-        """Per-problem scale of the optimality measure: ``max(mu ||X||, r0)``.
+    def scale(self, X, r0, inv_kappa=None):
+        r"""Per-problem scale of the optimality measure: ``max(mu ||X||, r0 / kappa)``.
 
         With ``||grad F(X)|| <= rtol * mu ||X||`` the distance to the minimiser
-        is at most ``rtol ||X||`` (strong convexity); the ``r0`` term (initial
-        residual) covers minimisers at or near zero.
+        is at most ``rtol ||X||`` (strong convexity). The second term covers
+        minimisers at or near zero: ``r0`` (the initial measure) is at most
+        ``L ||X_0 - X*||``, so ``||grad F(X)|| <= rtol r0 mu / L`` bounds the
+        distance by ``rtol ||X_0 - X*||``. (A bare ``r0`` would allow
+        ``rtol kappa ||X_0 - X*||``: no certificate at all for large ``kappa``.)
+        Where ``L`` is unknown (``inf``) or ``mu = 0`` the bare ``r0`` is used, unless the solver
+        passes ``inv_kappa`` (``[...]``) measured along its path (``mu`` times its smallest accepted step).
         """
         xp = self.xp
-        s = xp.maximum(self.mu * fro_norm(X, xp), r0)
+        mu = xp.asarray(self.mu)
+        L = xp.asarray(self.lipschitz, dtype=mu.dtype)
+        known = xp.isfinite(L) & (L > 0) & (mu > 0)
+        if inv_kappa is None:
+            inv_kappa = xp.where(known, mu / xp.where(known, L, xp.ones_like(L)), xp.ones_like(L))  # (..,)
+        s = xp.maximum(mu * fro_norm(X, xp), r0 * inv_kappa)
         return xp.where(s > 0, s, xp.ones_like(s))
 
 
