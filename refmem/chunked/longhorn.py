@@ -1,4 +1,4 @@
-r"""Chunked Longhorn: its implicit l2 step is a delta step with ``e_t = b_t / (1 + b_t ||k_t||^2)`` (MATH.md 5, 8).
+r"""Chunked Longhorn: its implicit l2 step is a delta step with ``e_t = b_t / (1 + b_t ||k_t||^2)`` (MATH.md 5b, 8).
 
 .. math::
 

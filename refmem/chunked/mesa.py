@@ -1,4 +1,4 @@
-r"""Chunked Mesa layer by conjugate gradient (MATH.md 5, 8).
+r"""Chunked Mesa layer by conjugate gradient (MATH.md 5e, 8).
 
 Mesa's state is the pair of running statistics :math:`H_t = H_0 + \sum_{i\le t} k_i k_i^T`,
 :math:`G_t = G_0 + \sum_{i\le t} v_i k_i^T` (:mod:`refmem.memories.mesa`), and

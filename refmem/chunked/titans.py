@@ -1,4 +1,4 @@
-r"""Chunked Titans (linear memory, momentum and forgetting): an exact chunked form exists (MATH.md 5, 8).
+r"""Chunked Titans (linear memory, momentum and forgetting): an exact chunked form exists (MATH.md 5c, 8).
 
 Recurrence (:mod:`refmem.memories.titans`), with :math:`a_t = 1 - \alpha_t`:
 

@@ -1,4 +1,4 @@
-r"""A deep (residual MLP) memory: one level step and the scan (MATH.md 5; Titans / Miras).
+r"""A deep (residual MLP) memory: one level step and the scan (MATH.md 5g; Titans / Miras).
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""The delta rule (DeltaNet): one explicit l2 step per token (MATH.md 5).
+r"""The delta rule (DeltaNet): one explicit l2 step per token (MATH.md 5b).
 
 .. math::
 

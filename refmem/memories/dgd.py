@@ -1,4 +1,4 @@
-r"""Delta gradient descent (DGD, NLx-56, 57): an implicit l2 step whose value is self-generated (MATH.md 5).
+r"""Delta gradient descent (DGD, NLx-56, 57): an implicit l2 step whose value is self-generated (MATH.md 5b).
 
 A linear layer :math:`y = M k` with a loss :math:`L(y)` produces its own
 regression target, the negative local surprise

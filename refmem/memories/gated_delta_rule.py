@@ -1,4 +1,4 @@
-r"""The gated delta rule (Gated DeltaNet): an explicit l2 step taken at the decayed state (MATH.md 5).
+r"""The gated delta rule (Gated DeltaNet): an explicit l2 step taken at the decayed state (MATH.md 5b).
 
 .. math::
 

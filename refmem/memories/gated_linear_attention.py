@@ -1,4 +1,4 @@
-r"""Gated linear attention: the dot objective under a forget gate (MATH.md 5).
+r"""Gated linear attention: the dot objective under a forget gate (MATH.md 5a).
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Longhorn: the implicit (proximal-point) l2 step per token (MATH.md 3, 5).
+r"""Longhorn: the implicit (proximal-point) l2 step per token (MATH.md 3, 5b).
 
 .. math::
 

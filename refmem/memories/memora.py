@@ -1,4 +1,4 @@
-r"""Memora (Miras): l2 attentional bias under the KL retention on a scaled simplex (MATH.md 3-5).
+r"""Memora (Miras): l2 attentional bias under the KL retention on a scaled simplex (MATH.md 3, 4, 5h).
 
 Every row of the memory is a point of the scaled simplex
 :math:`\Delta_c = \{m \in \mathbb R^{d_k}: m_j > 0, \sum_j m_j = c\}`; one level per token,

@@ -1,4 +1,4 @@
-r"""The Mesa layer: whole-context regularised least squares at every step (MATH.md 5).
+r"""The Mesa layer: whole-context regularised least squares at every step (MATH.md 5e).
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Moneta (Miras): lp attentional bias under the lq retention (MATH.md 3-5).
+r"""Moneta (Miras): lp attentional bias under the lq retention (MATH.md 3, 4, 5h).
 
 One level per token with the bias :math:`l(M) = \|M k_t - v_t\|_p^p`
 (:class:`refmem.objectives.lp.Lp`) and Moneta's lq retention in its consistent

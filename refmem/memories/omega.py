@@ -1,4 +1,4 @@
-r"""The Omega rule (Atlas): the l2 objective over a sliding window of ``c`` tokens (MATH.md 5).
+r"""The Omega rule (Atlas): the l2 objective over a sliding window of ``c`` tokens (MATH.md 5d).
 
 At step ``t`` the window holds the tokens :math:`i = t-c+1, \dots, t` with
 weights :math:`\gamma_{t,1..c}` (oldest first: ``gamma[..., t, c-1]`` weights
@@ -6,7 +6,7 @@ the current token). Tokens before the start of the sequence are absent (zero
 contribution), also when an ``initial_state`` is given. With
 :math:`K_t` (``c x d_k``), :math:`V_t` (``c x d_v``), :math:`G_t = \mathrm{diag}(\gamma_t)`:
 
-explicit (one gradient step at :math:`M_{t-1}`, MATH.md 5)
+explicit (one gradient step at :math:`M_{t-1}`, MATH.md 5d)
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Titans with a linear memory: a momentum level under a memory level (MATH.md 5, Titans eqs. 10-14).
+r"""Titans with a linear memory: a momentum level under a memory level (MATH.md 5c, Titans eqs. 10-14).
 
 .. math::
 

@@ -1,4 +1,4 @@
-r"""Titans with the deep memory: the momentum level under the memory level, on MLP weights (MATH.md 5).
+r"""Titans with the deep memory: the momentum level under the memory level, on MLP weights (MATH.md 5c).
 
 .. math::
 

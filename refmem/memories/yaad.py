@@ -1,4 +1,4 @@
-r"""Yaad (Miras): Huber attentional bias under a forget gate (MATH.md 3-5).
+r"""Yaad (Miras): Huber attentional bias under a forget gate (MATH.md 3, 4, 5h).
 
 One level per token, with the Huber bias :math:`h_\delta` on the residual
 (:class:`refmem.objectives.huber.Huber`, per coordinate or on the norm) and
