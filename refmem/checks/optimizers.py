@@ -307,3 +307,90 @@ def _m3_slow_terms(xp):
     if not max_abs_error(printed, state.slow_momentum, xp) > 0.5:
         raise AssertionError("the slow momentum matches the printed f + 1 term range")
     return max_abs_error(state.slow_momentum, want, xp)
+
+
+# ------------------------------------------------------------------ preconditioned, delta and deep momentum
+
+
+def _spd(seed, d, xp):
+    g = np.random.default_rng(seed)
+    A = g.standard_normal((d, d))
+    return to_backend(A @ A.T / d + np.eye(d), xp)
+
+
+def _trajectory_with(opt, W0, grad, T, P, method="closed"):
+    W, state, out = W0, opt.init(W0, P), [W0]
+    for t in range(T):
+        W, state, _ = opt.step(W, grad(W, t), state, method=method)
+        out.append(W)
+    return out
+
+
+@register_check("preconditioned_momentum", f"closed == textbook m = a m - eta P g, W + m, {STEPS} steps",
+                16 * STEPS * EPS)
+def _precond_textbook(xp):
+    W0, grad = _noisy_quadratic(50, (4, 3), STEPS, xp)
+    P = _spd(51, 4, xp)
+    ours = _trajectory_with(make("preconditioned_momentum", lr=0.05, momentum=0.8), W0, grad, STEPS, P)
+    W, m, ref = W0, 0 * W0, [W0]
+    for t in range(STEPS):
+        m = 0.8 * m - 0.05 * (P @ grad(W, t))
+        W = W + m
+        ref.append(W)
+    return _max_rel(ours, ref, xp)
+
+
+@register_check("preconditioned_momentum", f"closed == iterative (CG on <m g^T, P> as printed), {STEPS} steps",
+                STEPS * 1e-12)
+def _precond_iterative(xp):
+    W0, grad = _noisy_quadratic(52, (4, 3), STEPS, xp)
+    P, opt = _spd(53, 4, xp), make("preconditioned_momentum", lr=0.05, momentum=0.8)
+    return _max_rel(_trajectory_with(opt, W0, grad, STEPS, P, "iterative"), _trajectory_with(opt, W0, grad, STEPS, P), xp)
+
+
+def _register_delta(step):
+    # CG's rtol 1e-12 times the implicit level's condition 1 + eta ||g||^2 (< 2 on this problem), per step
+    @register_check("delta_momentum", f"{step} step: closed == iterative (CG), {STEPS} steps", STEPS * 2e-12)
+    def check(xp):
+        W0, grad = _noisy_quadratic(54, (3, 2), STEPS, xp)
+        P, opt = _spd(55, 3, xp), make("delta_momentum", lr=0.05, momentum=0.9, step=step)
+        return _max_rel(_trajectory_with(opt, W0, grad, STEPS, P, "iterative"),
+                        _trajectory_with(opt, W0, grad, STEPS, P), xp)
+
+
+for _step in ("explicit", "implicit"):
+    _register_delta(_step)
+
+
+@register_check("delta_momentum", "erratum NL-22: consistent step - printed step == (1 - eta) m g^T g + 2 eta P g")
+def _nl22(xp):
+    from ..optimizers import delta_momentum as dl
+
+    g_np = np.random.default_rng(56)
+    m, g = to_backend(g_np.standard_normal((3, 2)), xp), to_backend(g_np.standard_normal((3, 2)), xp)
+    P, lr, alpha = _spd(57, 3, xp), 0.1, 0.9
+    printed = dl.nl22_printed_step(m, g, P, lr, alpha)
+    consistent, _ = dl.momentum_step(m, g, P, lr, alpha, "explicit")
+    predicted = (1 - lr) * (m @ xp.matrix_transpose(g) @ g) + 2 * lr * (P @ g)  # derived by hand
+    size = max_abs_error(predicted, 0 * predicted, xp)
+    if not size > 0.1:
+        raise AssertionError("the printed and consistent NL-22 steps coincide on this input")
+    return max_abs_error(consistent - printed, predicted, xp), 64 * EPS * size
+
+
+@register_check("deep_momentum", "hand-written gradient of <m(u), u> == central differences (h = 1e-6)", 1e-8)
+def _dmgd_gradient(xp):
+    from ..optimizers import deep_momentum as dm
+
+    g_np = np.random.default_rng(58)
+    A1, A2, u = (to_backend(g_np.standard_normal(s), xp) for s in ((4, 3), (3, 4), (2, 3)))
+    dA1, _ = dm.memory_objective_gradient(A1, A2, u)
+    A1n = np.asarray(_to_numpy(A1, xp))
+    err, h = 0.0, 1e-6
+    for i in np.ndindex(A1n.shape):
+        E = np.zeros_like(A1n)
+        E[i] = h
+        plus = float(dm.memory_objective(to_backend(A1n + E, xp), A2, u))
+        minus = float(dm.memory_objective(to_backend(A1n - E, xp), A2, u))
+        err = max(err, abs((plus - minus) / (2 * h) - float(_to_numpy(dA1, xp)[i])))
+    return err

@@ -30,9 +30,12 @@ import inspect
 from . import local_surprise, momentum
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .deep_momentum import DeepMomentum
+from .delta_momentum import DeltaMomentum
 from .m3 import M3
 from .muon import Muon
 from .optimizer import METHODS, Optimizer
+from .preconditioned_momentum import PreconditionedMomentum
 from .rmsprop import RMSprop
 from .sgd import SGD
 
@@ -44,6 +47,9 @@ OPTIMIZERS: dict[str, type] = {
     "adagrad": Adagrad,
     "muon": Muon,
     "m3": M3,
+    "preconditioned_momentum": PreconditionedMomentum,
+    "delta_momentum": DeltaMomentum,
+    "deep_momentum": DeepMomentum,
 }
 
 
@@ -82,4 +88,5 @@ def make(name: str, **hyperparameters) -> Optimizer:
 
 
 __all__ = ["OPTIMIZERS", "METHODS", "Optimizer", "make", "local_surprise", "momentum",
-           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Muon", "M3"]
+           "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Muon", "M3",
+           "PreconditionedMomentum", "DeltaMomentum", "DeepMomentum"]
