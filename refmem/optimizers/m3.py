@@ -126,15 +126,15 @@ class M3(Optimizer):
     # ---------------------------------------------------------------- one function per level
 
     def fast_momentum_step(self, M1, g, *, method="closed"):
-        """:math:`M^{(1)} + \\beta_1 g` as its level; ``(M1, report)``."""
+        r""":math:`M^{(1)} + \beta_1 g` as its level; ``(M1, report)``."""
         return solve(momentum_level(self.hyperparameters["betas"][0], 1.0), M1, None, g, method=method)
 
     def second_moment_step(self, V, g, *, method="closed"):
-        """:math:`V + \\beta_2 g \\odot g` as its level; ``(V, report)``."""
+        r""":math:`V + \beta_2 g \odot g` as its level; ``(V, report)``."""
         return solve(momentum_level(self.hyperparameters["betas"][1], 1.0), V, None, g * g, method=method)
 
     def slow_momentum_step(self, M2, chunk_sum, *, method="closed"):
-        """:math:`M^{(2)} + \\beta_3 \\sum_{chunk} g` as its level; ``(M2, report)``."""
+        r""":math:`M^{(2)} + \beta_3 \sum_{chunk} g` as its level; ``(M2, report)``."""
         return solve(momentum_level(self.hyperparameters["betas"][2], 1.0), M2, None, chunk_sum, method=method)
 
     def orthogonalization_step(self, M, *, method="closed"):
@@ -147,7 +147,7 @@ class M3(Optimizer):
         return newton_schulz_quintic(M, steps=hp["ns_steps"]), fixed_map_report(f"quintic newton-schulz ({hp['ns_steps']} steps)")
 
     def weights_step(self, W, O1, O2, V, *, method="closed"):
-        """:math:`W - \\eta (O^{(1)} + \\alpha O^{(2)}) / (\\sqrt V + \\epsilon)` as its level; ``(W, report)``."""
+        r""":math:`W - \eta (O^{(1)} + \alpha O^{(2)}) / (\sqrt V + \epsilon)` as its level; ``(W, report)``."""
         hp = self.hyperparameters
         xp = namespace_of(W)
         d = divide_by_denominator(O1 + hp["alpha"] * O2, xp.sqrt(V) + hp["eps"], self.name, xp)  # (.., d_out, d_in)
