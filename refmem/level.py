@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .linalg import inner
+from .linalg import broadcast_like, inner
 from .objectives import Objective
 from .retentions import Retention
 from .solvers import Problem, SolveReport
@@ -197,7 +197,7 @@ def problem(level: Level, M_t, k, v, *, bound_retention=None, xp=None) -> Proble
         L = obj.lipschitz(k, xp) + ret.lipschitz(xp)
         quadratic = obj.quadratic
     quadratic = quadratic and ret.prox is None and getattr(ret, "quadratic", True)
-    x0 = M_t + 0 * df(M_t)  # broadcast the start to the full batch shape of the problem
+    x0 = broadcast_like(M_t, df(M_t), xp)  # broadcast the start to the full batch shape of the problem
     prob = Problem(xp, x0, f, df, L, ret.mu(xp), ret.prox, ret.h_value, quadratic,
                    preferred_solver=_preferred_solver(level, ret))
     if level.step == "implicit" and getattr(obj, "conjugate", None) is not None:

@@ -62,3 +62,14 @@ def sign(x, xp):
 def clip(x, low: float, high: float, xp):
     """``min(max(x, low), high)`` elementwise for scalar bounds (array_api_compat's CuPy ``clip`` reads the device)."""
     return xp.minimum(xp.maximum(x, xp.full_like(x, low)), xp.full_like(x, high))
+
+
+def broadcast_like(x, y, xp):
+    """``x`` with the shape (and dtype promotion) of ``x + y``: ``x`` plus zeros shaped like ``y``.
+
+    Broadcasts a per-problem quantity (a step, a bound, a start, a gradient that
+    does not depend on the state) to the batch shape of the problem. It is the
+    arithmetic ``x + 0 * y`` without its one surprise: ``0 * inf`` is NaN, so an
+    infinite ``y`` would spoil ``x``.
+    """
+    return x + xp.zeros_like(y)

@@ -28,7 +28,7 @@ import math
 import numpy as np  # randomness only: problems are drawn in NumPy, then moved to xp
 
 from ..level import solve
-from ..linalg import fro_norm, inner, matvec, outer
+from ..linalg import broadcast_like, fro_norm, inner, matvec, outer
 from ..losses import LOSSES, finite_difference_surprise, get_loss
 from ..metrics import max_abs_error, rel_error
 from ..optimizers import local_surprise as ls
@@ -373,6 +373,6 @@ def _nl17(xp):
     if abs(_scalar(ratios[0], xp) - eta) < 0.1:
         raise AssertionError("decay ratio equals eta: the printed naming would hold")
     # w_j = eta alpha^j computed by j multiplications: relative error <= (j + 1) eps; ratio error <= 2 (n + 1) eps
-    err_ratio = max_abs_error(ratios, alpha + 0 * ratios, xp)
+    err_ratio = max_abs_error(ratios, broadcast_like(alpha, ratios, xp), xp)
     err_scale = abs(_scalar(w[0], xp) - eta) / eta  # the first weight is the learning rate
     return max(err_ratio, err_scale), 2 * (n + 1) * EPS

@@ -47,6 +47,7 @@ where every gradient vanishes). Read-out ``o_t = M_t(q_t)``.
 from __future__ import annotations
 
 from ..level import ClosedFormUnavailable
+from ..linalg import broadcast_like
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
 from ..validation import check_arrays, check_scan_state, finite_outputs, positive
@@ -194,9 +195,9 @@ def level_problem(W1t, W2t, k, v, g1, g2, ret, loss, step, activation, xp) -> Pr
             A, B = unpack_weights(X, h, d, xp)
             return ret.h_value(A) + ret.h_value(B)
 
-    L = xp.asarray(L, dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,)
-    mu = xp.asarray(ret.mu(xp), dtype=k.dtype) + 0 * xp.sum(Xt, axis=(-2, -1))  # (..,); not 0 * L: L may be inf
-    x0 = Xt + 0 * g
+    L = broadcast_like(xp.asarray(L, dtype=k.dtype), xp.sum(Xt, axis=(-2, -1)), xp)  # (..,)
+    mu = broadcast_like(xp.asarray(ret.mu(xp), dtype=k.dtype), L, xp)  # (..,)
+    x0 = broadcast_like(Xt, g, xp)  # (.., rows, cols)
     return Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
 
 

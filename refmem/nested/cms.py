@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import math
 
+from ..backends import namespace_of
 from ..level import Level, solve
+from ..linalg import broadcast_like
 from ..losses import get_loss
 from ..memories.residual_mlp import check_params, mlp_forward
 from ..objectives import Inner
@@ -89,7 +91,7 @@ def block_update(params, grad_sum, eta, *, method="closed"):
     level = cms_block_level(eta)
     out = []
     for W, G in zip(params, grad_sum):
-        W = W + 0 * G  # (.., a, b): a shared start becomes one state per sequence
+        W = broadcast_like(W, G, namespace_of(G))  # (.., a, b): a shared start becomes one state per sequence
         out.append(solve(level, W, None, -G, method=method)[0])
     return tuple(out)
 

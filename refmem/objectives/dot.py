@@ -7,7 +7,7 @@ it with ``eta = 1``.
 
 from __future__ import annotations
 
-from ..linalg import inner, outer
+from ..linalg import broadcast_like, inner, outer
 from ..validation import expand_matrix
 from .base import Objective
 
@@ -32,7 +32,7 @@ class Dot(Objective):
         return -inner(M, outer(v, k), xp)  # <(.., d_v, d_k), (.., d_v, d_k)> -> (..,)
 
     def grad(self, M, k, v, xp):
-        return -outer(v, k) + 0 * M  # (.., d_v, d_k); + 0*M broadcasts to the state's batch shape
+        return broadcast_like(-outer(v, k), M, xp)  # (.., d_v, d_k): the state's batch shape
 
     def lipschitz(self, k, xp):
         return xp.zeros(k.shape[:-1], dtype=k.dtype)

@@ -8,7 +8,7 @@ sample ``g = u x^T`` and it equals :class:`~refmem.objectives.Dot` with key
 
 from __future__ import annotations
 
-from ..linalg import inner
+from ..linalg import broadcast_like, inner
 from ..validation import expand_matrix
 from .base import Objective
 
@@ -32,7 +32,7 @@ class Inner(Objective):
         return -inner(M, v, xp)
 
     def grad(self, M, k, v, xp):
-        return -v + 0 * M
+        return broadcast_like(-v, M, xp)  # (.., d_v, d_k): the state's batch shape
 
     def lipschitz(self, k, xp):
         return 0.0

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
-from ..linalg import clip, matvec, outer, sign, sq_norm
+from ..linalg import broadcast_like, clip, matvec, outer, sign, sq_norm
 from ..solvers import newton_scalar
 from ..validation import expand_vector
 from .base import Objective
@@ -71,7 +71,7 @@ def lp_prox_residual_power(r0, a, p, xp):
     fallback), stopping when a step is below ``64 eps`` relative.
     """
     b = xp.abs(r0)  # (.., d_v)
-    a = a + 0 * b  # (.., d_v): broadcast the coefficient to every coordinate
+    a = broadcast_like(a, b, xp)  # (.., d_v): broadcast the coefficient to every coordinate
     lo = xp.zeros_like(b)
     eps = float(xp.finfo(b.dtype).eps)
     if p > 2:
@@ -181,7 +181,7 @@ class Lp(Objective):
         if p == 1.0:
             # c = eta sign(r0) min(1, |r0|/(eta s)) = sign(r0) min(eta, |r0|/s); k = 0 leaves C unchanged
             safe_s = xp.where(s_v > 0, s_v, xp.ones_like(s_v))
-            c = sign(r0, xp) * xp.minimum(eta_v + 0 * r0, xp.abs(r0) / safe_s)  # (.., d_v)
+            c = sign(r0, xp) * xp.minimum(broadcast_like(eta_v, r0, xp), xp.abs(r0) / safe_s)  # (.., d_v)
             c = xp.where(s_v > 0, c, xp.zeros_like(c))
         else:
             a = eta_v * p * s_v  # (.., 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..linalg import fro_norm, inner
+from ..linalg import broadcast_like, fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
 from .options import check_count, check_factor, check_rtol
@@ -68,7 +68,7 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     xp = problem.xp
     X = problem.x0
     eps = float(xp.finfo(X.dtype).eps)
-    t = _initial_step(problem) + 0 * fro_norm(X, xp)  # (..,) one step per problem
+    t = broadcast_like(_initial_step(problem), fro_norm(X, xp), xp)  # (..,) one step per problem
 
     def candidate(X, G, t):
         Y = X - expand_matrix(t, xp) * G
@@ -78,7 +78,7 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     rel = math.inf
     G = problem.grad(X)
     fX = problem.value(X)
-    mu = xp.asarray(problem.mu, dtype=X.dtype) + 0 * t  # (..,)
+    mu = broadcast_like(xp.asarray(problem.mu, dtype=X.dtype), t, xp)  # (..,)
     L = xp.asarray(problem.lipschitz, dtype=X.dtype) + xp.zeros_like(t)
     known_L = xp.isfinite(L) & (L > 0) & (mu > 0)
     inv_kappa_L = xp.where(known_L, mu / xp.where(known_L, L, xp.ones_like(L)), xp.ones_like(L))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..linalg import fro_norm, inner
+from ..linalg import broadcast_like, fro_norm, inner
 from ..validation import expand_matrix
 from .problem import Problem, max_float
 from .options import check_count, check_rtol
@@ -42,7 +42,7 @@ def conjugate_gradient(problem: Problem, *, rtol: float, max_iter: int | None = 
         max_iter = 4 * n + 20
     g_zero = problem.grad(xp.zeros_like(X))  # grad f(0) = -b
     g_zero_norm = fro_norm(g_zero, xp)  # (..,)
-    mu = xp.asarray(problem.mu, dtype=X.dtype) + 0 * g_zero_norm  # (..,)
+    mu = broadcast_like(xp.asarray(problem.mu, dtype=X.dtype), g_zero_norm, xp)  # (..,)
 
     def A(P):
         # Hessian-vector product of a quadratic, A P = (grad f(s P) - grad f(0)) / s for any s > 0.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from ..linalg import fro_norm, inner
+from ..linalg import broadcast_like, fro_norm, inner
 from .problem import Problem, max_float
 from .options import check_count, check_factor, check_rtol
 from .report import ConvergenceError, SolveReport
@@ -83,7 +83,7 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
     eps = float(xp.finfo(X.dtype).eps)
     c = xp.sum(X, axis=-1, keepdims=True)  # (.., d_v, 1) row sums, kept by every step
     c_max = xp.max(c, axis=(-2, -1))  # (..,)
-    L = xp.asarray(problem.lipschitz) + 0 * c_max
+    L = broadcast_like(xp.asarray(problem.lipschitz), c_max, xp)
     finite = xp.isfinite(L) & (L > 0)
     t = xp.where(finite, 1.0 / (c_max * xp.where(finite, L, xp.ones_like(L))), xp.ones_like(L))  # (..,)
 

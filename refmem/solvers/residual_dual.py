@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from ..linalg import fro_norm, matvec, outer, sq_norm
+from ..linalg import broadcast_like, fro_norm, matvec, outer, sq_norm
 from ..validation import expand_matrix
 from .backtracking import backtracking_proximal_gradient
 from .newton_fd import newton_fd
@@ -108,7 +108,7 @@ def dual_problem(xp, dual: ResidualDual) -> Problem:
     """The dual ``D(y)`` of a residual-separable level as a :class:`Problem` in ``y [..., d_v, 1]``."""
     k, v, cj = dual.k, dual.v, dual.conjugate
     s = sq_norm(k, xp)  # (..,)
-    L_R = xp.asarray(dual.retention_lipschitz) + 0 * s
+    L_R = broadcast_like(xp.asarray(dual.retention_lipschitz), s, xp)
     finite = xp.isfinite(L_R) & (L_R > 0)
     # D is (s / L_R)-strongly convex and (s / mu_R)-smooth apart from phi*; use the first for the stopping scale
     mu = xp.where(finite, s / xp.where(finite, L_R, xp.ones_like(L_R)), xp.zeros_like(s))
@@ -127,7 +127,7 @@ def dual_problem(xp, dual: ResidualDual) -> Problem:
     r_t = matvec(dual.M_t, k) - v  # (.., d_v)
     y0 = cj.start(r_t)[..., None]  # (.., d_v, 1)
     # with phi* an indicator the smooth part is <y, v> + R*(-y k^T): gradient (||k||^2 / mu_R)-Lipschitz
-    mu_R = xp.asarray(dual.retention_mu, dtype=s.dtype) + 0 * s
+    mu_R = broadcast_like(xp.asarray(dual.retention_mu, dtype=s.dtype), s, xp)
     L = xp.full_like(s, math.inf)
     if cj.prox is not None:
         L = xp.where(mu_R > 0, s / xp.where(mu_R > 0, mu_R, xp.ones_like(mu_R)), L)
@@ -150,7 +150,7 @@ def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
     for _ in range(6):  # each round tightens the dual tolerance by the shortfall of the primal certificate
         y, rep = _solve_dual(dp, rtol_dual, max_iter)
         iterations += rep.iterations
-        M = dual.primal_of(outer(y[..., 0], dual.k)) + 0 * problem.x0  # broadcast to the problem's batch shape
+        M = broadcast_like(dual.primal_of(outer(y[..., 0], dual.k)), problem.x0, xp)  # the problem's batch shape
         shortfall = _primal_shortfall(xp, dp, dual, y, M, rtol)
         if shortfall <= 1.0:
             return M, SolveReport("iterative", "residual_dual", iterations, rep.residual, rtol, True)
@@ -195,8 +195,8 @@ def _primal_shortfall(xp, dp: Problem, dual: ResidualDual, y, M, rtol: float) ->
         G = (y - dp.prox(y - expand_matrix(t, xp) * G, t)) / expand_matrix(t, xp)
     gmap = fro_norm(G, xp)  # (..,)
     knorm = xp.sqrt(sq_norm(dual.k, xp))  # (..,)
-    L_R = xp.asarray(dual.retention_lipschitz, dtype=knorm.dtype) + 0 * knorm
-    mu_R = xp.asarray(dual.retention_mu, dtype=knorm.dtype) + 0 * knorm
+    L_R = broadcast_like(xp.asarray(dual.retention_lipschitz, dtype=knorm.dtype), knorm, xp)
+    mu_R = broadcast_like(xp.asarray(dual.retention_mu, dtype=knorm.dtype), knorm, xp)
     known = xp.isfinite(L_R) & (mu_R > 0) & (knorm > 0)
     one = xp.ones_like(knorm)
     bound = 2 * xp.where(known, L_R, one) * gmap / (xp.where(known, mu_R, one) * xp.where(known, knorm, one))
