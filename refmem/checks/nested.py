@@ -250,3 +250,22 @@ def adam_declared(xp):
         err = max(err, max_abs_error(got[t + 1], W, xp))
     # same operations, same order, up to the rounding of the preconditioned direction: 4 eps per step
     return err, 15 * 4 * EPS * (max_abs_error(W, 0 * W, xp) + 0.05)
+
+
+@register_check("nested_system", "M3 declared as five levels == refmem.optimizers.make('m3')")
+def m3_declared(xp):
+    from ..nested.optimizer_systems import m3_system, minibatch_gradient, train_m3
+    from ..optimizers import make
+
+    g = np.random.default_rng(10)
+    W = xp.asarray(g.standard_normal((3, 4)) / 2)
+    X, Y = xp.asarray(g.standard_normal((13, 6, 4))), xp.asarray(g.standard_normal((13, 6, 3)))
+    hp = dict(lr=0.02, betas=(0.5, 0.3, 0.4), alpha=0.5, eps=1e-3, frequency=4)
+    got = train_m3(m3_system(**hp), W, X, Y)
+    opt = make("m3", **hp)
+    state, err = opt.init(W), 0.0
+    for t in range(13):
+        W, state, _ = opt.step(W, minibatch_gradient("squared_error", W, X[t, ...], Y[t, ...]), state)
+        err = max(err, max_abs_error(got[t + 1], W, xp))
+    # the same level functions in the same order: rounding of the direction only (4 eps per step)
+    return err, 13 * 4 * EPS * (max_abs_error(W, 0 * W, xp) + hp["lr"] * (1 + hp["alpha"]) / hp["eps"])

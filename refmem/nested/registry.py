@@ -68,6 +68,13 @@ NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
         declare=optimizer_systems.adam_system,
     ),
     NestedSystemSpec(
+        name="m3",
+        spec="nested_system",
+        description="M3 (NLx Algorithm 1) on a linear layer: fast and slow momentum, second moment, orthogonalised",
+        levels="1: M1, V; 2: O1 = orth(M1); 3: W; 4: M2 (every f steps, chunk sum of g); 5: O2 = orth(M2)",
+        declare=optimizer_systems.m3_system,
+    ),
+    NestedSystemSpec(
         name="cms",
         spec="cms",
         description="chain of MLP blocks, block l updated every C_l steps by the sum of its C_l error terms",
