@@ -82,14 +82,14 @@ class DeepMomentumState:
 
 
 class DeepMomentum(Optimizer):
-    """DMGD (NL-23): an MLP momentum trained by one gradient step per step on its own objective.
+    r"""DMGD (NL-23): an MLP momentum trained by one gradient step per step on its own objective.
 
     Parameters
     ----------
     lr : float, default 1e-3
-        :math:`\\eta`, the memory's step.
+        :math:`\eta`, the memory's step.
     momentum : float, default 0.9
-        :math:`\\alpha`, the memory's decay, in ``[0, 1]``.
+        :math:`\alpha`, the memory's decay, in ``[0, 1]``.
     hidden : int, default 16
     init_scale : float, default 0.1
         Standard deviation of the memory's initial weights.

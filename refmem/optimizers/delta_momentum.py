@@ -115,14 +115,14 @@ def nl22_printed_step(m_i, g, P, lr: float, alpha: float):
 
 
 class DeltaMomentum(Optimizer):
-    """Delta momentum (NL-22, consistent form).
+    r"""Delta momentum (NL-22, consistent form).
 
     Parameters
     ----------
     lr : float, default 1e-3
-        :math:`\\eta`.
+        :math:`\eta`.
     momentum : float, default 0.9
-        :math:`\\alpha`, in ``[0, 1]``.
+        :math:`\alpha`, in ``[0, 1]``.
     step : {"explicit", "implicit"}, default "explicit"
         The paper's gradient step, or the proximal (implicit) step.
 

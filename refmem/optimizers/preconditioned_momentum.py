@@ -88,14 +88,14 @@ class MomentumState:
 
 
 class PreconditionedMomentum(Optimizer):
-    """Preconditioned momentum (NL-21).
+    r"""Preconditioned momentum (NL-21).
 
     Parameters
     ----------
     lr : float, default 1e-3
-        :math:`\\eta`.
+        :math:`\eta`.
     momentum : float, default 0.9
-        :math:`\\alpha`, in ``[0, 1]``.
+        :math:`\alpha`, in ``[0, 1]``.
 
     ``init(W, preconditioner=None)`` takes the value map ``P`` ``[..., d_out, d_out]``
     (default the identity: plain momentum); ``step`` reads it from the state.
