@@ -123,6 +123,7 @@ def _check_inputs(level: Level, M_t, k, v):
             raise ValueError(f"v has length {v.shape[-1]} but M_t has d_v = {d_v} (M_t is [..., d_v, d_k])")
         batch = [M_t.shape[:-2], k.shape[:-1 - w], v.shape[:-1 - w]]
     _check_broadcast(batch)
+    level.objective.check_inputs(k, v, xp)  # e.g. the windowed objective's weights gamma
     ret = level.retention.bind(xp, M_t.dtype)
     ret.check_state(M_t, xp)  # e.g. a simplex retention needs M_t on its simplex
     return xp, ret

@@ -19,7 +19,7 @@ implicit (proximal point)
 
     M_t = \operatorname*{argmin}_M \tfrac12 \sum_i \gamma_{t,i}\|M k_i - v_i\|^2 + \tfrac12\|M - a_t M_{t-1}\|^2,
 
-computed by a ``c x c`` Woodbury solve (:class:`~refmem.objectives.windowed_l2.WindowedL2`).
+computed through the SVD of the window's weighted keys (:meth:`~refmem.objectives.windowed_l2.WindowedL2.prox`).
 The weights carry the step size (:math:`\eta = 1` in the retention). Read-out
 :math:`o_t = M_t q_t`. With ``c = 1``, ``a = 1``, ``gamma = b`` the explicit
 rule is the delta rule and the implicit one is Longhorn.
@@ -113,7 +113,7 @@ def omega_recurrent(q, k, v, alpha, gamma, *, step="explicit", initial_state=Non
             eye = eye_like(k.shape[-1], k, xp)  # (d_k, d_k)
             M = M @ (a * eye - A) + _mT(V, xp) @ GK  # (.., d_v, d_k) @ (.., d_k, d_k) + (.., d_v, c) @ (.., c, d_k)
         else:
-            M = WindowedL2(g).prox(a * M, xp.ones_like(alpha[..., t]), K, V, xp)  # eta = 1; Woodbury, c x c solve
+            M = WindowedL2(g).prox(a * M, xp.ones_like(alpha[..., t]), K, V, xp)  # eta = 1; SVD of the c x d_k weighted keys
         outs.append(matvec(M, q[..., t, :]))  # (.., d_v)
     return xp.stack(outs, axis=-2), M
 

@@ -55,6 +55,9 @@ class Objective(abc.ABC):
     def lipschitz(self, k, xp):
         """An upper bound ``[...]`` on the Lipschitz constant of ``grad_M l`` (0 for a linear ``l``)."""
 
+    def check_inputs(self, k, v, xp):
+        """Validate the objective's own parameters against the inputs (default: nothing to check)."""
+
     def prox(self, C, eta, k, v, xp):
         """Closed form of ``argmin_M l(M; k, v) + 1/(2 eta) ||M - C||^2``, or ``None`` if there is none."""
         return None
