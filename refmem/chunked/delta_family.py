@@ -1,17 +1,10 @@
 r"""The chunk algebra of the delta-rule family: the exact UT form (DeltaNet's parallel form) and the mini-batch form (TTT) (MATH.md 8).
 
-Every chunked form here reduces one chunk of ``C`` steps, started from state
-``M0 [..., d_v, d_k]``, to
-
-.. math::
-
-    O = P_U + \tilde Q M_0^T, \qquad M_C = \mathrm{step}(M_0),
-
-where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
-``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
-for all chunks at once (batched matrix products); the chunk-to-chunk pass
-(the loop in :func:`delta_family`) is the only sequential
-part, two small matrix products per chunk, and carries only the current state.
+One chunk of ``C`` steps from ``M0`` is ``O = P_U + Q~ M0^T`` and an affine
+``M_C = step(M0)`` (:mod:`refmem.chunked`); for the delta rule ``P_U`` needs the
+unit lower-triangular solve of the UT form (:func:`delta_terms`). The loop in
+:func:`delta_family` is the only sequential part: two ``C x d x d`` products per
+chunk, carrying only the current state.
 """
 
 from __future__ import annotations

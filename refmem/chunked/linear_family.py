@@ -1,17 +1,9 @@
 r"""The chunk algebra of the linear-attention family (Katharopoulos et al.; RetNet, Mamba2), scalar-gated or not (MATH.md 8).
 
-Every chunked form here reduces one chunk of ``C`` steps, started from state
-``M0 [..., d_v, d_k]``, to
-
-.. math::
-
-    O = P_U + \tilde Q M_0^T, \qquad M_C = \mathrm{step}(M_0),
-
-where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
-``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
-for all chunks at once (batched matrix products); the chunk-to-chunk pass
-(:func:`~refmem.chunked.chunks.scan_chunks`) is the only sequential
-part, two small matrix products per chunk, and carries only the current state.
+One chunk of ``C`` steps from ``M0`` is ``O = P_U + Q~ M0^T`` and
+``M_C = g_C M0 + H`` (:mod:`refmem.chunked`, :func:`linear_terms`), all chunks'
+terms in batched products; :func:`~refmem.chunked.chunks.scan_chunks` carries the
+state from chunk to chunk.
 """
 
 from __future__ import annotations
