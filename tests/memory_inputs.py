@@ -52,3 +52,19 @@ def rel(a, b):
     a, b = to_numpy(a), np.asarray(b)
     scale = np.max(np.abs(b))
     return float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0))
+
+
+def assert_check_passes(xp, spec, name_start):
+    """Run the registered ``refmem verify`` check of ``spec`` whose name starts with ``name_start``; assert it passes.
+
+    A test of an identity that a check already computes calls the check rather
+    than typing its computation again; the test keeps what the check does not
+    cover (the cases where the identity must fail, other shapes).
+    """
+    from refmem.checks import CHECKS
+
+    found = [c for c in CHECKS if c.spec == spec and c.name.startswith(name_start)]
+    assert len(found) == 1, f"{len(found)} checks of {spec!r} start with {name_start!r}"
+    out = found[0].fn(xp)
+    err, tol = (float(out[0]), float(out[1])) if isinstance(out, tuple) else (float(out), found[0].tolerance)
+    assert err <= tol, f"{spec} / {found[0].name}: {err:.3g} > {tol:.3g}"
