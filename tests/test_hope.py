@@ -110,3 +110,35 @@ def test_flat_vector_convention_equals_the_structured_call():
         hope_make_inputs(3, (2,), 11, 4, 5, np)
     with pytest.raises(TypeError, match="flat tuple"):
         hope_vectors(x, **dict(inp, memories=m[:3]))
+
+
+def numpy_hope_flat(x, *, targets, W_q, memories, cms_params, chunk_size, memory_chunk_size, cms_chunk_1, cms_chunk_2,
+                    cms_eta, eta_max, eta_bias, alpha_bias):
+    """An independent HOPE in the flat vector convention: plain loops over sequences and tokens, nothing from refmem."""
+    names = ("k", "v", "eta", "alpha", "memory")
+    mem = {n: (memories[2 * i], memories[2 * i + 1]) for i, n in enumerate(names)}
+    blocks0 = [(cms_params[0], cms_params[1]), (cms_params[2], cms_params[3])]
+    lead = x.shape[:-2]
+    y = np.empty_like(x)
+    for idx in np.ndindex(*lead):
+        o, _ = _hand_smt(x[idx], mem, W_q, chunk_size, memory_chunk_size, eta_max, eta_bias, alpha_bias)
+        blocks, sums = list(blocks0), [None, None]
+        for t in range(o.shape[0]):
+            y_t, grads = _hand_forward_backward(blocks, o[t], targets[idx][t])
+            y[idx + (t,)] = y_t
+            for i, C in enumerate((cms_chunk_1, cms_chunk_2)):
+                sums[i] = grads[i] if sums[i] is None else (sums[i][0] + grads[i][0], sums[i][1] + grads[i][1])
+                if (t + 1) % C == 0:
+                    blocks[i] = (blocks[i][0] - cms_eta * sums[i][0], blocks[i][1] - cms_eta * sums[i][1])
+                    sums[i] = None
+    return y
+
+
+def test_an_independent_numpy_hope_matches_the_flat_convention():
+    from refmem.nested.vector_cases import hope_make_inputs, hope_vectors
+
+    inp = hope_make_inputs(5, (2, 2), 19, 4, 4, np)
+    x = inp.pop("x")
+    want = hope_vectors(x, **inp)
+    got = numpy_hope_flat(x, **inp)
+    assert np.abs(got - want).max() <= 19 * 64 * EPS * max(1.0, np.abs(want).max())
