@@ -30,6 +30,8 @@ from refmem.losses import LOSSES
 from refmem.metrics import max_abs_error, rel_error
 from refmem.optimizers import local_surprise as ls
 from refmem.optimizers import momentum as mo
+from refmem.optimizers import momentum_errata as me
+from refmem.optimizers import momentum_horizon as mh
 
 EPS = np.finfo(np.float64).eps
 CLOSED_VS_ITERATIVE = 1e-10  # solvers stop at relative optimality 1e-12; the m level's Hessian is I/eta (condition 1)
@@ -144,11 +146,11 @@ def test_nl11_keyed_equals_keyless(backend, seed, eta):
 
 def test_counts_at_momentum_0_9_by_hand():
     # 1 - 0.9^n >= f: 0.9^6 = 0.531441 > 0.5 >= 0.9^7 = 0.4782969; 0.9^43 = 0.010775 > 0.01 >= 0.9^44 = 0.0096977
-    assert mo.latest_gradients_for_mass(0.9, 0.5) == 7
-    assert mo.latest_gradients_for_mass(0.9, 0.99) == 44
+    assert mh.latest_gradients_for_mass(0.9, 0.5) == 7
+    assert mh.latest_gradients_for_mass(0.9, 0.99) == 44
     # The paper's counts (6, 43) carry less than claimed: erratum (each is one short).
-    assert abs(mo.mass_of_latest(0.9, 6) - (1 - 0.531441)) <= 8 * EPS and mo.mass_of_latest(0.9, 6) < 0.5
-    assert abs(mo.mass_of_latest(0.9, 43) - (1 - 0.9 ** 43)) <= 64 * EPS and mo.mass_of_latest(0.9, 43) < 0.99
+    assert abs(mh.mass_of_latest(0.9, 6) - (1 - 0.531441)) <= 8 * EPS and mh.mass_of_latest(0.9, 6) < 0.5
+    assert abs(mh.mass_of_latest(0.9, 43) - (1 - 0.9 ** 43)) <= 64 * EPS and mh.mass_of_latest(0.9, 43) < 0.99
 
 
 def test_paper_counts_hold_only_for_short_finite_horizons():
@@ -169,7 +171,7 @@ def test_paper_counts_hold_only_for_short_finite_horizons():
 @given(alpha=st.floats(min_value=0.05, max_value=0.995, allow_nan=False),
        f=st.floats(min_value=0.01, max_value=0.995, allow_nan=False))
 def test_counts_are_the_smallest(alpha, f):
-    n = mo.latest_gradients_for_mass(alpha, f)
+    n = mh.latest_gradients_for_mass(alpha, f)
     closed = math.ceil(math.log1p(-f) / math.log(alpha))
     assume(abs((1 - alpha ** closed) - f) > 1e-12 and abs((1 - alpha ** (closed - 1)) - f) > 1e-12)  # not at a rounding tie
     assert n == closed
@@ -177,7 +179,7 @@ def test_counts_are_the_smallest(alpha, f):
 
 
 def test_weights_sum_to_one():
-    w = mo.gradient_weights(0.9, 2000)
+    w = mh.gradient_weights(0.9, 2000)
     assert abs(math.fsum(w) - 1.0) <= 1e-15 + 0.9 ** 2000  # infinite-horizon normalisation; tail 0.9^2000
 
 
@@ -200,7 +202,7 @@ def test_nl7_nl8_printed_is_gradient_ascent(backend, seed, eta):
     W_p, m_p, W_c, m_c = W_0, 0 * W_0, W_0, 0 * W_0
     L_p, L_c = [loss(W_0)], [loss(W_0)]
     for _ in range(15):
-        W_p, m_p = mo.nl8_printed_step(W_p, m_p, grad(W_p), step)
+        W_p, m_p = me.nl8_printed_step(W_p, m_p, grad(W_p), step)
         W_c, m_c, _ = mo.momentum_step(W_c, m_c, grad(W_c), step, 0.5)
         L_p.append(loss(W_p))
         L_c.append(loss(W_c))
@@ -208,7 +210,7 @@ def test_nl7_nl8_printed_is_gradient_ascent(backend, seed, eta):
     assert L_c[-1] < L_c[0]  # descent overall
     # the first printed step from m = 0 is W + step * g exactly
     g0 = grad(W_0)
-    W1, _ = mo.nl8_printed_step(W_0, 0 * W_0, g0, step)
+    W1, _ = me.nl8_printed_step(W_0, 0 * W_0, g0, step)
     assert max_abs_error(W1, W_0 + step * g0, xp) <= 2 * EPS * (max_abs_error(W_0, 0 * W_0, xp) + step * max_abs_error(g0, 0 * g0, xp))
 
 
@@ -222,7 +224,7 @@ def test_nl10_printed_minimiser(backend, seed, eta):
     grad = xp.asarray(g.standard_normal((3, 4)))
     hand = to_numpy(m_t) + to_numpy(grad) / (2 * eta)  # zero of -g + 2 eta (m - m_t)
     for solver in ("cg", "gd"):
-        m, rep = mo.nl10_printed_argmin(m_t, grad, eta, solver=solver)
+        m, rep = me.nl10_printed_argmin(m_t, grad, eta, solver=solver)
         assert rep.converged and np.abs(to_numpy(m) - hand).max() <= CLOSED_VS_ITERATIVE * np.abs(hand).max()
     step10 = hand - to_numpy(m_t)
     step8 = -eta * to_numpy(grad)  # NL-8: m_t - eta g
@@ -242,7 +244,7 @@ def test_nl10_printed_minimiser_scipy():
 
     res = scipy.optimize.minimize(F, m_t.ravel(), jac=True, method="L-BFGS-B", options={"gtol": 1e-14, "ftol": 1e-16})
     m_ref = res.x.reshape(3, 4)
-    m, _ = mo.nl10_printed_argmin(m_t, grad, eta)
+    m, _ = me.nl10_printed_argmin(m_t, grad, eta)
     # L-BFGS stops at gradient ~1e-14; strong convexity 2 eta = 0.8 turns that into a distance <= 1e-14 / 0.8
     assert np.abs(m - m_ref).max() <= 1e-12
     assert np.abs(m_ref - (m_t + grad / (2 * eta))).max() <= 1e-12
@@ -254,11 +256,11 @@ def test_nl10_printed_minimiser_scipy():
 @settings(max_examples=10)
 def test_nl17_alpha_is_the_momentum(backend, eta, alpha):
     xp = ns(backend)
-    w = to_numpy(mo.impulse_response(eta, alpha, 15, xp=xp))
+    w = to_numpy(me.impulse_response(eta, alpha, 15, xp=xp))
     hand = np.array([eta * alpha ** j for j in range(15)])
     assert np.all(np.abs(w - hand) <= 2 * 16 * EPS * hand)  # j multiplications each side: (j + 1) eps relative
     # eta only scales every weight (a learning rate); the decay ratio of past gradients is alpha (the momentum)
-    w2 = to_numpy(mo.impulse_response(2 * eta, alpha, 15, xp=xp))
+    w2 = to_numpy(me.impulse_response(2 * eta, alpha, 15, xp=xp))
     assert np.all(np.abs(w2 / w - 2.0) <= 64 * EPS)
     assert np.all(np.abs(w[1:] / w[:-1] - alpha) <= 64 * EPS)
 
@@ -271,17 +273,17 @@ def test_bad_inputs(xp):
     with pytest.raises(ValueError, match="eta"):
         mo.momentum_step(m, m, g, -0.1, 0.9)
     with pytest.raises(ValueError, match="g"):
-        mo.nl10_printed_problem(m, xp.ones((3, 2)), 0.1)
+        me.nl10_printed_problem(m, xp.ones((3, 2)), 0.1)
     with pytest.raises(ValueError, match="eta"):
-        mo.nl10_printed_argmin(m, g, 0.0)
+        me.nl10_printed_argmin(m, g, 0.0)
     with pytest.raises(ValueError, match="solver"):
-        mo.nl10_printed_argmin(m, g, 0.1, solver="newton")
+        me.nl10_printed_argmin(m, g, 0.1, solver="newton")
     with pytest.raises(ValueError, match="fraction"):
-        mo.latest_gradients_for_mass(0.9, 1.0)
+        mh.latest_gradients_for_mass(0.9, 1.0)
     with pytest.raises(ValueError, match="alpha"):
-        mo.latest_gradients_for_mass(1.0, 0.5)
+        mh.latest_gradients_for_mass(1.0, 0.5)
     with pytest.raises(ValueError, match="eta"):
-        mo.nl8_printed_step(m, m, g, 0.0)
+        me.nl8_printed_step(m, m, g, 0.0)
     W_0, X, T = layer_problem(40, xp, "squared_error", d_out=2, d_in=3, N=2)
     with pytest.raises(ValueError, match="m_0"):
         mo.momentum_train("squared_error", W_0, X, T, 0.1, 0.9, m_0=xp.zeros((3, 2)))
@@ -289,3 +291,22 @@ def test_bad_inputs(xp):
         mo.momentum_train("squared_error", W_0, X, T[:1, :], 0.1, 0.9)
     with pytest.raises(ValueError, match="g"):
         mo.momentum_step(m, m, g * float("inf"), 0.1, 0.9)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(seed=st.integers(0, 2**32 - 1), eta=st.floats(min_value=0.001, max_value=1.0, allow_nan=False),
+       alpha=st.floats(min_value=0.0, max_value=1.0, allow_nan=False))
+@settings(max_examples=10)
+def test_heavy_ball_is_the_arithmetic_the_two_levels_reproduce(backend, seed, eta, alpha):
+    xp = ns(backend)
+    g = np.random.default_rng(seed)
+    W_t, m_t, grad = (xp.asarray(g.standard_normal((2, 3, 4))) for _ in range(3))
+    W_hb, m_hb = mo.heavy_ball_step(W_t, m_t, grad, eta, alpha)
+    # the two lines by hand in NumPy
+    m_hand = alpha * to_numpy(m_t) + eta * to_numpy(grad)
+    assert np.abs(to_numpy(m_hb) - m_hand).max() <= 4 * EPS * np.abs(m_hand).max()
+    W, m, _ = mo.momentum_step(W_t, m_t, grad, eta, alpha)
+    scale = np.abs(to_numpy(W_t)).max() + np.abs(m_hand).max()
+    assert max_abs_error(W, W_hb, xp) <= 4 * EPS * scale and max_abs_error(m, m_hb, xp) <= 4 * EPS * scale
+    W_it, m_it, _ = mo.momentum_step(W_t, m_t, grad, eta, alpha, method="iterative")
+    assert rel_error(W_it, W_hb, xp) <= 2 * CLOSED_VS_ITERATIVE

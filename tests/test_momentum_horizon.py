@@ -4,7 +4,7 @@ from decimal import Decimal, getcontext
 
 import pytest
 
-from refmem.optimizers import momentum as mo
+from refmem.optimizers import momentum_horizon as mh
 
 
 def _count_by_decimal(alpha, fraction):
@@ -23,10 +23,10 @@ def _count_by_decimal(alpha, fraction):
                                                  (0.9, 0.5), (0.9, 0.99), (0.5, 0.75), (0.0, 0.3)])
 def test_count_matches_exact_arithmetic(alpha, fraction):
     # alpha = 0.999999 used to re-sum a growing list of ~700000 weights (it did not finish)
-    assert mo.latest_gradients_for_mass(alpha, fraction) == (1 if alpha == 0.0 else _count_by_decimal(alpha, fraction))
+    assert mh.latest_gradients_for_mass(alpha, fraction) == (1 if alpha == 0.0 else _count_by_decimal(alpha, fraction))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.5, 1.5, float("nan"), "0.5", True, None])
 def test_fraction_outside_the_open_unit_interval_is_refused(fraction):
     with pytest.raises(ValueError, match="fraction"):
-        mo.latest_gradients_for_mass(0.9, fraction)
+        mh.latest_gradients_for_mass(0.9, fraction)

@@ -33,6 +33,8 @@ from ..losses import LOSSES, finite_difference_surprise, get_loss
 from ..metrics import max_abs_error, rel_error
 from ..optimizers import local_surprise as ls
 from ..optimizers import momentum as mo
+from ..optimizers import momentum_errata as me
+from ..optimizers import momentum_horizon as mh
 from ..problems import to_backend
 from . import register_check
 
@@ -303,17 +305,17 @@ def _nl11(xp):
 
 @register_check(MOMENTUM, "weights at 0.9: summed counts (50%, 99%) == ceil(log(1-f)/log a)", 0.0)
 def _counts(xp):
-    return float(max(abs(mo.latest_gradients_for_mass(0.9, f) - math.ceil(math.log(1 - f) / math.log(0.9)))
+    return float(max(abs(mh.latest_gradients_for_mass(0.9, f) - math.ceil(math.log(1 - f) / math.log(0.9)))
                      for f in (0.5, 0.99)))
 
 
 @register_check(MOMENTUM, "erratum: paper's 6 and 43 at 0.9 are each one short (7 and 44 needed)", 0.0)
 def _paper_counts(xp):
     for n, f in ((6, 0.5), (43, 0.99)):
-        if mo.mass_of_latest(0.9, n) >= f:
+        if mh.mass_of_latest(0.9, n) >= f:
             raise AssertionError(f"the latest {n} gradients do carry {f:.0%}: the paper's count holds")
-    return float(max(abs(mo.latest_gradients_for_mass(0.9, 0.5) - (6 + 1)),
-                     abs(mo.latest_gradients_for_mass(0.9, 0.99) - (43 + 1))))
+    return float(max(abs(mh.latest_gradients_for_mass(0.9, 0.5) - (6 + 1)),
+                     abs(mh.latest_gradients_for_mass(0.9, 0.99) - (43 + 1))))
 
 
 @register_check(MOMENTUM, "erratum NL-7+8: printed form is gradient ascent (loss rises; consistent form falls)")
@@ -326,7 +328,7 @@ def _nl8_ascent(xp):
     L0, Lp, Lc = L(W_0), [], []
     for _ in range(10):  # the same sample again and again: a convex least-squares problem
         g = ls.weight_gradient("squared_error", W_p, x, t)
-        W_p, m_p = mo.nl8_printed_step(W_p, m_p, g, eta)
+        W_p, m_p = me.nl8_printed_step(W_p, m_p, g, eta)
         W_c, m_c, _ = mo.momentum_step(W_c, m_c, ls.weight_gradient("squared_error", W_c, x, t), eta, 0.9)
         Lp.append(L(W_p))
         Lc.append(L(W_c))
@@ -345,8 +347,8 @@ def _nl10_argmin(xp):
     g = np.random.default_rng(14)
     m_t = to_backend(g.standard_normal((2, 4, 5)), xp)
     grad = to_backend(g.standard_normal((2, 4, 5)), xp)
-    exact = mo.nl10_printed_minimiser(m_t, grad, 0.3)
-    return max(rel_error(mo.nl10_printed_argmin(m_t, grad, 0.3, solver=s)[0], exact, xp) for s in ("cg", "gd"))
+    exact = me.nl10_printed_minimiser(m_t, grad, 0.3)
+    return max(rel_error(me.nl10_printed_argmin(m_t, grad, 0.3, solver=s)[0], exact, xp) for s in ("cg", "gd"))
 
 
 @register_check(MOMENTUM, "erratum NL-10: printed step is opposite to NL-8's GD step (cos = -1)")
@@ -355,7 +357,7 @@ def _nl10_sign(xp):
     m_t = to_backend(g.standard_normal((4, 5)), xp)
     grad = to_backend(g.standard_normal((4, 5)), xp)
     eta = 0.3
-    m10, _ = mo.nl10_printed_argmin(m_t, grad, eta)
+    m10, _ = me.nl10_printed_argmin(m_t, grad, eta)
     d10 = m10 - m_t  # printed NL-10 step
     d8 = -eta * grad  # NL-8's step m_t - eta g, minus m_t
     cos = _scalar(inner(d10, d8, xp) / (fro_norm(d10, xp) * fro_norm(d8, xp)), xp)
@@ -368,7 +370,7 @@ def _nl10_sign(xp):
 @register_check(MOMENTUM, "erratum NL-17: decay of past gradients is alpha (momentum), eta only scales")
 def _nl17(xp):
     eta, alpha, n = 0.05, 0.8, 12
-    w = mo.impulse_response(eta, alpha, n, xp=xp)  # run level 1 on a unit impulse
+    w = me.impulse_response(eta, alpha, n, xp=xp)  # run level 1 on a unit impulse
     ratios = w[1:] / w[:-1]
     if abs(_scalar(ratios[0], xp) - eta) < 0.1:
         raise AssertionError("decay ratio equals eta: the printed naming would hold")
