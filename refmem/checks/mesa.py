@@ -23,12 +23,16 @@ def _mesa_bound(inp, xp):
     return max(CLOSED_VS_ITERATIVE_TOL, 4 * default_rtol(inp["k"].dtype, xp, condition=kappa) * kappa)
 
 
-@register_check("mesa", "closed (linear solve) == conjugate gradient, per-step lam")
-def _mesa_solve_vs_cg(xp):
-    inp = memory_inputs("mesa", xp)
+def closed_vs_cg(inp, xp):
+    """``(error, bound)``: the closed form (running sums + solve) against conjugate gradient, outputs and state."""
     o, M = mesa_recurrent(**inp)
     o_it, M_it, _ = mesa_iterative(**inp)
     return max(rel_error(o_it, o, xp), rel_error(M_it, M, xp)), _mesa_bound(inp, xp)
+
+
+@register_check("mesa", "closed (linear solve) == conjugate gradient, per-step lam")
+def _mesa_solve_vs_cg(xp):
+    return closed_vs_cg(memory_inputs("mesa", xp), xp)
 
 
 @register_check("mesa", "closed == conjugate gradient, per-channel lam and initial statistics")
@@ -37,9 +41,7 @@ def _mesa_channel_vs_cg(xp):
     g = rng(5)
     inp["lam"] = to_backend(g.uniform(0.3, 1.5, size=tuple(inp["k"].shape)), xp)  # (.., T, d_k)
     inp["initial_state"] = mesa_stats(6, SCAN_SHAPE["batch"], SCAN_SHAPE["d_k"], SCAN_SHAPE["d_v"], xp)
-    o, M = mesa_recurrent(**inp)
-    o_it, M_it, _ = mesa_iterative(**inp)
-    return max(rel_error(o_it, o, xp), rel_error(M_it, M, xp)), _mesa_bound(inp, xp)
+    return closed_vs_cg(inp, xp)
 
 
 @register_check("mesa", "scan of x[:s] then x[s:] from its statistics == scan of x")
