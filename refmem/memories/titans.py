@@ -59,17 +59,22 @@ def titans_step(M, S, k, v, alpha, eta, theta):
     return M, S
 
 
-def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum):
-    """Validate Titans' inputs (shared by the recurrent, chunked and mini-batch forms); return ``(xp, M_0, S_0)``."""
-    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
-    check_arrays(k=k, initial_momentum=initial_momentum)
+def check_titans_gates(alpha, eta, theta, k, xp, *, positive_step=False):
+    """Titans' gates: one per step ``[..., T]``; ``alpha``, ``eta`` in ``[0, 1]``; ``theta >= 0`` (``> 0`` if ``positive_step``)."""
     lead = tuple(k.shape[:-1])
     for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
         if tuple(g.shape) != lead:
             raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
     check_gate_range(alpha, "alpha", xp)
     check_gate_range(eta, "eta", xp)
-    check_gate_range(theta, "theta", xp, low=0.0, high=None)
+    check_gate_range(theta, "theta", xp, low=0.0, low_open=positive_step, high=None)
+
+
+def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum):
+    """Validate Titans' inputs (shared by the recurrent, chunked and mini-batch forms); return ``(xp, M_0, S_0)``."""
+    xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta, theta=theta)
+    check_arrays(k=k, initial_momentum=initial_momentum)
+    check_titans_gates(alpha, eta, theta, k, xp)
     M0 = initial(initial_state, k, v, xp)
     if initial_momentum is not None and tuple(initial_momentum.shape) != tuple(M0.shape):
         raise ValueError(f"initial_momentum must have shape [..., d_v, d_k] = {tuple(M0.shape)}; "

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from ..level import solve
 from ..validation import check_arrays, finite_outputs
-from ._inputs import check_gate_range, check_sequence
+from ._inputs import check_sequence
 from .residual_mlp import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
-from .titans import titans_levels
+from .titans import check_titans_gates, titans_levels
 
 
 @finite_outputs
@@ -57,13 +57,7 @@ def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, ini
     d = k.shape[-1]
     if v.shape[-1] != d:
         raise ValueError(f"the deep memory maps d to d: v must have last dimension d_k = {d}; got {tuple(v.shape)}")
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(eta, "eta", xp)
-    check_gate_range(theta, "theta", xp, low=0.0, low_open=True, high=None)
+    check_titans_gates(alpha, eta, theta, k, xp, positive_step=True)
     loss = residual_loss(loss)
     if initial_state is None:
         h = d if hidden is None else int(hidden)
