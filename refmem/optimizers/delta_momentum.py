@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..backends import namespace_of
 from ..level import solve
-from ..linalg import inner
+from ..linalg import broadcast_like, inner
 from ..solvers import Problem, SolveReport, conjugate_gradient, default_rtol
 from ..validation import check_arrays
 from .momentum import weight_level
@@ -89,7 +89,7 @@ def level_problem(m_i, g, P, lr: float, alpha: float, step: str) -> Problem:
         return (m @ gT - P) @ g + (m - C) / lr  # (.., d_out, d_in)
 
     L = xp.sum(g * g, axis=(-2, -1)) + inv  # (..,) ||g^T g||_2 <= ||g||_F^2
-    return Problem(xp, xp.zeros_like(m_i), value, grad, L, inv + 0 * L, quadratic=True)
+    return Problem(xp, xp.zeros_like(m_i), value, grad, L, broadcast_like(inv, L, xp), quadratic=True)
 
 
 def momentum_step(m_i, g, P, lr: float, alpha: float, step: str, *, method="closed"):
