@@ -214,3 +214,21 @@ def test_bad_hyperparameters():
         make("adagrad", lr_decay=-0.1)
     with pytest.raises(TypeError, match="amsgrad"):
         make("adam", amsgrad=True)
+
+
+def test_adam_moments_vector_entry_point(xp):
+    from refmem.optimizers import vector_cases as vc
+
+    inputs = vc.adam_make_inputs(5, (2,), 30, 4, 3, xp)
+    x = inputs.pop("x")
+    m_hat, v_hat, W = (to_numpy(a) for a in vc.adam_moments_vectors(x, **inputs))
+    g, W_t = to_numpy(x), to_numpy(inputs["W0"])
+    m = v = np.zeros_like(W_t)
+    for t in range(30):  # AdamW written out, the moments bias-corrected by hand
+        gt = g[:, t]
+        m, v = 0.9 * m + 0.1 * gt, 0.999 * v + 0.001 * gt * gt
+        mh, vh = m / (1 - 0.9 ** (t + 1)), v / (1 - 0.999 ** (t + 1))
+        W_t = W_t * (1 - 1e-2 * 1e-2) - 1e-2 * mh / (np.sqrt(vh) + 1e-8)
+        assert np.abs(m_hat[:, t] - mh).max() <= 8 * EPS * np.abs(mh).max()
+        assert np.abs(v_hat[:, t] - vh).max() <= 8 * EPS * np.abs(vh).max()
+        assert np.abs(W[:, t] - W_t).max() <= 16 * (t + 1) * EPS * np.abs(W_t).max()
