@@ -43,9 +43,41 @@ def dtype_name(dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1].replace("'>", "").replace("<class '", "")
 
 
+# float16 is refused: every tolerance refmem derives (solvers, chunked == recurrent, conform) is
+# stated for float32 and float64, and half precision overflows above 65504, so an oracle answer in
+# float16 could not be certified. Big-endian float32/float64 (NumPy ">f8") are the same numbers.
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+def native_dtype(dtype):
+    """``dtype`` in the machine's byte order (NumPy's ``>f8`` -> ``float64``); other dtypes unchanged."""
+    to_native = getattr(dtype, "newbyteorder", None)
+    return to_native("=") if to_native is not None else dtype
+
+
+def same_dtype(a, b) -> bool:
+    """Whether two dtypes hold the same numbers (byte order aside)."""
+    return native_dtype(a) == native_dtype(b)
+
+
+def native_byte_order(x):
+    """``x`` itself, or a copy in the machine's byte order when it is a big-endian NumPy array."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and getattr(dtype, "isnative", True) is False:
+        return x.astype(native_dtype(dtype))
+    return x
+
+
+def _is_supported_float(dtype, xp) -> bool:
+    d = native_dtype(dtype)
+    return any(d == getattr(xp, name, None) for name in SUPPORTED_DTYPES)
+
+
 def check_real_floating(x, name: str, xp):
-    if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must have a real floating dtype (float32 or float64); got {dtype_name(x.dtype)}")
+    if not _is_supported_float(x.dtype, xp):
+        why = (" (half precision is not supported: refmem's tolerances are derived for float32 and float64)"
+               if dtype_name(native_dtype(x.dtype)) in ("float16", "bfloat16") else "")
+        raise TypeError(f"{name} must have a real floating dtype, float32 or float64; got {dtype_name(x.dtype)}{why}")
 
 
 def check_finite(x, name: str, xp) -> None:
@@ -53,15 +85,26 @@ def check_finite(x, name: str, xp) -> None:
         raise ValueError(f"{name} contains non-finite values (nan or inf); every entry must be finite")
 
 
-def check_arrays(**named):
-    """Check that the named arrays share one namespace and one real floating dtype; return ``xp``.
+def _describe(value) -> str:
+    return "None" if value is None else type(value).__name__
 
-    ``None`` values are skipped (optional inputs).
+
+def check_array(x, name: str) -> None:
+    """``TypeError`` unless ``x`` is an array (not None, a number, a list or a tuple)."""
+    if x is None or isinstance(x, (Real, complex, list, tuple, str)) or not hasattr(x, "shape") \
+            or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array; got {_describe(x)}")
+
+
+def check_arrays(**named):
+    """Check that the named arrays share one namespace and one dtype (float32 or float64); return ``xp``.
+
+    ``None`` values are skipped (optional inputs); a caller whose input is
+    required checks it with :func:`check_array` or :func:`require` first.
     """
     present = {k: v for k, v in named.items() if v is not None}
     for k, v in present.items():
-        if isinstance(v, (Real, list, tuple)) or not hasattr(v, "shape"):
-            raise TypeError(f"{k} must be an array; got {type(v).__name__}")
+        check_array(v, k)
     try:
         xp = namespace_of(*present.values())
     except TypeError as exc:
@@ -72,12 +115,26 @@ def check_arrays(**named):
         check_real_floating(v, k, xp)
         if dtype is None:
             dtype, first = v.dtype, k
-        elif v.dtype != dtype:
+        elif not same_dtype(v.dtype, dtype):
             raise TypeError(f"{k} has dtype {dtype_name(v.dtype)} but {first} has {dtype_name(dtype)}; "
                             "all inputs must share one dtype")
     for k, v in present.items():
         check_finite(v, k, xp)
     return xp
+
+
+def require(**named) -> None:
+    """``TypeError`` naming the first required input that is ``None`` or not an array."""
+    for k, v in named.items():
+        check_array(v, k)
+
+
+def check_batch_shape(p, name: str, batch: tuple, what: str = "the batch dims") -> None:
+    """A per-batch parameter: a scalar, or an array whose shape broadcasts to ``batch``."""
+    shape = tuple(getattr(p, "shape", ()))
+    if len(shape) > len(batch) or any(s not in (1, b) for s, b in zip(shape[::-1], batch[::-1])):
+        raise ValueError(f"{name} must be a number or an array broadcastable to {what} {batch}; "
+                         f"got shape {shape}")
 
 
 def check_ndim(x, name: str, ndim_min: int, what: str) -> None:
@@ -96,7 +153,8 @@ def as_param(p, name: str, xp, dtype, *, low=None, high=None, low_open=False, hi
     Returns an array of ``dtype`` in namespace ``xp``: a Python number becomes a
     0-d array, an array keeps its shape (broadcast against the batch dims).
     """
-    if isinstance(p, bool):
+    if isinstance(p, bool) or (getattr(p, "dtype", None) is not None and getattr(p, "shape", None) == ()
+                               and dtype_name(p.dtype) == "bool"):
         raise TypeError(f"{name} must be a real number or array, not bool")
     if isinstance(p, Real):
         v = float(p)
@@ -105,12 +163,12 @@ def as_param(p, name: str, xp, dtype, *, low=None, high=None, low_open=False, hi
         _check_range_scalar(v, name, low, high, low_open, high_open)
         return xp.asarray(v, dtype=dtype)
     if not hasattr(p, "shape"):
-        raise TypeError(f"{name} must be a real number or an array; got {type(p).__name__}")
+        raise TypeError(f"{name} must be a real number or an array; got {_describe(p)}")
     pxp = namespace_of(p)
-    if pxp is not xp and type(pxp) is not type(xp) and getattr(pxp, "__name__", None) != getattr(xp, "__name__", None):
+    if pxp is not xp and getattr(pxp, "__name__", None) != getattr(xp, "__name__", None):
         raise TypeError(f"{name} is an array of another library than the other inputs")
     check_real_floating(p, name, xp)
-    if p.dtype != dtype:
+    if not same_dtype(p.dtype, dtype):
         raise TypeError(f"{name} has dtype {dtype_name(p.dtype)} but the state has {dtype_name(dtype)}; "
                         "all inputs must share one dtype")
     check_finite(p, name, xp)
@@ -183,7 +241,7 @@ def check_scan_state(M, t: int, xp) -> None:
         return
     parts = M if isinstance(M, (tuple, list)) else (M,)
     if not all(bool(xp.all(xp.isfinite(W))) for W in parts):
-        raise DivergenceError(f"the state is not finite after step t = {t}", step=t)
+        raise DivergenceError(f"the state (or its gradient) is not finite at step t = {t}", step=t)
 
 
 _OUTPUT_NAMES = ("read-out o", "final state", "third output")
@@ -266,6 +324,9 @@ def _inputs_at_step(arguments: dict, t: int) -> str:
 def finite_outputs(fn):
     """Decorator for scans: raise :class:`DivergenceError` instead of returning nan or inf.
 
+    Big-endian NumPy inputs are converted to the machine's byte order first (the
+    same numbers; the scans compare dtypes and make arrays of the input's dtype).
+
     The message names the first step whose read-out (or state) is not finite and
     the per-step inputs at that step. While the check is on, NumPy's
     floating-point warnings inside the scan are silenced: an overflow becomes
@@ -277,6 +338,8 @@ def finite_outputs(fn):
 
     @functools.wraps(fn)
     def scan(*args, **kwargs):
+        args = tuple(_native_arguments(a) for a in args)
+        kwargs = {n: _native_arguments(a) for n, a in kwargs.items()}
         if not _OPTIONS["check_finite"]:
             return fn(*args, **kwargs)
         try:
@@ -297,6 +360,13 @@ def finite_outputs(fn):
         raise _divergence(fn.__name__, what, step, signature, args, kwargs)
 
     return scan
+
+
+def _native_arguments(a):
+    """Big-endian NumPy arrays (alone or in a tuple state) in the machine's byte order."""
+    if isinstance(a, tuple):
+        return tuple(native_byte_order(x) for x in a)
+    return native_byte_order(a)
 
 
 def _divergence(name, what, step, signature, args, kwargs) -> DivergenceError:

@@ -30,13 +30,19 @@ from ..backends import extra, host_resident
 from ..linalg import device_of
 
 
-def check_chunk_size(chunk_size) -> int:
-    """``chunk_size`` as a Python int ``>= 1``; ``TypeError`` / ``ValueError`` otherwise."""
+def check_chunk_size(chunk_size, T: int) -> int:
+    """``chunk_size`` (a Python int ``>= 1``) clamped to the sequence length ``T``.
+
+    A chunk longer than the sequence is the same computation as one chunk of
+    ``T`` steps, so ``min(chunk_size, T)`` is used: a huge ``chunk_size`` never
+    allocates ``(chunk_size, chunk_size)`` masks. ``TypeError`` / ``ValueError``
+    for a non-integer or a ``chunk_size < 1``.
+    """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral):
         raise TypeError(f"chunk_size must be an integer >= 1; got {type(chunk_size).__name__} {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size}")
-    return int(chunk_size)
+    return int(min(int(chunk_size), max(int(T), 1)))
 
 
 def n_chunks(T: int, C: int) -> int:

@@ -12,7 +12,7 @@ formulas with :math:`A = I`. It equals the recurrence only for ``C = 1``.
 
 from __future__ import annotations
 
-from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..validation import finite_outputs
 from .chunks import check_chunk_size
 from .delta_family import delta_family
@@ -20,10 +20,8 @@ from .delta_family import delta_family
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
-    if tuple(beta.shape) != tuple(k.shape[:-1]):
-        raise ValueError(f"beta must have shape {tuple(k.shape[:-1])} (one per step); got {tuple(beta.shape)}")
-    return xp, check_chunk_size(chunk_size)
+    check_step_gate(beta, "beta", k, xp, low=0.0, high=None)
+    return xp, check_chunk_size(chunk_size, k.shape[-2])
 
 
 @finite_outputs

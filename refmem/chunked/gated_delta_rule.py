@@ -14,7 +14,7 @@ analogue is the chunk-start state carried to step ``t`` by the gates,
 
 from __future__ import annotations
 
-from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..validation import finite_outputs
 from .chunks import check_chunk_size
 from .delta_family import delta_family
@@ -22,13 +22,9 @@ from .delta_family import delta_family
 
 def _checked(q, k, v, alpha, beta, initial_state, chunk_size):
     xp = check_sequence(q, k, v, initial_state, alpha=alpha, beta=beta)
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("beta", beta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
-    return xp, check_chunk_size(chunk_size)
+    check_step_gate(alpha, "alpha", k, xp)
+    check_step_gate(beta, "beta", k, xp, low=0.0, high=None)
+    return xp, check_chunk_size(chunk_size, k.shape[-2])
 
 
 @finite_outputs

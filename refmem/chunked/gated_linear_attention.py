@@ -25,7 +25,7 @@ chunk, so that path is computed one chunk at a time.
 from __future__ import annotations
 
 from ..linalg import device_of
-from ..memories._inputs import check_gate_range, check_sequence, initial
+from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..validation import finite_outputs
 from .chunks import (check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                      mT, prepare_chunks, scan_chunks, to_chunks)
@@ -51,14 +51,10 @@ def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_sta
     M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha)
-    lead = tuple(k.shape[:-1])
-    if tuple(alpha.shape) not in (lead, lead + (k.shape[-1],)):
-        raise ValueError(f"alpha must have shape {lead} (one gate per step) or {lead + (k.shape[-1],)} "
-                         f"(one per step and key channel); got {tuple(alpha.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    C = check_chunk_size(chunk_size)
+    per_channel = check_step_gate(alpha, "alpha", k, xp, channels=k.shape[-1], channel_name="key channel")
+    C = check_chunk_size(chunk_size, k.shape[-2])
     M0 = initial(initial_state, k, v, xp)
-    if tuple(alpha.shape) == lead:
+    if not per_channel:
         return linear_family(q, k, v, alpha, C, M0, xp)
     return _per_channel(q, k, v, alpha, C, M0, xp)
 

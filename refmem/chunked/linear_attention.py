@@ -33,5 +33,5 @@ def linear_attention_chunked(q, k, v, *, chunk_size=64, initial_state=None):
     M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state)
-    C = check_chunk_size(chunk_size)
+    C = check_chunk_size(chunk_size, k.shape[-2])
     return linear_family(q, k, v, None, C, initial(initial_state, k, v, xp), xp)

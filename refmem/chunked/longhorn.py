@@ -24,7 +24,7 @@ from .delta_family import delta_family, delta_terms
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    return xp, check_chunk_size(chunk_size), check_value_channel_steps(beta, k, v, xp)
+    return xp, check_chunk_size(chunk_size, k.shape[-2]), check_value_channel_steps(beta, k, v, xp)
 
 
 def longhorn_step_sizes(k, beta, xp):

@@ -113,7 +113,7 @@ def mesa_chunked(q, k, v, lam, *, chunk_size=64, initial_state=None, return_stat
     stats : tuple ``(G_T, H_T)``, only with ``return_stats=True``
     """
     xp, lam, per_channel, G0, H0 = _scan_setup(q, k, v, lam, initial_state)
-    C = check_chunk_size(chunk_size)
+    C = check_chunk_size(chunk_size, k.shape[-2])
     T, d_k = k.shape[-2], k.shape[-1]
     if T == 0:
         raise ValueError("q, k, v must have at least one step (T >= 1)")

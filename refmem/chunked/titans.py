@@ -58,7 +58,7 @@ from .chunks import (check_chunk_size, chunk, concat_last, decay_from_start, dec
 
 def _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size):
     xp, M0, S0 = check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum)
-    return xp, check_chunk_size(chunk_size), M0, S0
+    return xp, check_chunk_size(chunk_size, k.shape[-2]), M0, S0
 
 
 def titans_terms(Q, K, V, a, eta, theta, xp, *, exact: bool = True):

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np  # randomness only: arrays are drawn in NumPy and moved to xp
 
-from ..validation import as_param, check_arrays, check_ndim
+from ..validation import as_param, check_arrays, check_ndim, require
 
 
-def check_sequence(q, k, v, initial_state=None, **gates):
+def check_sequence(q, k, v, initial_state=None, *, optional=(), **gates):
     """Check ``q, k [..., T, d_k]``, ``v [..., T, d_v]``, gates ``[..., T]`` or ``[..., T, d]``, state ``[..., d_v, d_k]``.
 
-    Returns ``xp``. Gates are only checked for shape/dtype/finiteness here;
-    ranges are checked by the memory (it knows what its gates mean).
+    Returns ``xp``. ``q, k, v`` and every gate not named in ``optional`` are
+    required (``None`` is a ``TypeError`` naming it). Every axis must be
+    non-empty (``T >= 1``, ``d_k, d_v >= 1``, no empty batch axis). Gates are
+    only checked for shape/dtype/finiteness here; their ranges are checked by
+    the memory with :func:`check_step_gate` (it knows what its gates mean).
     """
+    require(q=q, k=k, v=v, **{n: g for n, g in gates.items() if n not in optional})
     arrays = dict(q=q, k=k, v=v, initial_state=initial_state, **{n: g for n, g in gates.items()})
     xp = check_arrays(**arrays)
     check_ndim(q, "q", 2, "[..., T, d_k]")
@@ -24,6 +28,12 @@ def check_sequence(q, k, v, initial_state=None, **gates):
         raise ValueError(f"v must be [..., T, d_v] with the same leading dims as k {tuple(k.shape[:-1])}; got {tuple(v.shape)}")
     if k.shape[-2] == 0:
         raise ValueError(f"q, k, v must hold at least one step (T >= 1); got k of shape {tuple(k.shape)}")
+    if k.shape[-1] == 0:
+        raise ValueError(f"k and q must have a key dimension d_k >= 1; got k of shape {tuple(k.shape)}")
+    if v.shape[-1] == 0:
+        raise ValueError(f"v must have a value dimension d_v >= 1; got v of shape {tuple(v.shape)}")
+    if 0 in tuple(k.shape[:-2]):
+        raise ValueError(f"q, k, v must not have an empty batch axis; got k of shape {tuple(k.shape)}")
     lead = tuple(k.shape[:-1])  # (..., T)
     for n, g in gates.items():
         if g is None:
@@ -43,17 +53,34 @@ def check_gate_range(g, name, xp, *, low=0.0, high=1.0, low_open=False, high_ope
         as_param(g, name, xp, g.dtype, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
+def check_step_gate(g, name, k, xp, *, low=0.0, high=1.0, low_open=False, high_open=False, channels=None,
+                    channel_name="channel"):
+    """The per-step gate check shared by every memory: shape ``[..., T]`` (or ``[..., T, channels]``) and range.
+
+    ``low`` / ``high`` bound the entries (``[0, 1]`` by default, a forget
+    gate; ``high=None`` for a step size ``>= 0``). With ``channels`` the gate
+    may also hold one value per step and channel (``channel_name`` says which:
+    key or value). Returns whether the gate is per channel. A ``None`` gate is
+    skipped (optional gates).
+    """
+    if g is None:
+        return False
+    lead = tuple(k.shape[:-1])  # (..., T)
+    allowed = (lead,) if channels is None else (lead, lead + (channels,))
+    if tuple(g.shape) not in allowed:
+        per_channel = "" if channels is None else f" or {lead + (channels,)} (one per step and {channel_name})"
+        raise ValueError(f"{name} must have shape {lead} (one per step){per_channel}; got {tuple(g.shape)}")
+    check_gate_range(g, name, xp, low=low, high=high, low_open=low_open, high_open=high_open)
+    return tuple(g.shape) != lead
+
+
 def check_value_channel_steps(beta, k, v, xp) -> bool:
     """Check step sizes ``beta`` of shape ``[..., T]`` or ``[..., T, d_v]`` (per value channel), ``>= 0``.
 
     Returns whether ``beta`` is per channel (Longhorn, DGD).
     """
-    lead = tuple(k.shape[:-1])
-    if tuple(beta.shape) not in (lead, lead + (v.shape[-1],)):
-        raise ValueError(f"beta must have shape {lead} (one per step) or {lead + (v.shape[-1],)} "
-                         f"(one per step and value channel); got {tuple(beta.shape)}")
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
-    return tuple(beta.shape) != lead
+    return check_step_gate(beta, "beta", k, xp, low=0.0, high=None, channels=v.shape[-1],
+                           channel_name="value channel")
 
 
 def initial(initial_state, k, v, xp):

@@ -50,8 +50,9 @@ from ..level import ClosedFormUnavailable
 from ..linalg import broadcast_like
 from ..retentions import ForgetGate, Retention
 from ..solvers import SOLVERS, Problem, default_rtol
-from ..validation import check_arrays, check_scan_state, finite_outputs, positive
-from ._inputs import check_gate_range, check_sequence, random_qkv
+from ..validation import check_arrays, check_scan_state, finite_outputs
+from ._inputs import check_sequence, check_step_gate, random_qkv
+from ._level_scan import state_step
 from .deep_curvature import curvature_bound, measured_curvature
 from .residual_mlp import (ResidualLoss, check_params, deep_loss, deep_loss_grad, default_params, make_initial_state,
                            mlp_forward, pack_weights, residual_loss, unpack_weights)
@@ -240,13 +241,9 @@ def deep_memory_recurrent(q, k, v, eta, alpha=None, *, initial_state=None, hidde
     o : array ``[..., T, d]``
     state : tuple ``(W1, W2)``
     """
-    xp = check_sequence(q, k, v, eta=eta, alpha=alpha)
-    lead = tuple(k.shape[:-1])
-    for name, g in (("eta", eta), ("alpha", alpha)):
-        if g is not None and tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    positive(eta, "eta", xp, k.dtype)
-    check_gate_range(alpha, "alpha", xp)
+    xp = check_sequence(q, k, v, eta=eta, alpha=alpha, optional=("alpha",))
+    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
+    check_step_gate(alpha, "alpha", k, xp)
 
     def retention_at(t):
         return ForgetGate(eta=eta[..., t], alpha=1.0 if alpha is None else alpha[..., t])
@@ -274,11 +271,11 @@ def deep_scan(q, k, v, retention_at, *, initial_state=None, hidden=None, loss=No
             raise ValueError(f"hidden must be >= 1; got {hidden}")
         W = (initial_default or default_params)(k.shape[:-2], d, h, xp, k.dtype)
     else:
-        W = check_params(initial_state, d, xp, k.dtype)
+        W = check_params(initial_state, d, xp, k.dtype, batch=k.shape[:-2])
     outs = []
     for t in range(k.shape[-2]):
-        W, _ = deep_step(W, k[..., t, :], v[..., t, :], retention=retention_at(t), loss=loss, step=step,
-                         method=method, activation=activation, rtol=rtol)
+        W, _ = state_step(deep_step, t, ("params", "M_t"), W, k[..., t, :], v[..., t, :], retention=retention_at(t),
+                          loss=loss, step=step, method=method, activation=activation, rtol=rtol)
         check_scan_state(W, t, xp)  # an overflow is a DivergenceError at step t, not bad input at t + 1
         y, _ = mlp_forward(W[0], W[1], q[..., t, :], xp, activation)
         outs.append(y)  # (.., d)

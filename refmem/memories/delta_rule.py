@@ -15,7 +15,7 @@ from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import LocalL2
 from ..validation import finite_outputs
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 
 def delta_step(M, k, v, beta, xp):
@@ -56,9 +56,7 @@ def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
     (True, True)
     """
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
-    if tuple(beta.shape) != tuple(k.shape[:-1]):
-        raise ValueError(f"beta must have shape {tuple(k.shape[:-1])} (one per step); got {tuple(beta.shape)}")
+    check_step_gate(beta, "beta", k, xp, low=0.0, high=None)
     M = initial(initial_state, k, v, xp)
     outs = []
     for t in range(k.shape[-2]):

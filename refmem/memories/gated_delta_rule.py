@@ -20,7 +20,7 @@ from ..linalg import matvec, outer
 from ..objectives import L2
 from ..retentions import ForgetGate
 from ..validation import finite_outputs
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 
 def gated_delta_step(M, k, v, alpha, beta, xp):
@@ -50,12 +50,8 @@ def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
     M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha, beta=beta)
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("beta", beta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(beta, "beta", xp, low=0.0, high=None)
+    check_step_gate(alpha, "alpha", k, xp)
+    check_step_gate(beta, "beta", k, xp, low=0.0, high=None)
     M = initial(initial_state, k, v, xp)
     outs = []
     for t in range(k.shape[-2]):

@@ -22,7 +22,7 @@ from ..objectives import Dot
 from ..retentions import ForgetGate
 from ..retentions.channel_forget_gate import ChannelForgetGate
 from ..validation import finite_outputs
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 
 @finite_outputs
@@ -44,8 +44,7 @@ def gated_linear_attention_recurrent(q, k, v, alpha, *, initial_state=None):
         Final state.
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha)
-    per_channel = _per_channel(alpha, k)
-    check_gate_range(alpha, "alpha", xp)
+    per_channel = check_step_gate(alpha, "alpha", k, xp, channels=k.shape[-1], channel_name="key channel")
     M = initial(initial_state, k, v, xp)
     outs = []
     for t in range(k.shape[-2]):
@@ -56,16 +55,6 @@ def gated_linear_attention_recurrent(q, k, v, alpha, *, initial_state=None):
         M = decayed + outer(v[..., t, :], k[..., t, :])  # (.., d_v, d_k)
         outs.append(matvec(M, q[..., t, :]))  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
     return xp.stack(outs, axis=-2), M  # (.., T, d_v), (.., d_v, d_k)
-
-
-def _per_channel(alpha, k) -> bool:
-    lead = tuple(k.shape[:-1])  # (.., T)
-    if tuple(alpha.shape) == lead:
-        return False
-    if tuple(alpha.shape) == lead + (k.shape[-1],):
-        return True
-    raise ValueError(f"alpha must have shape {lead} (one gate per step) or {lead + (k.shape[-1],)} "
-                     f"(one per step and key channel); got {tuple(alpha.shape)}")
 
 
 def gated_linear_attention_level(alpha, *, per_channel=False):

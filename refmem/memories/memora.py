@@ -32,18 +32,15 @@ from __future__ import annotations
 from ..level import Level
 from ..objectives import L2
 from ..retentions.kl_simplex import KLSimplex
-from ..validation import as_param, finite_outputs, positive
-from ._inputs import check_sequence, random_qkv
+from ..validation import as_param, finite_outputs
+from ._inputs import check_sequence, check_step_gate, random_qkv
 from ._level_scan import level_scan
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
 
 
 def _check_eta(eta, k, xp):
-    lead = tuple(k.shape[:-1])
-    if tuple(eta.shape) != lead:
-        raise ValueError(f"eta must have shape {lead} (one per step); got {tuple(eta.shape)}")
-    positive(eta, "eta", xp, k.dtype)
+    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
 
 
 def _check_scalars(a, c, xp, dtype):

@@ -43,7 +43,7 @@ import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import eye_like, matvec, outer
 from ..solvers import Problem, conjugate_gradient, default_rtol
-from ..validation import as_param, check_arrays, finite_outputs, get_option
+from ..validation import as_param, check_arrays, finite_outputs, get_option, require
 from ._inputs import check_sequence, random_qkv
 
 
@@ -77,7 +77,9 @@ def _check_stats(initial_state, q, k, v, xp):
                         "G_0 = sum v k^T [..., d_v, d_k], H_0 = sum k k^T [..., d_k, d_k]; a single matrix "
                         "M_0 does not determine the Mesa state")
     G0, H0 = initial_state
-    check_arrays(k=k, G_0=G0, H_0=H0)
+    named = {"initial_state G_0": G0, "initial_state H_0": H0}
+    require(**named)
+    check_arrays(k=k, **named)
     if tuple(G0.shape) != batch + (d_v, d_k):
         raise ValueError(f"initial_state G_0 must have shape [..., d_v, d_k] = {batch + (d_v, d_k)}; got {tuple(G0.shape)}")
     if tuple(H0.shape) != batch + (d_k, d_k):

@@ -35,8 +35,8 @@ from ..level import Level
 from ..linalg import eye_like, matvec
 from ..objectives.windowed_l2 import WindowedL2
 from ..retentions import ForgetGate
-from ..validation import as_param, check_arrays, finite_outputs
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ..validation import as_param, check_arrays, finite_outputs, require
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 STEPS = ("explicit", "implicit")
 
@@ -47,6 +47,7 @@ def _mT(A, xp):
 
 def _check_gamma(gamma, k, xp):
     """``gamma [c]`` (shared by every step) or ``[..., T, c]``, finite, ``>= 0``; returns ``c``."""
+    require(gamma=gamma)
     check_arrays(k=k, gamma=gamma)
     lead = tuple(k.shape[:-1])  # (.., T)
     if gamma.ndim == 1:
@@ -95,10 +96,7 @@ def omega_recurrent(q, k, v, alpha, gamma, *, step="explicit", initial_state=Non
     if step not in STEPS:
         raise ValueError(f"step must be one of {STEPS}; got {step!r}")
     xp = check_sequence(q, k, v, initial_state, alpha=alpha)
-    lead = tuple(k.shape[:-1])
-    if tuple(alpha.shape) != lead:
-        raise ValueError(f"alpha must have shape {lead} (one per step); got {tuple(alpha.shape)}")
-    check_gate_range(alpha, "alpha", xp)
+    check_step_gate(alpha, "alpha", k, xp)
     c = _check_gamma(gamma, k, xp)
     Kp, Vp = _windows(k, c, xp), _windows(v, c, xp)  # (.., T + c - 1, d)
     M = initial(initial_state, k, v, xp)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np  # randomness only (make_initial_state)
 
 from ..linalg import clip, matvec, outer, sign
-from ..validation import check_arrays
+from ..validation import check_arrays, require, same_dtype
 
 # --------------------------------------------------------------------------- activations
 
@@ -207,16 +207,21 @@ def deep_loss_grad(W1, W2, k, v, loss, xp, activation="tanh"):
 # --------------------------------------------------------------------------- the weights
 
 
-def check_params(params, d, xp, dtype, name="initial_state"):
-    """Validate ``(W1 [..., d, h], W2 [..., h, d])``; return ``(W1, W2)``."""
+def check_params(params, d, xp, dtype, name="initial_state", batch=None):
+    """Validate ``(W1 [..., d, h], W2 [..., h, d])`` (batch dims ``batch`` when given); return ``(W1, W2)``."""
     if not isinstance(params, tuple) or len(params) != 2:
         raise TypeError(f"{name} for the deep memory must be a pair (W1 [..., d, h], W2 [..., h, d])")
     W1, W2 = params
-    check_arrays(**{f"{name}[0] (W1)": W1, f"{name}[1] (W2)": W2})
-    if W1.dtype != dtype:
+    named = {f"{name}[0] (W1)": W1, f"{name}[1] (W2)": W2}
+    require(**named)
+    check_arrays(**named)
+    if not same_dtype(W1.dtype, dtype):
         raise TypeError(f"{name} has dtype {W1.dtype} but the inputs have {dtype}")
     if W1.ndim < 2 or W2.ndim < 2 or W1.shape[-2] != d or W2.shape[-1] != d or W1.shape[-1] != W2.shape[-2]:
         raise ValueError(f"{name} must be (W1 [..., {d}, h], W2 [..., h, {d}]) with one hidden size h; "
+                         f"got {tuple(W1.shape)}, {tuple(W2.shape)}")
+    if batch is not None and (tuple(W1.shape[:-2]) != tuple(batch) or tuple(W2.shape[:-2]) != tuple(batch)):
+        raise ValueError(f"{name} must have the batch dims of the inputs {tuple(batch)}; "
                          f"got {tuple(W1.shape)}, {tuple(W2.shape)}")
     return W1, W2
 

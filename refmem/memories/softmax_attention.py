@@ -43,7 +43,7 @@ import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import matvec
 from ..solvers import Problem, conjugate_gradient, default_rtol
-from ..validation import check_arrays, finite_outputs
+from ..validation import check_arrays, finite_outputs, require
 from ._inputs import check_sequence, random_qkv
 
 
@@ -72,7 +72,9 @@ def _check_cache(initial_state, k, v, xp):
         raise TypeError("initial_state for softmax attention must be a key-value cache (K_0, V_0) with "
                         "K_0 [..., n, d_k] and V_0 [..., n, d_v]; attention has no matrix state")
     K0, V0 = initial_state
-    check_arrays(k=k, K_0=K0, V_0=V0)
+    named = {"initial_state K_0": K0, "initial_state V_0": V0}
+    require(**named)
+    check_arrays(k=k, **named)
     if K0.ndim != k.ndim or tuple(K0.shape[:-2]) != batch or K0.shape[-1] != d_k:
         raise ValueError(f"initial_state K_0 must have shape {batch} + (n, {d_k}); got {tuple(K0.shape)}")
     if tuple(V0.shape) != batch + (K0.shape[-2], d_v):

@@ -33,7 +33,7 @@ from ..linalg import matvec, outer
 from ..objectives import Inner
 from ..retentions import ForgetGate
 from ..validation import check_arrays, finite_outputs
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 
 def surprise(M, k, v):
@@ -61,13 +61,9 @@ def titans_step(M, S, k, v, alpha, eta, theta):
 
 def check_titans_gates(alpha, eta, theta, k, xp, *, positive_step=False):
     """Titans' gates: one per step ``[..., T]``; ``alpha``, ``eta`` in ``[0, 1]``; ``theta >= 0`` (``> 0`` if ``positive_step``)."""
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("eta", eta), ("theta", theta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    check_gate_range(eta, "eta", xp)
-    check_gate_range(theta, "theta", xp, low=0.0, low_open=positive_step, high=None)
+    check_step_gate(alpha, "alpha", k, xp)
+    check_step_gate(eta, "eta", k, xp)
+    check_step_gate(theta, "theta", k, xp, low=0.0, low_open=positive_step, high=None)
 
 
 def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momentum):

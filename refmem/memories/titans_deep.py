@@ -21,7 +21,7 @@ scan with step ``theta`` (a check). State: ``(W1, W2)``; momentum ``(S1, S2)``.
 from __future__ import annotations
 
 from ..level import solve
-from ..validation import check_arrays, finite_outputs
+from ..validation import check_arrays, check_scan_state, finite_outputs
 from ._inputs import check_sequence
 from .residual_mlp import check_params, deep_loss_grad, default_params, mlp_forward, residual_loss
 from .titans import check_titans_gates, titans_levels
@@ -65,7 +65,7 @@ def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, ini
             raise ValueError(f"hidden must be >= 1; got {hidden}")
         W = default_params(k.shape[:-2], d, h, xp, k.dtype)
     else:
-        W = check_params(initial_state, d, xp, k.dtype)
+        W = check_params(initial_state, d, xp, k.dtype, batch=k.shape[:-2])
     if initial_momentum is None:
         S = (xp.zeros_like(W[0]), xp.zeros_like(W[1]))
     else:
@@ -80,9 +80,11 @@ def titans_deep_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, ini
     outs = []
     for t in range(k.shape[-2]):
         _, g1, g2 = deep_loss_grad(W[0], W[1], k[..., t, :], v[..., t, :], loss, xp, activation)
+        check_scan_state((g1, g2), t, xp)  # an overflowing gradient is a DivergenceError at step t
         mom, mem = titans_levels(alpha[..., t], eta[..., t], theta[..., t])
         S = tuple(solve(mom, S_i, None, -g_i, method=method)[0] for S_i, g_i in zip(S, (g1, g2)))  # surprise = -grad
         W = tuple(solve(mem, W_i, None, S_i, method=method)[0] for W_i, S_i in zip(W, S))
+        check_scan_state(W + S, t, xp)
         outs.append(mlp_forward(W[0], W[1], q[..., t, :], xp, activation)[0])  # (.., d)
     o = xp.stack(outs, axis=-2) if outs else xp.zeros(tuple(v.shape), dtype=v.dtype)
     return (o, W, S) if return_momentum else (o, W)

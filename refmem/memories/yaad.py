@@ -30,20 +30,16 @@ from __future__ import annotations
 from ..level import Level
 from ..objectives.huber import Huber
 from ..retentions import ForgetGate
-from ..validation import finite_outputs, positive
-from ._inputs import check_gate_range, check_sequence, initial, random_qkv
+from ..validation import finite_outputs
+from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 from ._level_scan import level_scan
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
 
 
 def _check_gates(alpha, eta, k, xp):
-    lead = tuple(k.shape[:-1])
-    for name, g in (("alpha", alpha), ("eta", eta)):
-        if tuple(g.shape) != lead:
-            raise ValueError(f"{name} must have shape {lead} (one per step); got {tuple(g.shape)}")
-    check_gate_range(alpha, "alpha", xp)
-    positive(eta, "eta", xp, k.dtype)
+    check_step_gate(alpha, "alpha", k, xp)
+    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
 
 
 def yaad_level(alpha, eta, *, delta=1.0, mode="coordinate", step="explicit"):
