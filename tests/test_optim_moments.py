@@ -232,3 +232,16 @@ def test_adam_moments_vector_entry_point(xp):
         assert np.abs(m_hat[:, t] - mh).max() <= 8 * EPS * np.abs(mh).max()
         assert np.abs(v_hat[:, t] - vh).max() <= 8 * EPS * np.abs(vh).max()
         assert np.abs(W[:, t] - W_t).max() <= 16 * (t + 1) * EPS * np.abs(W_t).max()
+
+
+def test_centered_rmsprop_variance_rounding_is_not_nan():
+    # a constant gradient: v - gbar^2 = alpha^t (1 - alpha^t) g^2 vanishes; rounding may make it negative
+    opt = make("rmsprop", lr=1e-3, centered=True, alpha=0.5, eps=1e-3)
+    W = np.ones((2, 2))
+    state = opt.init(W, keep_history=False)
+    for _ in range(80):
+        # g = 0.7 + 0 W: at this value the rounded v - gbar^2 goes negative (-5.6e-17) after about 50 steps
+        W, state, _ = opt.step(W, np.full((2, 2), 0.7) + 0 * W, state)
+    assert np.all(np.isfinite(W))
+    v, gbar = state.square_avg, state.grad_avg
+    assert np.all(np.abs(v - gbar * gbar) <= 1e-15)  # the variance has vanished to rounding

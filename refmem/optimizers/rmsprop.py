@@ -113,7 +113,9 @@ class RMSprop(Optimizer):
         gbar = state.grad_avg
         if hp["centered"]:
             gbar, reports["first_moment"] = uncorrected_moment(state.grad_avg, state.history, g, alpha, method=method)
-            var = v - gbar * gbar  # (.., d_out, d_in) >= 0 in exact arithmetic
+            # (.., d_out, d_in) >= 0 in exact arithmetic (weighted Jensen, the weights sum to 1 - alpha^t <= 1);
+            # a negative entry is rounding of a vanishing variance, read as 0 (torch would return nan)
+            var = xp.maximum(v - gbar * gbar, xp.zeros_like(v))
         else:
             var = v
         a = xp.sqrt(var) + eps  # (.., d_out, d_in)
