@@ -10,7 +10,7 @@ problem. It is registered with :func:`register_check` under a spec name
 One module per family of specs; :data:`MODULES` at the end of this file
 lists them, and importing this package imports each, so :data:`CHECKS` is
 complete on import. A new family adds its module to that list
-(``tests/test_verify.py`` fails for a check module that is not listed).
+(``tests/test_registry.py`` fails for a check module that is not listed).
 """
 
 from __future__ import annotations
