@@ -1,10 +1,11 @@
 """The scan's step is its solved level, for every memory with a stated step level (MATH.md 5).
 
-Shared properties of gated linear attention, the gated delta rule, Longhorn,
-Titans, DGD and Omega (:mod:`refmem.checks.scan_steps`): each scan step ==
-``solve(step_level)`` in closed form == iteratively, for random shapes and
-gate values over their whole range; numpy == array_api_strict; float32 close
-to float64; bad shapes and gates are clear errors. Tolerances: ``memory_inputs``.
+Shared properties of every memory the registry gives a ``step_level`` (or,
+Titans, ``levels``), read off ``MEMORIES`` (:mod:`refmem.checks.scan_steps`):
+each scan step == ``solve(step_level)`` in closed form == iteratively, for
+random shapes and gate values over their whole range; numpy ==
+array_api_strict; float32 close to float64; bad shapes and gates are clear
+errors. Tolerances: ``memory_inputs``.
 """
 
 import numpy as np
@@ -20,9 +21,9 @@ from refmem.checks.titans import titans_step_errors
 from refmem.memories import MEMORIES
 
 
-# the memories whose step is one level (Titans: two) solved from the previous state; the others have
-# their own per-step tests (the Miras memories in test_miras.py) or no step level (attention, Mesa, deep memory)
-STEP_MEMORIES = ["gated_linear_attention", "gated_delta_rule", "longhorn", "titans", "dgd", "omega", "omega_implicit"]
+# every memory whose step is a stated level (Titans: two) solved from the previous state, except Memora:
+# its state lives on the scaled simplex, not on the random matrices these tests start from (test_miras.py)
+STEP_MEMORIES = sorted(n for n, s in MEMORIES.items() if (s.step_level or s.levels) and n != "memora")
 
 
 def mem_step_errors(name, xp, **kw):
@@ -120,6 +121,10 @@ def test_numpy_equals_strict_per_channel(name):
 
 # gate name -> (low, high) of a constant gate value drawn by hypothesis, endpoints included
 GATE_RANGES = {
+    "linear_attention": {},
+    "delta_rule": {"beta": (0.01, 1.0)},
+    "yaad": {"alpha": (0.0, 1.0), "eta": (0.01, 1.0)},
+    "moneta": {"alpha": (0.0, 1.0), "eta": (0.001, 0.01)},  # lp (p = 3) steps: small eta, as its make_inputs draws
     "gated_linear_attention": {"alpha": (0.0, 1.0)},
     "gated_delta_rule": {"alpha": (0.0, 1.0), "beta": (0.01, 1.0)},
     "longhorn": {"beta": (0.01, 100.0)},
