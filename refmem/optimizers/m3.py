@@ -142,9 +142,10 @@ class M3(Optimizer):
         hp = self.hyperparameters
         if hp["orthogonalize"] == "polar":
             return nearest_orthogonal(M, method=method)
+        k = hp["ns_steps"]
         if hp["orthogonalize"] == "cubic":
-            return newton_schulz_cubic(M, steps=hp["ns_steps"]), fixed_map_report(f"cubic newton-schulz ({hp['ns_steps']} steps)")
-        return newton_schulz_quintic(M, steps=hp["ns_steps"]), fixed_map_report(f"quintic newton-schulz ({hp['ns_steps']} steps)")
+            return newton_schulz_cubic(M, steps=k), fixed_map_report(f"cubic newton-schulz ({k} steps)")
+        return newton_schulz_quintic(M, steps=k), fixed_map_report(f"quintic newton-schulz ({k} steps)")
 
     def weights_step(self, W, O1, O2, V, *, method="closed"):
         r""":math:`W - \eta (O^{(1)} + \alpha O^{(2)}) / (\sqrt V + \epsilon)` as its level; ``(W, report)``."""

@@ -26,6 +26,9 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from ..level import Level, solve
+from ..objectives import Inner
+from ..retentions import ForgetGate
 from ..solvers import SolveReport
 from ..validation import DivergenceError, check_arrays, check_ndim, get_option
 
@@ -148,17 +151,11 @@ def descent_level(lr: float, keep: float = 1.0):
     is decoupled weight decay (AdamW, Muon) as a forget gate on the weights.
     Closed form :math:`\kappa W_t - \mathrm{lr}\, d`.
     """
-    from ..level import Level
-    from ..objectives import Inner
-    from ..retentions import ForgetGate
-
     return Level(Inner(), ForgetGate(eta=lr, alpha=keep), step="implicit", name="weights")
 
 
 def descent_step(W, d, lr: float, keep: float = 1.0, *, method: str = "closed"):
     """Solve :func:`descent_level` for direction ``d``; returns ``(W, SolveReport)``."""
-    from ..level import solve
-
     return solve(descent_level(lr, keep), W, None, -d, method=method)  # Inner's value is -d: l = <W, d>
 
 
