@@ -439,12 +439,12 @@ def test_per_channel_gate_goes_to_gk(tmp_path, monkeypatch):
     import functools
 
     from refmem.memories import MEMORIES
-    from refmem.memories.gated_linear_attention import _make_inputs
+    from refmem.memories.gated_linear_attention import make_inputs
 
     _need("gated_linear_attention")
     mem = MEMORIES["gated_linear_attention"]
     monkeypatch.setitem(MEMORIES, "gated_linear_attention",
-                        dataclasses.replace(mem, make_inputs=functools.partial(_make_inputs, per_channel=True)))
+                        dataclasses.replace(mem, make_inputs=functools.partial(make_inputs, per_channel=True)))
     generate(str(tmp_path), ["gated_linear_attention"])
     res = conform.check(fla_gla_per_channel, spec="gated_linear_attention", vectors=str(tmp_path), layout="fla")
     assert res.passed, str(res)

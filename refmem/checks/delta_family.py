@@ -24,9 +24,9 @@ register_step_checks("gated_linear_attention", SHAPE["d_k"])
 
 
 def _gla_per_channel_inputs(xp):
-    from ..memories.gated_linear_attention import _make_inputs
+    from ..memories.gated_linear_attention import make_inputs
 
-    return _make_inputs(3, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
+    return make_inputs(3, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
 
 
 register_step_checks("gated_linear_attention", SHAPE["d_k"], label="per-channel alpha", make=_gla_per_channel_inputs)
@@ -72,9 +72,9 @@ def _gdr_explicit_at_aM(xp):
 # --- Longhorn
 
 def _longhorn_per_channel_inputs(xp):
-    from ..memories.longhorn import _make_inputs
+    from ..memories.longhorn import make_inputs
 
-    return _make_inputs(5, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
+    return make_inputs(5, SHAPE["batch"], SHAPE["T"], SHAPE["d_k"], SHAPE["d_v"], xp, per_channel=True)
 
 
 register_step_checks("longhorn", SHAPE["d_k"])

@@ -283,7 +283,8 @@ def deep_scan(q, k, v, retention_at, *, initial_state=None, hidden=None, loss=No
     return o, W
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     # the deep memory maps d to d: d_v is taken equal to d_k
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_k, xp, dtype)
     inputs["eta"] = conv(g.uniform(0.05, 0.5, size=tuple(batch) + (T,)))

@@ -70,7 +70,8 @@ def delta_rule_level(beta):
     return Level(L2(), LocalL2(eta=beta), step="explicit", name="delta_rule")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
     return inputs

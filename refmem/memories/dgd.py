@@ -91,7 +91,8 @@ def dgd_level(beta, *, per_channel=False):
     return longhorn_level(beta, per_channel=per_channel)
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["beta"] = conv(g.uniform(0.1, 3.0, size=tuple(batch) + (T,)))
     return inputs

@@ -66,7 +66,8 @@ def gated_delta_rule_level(alpha, beta):
                  name="gated_delta_rule")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))

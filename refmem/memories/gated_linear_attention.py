@@ -70,7 +70,8 @@ def gated_linear_attention_level(alpha, *, per_channel=False):
     return Level(Dot(), gate, step="explicit", name="gated_linear_attention")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     shape = tuple(batch) + (T,) + ((d_k,) if per_channel else ())
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=shape))

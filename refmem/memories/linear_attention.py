@@ -58,6 +58,7 @@ def linear_attention_level():
     return Level(Dot(), LocalL2(eta=1.0), step="explicit", name="linear_attention")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     _, inputs, _ = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     return inputs

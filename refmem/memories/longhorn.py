@@ -72,7 +72,8 @@ def longhorn_level(beta, *, per_channel=False):
     return Level(L2(), ret, step="implicit", name="longhorn")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     shape = tuple(batch) + (T,) + ((d_v,) if per_channel else ())
     inputs["beta"] = conv(g.uniform(0.1, 3.0, size=shape))

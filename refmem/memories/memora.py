@@ -119,7 +119,8 @@ def memora_deep_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method
                      step=step, method=method, activation=activation, initial_default=uniform_rows)
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["eta"] = conv(g.uniform(0.1, 1.0, size=tuple(batch) + (T,)))
     return inputs

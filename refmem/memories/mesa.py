@@ -225,7 +225,8 @@ def mesa_iterative(q, k, v, lam, *, initial_state=None, rtol=None):
     return o, Ms[..., -1, :, :], report
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["lam"] = conv(g.uniform(0.3, 1.5, size=tuple(batch) + (T,)))
     return inputs

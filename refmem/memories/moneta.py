@@ -105,7 +105,8 @@ def moneta_deep_recurrent(q, k, v, alpha, eta, *, p=3.0, lq=4.0, step="explicit"
                      loss=ResidualLoss("lp", p=p), step=step, method=method, activation=activation)
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     # Small steps: the explicit lp (p = 3) gradient grows with |r|^2 and the lq (q = 4) link is not

@@ -135,14 +135,16 @@ def omega_implicit_level(alpha, gamma):
     return omega_level(alpha, gamma, step="implicit")
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     inputs["gamma"] = conv(g.uniform(0.05, 0.4, size=tuple(batch) + (T, c)))
     return inputs
 
 
-def _make_implicit_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):
-    inputs = _make_inputs(seed, batch, T, d_k, d_v, xp, dtype, c=c)
+def make_implicit_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):
+    """Random valid inputs of the implicit form (larger ``gamma``: the step is unconditionally stable)."""
+    inputs = make_inputs(seed, batch, T, d_k, d_v, xp, dtype, c=c)
     inputs["gamma"] = 5 * inputs["gamma"]  # large weights: the implicit rule stays stable
     return inputs

@@ -194,13 +194,15 @@ def attention_iterative(q, k, v, *, window=None, initial_state=None, rtol=None):
     return m[..., 0], report
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     _, inputs, _ = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     return inputs
 
 
-def _make_window_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
-    inputs = _make_inputs(seed, batch, T, d_k, d_v, xp, dtype)
+def make_window_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs with an int ``window``."""
+    inputs = make_inputs(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["window"] = max(1, min(4, T))
     return inputs
 

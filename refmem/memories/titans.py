@@ -153,7 +153,8 @@ def titans_levels(alpha, eta, theta):
     return titans_momentum_level(momentum_decay, step), titans_memory_level(kept)
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     shape = tuple(batch) + (T,)
     inputs["alpha"] = conv(g.uniform(0.0, 0.2, size=shape))

@@ -99,7 +99,8 @@ def yaad_deep_recurrent(q, k, v, alpha, eta, *, delta=1.0, step="explicit", meth
                      method=method, activation=activation)
 
 
-def _make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
     inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     inputs["eta"] = conv(g.uniform(0.05, 0.9, size=tuple(batch) + (T,)))
