@@ -94,3 +94,11 @@ def test_divergence_is_an_error_not_a_nan():
     with np.errstate(over="ignore", invalid="ignore"), pytest.raises(DivergenceError, match="delta_momentum"):
         for _ in range(200):
             W, state, _ = opt.step(W, W * 10.0, state)
+
+
+def test_an_overflowing_moment_is_an_error_even_when_the_weights_stay_finite():
+    # g^2 overflows to inf: Adam's direction m / sqrt(v) would be 0 and W finite, but the state is no longer a number
+    opt = make("adam", lr=0.1)
+    W = np.ones((2, 2))
+    with np.errstate(over="ignore"), pytest.raises(DivergenceError, match="second_moment"):
+        opt.step(W, np.full((2, 2), 1e200), opt.init(W))

@@ -99,7 +99,7 @@ class Adagrad(Optimizer):
         check_finite_result(self.name, xp, direction=d)
         clr = hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])
         W_new, rep_W = descent_step(W, d, clr, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, second_moment=G)
         hist = None if state.sq_history is None else state.sq_history + (g2,)
         return W_new, AdagradState(step=t, sum=G, sq_history=hist), {"second_moment": rep, "weights": rep_W}
 

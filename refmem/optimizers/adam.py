@@ -151,7 +151,7 @@ class Adam(Optimizer):
         check_finite_result(self.name, xp, direction=d)
         keep = 1.0 - lr * wd if self.decoupled else 1.0
         W_new, rep_W = descent_step(W, d, lr, keep, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, first_moment=m, second_moment=v)
         kept = hist is not None
         state = replace(state, step=t, exp_avg=m, exp_avg_sq=v,
                         history=hist + (g,) if kept else None, sq_history=sq_hist + (g2,) if kept else None)

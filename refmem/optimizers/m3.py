@@ -168,7 +168,7 @@ class M3(Optimizer):
         V, reports["second_moment"] = self.second_moment_step(state.second_moment, g, method=method)
         O1, reports["fast_orthogonalization"] = self.orthogonalization_step(M1, method=method)
         W_new, reports["weights"] = self.weights_step(W, O1, state.slow_orthogonal, V, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, fast_momentum=M1, second_moment=V)
         new = replace(state, step=t, fast_momentum=M1, second_moment=V, chunk_sum=state.chunk_sum + g)
         if t % self.hyperparameters["frequency"] == 0:  # end of a chunk: the slow level, used from the next step on
             M2, reports["slow_momentum"] = self.slow_momentum_step(state.slow_momentum, new.chunk_sum, method=method)

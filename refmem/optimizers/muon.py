@@ -138,7 +138,7 @@ class Muon(Optimizer):
         O, reports["orthogonalization"] = self.orthogonalization_step(B_read, method=method)
         W_new, reports["weights"] = descent_step(W, O, adjusted_lr(lr, hp["adjust_lr_fn"], W.shape),
                                                  1.0 - lr * hp["weight_decay"], method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, momentum_buffer=B)
         return W_new, MuonState(step=state.step + 1, momentum_buffer=B), reports
 
 

@@ -126,7 +126,7 @@ class RMSprop(Optimizer):
             buf, reports["momentum"] = solve(momentum_level(1.0, mu), buf, None, d, method=method)
             d = buf
         W_new, reports["weights"] = descent_step(W, d, lr, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, second_moment=v, momentum=buf)
         kept = state.history is not None
         new = RMSpropState(step=state.step + 1, square_avg=v, grad_avg=gbar, momentum_buffer=buf,
                            history=state.history + (g,) if kept else None,

@@ -104,7 +104,7 @@ class SGD(Optimizer):
             buf, reports["momentum"] = solve(momentum_level(eta, mu), buf, None, g, method=method)
             d = g + mu * buf if hp["nesterov"] else buf  # (.., d_out, d_in)
         W_new, reports["weights"] = descent_step(W, d, lr, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        check_finite_result(self.name, xp, weights=W_new, momentum_buffer=buf)
         return W_new, SGDState(step=state.step + 1, momentum_buffer=buf if mu != 0.0 else None), reports
 
 
