@@ -102,3 +102,12 @@ def test_an_overflowing_moment_is_an_error_even_when_the_weights_stay_finite():
     W = np.ones((2, 2))
     with np.errstate(over="ignore"), pytest.raises(DivergenceError, match="second_moment"):
         opt.step(W, np.full((2, 2), 1e200), opt.init(W))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_foreign_state_is_a_type_error(name):
+    opt = make(name, **HP.get(name, {}))
+    other = make("sgd" if name != "sgd" else "adam")
+    W = np.ones((3, 2))
+    with pytest.raises(TypeError, match="state must be"):
+        opt.step(W, W, other.init(W), method=method_of(name))

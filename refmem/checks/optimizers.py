@@ -394,3 +394,17 @@ def _dmgd_gradient(xp):
         minus = float(dm.memory_objective(to_backend(A1n - E, xp), A2, u))
         err = max(err, abs((plus - minus) / (2 * h) - float(_to_numpy(dA1, xp)[i])))
     return err
+
+
+@register_check("adagrad", "accumulator == G_0 + t * argmin of the plain-sum memory of g^2 (the paper's plain sums)", 1e-12)
+def _adagrad_plain_sum(xp):
+    g = np.random.default_rng(60)
+    grads = [to_backend(g.standard_normal((3, 4)), xp) for _ in range(25)]
+    opt = make("adagrad", lr=0.1, initial_accumulator_value=0.2)
+    W = to_backend(g.standard_normal((3, 4)), xp)
+    state = opt.init(W, keep_history=False)
+    for gt in grads:
+        W, state, _ = opt.step(W, gt, state)
+    mean_sq, _ = mm.plain_sum_argmin(tuple(x * x for x in grads))
+    want = 0.2 + 25 * mean_sq
+    return max_abs_error(state.sum, want, xp) / max_abs_error(want, 0 * want, xp)

@@ -29,6 +29,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     closed_report,
@@ -80,6 +81,7 @@ class Adagrad(Optimizer):
         """One step. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, AdagradState, self.name)
         check_state_shape(state.sum, W, "sum")
         hp = self.hyperparameters
         t = state.step + 1

@@ -35,6 +35,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     closed_report,
@@ -136,6 +137,7 @@ class Adam(Optimizer):
         """One step: both moment levels, then the weights. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, AdamState, self.name)
         check_state_shape(state.exp_avg, W, "exp_avg")
         check_state_shape(state.exp_avg_sq, W, "exp_avg_sq")
         hp = self.hyperparameters

@@ -42,6 +42,7 @@ from .optimizer import (
     Optimizer,
     check_finite_result,
     check_method,
+    check_state_type,
     check_step_inputs,
     check_weights,
     int_hyperparameter,
@@ -130,6 +131,7 @@ class DeepMomentum(Optimizer):
             raise ClosedFormUnavailable("deep_momentum has no closed form (its memory is an MLP, its problem "
                                         "non-convex): use method='iterative'")
         xp = check_step_inputs(W, g)
+        check_state_type(state, DeepMomentumState, self.name)
         if tuple(state.A1.shape[:-2]) != tuple(W.shape[:-2]) or state.A1.shape[-1] != W.shape[-1]:
             raise ValueError(f"state.A1 has shape {tuple(state.A1.shape)} but W has shape {tuple(W.shape)}: "
                              "make the state with init(W)")

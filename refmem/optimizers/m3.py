@@ -46,6 +46,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     descent_step,
@@ -160,6 +161,7 @@ class M3(Optimizer):
         """One step of Algorithm 1's inner loop, and the slow level at the end of a chunk. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, M3State, self.name)
         for what in ("fast_momentum", "second_moment", "slow_momentum", "slow_orthogonal", "chunk_sum"):
             check_state_shape(getattr(state, what), W, what)
         t = state.step + 1

@@ -40,6 +40,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     descent_step,
@@ -129,6 +130,7 @@ class Muon(Optimizer):
         """One step: momentum, orthogonalisation, weights. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, MuonState, self.name)
         check_state_shape(state.momentum_buffer, W, "momentum_buffer")
         hp = self.hyperparameters
         mu, lr = hp["momentum"], hp["lr"]

@@ -165,3 +165,9 @@ def divide_by_denominator(num, den, name: str, xp):
         raise DivergenceError(f"{name}: a denominator sqrt(v) + eps is zero (eps = 0 and a zero second moment); "
                               "use eps > 0")
     return num / den  # (.., d_out, d_in)
+
+
+def check_state_type(state, cls, name: str) -> None:
+    """The state must be the one ``init`` of this optimiser made (a foreign state is a TypeError, not an AttributeError)."""
+    if not isinstance(state, cls):
+        raise TypeError(f"state must be the {cls.__name__} that {name}'s init(W) returns; got {type(state).__name__}")

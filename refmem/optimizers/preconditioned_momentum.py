@@ -29,6 +29,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     real_hyperparameter,
@@ -115,6 +116,7 @@ class PreconditionedMomentum(Optimizer):
         """One step: the momentum level, then ``W + m``. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, MomentumState, self.name)
         check_state_shape(state.momentum, W, "momentum")
         hp = self.hyperparameters
         m, rep_m = momentum_step(state.momentum, g, state.preconditioner, hp["lr"], hp["momentum"], method=method)

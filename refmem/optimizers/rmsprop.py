@@ -33,6 +33,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     closed_report,
@@ -101,6 +102,7 @@ class RMSprop(Optimizer):
         """One step. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, RMSpropState, self.name)
         for what in ("square_avg", "grad_avg", "momentum_buffer"):
             check_state_shape(getattr(state, what), W, what)
         hp = self.hyperparameters

@@ -37,6 +37,7 @@ from .optimizer import (
     check_finite_result,
     check_method,
     check_state_shape,
+    check_state_type,
     check_step_inputs,
     check_weights,
     descent_step,
@@ -87,6 +88,7 @@ class SGD(Optimizer):
         """One step: the momentum level (if any), then the weights. Returns ``(W, state, reports)``."""
         check_method(method)
         xp = check_step_inputs(W, g)
+        check_state_type(state, SGDState, self.name)
         hp = self.hyperparameters
         lr, mu, tau, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
         if wd != 0.0:
