@@ -66,6 +66,7 @@ def test_sgd_property(seed, lr, momentum, dampening, nesterov, batch):
         momentum, dampening = max(momentum, 0.1), 0.0
     hp = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
     prob = NoisyQuadratic(seed, batch + (3, 2), 30)
+    # the buffer sums past gradients with total weight up to 1/(1 - momentum): its rounding grows by that factor
     assert max_rel(run(make("sgd", **hp), prob, np), textbook_sgd(prob, 30, **hp)) <= trajectory_tol(30) * 10 / (1 - momentum)
 
 

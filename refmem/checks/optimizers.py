@@ -408,3 +408,33 @@ def _adagrad_plain_sum(xp):
     mean_sq, _ = mm.plain_sum_argmin(tuple(x * x for x in grads))
     want = 0.2 + 25 * mean_sq
     return max_abs_error(state.sum, want, xp) / max_abs_error(want, 0 * want, xp)
+
+
+@register_check("deep_momentum", "DMGD, 5 steps == a loop whose memory gradient is central differences (h = 1e-6)")
+def _dmgd_loop(xp):
+    from ..optimizers import deep_momentum as dm
+
+    W0, grad = _noisy_quadratic(61, (3, 4), 5, xp)
+    opt = make("deep_momentum", lr=0.05, momentum=0.9, hidden=3)
+    state = opt.init(W0)
+    ours = _trajectory(opt, W0, grad, 5, "iterative")
+    A = [np.asarray(_to_numpy(state.A1, xp)), np.asarray(_to_numpy(state.A2, xp))]
+    W, ref, h = W0, [W0], 1e-6
+    for t in range(5):
+        u = grad(W, t)
+        fd = []
+        for which in (0, 1):
+            G = np.zeros_like(A[which])
+            for i in np.ndindex(G.shape):
+                E = np.zeros_like(G)
+                E[i] = h
+                args = [to_backend(a, xp) for a in A]
+                plus, minus = list(args), list(args)
+                plus[which], minus[which] = to_backend(A[which] + E, xp), to_backend(A[which] - E, xp)
+                G[i] = (float(dm.memory_objective(*plus, u)) - float(dm.memory_objective(*minus, u))) / (2 * h)
+            fd.append(G)
+        A = [0.9 * A[0] - 0.05 * fd[0], 0.9 * A[1] - 0.05 * fd[1]]
+        W = W + dm.read_out(to_backend(A[0], xp), to_backend(A[1], xp), u)
+        ref.append(W)
+    # central differences are accurate to ~1e-10 (h^2 |f'''| + eps |f| / h); 5 steps of lr 0.05: 1e-8 relative is a ceiling
+    return _max_rel(ours, ref, xp), 1e-8
