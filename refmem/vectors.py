@@ -14,7 +14,10 @@ The ``.npz`` files are zip archives written here with a fixed timestamp, fixed
 member order and no compression, and ``manifest.json`` is sorted JSON, so that
 generating twice on the same machine gives byte-identical files. Loading never
 unpickles (``allow_pickle=False``); every integrity failure raises
-:class:`VectorError` naming the file and the check that failed.
+:class:`VectorError` naming the file and the check that failed. Before any
+case file is read, the manifest's schema, the confinement of every path it
+names inside the directory, and its case list are checked
+(:mod:`refmem.vector_manifest`).
 
 Tolerance of a case (stored in the manifest, one per dtype):
 
@@ -48,10 +51,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .validation import DivergenceError
+from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, VectorError, confined, unlisted_files
+from .vector_manifest import read_manifest as _read_checked_manifest
 
-FORMAT_NAME = "refmem-vectors"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = ["CASES", "Case", "CaseDef", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "VectorError", "generate",
+           "load", "read_manifest", "tolerance", "verify"]
 
 # The fixed zip timestamp (the zip epoch): np.savez would embed the current time.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -61,22 +65,6 @@ _DELTA = 1e-7
 _GROWTH_MAX = 1e6
 # Cases worse conditioned than this are skipped (float32 tolerance would be >~ 0.1).
 _KAPPA_MAX = 1e4
-
-
-class VectorError(ValueError):
-    """A vector file is missing, truncated, tampered with, or of an unknown format version.
-
-    Attributes
-    ----------
-    file : str
-        The file that failed.
-    check : str
-        The check that failed (``"exists"``, ``"size"``, ``"sha256"``, ``"format_version"``, ...).
-    """
-
-    def __init__(self, file: str, check: str, detail: str):
-        self.file, self.check = str(file), check
-        super().__init__(f"{file}: {check} check failed: {detail}")
 
 
 @dataclass(frozen=True)
@@ -414,61 +402,65 @@ def generate(out_dir: str, specs=None) -> dict:
 
 
 def read_manifest(vec_dir: str) -> dict:
-    """Read and check ``manifest.json`` (exists, valid JSON, known format and version)."""
-    path = os.path.join(vec_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise VectorError(path, "exists", "no manifest.json in the vector directory")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VectorError(path, "json", f"not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise VectorError(path, "format", f"format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise VectorError(path, "format_version",
-                          f"format_version {manifest.get('format_version')!r} is not supported (this refmem reads {FORMAT_VERSION})")
-    if not isinstance(manifest.get("specs"), dict):
-        raise VectorError(path, "specs", "no 'specs' table")
-    return manifest
+    """Read ``manifest.json`` and check its schema, confinement and case list (:mod:`refmem.vector_manifest`)."""
+    return _read_checked_manifest(vec_dir, [cd.name for cd in CASES])
 
 
 def _load_case(vec_dir: str, spec: str, meta: dict) -> Case:
-    rel = meta["file"]
-    path = os.path.join(vec_dir, rel)
-    if not os.path.isfile(path):
+    """Read one case file; every check that can fail names the file (the manifest is already checked)."""
+    root = os.path.realpath(vec_dir)
+    path = os.path.join(vec_dir, meta["file"])
+    real = confined(root, meta["file"], path)  # checked with the manifest; again here, just before the read
+    if not os.path.isfile(real):
         raise VectorError(path, "exists", "listed in manifest.json but missing")
-    size = os.path.getsize(path)
+    size = os.path.getsize(real)
     if size != meta["bytes"]:
         raise VectorError(path, "size", f"{size} bytes but manifest.json says {meta['bytes']} (truncated or extended)")
-    digest = _sha256(path)
+    digest = _sha256(real)
     if digest != meta["sha256"]:
         raise VectorError(path, "sha256", f"sha256 {digest[:16]}... does not match manifest.json {meta['sha256'][:16]}... (tampered)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(real, allow_pickle=False) as npz:
             arrays = {n: npz[n] for n in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise VectorError(path, "load", f"not a readable npz without pickle ({type(exc).__name__}: {exc})") from None
     version = arrays.pop("format_version", None)
-    if version is None or version.shape != () or int(version) != FORMAT_VERSION:
-        raise VectorError(path, "format_version", f"file format_version {None if version is None else version.tolist()!r}, this refmem reads {FORMAT_VERSION}")
+    if version is None or version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
+        shown = None if version is None else f"{version.tolist()!r} ({version.dtype})"
+        raise VectorError(path, "format_version", f"file format_version {shown}, this refmem reads int64 {FORMAT_VERSION}")
     inputs = {n[3:]: a for n, a in arrays.items() if n.startswith("in.")}
     outputs = {n[4:]: a for n, a in arrays.items() if n.startswith("out.")}
+    other = sorted(n for n in arrays if not n.startswith(("in.", "out.")))
+    if other:
+        raise VectorError(path, "arrays", f"unexpected member(s) {other}")
     for role, got, want in (("inputs", inputs, meta["inputs"]), ("outputs", outputs, meta["outputs"])):
         if set(got) != set(want):
             raise VectorError(path, "arrays", f"{role} {sorted(got)} but manifest.json lists {sorted(want)}")
         for n, a in got.items():
             if list(a.shape) != want[n]["shape"] or str(a.dtype) != want[n]["dtype"]:
                 raise VectorError(path, "arrays", f"{role[:-1]} {n!r} is {a.dtype}{list(a.shape)}, manifest.json says {want[n]['dtype']}{want[n]['shape']}")
-    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta.get("params", {})), outputs, dict(meta["tolerance"]), meta)
+            if not np.all(np.isfinite(a)):
+                raise VectorError(path, "finite", f"{role[:-1]} {n!r} holds {int(np.sum(~np.isfinite(a)))} non-finite value(s)")
+    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta["params"]), outputs, dict(meta["tolerance"]), meta)
 
 
 def load(vec_dir: str, spec: str | None = None) -> list[Case]:
-    """Load (and integrity-check) every case of ``spec`` (default: all) from ``vec_dir``."""
+    """Load (and integrity-check) every case of ``spec`` (default: all) from ``vec_dir``.
+
+    The manifest is checked whole (schema, confinement, case list) before any
+    case file is read; a file in a loaded spec's folder that the manifest does
+    not list is a :class:`VectorError` (check ``unlisted``).
+    """
+    if spec is not None and not isinstance(spec, str):
+        raise TypeError(f"spec must be a string (a registered memory name); got {type(spec).__name__}")
     manifest = read_manifest(vec_dir)
+    path = os.path.join(vec_dir, MANIFEST)
     if spec is not None and spec not in manifest["specs"]:
-        raise VectorError(os.path.join(vec_dir, MANIFEST), "spec", f"no vectors for spec {spec!r}; has {sorted(manifest['specs'])}")
+        raise VectorError(path, "spec", f"no vectors for spec {spec!r}; has {sorted(manifest['specs'])}")
     names = [spec] if spec is not None else sorted(manifest["specs"])
+    extra = unlisted_files(vec_dir, manifest, names)
+    if extra:
+        raise VectorError(path, "unlisted", f"file(s) {extra} are in the vector directory but not listed in manifest.json")
     return [_load_case(vec_dir, s, meta) for s in names for meta in manifest["specs"][s]["cases"]]
 
 
@@ -476,7 +468,8 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
     """Integrity-check every file, recompute every case with the current refmem and compare.
 
     Returns one row per (case, output) with ``rel_error`` (``max|a - b| / max|b|``)
-    and the case's float64 tolerance. Integrity failures raise :class:`VectorError`.
+    and the case's float64 tolerance. Integrity failures raise :class:`VectorError`,
+    and so do inputs the memory's own input checks refuse (check ``inputs``).
     """
     from .memories import MEMORIES
 
@@ -485,7 +478,12 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
     for case in load(vec_dir, spec):
         if case.spec not in registry:
             raise VectorError(case.file, "spec", f"spec {case.spec!r} is not a registered memory in this refmem")
-        got = _run(registry[case.spec], case.inputs, case.params)
+        try:
+            got = _run(registry[case.spec], case.inputs, case.params)
+        except DivergenceError as exc:
+            raise VectorError(case.file, "inputs", f"the {case.spec} scan diverges on the stored inputs ({exc})") from None
+        except (ValueError, TypeError) as exc:
+            raise VectorError(case.file, "inputs", f"the stored inputs fail {case.spec}'s own input checks ({exc})") from None
         tol = case.tolerance["float64"]
         for n, want in case.outputs.items():
             if n not in got or got[n].shape != want.shape:

@@ -267,3 +267,239 @@ def test_skip_rules(tmp_path, monkeypatch):
     # 10^(T/5) > 1e6 from T = 31 on: T = 33, 40, 63, 100 diverge; T <= 24 are written
     assert {c for c, r in reasons.items() if "diverges" in r} == {"T63_heads3", "T100_d60", "dk60_dv24", "initial_state"}
     assert {c["name"] for c in entry["cases"]} == {"T1", "unit_gates", "large_keys", "batch4_heads4", "no_batch"}
+
+
+# ---------------------------------------------------------------- tampered vector sets: confined, complete, schema-checked
+
+
+@pytest.fixture
+def no_reads(monkeypatch):
+    """Record every case-file read (hash or np.load): a refused set must fail before the first one."""
+    reads = []
+    real_sha, real_load = V._sha256, np.load
+    monkeypatch.setattr(V, "_sha256", lambda p: reads.append(p) or real_sha(p))
+    monkeypatch.setattr(V.np, "load", lambda p, *a, **k: reads.append(p) or real_load(p, *a, **k))
+    return reads
+
+
+def _case(m, spec, name):
+    return next(c for c in m["specs"][spec]["cases"] if c["name"] == name)
+
+
+def _outside_copy(copy, tmp_path, rel="delta_rule/T1.npz"):
+    """A byte-identical copy of a valid case file outside the set (so only confinement can refuse it)."""
+    out = tmp_path / "outside"
+    out.mkdir(exist_ok=True)
+    dst = out / "evil.npz"
+    shutil.copy(os.path.join(copy, rel), dst)
+    return str(dst)
+
+
+def test_parent_path_refused_before_any_read(copy, tmp_path, no_reads):
+    _outside_copy(copy, tmp_path)
+    m = _manifest(copy)
+    _case(m, "delta_rule", "T1")["file"] = "../outside/evil.npz"
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match="confined check failed.*outside the vector directory") as exc:
+        V.verify(copy)
+    assert exc.value.check == "confined" and "cases[0].file" in exc.value.field
+    assert no_reads == []
+
+
+def test_absolute_path_refused_before_any_read(copy, tmp_path, no_reads):
+    m = _manifest(copy)
+    _case(m, "delta_rule", "T1")["file"] = _outside_copy(copy, tmp_path)
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match="confined check failed") as exc:
+        V.load(copy, "delta_rule")
+    assert exc.value.check == "confined" and no_reads == []
+
+
+@pytest.mark.parametrize("target", ["valid copy", "/etc/passwd"])
+def test_symlinked_case_file_refused_before_any_read(copy, tmp_path, no_reads, target):
+    # The valid copy would pass every other check (same bytes, same sha256): only confinement stops it.
+    dest = _outside_copy(copy, tmp_path) if target == "valid copy" else target
+    path = os.path.join(copy, "delta_rule", "T1.npz")
+    os.remove(path)
+    os.symlink(dest, path)
+    with pytest.raises(V.VectorError, match="confined check failed") as exc:
+        V.verify(copy)
+    assert exc.value.check == "confined" and no_reads == []
+
+
+def test_symlinked_spec_folder_refused_before_any_read(copy, tmp_path, no_reads):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(os.path.join(copy, "delta_rule"), elsewhere)
+    os.symlink(elsewhere, os.path.join(copy, "delta_rule"))
+    with pytest.raises(V.VectorError, match="confined check failed") as exc:
+        V.verify(copy)
+    assert exc.value.field == "specs['delta_rule']" and no_reads == []
+
+
+def test_symlinked_manifest_refused(copy, tmp_path):
+    outside = tmp_path / "m.json"
+    shutil.move(os.path.join(copy, V.MANIFEST), outside)
+    os.symlink(outside, os.path.join(copy, V.MANIFEST))
+    with pytest.raises(V.VectorError, match="manifest.json: confined check failed"):
+        V.load(copy)
+
+
+def test_spec_name_that_is_a_path_refused(copy, no_reads):
+    m = _manifest(copy)
+    m["specs"]["../delta_rule"] = m["specs"].pop("delta_rule")
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match="schema check failed.*plain name") as exc:
+        V.verify(copy)
+    assert exc.value.field == "specs['../delta_rule']" and no_reads == []
+
+
+def test_case_deleted_from_manifest_reported(copy):
+    m = _manifest(copy)
+    m["specs"]["delta_rule"]["cases"] = [c for c in m["specs"]["delta_rule"]["cases"] if c["name"] != "T63_heads3"]
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match=r"cases check failed.*missing case\(s\) \['T63_heads3'\]") as exc:
+        V.verify(copy)
+    assert exc.value.field == "specs['delta_rule']"
+
+
+def test_unexpected_and_duplicate_cases_reported(copy):
+    m = _manifest(copy)
+    m["specs"]["linear_attention"]["skipped"].append({"case": "T1", "reason": "listed twice"})
+    m["specs"]["linear_attention"]["skipped"].append({"case": "T2000", "reason": "not a case"})
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match=r"unexpected case\(s\) \['T2000'\]; case\(s\) listed twice \['T1'\]"):
+        V.load(copy)
+
+
+def test_unlisted_file_reported(copy, capsys):
+    shutil.copy(os.path.join(copy, "delta_rule", "T1.npz"), os.path.join(copy, "delta_rule", "extra.npz"))
+    with pytest.raises(V.VectorError, match=r"unlisted check failed.*\['delta_rule/extra.npz'\]"):
+        V.verify(copy)
+    assert main(["vectors", "verify", copy]) == 1
+    assert "delta_rule/extra.npz" in capsys.readouterr().out
+
+
+def test_unlisted_file_only_matters_for_the_spec_loaded(copy):
+    open(os.path.join(copy, "delta_rule", "notes.txt"), "w").write("x")
+    assert V.load(copy, "linear_attention")  # the other spec's folder is not this spec's business
+    with pytest.raises(V.VectorError, match="unlisted"):
+        V.load(copy, "delta_rule")
+
+
+def _set(obj, path, value):
+    """``obj[path[0]][path[1]]... = value``; the value ``_DELETE`` removes the key."""
+    for p in path[:-1]:
+        obj = obj[p]
+    if value is _DELETE:
+        del obj[path[-1]]
+    else:
+        obj[path[-1]] = value
+
+
+_DELETE = object()
+_C0 = ("specs", "delta_rule", "cases", 0)  # the first case (T1)
+SCHEMA_TAMPERING = [
+    # (where, value, the field the error must name)
+    (_C0 + ("sha256",), _DELETE, "cases[0].sha256"),
+    (_C0 + ("file",), _DELETE, "cases[0].file"),
+    (_C0 + ("bytes",), _DELETE, "cases[0].bytes"),
+    (_C0 + ("tolerance",), _DELETE, "cases[0].tolerance"),
+    (_C0 + ("inputs",), _DELETE, "cases[0].inputs"),
+    (_C0 + ("outputs",), _DELETE, "cases[0].outputs"),
+    (_C0 + ("params",), _DELETE, "cases[0].params"),
+    (("specs", "delta_rule", "cases"), _DELETE, "specs['delta_rule'].cases"),
+    (("specs", "delta_rule", "cases"), {"T1": {}}, "specs['delta_rule'].cases"),
+    (_C0 + ("file",), None, "cases[0].file"),
+    (_C0 + ("tolerance",), "1e-10", "cases[0].tolerance"),
+    (_C0 + ("tolerance", "float32"), "1e-4", "cases[0].tolerance"),
+    (_C0 + ("tolerance", "float64"), float("nan"), "cases[0].tolerance"),
+    (_C0 + ("bytes",), True, "cases[0].bytes"),
+    (_C0 + ("bytes",), 12.0, "cases[0].bytes"),
+    (_C0 + ("T",), 1.0, "cases[0].T"),
+    (_C0 + ("sha256",), "abc", "cases[0].sha256"),
+    (_C0 + ("params",), {"n": [1, 2]}, "cases[0].params"),
+    (_C0 + ("inputs", "q", "dtype"), "object", "cases[0].inputs"),
+    (_C0 + ("inputs", "q", "shape"), [2, 3, 8], "cases[0].inputs.q"),
+    (_C0 + ("outputs", "o", "shape"), [2, 1], "cases[0].outputs.o"),
+    (_C0 + ("file",), "delta_rule/T63_heads3.npz", "cases[0].file"),
+    (("specs", "delta_rule", "skipped"), {"case": "T1"}, "specs['delta_rule'].skipped"),
+    (("specs",), [], "specs"),
+    (("refmem_version",), _DELETE, "refmem_version"),
+]
+
+
+@pytest.mark.parametrize("where, value, field", SCHEMA_TAMPERING,
+                         ids=[f"{'.'.join(map(str, w[1:]))}={'deleted' if v is _DELETE else repr(v)}"
+                              for w, v, _ in SCHEMA_TAMPERING])
+def test_schema_tampering_named(copy, no_reads, where, value, field):
+    m = _manifest(copy)
+    _set(m, where, value)
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError) as exc:
+        V.verify(copy)
+    assert exc.value.check == "schema" and field in exc.value.field, str(exc.value)
+    assert exc.value.file.endswith("manifest.json") and no_reads == []
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None])
+def test_format_version_must_be_the_integer_one(copy, value):
+    m = _manifest(copy)
+    m["format_version"] = value
+    _write_manifest(copy, m)
+    with pytest.raises(V.VectorError, match="format_version check failed") as exc:
+        V.load(copy)
+    assert exc.value.check == "format_version"
+
+
+def test_file_format_version_must_be_int64(copy):
+    rel = "delta_rule/T1.npz"
+    path = os.path.join(copy, rel)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {n: z[n] for n in z.files}
+    arrays["format_version"] = np.asarray(1.0)
+    V.write_npz(path, arrays)
+    _resign(copy, rel)
+    with pytest.raises(V.VectorError, match=r"T1.npz: format_version check failed.*float64"):
+        V.load(copy)
+
+
+def _rewrite_array(d, rel, member, edit):
+    path = os.path.join(d, rel)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {n: z[n] for n in z.files}
+    arrays[member] = edit(arrays[member])
+    V.write_npz(path, arrays)
+    _resign(d, rel)
+
+
+def test_non_finite_array_refused(copy):
+    def put_nan(a):
+        a = a.copy()
+        a.flat[0] = np.nan
+        return a
+
+    _rewrite_array(copy, "delta_rule/T1.npz", "out.o", put_nan)
+    with pytest.raises(V.VectorError, match=r"T1.npz: finite check failed: output 'o'"):
+        V.load(copy)
+
+
+def test_inputs_the_memory_refuses_are_a_vector_error(copy, capsys):
+    # Integrity intact (re-signed), but beta < 0: the delta rule's own input check refuses it.
+    _rewrite_array(copy, "delta_rule/T1.npz", "in.beta", lambda b: -np.abs(b) - 1)
+    with pytest.raises(V.VectorError, match=r"T1.npz: inputs check failed.*delta_rule's own input checks.*beta") as exc:
+        V.verify(copy)
+    assert exc.value.check == "inputs"
+    assert main(["vectors", "verify", copy]) == 1
+    assert "inputs check failed" in capsys.readouterr().out
+
+
+def test_unexpected_npz_member_refused(copy):
+    rel = "delta_rule/T1.npz"
+    path = os.path.join(copy, rel)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {n: z[n] for n in z.files}
+    arrays["payload"] = np.zeros(3)
+    V.write_npz(path, arrays)
+    _resign(copy, rel)
+    with pytest.raises(V.VectorError, match=r"T1.npz: arrays check failed: unexpected member\(s\) \['payload'\]"):
+        V.load(copy)
