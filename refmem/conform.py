@@ -333,7 +333,77 @@ class _Cast:
         if not isinstance(a, np.ndarray):
             return a
         a = np.ascontiguousarray(a.astype(self.dtype))
-        return self.convert(a) if self.convert is not None else a
+        if self.convert is None:
+            return a
+        try:
+            return self.convert(a)
+        except (Exception, SystemExit) as exc:  # the converter's failure, not the implementation's
+            raise ConvertError(f"raised {type(exc).__name__}: {exc} (on a {a.dtype} array of shape {a.shape})") from None
+
+
+class ConvertError(ValueError):
+    """The ``convert`` function failed on an input (a usage error: the implementation was not called)."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(f"convert {detail}")
+
+
+def _names(value, argument: str):
+    """``None``, one name, or an iterable of names, as a tuple of str (``TypeError`` naming ``argument``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise TypeError(f"{argument} must be a name or an iterable of names; got {type(value).__name__}") from None
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"{argument} must hold names (str); got {bad[0]!r} of type {type(bad[0]).__name__}")
+    return names
+
+
+def _check_arguments(fn, spec, vectors, layout, dtype, convert, name) -> None:
+    """Bad input to :func:`check` is a ``TypeError`` / ``ValueError`` naming the argument."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (the implementation under test); got {type(fn).__name__}")
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a registered memory name (str); got {type(spec).__name__}")
+    from .memories import MEMORIES as registry
+
+    if spec not in registry:
+        raise ValueError(f"spec {spec!r} is not a registered memory; known: {', '.join(sorted(registry))}")
+    if vectors is not None and not isinstance(vectors, (str, os.PathLike)):
+        raise TypeError(f"vectors must be a directory path (str or os.PathLike) or None; got {type(vectors).__name__}")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
+    if convert is not None and not callable(convert):
+        raise TypeError(f"convert must be callable or None; got {type(convert).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None; got {type(name).__name__}")
+
+
+def kernel_gates() -> dict:
+    """``{spec: (gates in the refmem layout, gates in the fla layout)}`` for every memory with test vectors.
+
+    The fla layout sends the forget gate ``alpha`` as ``g = log(alpha)``, or
+    ``gk`` when it is per key channel (``[..., T, d_k]``); other gates keep their names.
+    """
+    from .memories import MEMORIES
+
+    table = {}
+    for spec_name, mem in sorted(MEMORIES.items()):
+        if mem.make_inputs is None:
+            continue
+        raw = mem.make_inputs(0, (1,), 2, 3, 2, np, "float64")  # tiny: only the names and ranks matter
+        ours = [n for n, a in raw.items() if n not in ("q", "k", "v") and hasattr(a, "shape")]
+        fla = [("gk" if raw[n].ndim == raw["k"].ndim else "g") if n == "alpha" else n for n in ours]
+        table[spec_name] = (ours, fla)
+    return table
 
 
 def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = "refmem", dtype: str = "float64",
@@ -356,14 +426,26 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     convert : callable, optional
         Applied to every NumPy input array before the call (e.g. ``torch.from_numpy``
         or ``lambda a: torch.as_tensor(a, device="cuda")``).
-    cases : iterable of str, optional
+    cases : str or iterable of str, optional
         Only these case names.
-    outputs : iterable of str, optional
-        Only compare these outputs (e.g. ``("o",)`` for a kernel that returns no state).
+    outputs : str or iterable of str, optional
+        Only compare these outputs (e.g. ``"o"`` for a kernel that returns no state).
+    name : str, optional
+        How the result names the implementation (default ``module:qualname``).
 
     Returns
     -------
     ConformResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arguments, named (``fn``, ``spec``, ``vectors``, ``layout``, ``dtype``,
+        ``convert``, ``cases``, ``outputs``, ``name``); :class:`ConvertError` (a
+        ``ValueError``) when ``convert`` fails on an input.
+    VectorError
+        The vectors fail an integrity check (:mod:`refmem.vectors`).
+
     Examples
     --------
     A linear-attention kernel written in refmem's layout, checked on two of the
@@ -382,10 +464,8 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     >>> result.passed
     True
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
+    _check_arguments(fn, spec, vectors, layout, dtype, convert, name)
+    cases, outputs = _names(cases, "cases"), _names(outputs, "outputs")
     target = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
     if vectors is None:
         with tempfile.TemporaryDirectory(prefix="refmem-vectors-") as tmp:
@@ -394,8 +474,16 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     else:
         loaded = load(vectors, spec)
     if cases is not None:
-        wanted = set(cases)
-        loaded = [c for c in loaded if c.name in wanted]
+        known = [c.name for c in loaded]
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            raise ValueError(f"cases {unknown} are not among the vectors of {spec!r}: {', '.join(known)}")
+        loaded = [c for c in loaded if c.name in set(cases)]
+    if outputs is not None:
+        known = sorted({n for c in loaded for n in c.outputs})
+        unknown = [n for n in outputs if n not in known]
+        if unknown or not outputs:
+            raise ValueError(f"outputs {list(outputs)} must name outputs of {spec!r}: {', '.join(known)}")
     result = ConformResult(target, spec, layout, dtype)
     cast = _Cast(dtype, convert)
     accepts = _accepts(fn)
@@ -409,9 +497,9 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
         except _NotApplicable as exc:
             result.skipped.append((case.name, str(exc)))
             continue
-        except VectorError:
+        except (VectorError, ConvertError):
             raise
-        except Exception as exc:  # the implementation crashed on this case: a failure, not a crash of the runner
+        except (Exception, SystemExit) as exc:  # the implementation crashed (or exited) on this case: a failing row
             result.rows.append(Row(case.name, "(call)", math.nan, math.nan, math.nan, tol, False,
                                    f"raised {type(exc).__name__}: {exc}"))
             continue
@@ -437,30 +525,53 @@ def assert_conforms(fn: Callable, **kwargs) -> ConformResult:
 # ---------------------------------------------------------------- command line
 
 
-def resolve(target: str):
-    """``"module:function"`` (or ``module:Class.method``) to the object; the current directory is importable."""
+class TargetError(Exception):
+    """A ``MODULE:FUNCTION`` that cannot be loaded (the message says which part failed, and why)."""
+
+
+def resolve(target: str, what: str = "target"):
+    """``"module:function"`` (or ``module:Class.method``) to the object; the current directory is importable.
+
+    Raises :class:`TargetError` naming ``what`` when the text is malformed, the
+    module cannot be imported (missing, a syntax error, an exception or
+    ``sys.exit`` while importing), or the attribute is missing.
+    """
     mod, sep, attr = target.partition(":")
     if not sep or not mod or not attr:
-        raise ValueError(f"expected MODULE:FUNCTION, got {target!r}")
+        raise TargetError(f"{what} {target!r}: expected MODULE:FUNCTION")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj = importlib.import_module(mod)
+    try:
+        obj = importlib.import_module(mod)
+    except SyntaxError as exc:
+        raise TargetError(f"{what} {target!r}: module {mod!r} has a syntax error ({exc.filename}, line {exc.lineno}: "
+                          f"{exc.msg})") from None
+    except ModuleNotFoundError as exc:
+        raise TargetError(f"{what} {target!r}: cannot import module {mod!r} ({exc})") from None
+    except SystemExit as exc:
+        raise TargetError(f"{what} {target!r}: importing module {mod!r} called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # the module's own code failed while importing
+        raise TargetError(f"{what} {target!r}: importing module {mod!r} raised {type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"{what} {target!r}: module {mod!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TargetError(f"{what} {target!r}: {attr!r} is a {type(obj).__name__}, not callable")
     return obj
 
 
 def main(args) -> int:
     try:
-        fn = resolve(args.target)
-        convert = resolve(args.convert) if args.convert else None
-    except (ImportError, AttributeError, ValueError) as exc:
-        print(f"refmem conform: error: cannot load {args.target!r}: {exc}", file=sys.stderr)
-        return 2
-    try:
+        fn = resolve(args.target, "MODULE:FUNCTION")
+        convert = resolve(args.convert, "--convert") if args.convert else None
         res = check(fn, spec=args.spec, vectors=args.vectors, layout=args.layout, dtype=args.dtype,
-                    convert=convert, name=args.target)
-    except (VectorError, ValueError, KeyError) as exc:
+                    convert=convert, outputs=args.outputs, name=args.target)
+    except ConvertError as exc:
+        print(f"refmem conform: error: --convert {args.convert!r} {exc}", file=sys.stderr)
+        return 2
+    except (TargetError, VectorError, ValueError, TypeError) as exc:
         print(f"refmem conform: error: {exc}", file=sys.stderr)
         return 2
     print(res)

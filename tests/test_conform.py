@@ -450,3 +450,83 @@ def test_per_channel_gate_goes_to_gk(tmp_path, monkeypatch):
     assert res.passed, str(res)
     assert not conform.check(fla_gla_per_channel, spec="gated_linear_attention", vectors=str(tmp_path),
                              layout="refmem").passed  # wrong layout: refmem passes alpha, not gk
+
+
+# ---------------------------------------------------------------- bad input to the Python API
+
+
+def _kernel(q, k, v, **kw):
+    return v, None
+
+
+@pytest.mark.parametrize("kwargs, error, named", [
+    ({"fn": 3}, TypeError, "fn must be callable"),
+    ({"spec": 3}, TypeError, "spec must be"),
+    ({"spec": "nosuch"}, ValueError, "spec 'nosuch' is not a registered memory; known: .*delta_rule"),
+    ({"vectors": 3}, TypeError, "vectors must be a directory path"),
+    ({"layout": "torch"}, ValueError, "layout must be one of"),
+    ({"layout": ["fla"]}, ValueError, "layout must be one of"),
+    ({"dtype": "float16"}, ValueError, "dtype must be one of"),
+    ({"dtype": np.float32}, ValueError, "dtype must be one of"),
+    ({"convert": "torch:from_numpy"}, TypeError, "convert must be callable"),
+    ({"cases": 3}, TypeError, "cases must be a name or an iterable"),
+    ({"cases": [1]}, TypeError, "cases must hold names"),
+    ({"cases": ["T1", "T2000"]}, ValueError, r"cases \['T2000'\] are not among the vectors"),
+    ({"outputs": ["out"]}, ValueError, r"outputs \['out'\] must name outputs of 'delta_rule': o, state"),
+    ({"outputs": []}, ValueError, "must name outputs"),
+    ({"name": 3}, TypeError, "name must be a str"),
+])
+def test_bad_arguments_are_named(vec_dir, kwargs, error, named):
+    call = {"fn": _kernel, "spec": "delta_rule", "vectors": vec_dir, **kwargs}
+    with pytest.raises(error, match=named):
+        conform.check(call.pop("fn"), **call)
+
+
+def test_vectors_directory_missing_is_a_vector_error(tmp_path):
+    with pytest.raises(conform.VectorError, match="exists check failed: not a directory"):
+        conform.check(_kernel, spec="delta_rule", vectors=str(tmp_path / "nope"))
+
+
+def test_failing_converter_is_named_not_the_kernel(vec_dir):
+    def bad_convert(a):
+        raise RuntimeError("no device")
+
+    with pytest.raises(conform.ConvertError, match="convert raised RuntimeError: no device") as exc:
+        conform.check(_kernel, spec="delta_rule", vectors=vec_dir, convert=bad_convert)
+    assert isinstance(exc.value, ValueError)
+
+
+def test_outputs_o_checks_only_the_read_out(vec_dir):
+    """A kernel that returns no state passes on its read-out alone with outputs='o' (and fails without it)."""
+    def read_out_only(q, k, v, beta, initial_state=None):
+        o, _ = fla_free_delta(q, k, v, beta, initial_state)
+        return o
+
+    assert conform.check(read_out_only, spec="delta_rule", vectors=vec_dir, outputs="o").passed
+    res = conform.check(read_out_only, spec="delta_rule", vectors=vec_dir)
+    assert not res.passed and res.failing_outputs() == ["state"]
+
+
+def fla_free_delta(q, k, v, beta, initial_state=None):
+    """The delta rule in refmem's layout, written out (MATH.md 5): M <- M - beta (M k - v) k^T; o = M q."""
+    M = np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1])) if initial_state is None else initial_state.copy()
+    o = np.empty(v.shape)
+    for t in range(k.shape[-2]):
+        r = np.einsum("...vk,...k->...v", M, k[..., t, :]) - v[..., t, :]  # (..., d_v)
+        M = M - beta[..., t, None, None] * r[..., :, None] * k[..., t, None, :]  # (..., d_v, d_k)
+        o[..., t, :] = np.einsum("...vk,...k->...v", M, q[..., t, :])  # (..., d_v)
+    return o, M
+
+
+def test_cli_outputs_option(vec_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "only_o.py").write_text(
+        "from tests_conform_helper import fla_free_delta\n"
+        "def k(q, k, v, beta, initial_state=None):\n    return fla_free_delta(q, k, v, beta, initial_state)[0]\n")
+    (tmp_path / "tests_conform_helper.py").write_text(
+        "import numpy as np\n" + __import__("inspect").getsource(fla_free_delta))
+    monkeypatch.chdir(tmp_path)
+    from refmem.cli import main
+
+    assert main(["conform", "only_o:k", "--spec", "delta_rule", "--vectors", vec_dir, "--outputs", "o"]) == 0
+    assert "output 'o' matches" in capsys.readouterr().out
+    assert main(["conform", "only_o:k", "--spec", "delta_rule", "--vectors", vec_dir]) == 1
