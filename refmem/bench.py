@@ -92,6 +92,47 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
     return heads * N * per_chunk
 
 
+# Peak memory of one call, per head, in array elements (the largest over every form and memory), from
+# tracemalloc measurements of every form at d in {16, 48}, C in {16, 64} (at most 56 T d, 2 T C, 10 N d^2
+# and 4 d^2 in the worst form: chunked Titans), each coefficient doubled or more for what was not measured.
+_PEAK_PER_TD, _PEAK_PER_TC, _PEAK_PER_ND2, _PEAK_PER_D2 = 128, 8, 32, 16
+
+
+def estimate_peak_bytes(batch: int, seq_len: int, heads: int, dim: int, chunk: int) -> int:
+    """An upper estimate of the memory ``refmem bench`` needs at these sizes (bytes, float64).
+
+    Notes
+    -----
+    Per head (``N = ceil(T / C)`` chunks): the inputs and outputs (``q, k, v``,
+    gates, ``o``: at most ``8 T d``) and the peak of one call, the largest over
+    the forms: ``128 T d + 8 T C + 32 N d^2 + 16 d^2`` elements (the chunked
+    forms hold ``C x C`` blocks per chunk and a ``d x d`` state per chunk;
+    Titans a pair of them); plus the matrix-product ceiling's operands
+    ``[B H N, C, d]`` and ``[B H N, d, d]``. Measured peaks (``/BHTd`` column)
+    stay below half of this.
+    """
+    B, T, H, d, C = (int(x) for x in (batch, seq_len, heads, dim, chunk))
+    N = math.ceil(T / C)
+    per_head = (8 + _PEAK_PER_TD) * T * d + _PEAK_PER_TC * T * C + _PEAK_PER_ND2 * N * d * d + _PEAK_PER_D2 * d * d
+    ceiling_operands = N * C * d + N * d * d
+    return 8 * B * H * (per_head + ceiling_operands)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still allocate: ``MemAvailable`` of ``/proc/meminfo``, else physical memory; None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _sync(xp):
     fn = backends.extra(xp, "synchronize")
     if fn is not None:

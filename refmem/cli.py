@@ -1,32 +1,148 @@
-"""The ``refmem`` command line: ``refmem verify``, ``refmem backends``, and the later subcommands.
+"""The ``refmem`` command line: ``verify``, ``list``, ``backends``, ``vectors``, ``conform``, ``bench``.
 
-Each subcommand lives with the module it drives; this file only wires them up.
+Each subcommand's work lives with the module it drives; this file wires them
+up and checks the arguments first. A user error (a bad argument, an unknown
+name, a file that cannot be written, a target that cannot be imported) prints
+one line ``refmem <command>: error: ...`` naming the argument and exits 2,
+before any long work starts; a check that ran and failed exits 1; a pass
+exits 0. No user error shows a Python traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import backends
+from . import __version__, backends
+
+EXIT_CODES = "exit status: 0 pass, 1 a check failed, 2 a usage error (one line on stderr naming the argument)"
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line naming it, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and an epilog that may be computed only when help is shown."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self):
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def check_writable(path: str, option: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` can be written as a file (checked now, before the work)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path!r}: the directory {parent!r} does not exist")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {path!r} cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        os.remove(path)
+
+
+def _unknown(option: str, given, known) -> UsageError:
+    return UsageError(f"{option} {given!r}: no such {option.lstrip('-')}; known: {', '.join(sorted(known))}")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EXIT_CODES
+
+
+# ---------------------------------------------------------------- verify
 
 
 def _add_verify(sub):
-    p = sub.add_parser("verify", help="run every registered check and print a table")
-    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
-    p.add_argument("--spec", action="append", help="only checks whose spec contains this (repeatable)")
+    p = sub.add_parser(
+        "verify", help="run every registered check and print a table",
+        description="Run every check registered in refmem/checks/ (closed form against iterative solver, recurrent "
+                    "against chunked, hand derivatives against finite differences, ...) and print one row per "
+                    "check: its spec, its name, the largest error found, the tolerance it must stay under, and "
+                    "the time it took.",
+        epilog=_examples("refmem verify", "refmem verify --spec delta_rule --spec l2",
+                         "refmem verify --backend array_api_strict --json rows.json"))
+    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy; see `refmem backends`)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows (full names, errors) as a JSON list")
+    p.add_argument("--spec", action="append", metavar="NAME", help="only the checks of this spec (exact name; repeatable)")
 
     def run(args):
+        from .checks import CHECKS
         from .verify import main as verify_main
 
+        known = {c.spec for c in CHECKS}
+        for s in args.spec or []:
+            if s not in known:
+                raise _unknown("--spec", s, known)
+        if args.json:
+            check_writable(args.json, "--json")
+        backends.get_backend(args.backend)
         return verify_main(args)
 
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- list
+
+
+def _add_list(sub):
+    p = sub.add_parser(
+        "list", help="every spec: kind, forms, whether it has test vectors, its spec file",
+        description="List every registered spec: memories (with their recurrent / chunked / mini-batch forms and "
+                    "whether `refmem vectors generate` writes cases for them), objectives, retentions, and every "
+                    "other spec that a check or a spec file names.",
+        epilog=_examples("refmem list", "refmem list --kind memory"))
+    p.add_argument("--kind", metavar="KIND", help="only this kind (memory, objective, retention, optimiser, ...)")
+
+    def run(args):
+        from .catalog import format_catalog, spec_catalog
+
+        rows = spec_catalog()
+        if args.kind is not None:
+            kinds = {r["kind"] for r in rows}
+            if args.kind not in kinds:
+                raise _unknown("--kind", args.kind, kinds)
+            rows = [r for r in rows if r["kind"] == args.kind]
+        print(format_catalog(rows))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------- backends
+
+
 def _add_backends(sub):
-    p = sub.add_parser("backends", help="list every backend, whether it is usable, and why not")
+    p = sub.add_parser(
+        "backends", help="list every backend, whether it is usable, and why not",
+        description="List every array backend refmem knows (NumPy, array_api_strict, plugins such as refmem_cupy), "
+                    "whether it is usable on this machine, and the reason when it is not.",
+        epilog=_examples("refmem backends"))
 
     def run(args):
         rows = backends.available()
@@ -39,83 +155,218 @@ def _add_backends(sub):
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- vectors
+
+
+def _memory_names():
+    from .memories import MEMORIES
+
+    return sorted(MEMORIES)
+
+
 def _add_vectors(sub):
-    p = sub.add_parser("vectors", help="write or verify the test vectors (deterministic reference cases per memory)")
-    vsub = p.add_subparsers(dest="vectors_command", required=True)
-    g = vsub.add_parser("generate", help="write DIR/manifest.json and DIR/<spec>/<case>.npz")
-    g.add_argument("--out", required=True, metavar="DIR", help="directory to write")
-    g.add_argument("--spec", action="append", help="only this memory (repeatable; default every registered memory)")
-    v = vsub.add_parser("verify", help="check sha256, sizes and format of every file, recompute every case, compare")
+    p = sub.add_parser(
+        "vectors", help="write or verify the test vectors (deterministic reference cases per memory)",
+        description="Test vectors: deterministic reference cases of every registered memory, with sha256 and size "
+                    "of every file in DIR/manifest.json (format in specs/README.md).",
+        epilog=_examples("refmem vectors generate --out vectors --spec delta_rule", "refmem vectors verify vectors"))
+    vsub = p.add_subparsers(dest="vectors_command", required=True, metavar="{generate,verify}")
+    g = vsub.add_parser(
+        "generate", help="write DIR/manifest.json and DIR/<spec>/<case>.npz",
+        description="Write the cases of every registered memory (or those named) under DIR; byte-identical when "
+                    "run again on the same machine.",
+        epilog=_examples("refmem vectors generate --out vectors", "refmem vectors generate --out v --spec titans"))
+    g.add_argument("--out", required=True, metavar="DIR", help="directory to write (created if missing)")
+    g.add_argument("--spec", action="append", metavar="NAME",
+                   help="only this memory (repeatable; default every registered memory)")
+    v = vsub.add_parser(
+        "verify", help="check the manifest and every file, recompute every case, compare",
+        description="Check the manifest (schema, every path inside DIR, the complete case list), every file "
+                    "(size, sha256, format), recompute every case with this refmem and compare under the float64 "
+                    "tolerance. Exit 1 names the first file and check that failed.",
+        epilog=_examples("refmem vectors verify vectors", "refmem vectors verify vectors --spec delta_rule"))
     v.add_argument("dir", metavar="DIR")
-    v.add_argument("--spec", default=None, help="only this memory")
+    v.add_argument("--spec", default=None, metavar="NAME", help="only this memory")
 
     def run(args):
         from . import vectors
 
-        return vectors.main_generate(args) if args.vectors_command == "generate" else vectors.main_verify(args)
+        known = _memory_names()
+        specs = args.spec if args.vectors_command == "generate" else ([args.spec] if args.spec else [])
+        for s in specs or []:
+            if s not in known:
+                raise _unknown("--spec", s, known)
+        if args.vectors_command == "generate":
+            _check_out_dir(args.out)
+            return vectors.main_generate(args)
+        if not os.path.isdir(args.dir):
+            raise UsageError(f"DIR {args.dir!r} is not a directory")
+        return vectors.main_verify(args)
 
     p.set_defaults(func=run)
 
 
+def _check_out_dir(out: str) -> None:
+    """``--out`` is (or can be made) a directory we can write files in."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out!r} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".refmem-write-probe")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {out!r} cannot be written ({exc.strerror or exc})") from None
+
+
+# ---------------------------------------------------------------- conform
+
+
+def _conform_epilog() -> str:
+    from .conform import kernel_gates
+
+    lines = ["layouts (what your function is called with):",
+             "  refmem  fn(q, k, v, **gates, initial_state=M0) -> (o, M_T)",
+             "          q, k [..., T, d_k], v [..., T, d_v], gates [..., T] or [..., T, d], M [..., d_v, d_k];",
+             "          o_t = M_t q_t (after the write), no scale on q",
+             "  fla     fn(q, k, v, **gates, initial_state=S0, output_final_state=True) -> (o, S_T)",
+             "          q, k, v [B, T, H, d], gates [B, T, H] (per channel [B, T, H, K]), S = M^T [B, H, K, V];",
+             "          forget gate alpha as g = log(alpha) (gk per channel); beta after the sigmoid;",
+             "          q arrives times sqrt(K) (fla applies 1/sqrt(K) itself)",
+             "",
+             "specs with vectors, and the gates a kernel receives (refmem layout | fla layout):"]
+    table = kernel_gates()
+    w = max(len(n) for n in table)
+    for name, (ours, fla) in table.items():
+        lines.append(f"  {name:<{w}}  {', '.join(ours) or '-'} | {', '.join(fla) or '-'}")
+    lines += ["", "outputs: 'o' (the read-outs) and 'state' (or state_0, state_1, ...); --outputs o checks only the",
+              "read-out, for a kernel that returns no final state.", "",
+              _examples("refmem conform my_kernels:delta_rule_fla --spec delta_rule --layout fla --dtype float32",
+                        "refmem conform my_kernels:gla --spec gated_linear_attention --vectors vectors --outputs o",
+                        "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy")]
+    return "\n".join(lines)
+
+
 def _add_conform(sub):
-    p = sub.add_parser("conform", help="check an external implementation (MODULE:FUNCTION) against a spec's test vectors")
+    p = sub.add_parser(
+        "conform", help="check an external implementation (MODULE:FUNCTION) against a spec's test vectors",
+        description="Run MODULE:FUNCTION on the test vectors of a spec and compare every output with refmem's "
+                    "float64 reference under the dtype's derived tolerance; one row per case and output, then a "
+                    "verdict per output. The current directory is importable.",
+        epilog_fn=_conform_epilog)
     p.add_argument("target", metavar="MODULE:FUNCTION", help="the implementation under test")
-    p.add_argument("--spec", required=True, help="registered memory name (specs/<spec>.md)")
+    p.add_argument("--spec", required=True, metavar="NAME", help="registered memory name (specs/<spec>.md)")
     p.add_argument("--vectors", metavar="DIR", help="vectors from `refmem vectors generate` (default: generate to a temp dir)")
     p.add_argument("--layout", choices=("refmem", "fla"), default="refmem", help="calling convention (default refmem)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype of the inputs (default float64)")
     p.add_argument("--convert", metavar="MODULE:FUNCTION", help="applied to every NumPy input first (e.g. torch:from_numpy)")
+    p.add_argument("--outputs", action="append", metavar="NAME",
+                   help="compare only this output (repeatable; e.g. o for a kernel that returns no state)")
 
     def run(args):
         from .conform import main as conform_main
 
+        known = [n for n in _memory_names()]
+        if args.spec not in known:
+            raise _unknown("--spec", args.spec, known)
+        if args.vectors is not None and not os.path.isdir(args.vectors):
+            raise UsageError(f"--vectors {args.vectors!r} is not a directory")
         return conform_main(args)
 
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- bench
+
+
 def _add_bench(sub):
-    p = sub.add_parser("bench", help="throughput of the recurrent, chunked and mini-batch forms (head-tokens/s)")
+    p = sub.add_parser(
+        "bench", help="throughput of the recurrent, chunked and mini-batch forms (head-tokens/s)",
+        description="Time every form of every memory with a chunked form (or those named) on random inputs of "
+                    "shape B x H x T x d and print one row per memory, form and dtype. Columns: head-tok/s "
+                    "(B H T / seconds, best of --repeat), x recur (speed-up over the recurrent form), GFLOP/s "
+                    "(analytic FLOPs / seconds), ceiling (that rate as a fraction of a batched matrix product of "
+                    "comparable shape timed in the same run), peak extra (the most memory one call allocates), "
+                    "/BHTd (peak extra in units of one [B, H, T, d] array: about d for a form that keeps every "
+                    "step's state, a constant for one that does not). The memory the run needs is estimated "
+                    "first; a run that cannot fit is refused with the figure.",
+        epilog=_examples("refmem bench --memory delta_rule --seq-len 256 --dtype float64",
+                         "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 --dim 64 "
+                         "--chunk 64 --threads 1 --json bench.json"))
     p.add_argument("--memory", action="append", metavar="NAME",
                    help="memory to benchmark (repeatable; default every memory with a chunked form)")
-    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
-    p.add_argument("--seq-len", type=int, default=1024, help="sequence length T (default 1024)")
-    p.add_argument("--heads", type=int, default=4, help="heads H (default 4)")
-    p.add_argument("--dim", type=int, default=64, help="head dimension d = d_k = d_v (default 64)")
-    p.add_argument("--chunk", type=int, default=64, help="chunk size C (default 64)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size B (default 1)")
+    p.add_argument("--seq-len", type=_positive_int, default=1024, help="sequence length T (default 1024)")
+    p.add_argument("--heads", type=_positive_int, default=4, help="heads H (default 4)")
+    p.add_argument("--dim", type=_positive_int, default=64, help="head dimension d = d_k = d_v (default 64)")
+    p.add_argument("--chunk", type=_positive_int, default=64,
+                   help="chunk size C (default 64; a chunk longer than T is the same computation as C = T)")
     p.add_argument("--dtype", action="append", choices=["float64", "float32", "all"],
                    help="dtype (repeatable, or 'all'; default all)")
     p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per row, best kept (default 3)")
-    p.add_argument("--threads", type=int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
+    p.add_argument("--repeat", type=_positive_int, default=3, help="timed calls per row, best kept (default 3)")
+    p.add_argument("--threads", type=_positive_int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
 
     def run(args):
-        from .bench import main as bench_main
+        from . import bench
+        from .memories import MEMORIES as registry
 
-        return bench_main(args)
+        for m in args.memory or []:
+            if m not in registry:
+                raise _unknown("--memory", m, registry)
+        args.chunk = min(args.chunk, args.seq_len)
+        if args.json:
+            check_writable(args.json, "--json")
+        backends.get_backend(args.backend)
+        if args.backend in ("numpy", "array_api_strict"):
+            need = bench.estimate_peak_bytes(args.batch, args.seq_len, args.heads, args.dim, args.chunk)
+            have = bench.available_memory_bytes()
+            if have is not None and need > have:
+                raise UsageError(
+                    f"--batch {args.batch} --seq-len {args.seq_len} --heads {args.heads} --dim {args.dim} "
+                    f"--chunk {args.chunk} needs about {_gib(need)} of memory, more than the {_gib(have)} available; "
+                    f"use smaller sizes")
+        return bench.main(args)
 
     p.set_defaults(func=run)
 
 
-SUBCOMMANDS = [_add_verify, _add_backends, _add_vectors, _add_conform, _add_bench]
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+SUBCOMMANDS = [_add_verify, _add_list, _add_backends, _add_vectors, _add_conform, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refmem", description="Reference implementation of nested associative memories.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="refmem", description="Reference implementation of nested associative memories: checks, specs, "
+                                   "test vectors, a conformance runner for other implementations, benchmarks.",
+        epilog=_examples("refmem verify", "refmem list", "refmem conform --help"))
+    parser.add_argument("--version", action="version", version=f"refmem {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"refmem {args.command}" + (f" {args.vectors_command}" if getattr(args, "vectors_command", None) else "")
     try:
         return int(args.func(args) or 0)
-    except backends.BackendError as exc:
-        print(f"refmem: error: {exc}", file=sys.stderr)
+    except (UsageError, backends.BackendError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `refmem list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

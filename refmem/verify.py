@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 
 from . import backends
@@ -14,11 +15,19 @@ def run_checks(backend_name: str = "numpy", *, spec_filter: list[str] | None = N
     """Run the registered checks on ``backend_name``; one row per check.
 
     A check that raises is a failing row whose ``error`` field holds the exception.
+    ``spec_filter`` keeps the checks whose spec is exactly one of the names; an
+    unknown name is a ``ValueError`` listing the known ones.
     """
+    checks = CHECKS
+    if spec_filter:
+        known = {c.spec for c in checks}
+        unknown = [s for s in spec_filter if s not in known]
+        if unknown:
+            raise ValueError(f"spec_filter {unknown}: no such spec; known: {', '.join(sorted(known))}")
     rows = []
     with backends.backend(backend_name) as xp:
-        for c in CHECKS:
-            if spec_filter and not any(s in c.spec for s in spec_filter):
+        for c in checks:
+            if spec_filter and c.spec not in spec_filter:
                 continue
             t0 = time.perf_counter()
             err, tol, msg = math.nan, c.tolerance, ""
@@ -45,19 +54,34 @@ def run_checks(backend_name: str = "numpy", *, spec_filter: list[str] | None = N
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+WIDTH = 100  # the table fits a 100-column terminal; --json keeps the full names
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``~`` when cut."""
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def format_table(rows: list[dict], width: int = WIDTH) -> str:
+    """The rows as a table at most ``width`` columns wide (long spec and check names are cut, marked ``~``)."""
     head = ("spec", "check", "max error", "tolerance", "status", "seconds")
-    body = [
-        (r["spec"], r["check"], f"{r['max_error']:.2e}", "-" if r["tolerance"] is None else f"{r['tolerance']:.1e}",
+    numbers = [
+        (f"{r['max_error']:.2e}", "-" if r["tolerance"] is None else f"{r['tolerance']:.1e}",
          r["status"].upper() if r["status"] == "fail" else r["status"], f"{r['seconds']:.3f}")
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [line(head), line(tuple("-" * w for w in widths))] + [line(b) for b in body]
+    num_w = [max(len(h), *(len(n[i]) for n in numbers)) if numbers else len(h) for i, h in enumerate(head[2:])]
+    room = width - sum(num_w) - 2 * (len(head) - 1)  # what is left for the two name columns
+    spec_w = min(max([len(head[0])] + [len(r["spec"]) for r in rows]), max(8, room // 3))
+    check_w = min(max([len(head[1])] + [len(r["check"]) for r in rows]), room - spec_w)
+    widths = [spec_w, check_w] + num_w
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(head), line(tuple("-" * w for w in widths))]
+    out += [line((_fit(r["spec"], spec_w), _fit(r["check"], check_w)) + n) for r, n in zip(rows, numbers)]
     for r in rows:
         if r["error"]:
-            out.append(f"  ! {r['spec']} / {r['check']}: {r['error']}")
+            out += textwrap.wrap(f"! {r['spec']} / {r['check']}: {r['error']}", width, initial_indent="  ",
+                                 subsequent_indent="    ")
     n_fail = sum(r["status"] == "fail" for r in rows)
     out.append(f"{len(rows) - n_fail} passed, {n_fail} failed")
     return "\n".join(out)

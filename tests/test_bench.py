@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from refmem.bench import form_flops, run_bench
+from refmem.bench import estimate_peak_bytes, form_flops, run_bench
 from refmem.cli import main
 from refmem.memories import MEMORIES
 
@@ -74,10 +74,45 @@ def test_flop_model_orders():
     assert form_flops("gated_delta_rule", "minibatch", 1, 1, 1024, 64, 64) < a
 
 
-@pytest.mark.parametrize("bad", [["--memory", "nope"], ["--seq-len", "0"]])
-def test_bad_arguments(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, named", [(["--seq-len", "0"], "--seq-len"), (["--chunk", "-1"], "--chunk"),
+                                        (["--heads", "x"], "--heads")])
+def test_bad_sizes_are_one_line_exit_2(bad, named, capsys):
+    with pytest.raises(SystemExit) as exc:
         main(["bench", "--repeat", "1", "--dim", "3", "--seq-len", "5", *bad])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and named in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_memory_is_exit_status_2(capsys):
+    assert main(["bench", "--memory", "nope", "--repeat", "1"]) == 2
+    assert "known: " in capsys.readouterr().err
+
+
+def test_raw_api_still_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="seq_len must be >= 1"):
+        run_bench(["delta_rule"], seq_len=0)
+
+
+def test_memory_estimate_bounds_every_form():
+    """The estimate the CLI refuses oversized runs with is an upper bound: measured peaks stay below half of it.
+
+    Every memory with a chunked form, every form, two chunk sizes and two head sizes; the measured peak is
+    tracemalloc's (independent of the estimate's formula)."""
+    for d, C in ((16, 16), (16, 64), (48, 16)):
+        rows = run_bench(None, batch=1, seq_len=256, heads=1, dim=d, chunk=C, dtypes=("float64",), repeat=1)
+        bound = estimate_peak_bytes(1, 256, 1, d, C)
+        worst = max(rows, key=lambda r: r["peak_extra_bytes"])
+        assert worst["peak_extra_bytes"] < bound / 2, (worst["memory"], worst["form"], d, C)
+        # and not absurdly loose: within 100x of the worst measured form
+        assert bound < 100 * worst["peak_extra_bytes"]
+
+
+def test_chunk_longer_than_the_sequence_is_the_sequence(tmp_path):
+    path = tmp_path / "b.json"
+    assert main(["bench", "--memory", "delta_rule", "--seq-len", "6", "--heads", "1", "--dim", "3", "--chunk", "1000000",
+                 "--dtype", "float64", "--repeat", "1", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert {r["C"] for r in rows if r["form"] != "recurrent"} == {6}
 
 
 def test_threads_option_runs_in_a_child(tmp_path):

@@ -52,3 +52,28 @@ def test_cli_unknown_backend_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "refmem", "verify", "--backend", "nonesuch"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown backend 'nonesuch'" in proc.stderr
+
+
+def test_spec_filter_matches_exactly():
+    # delta_rule is a substring of gated_delta_rule: only the exact name may run
+    rows = run_checks("numpy", spec_filter=["delta_rule"])
+    assert rows and {r["spec"] for r in rows} == {"delta_rule"}
+
+
+def test_unknown_spec_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"spec_filter \['nosuch'\]: no such spec; known: .*delta_rule"):
+        run_checks("numpy", spec_filter=["nosuch"])
+
+
+def test_table_fits_100_columns_and_json_keeps_full_names():
+    long = {"spec": "a_spec_name_much_longer_than_any_registered_" * 2, "check": "a check name " * 12,
+            "max_error": 1.25e-13, "tolerance": 1e-10, "status": "fail", "seconds": 12.5,
+            "error": "ValueError: " + "a long message " * 20}
+    short = {**long, "spec": "l2", "check": "closed == iterative", "status": "pass", "error": ""}
+    text = format_table([long, short])
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "~" in text.splitlines()[2]  # the cut is marked
+    assert "l2" in text and "closed == iterative" in text and "1 passed, 1 failed" in text
+    # the real table fits too
+    rows = run_checks("numpy", spec_filter=["l2", "titans"])
+    assert max(len(line) for line in format_table(rows).splitlines()) <= 100
