@@ -1,6 +1,7 @@
 """What exists: every spec refmem knows, read from its registries, for ``refmem list``.
 
-A spec is named by a registry (memories, objectives, retentions), by a check
+A spec is named by a registry (memories, nested systems, objectives,
+retentions, optimisers), by a check
 that ``refmem verify`` runs, or by a file ``specs/<name>.md``. Each row gives
 the spec's kind (the registry it is in, else the ``Kind:`` line of its spec
 file), the forms of a memory (recurrent / chunked / mini-batch), whether
@@ -25,26 +26,36 @@ def spec_catalog() -> list[dict]:
     """One row per spec: ``name, kind, forms, vectors, spec_file`` (sorted by kind, then name)."""
     from .checks import CHECKS
     from .memories import MEMORIES
+    from .nested.registry import NESTED_SYSTEMS
     from .objectives import OBJECTIVES
+    from .optimizers import OPTIMIZERS
     from .retentions import RETENTIONS
 
     rows = {}
     for name, mem in MEMORIES.items():
         forms = [f for f, fn in (("recurrent", mem.recurrent), ("chunked", mem.chunked), ("mini-batch", mem.minibatch))
                  if fn is not None]
-        rows[name] = {"name": name, "kind": "memory", "forms": forms, "vectors": mem.make_inputs is not None}
-    for kind, table in (("objective", OBJECTIVES), ("retention", RETENTIONS)):
+        rows[name, "memory"] = {"name": name, "kind": "memory", "forms": forms, "vectors": mem.make_inputs is not None}
+    for name, system in NESTED_SYSTEMS.items():
+        forms = [f for f, fn in (("declared", system.declare), ("recurrent", system.recurrent),
+                                 ("chunked", system.chunked)) if fn is not None]
+        rows[name, "nested system"] = {"name": name, "kind": "nested system", "forms": forms, "vectors": False, "file": system.spec}
+    for kind, table in (("objective", OBJECTIVES), ("retention", RETENTIONS), ("optimiser", OPTIMIZERS)):
         for name in table:
-            rows.setdefault(name, {"name": name, "kind": kind, "forms": [], "vectors": False})
-    files = {p.stem: p for p in SPECS_DIR.glob("*.md") if p.stem != "README"} if SPECS_DIR.is_dir() else {}
-    for name in {c.spec for c in CHECKS} | set(files):
-        if name not in rows:
+            rows.setdefault((name, kind), {"name": name, "kind": kind, "forms": [], "vectors": False})
+    files = {p.stem: p for p in SPECS_DIR.glob("*.md") if p.stem not in ("README", "MATH")} if SPECS_DIR.is_dir() else {}
+    named = {r.get("file") for r in rows.values()}  # spec files a row already points to under another name
+    files_alone = {n: p for n, p in files.items() if n not in named}
+    known = {name for name, _ in rows}
+    for name in {c.spec for c in CHECKS} | set(files_alone):
+        if name not in known:
             kind = _spec_file_kind(files[name]) if name in files else None
-            rows[name] = {"name": name, "kind": kind or "check", "forms": [], "vectors": False}
-    for name, row in rows.items():
-        row["spec_file"] = f"specs/{name}.md" if name in files else None
-    order = {"memory": 0, "objective": 1, "retention": 2}
-    return sorted(rows.values(), key=lambda r: (order.get(r["kind"], 3), r["kind"], r["name"]))
+            rows[name, kind or "check"] = {"name": name, "kind": kind or "check", "forms": [], "vectors": False}
+    for row in rows.values():
+        file = row.pop("file", row["name"])
+        row["spec_file"] = f"specs/{file}.md" if file in files else None
+    order = {"memory": 0, "nested system": 1, "objective": 2, "retention": 3, "optimiser": 4}
+    return sorted(rows.values(), key=lambda r: (order.get(r["kind"], len(order)), r["kind"], r["name"]))
 
 
 def format_catalog(rows: list[dict]) -> str:

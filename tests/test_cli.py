@@ -185,3 +185,29 @@ def test_conform_help_lists_specs_layouts_and_gate_names():
     # the fla names a kernel receives: g for the forget gate, beta for the step
     gated_delta = next(line for line in text.splitlines() if line.startswith("  gated_delta_rule "))
     assert gated_delta.split("|")[1].split(",")[0].strip() == "g" and "beta" in gated_delta.split("|")[1]
+
+
+def test_list_shows_every_spec_with_its_kind_forms_vectors_and_file(capsys):
+    from pathlib import Path
+
+    from refmem.cli import main
+    from refmem.memories import MEMORIES
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["spec", "kind", "forms", "vectors", "spec", "file"]
+    by_name = {}
+    for line in lines[2:]:
+        by_name.setdefault(line.split()[0], []).append(line)
+    for name, mem in MEMORIES.items():
+        (line,) = [entry for entry in by_name[name] if "  memory  " in entry]
+        assert ("chunked" in line) == (mem.chunked is not None) and ("mini-batch" in line) == (mem.minibatch is not None)
+        assert line.rstrip().endswith(f"specs/{name}.md") and "  yes  " in line
+    root = Path(__file__).resolve().parents[1]
+    shown = {line.split()[-1] for entries in by_name.values() for line in entries}
+    for spec_file in (root / "specs").glob("*.md"):
+        if spec_file.stem not in ("README", "MATH"):
+            assert f"specs/{spec_file.name}" in shown, spec_file.name
+    assert all((root / f).is_file() for f in shown if f != "-")
+    assert main(["list", "--kind", "memory"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 + len(MEMORIES)
