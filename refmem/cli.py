@@ -361,6 +361,9 @@ def main(argv=None) -> int:
     except (UsageError, backends.BackendError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that could be written when checked but not at the end (disk full, removed)
+        print(f"{prog}: error: {exc.strerror or exc}: {exc.filename!r}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

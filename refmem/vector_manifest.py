@@ -11,8 +11,8 @@ schema
     finite positive numbers, shapes are lists of non-negative ints, and the
     shapes of ``q, k, v, o`` agree with the case's ``batch``, ``T``, ``d_k``,
     ``d_v``. The tables :data:`TOP_FIELDS`, :data:`SPEC_FIELDS` and
-    :data:`CASE_FIELDS` are the schema of format version 1; a later format
-    version adds its own tables beside them.
+    :data:`CASE_FIELDS` are the schema of format version 1, listed in
+    :data:`SCHEMAS`; a later format version adds its own tables there.
 confinement
     every path the set names (``manifest.json``, each spec folder, each case
     file) resolves, symlinks followed (``os.path.realpath``), to a path strictly
@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 
 FORMAT_NAME = "refmem-vectors"
 FORMAT_VERSION = 1
@@ -149,15 +150,16 @@ def spec_table(x):
     return None if isinstance(x, dict) else "an object {spec name: entry}"
 
 
-def format_version_1(x):
-    return None if _is_int(x) and x == FORMAT_VERSION else f"the integer {FORMAT_VERSION}"
+def format_version(x):
+    ok = _is_int(x) and x in SCHEMAS
+    return None if ok else f"an integer this refmem reads ({', '.join(map(str, sorted(SCHEMAS)))})"
 
 
 # ---------------------------------------------------------------- the schema of format version 1
 
 TOP_FIELDS = {
     "format": string,
-    "format_version": format_version_1,
+    "format_version": format_version,
     "refmem_version": string,
     "dtype": string,
     "tolerance_rule": string,
@@ -183,6 +185,19 @@ CASE_FIELDS = {
     "kappa": positive_number,
     "tolerance": tolerance_table,
 }
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The fields a manifest of one format version must hold, at each of its three levels."""
+
+    top: dict
+    spec: dict
+    case: dict
+
+
+# format_version -> its schema (the integer must be exactly one of these keys: never true, never 1.0)
+SCHEMAS: dict[int, Schema] = {1: Schema(TOP_FIELDS, SPEC_FIELDS, CASE_FIELDS)}
 
 
 def check_fields(path: str, where: str, obj, fields: dict) -> None:
@@ -243,7 +258,7 @@ def confined(root: str, rel: str, path_for_errors: str, field: str | None = None
 def vector_root(vec_dir) -> str:
     """The real path of the vector directory (which must exist)."""
     if not isinstance(vec_dir, (str, os.PathLike)):
-        raise TypeError(f"vectors must be a directory path (str or os.PathLike); got {type(vec_dir).__name__}")
+        raise TypeError(f"vec_dir must be a directory path (str or os.PathLike); got {type(vec_dir).__name__}")
     if not os.path.isdir(vec_dir):
         raise VectorError(os.fspath(vec_dir), "exists", "not a directory")
     return os.path.realpath(vec_dir)
@@ -270,25 +285,27 @@ def read_manifest(vec_dir, case_names) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise VectorError(path, "format", f"format is {got!r}, expected {FORMAT_NAME!r}")
-    if format_version_1(manifest.get("format_version")):
+    if format_version(manifest.get("format_version")):
         raise VectorError(path, "format_version",
-                          f"format_version {manifest.get('format_version')!r} is not supported (this refmem reads {FORMAT_VERSION})")
-    check_fields(path, "", manifest, TOP_FIELDS)
+                          f"format_version {manifest.get('format_version')!r} is not supported "
+                          f"(this refmem reads {', '.join(map(str, sorted(SCHEMAS)))})")
+    schema = SCHEMAS[manifest["format_version"]]
+    check_fields(path, "", manifest, schema.top)
     for spec, entry in manifest["specs"].items():
-        _check_spec(root, path, spec, entry, tuple(case_names))
+        _check_spec(root, path, spec, entry, tuple(case_names), schema)
     return manifest
 
 
-def _check_spec(root: str, path: str, spec: str, entry, case_names: tuple) -> None:
+def _check_spec(root: str, path: str, spec: str, entry, case_names: tuple, schema: Schema) -> None:
     where = f"specs[{spec!r}]"
     if plain_name(spec):
         raise VectorError(path, "schema", f"a spec name must be {plain_name(spec)}; got {spec!r}", where)
-    check_fields(path, where, entry, SPEC_FIELDS)
+    check_fields(path, where, entry, schema.spec)
     if entry["cases"]:
         confined(root, spec, path, where)  # the spec folder itself (a symlinked folder leads out)
     for i, case in enumerate(entry["cases"]):
         cw = f"{where}.cases[{i}]"
-        check_fields(path, cw, case, CASE_FIELDS)
+        check_fields(path, cw, case, schema.case)
         _check_case_shapes(path, cw, case)
         confined(root, case["file"], path, f"{cw}.file")
         if case["file"] != f"{spec}/{case['name']}.npz":

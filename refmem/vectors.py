@@ -380,7 +380,13 @@ def generate(out_dir: str, specs=None) -> dict:
     from .memories import MEMORIES
 
     registry = MEMORIES
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a directory path (str or os.PathLike); got {type(out_dir).__name__}")
+    if isinstance(specs, str):  # one name, not its characters
+        specs = [specs]
     names = sorted(registry) if not specs else list(specs)
+    if not all(isinstance(s, str) for s in names):
+        raise TypeError(f"specs must be memory names (str); got {names!r:.120}")
     unknown = [s for s in names if s not in registry]
     if unknown:
         raise ValueError(f"unknown spec(s) {unknown}; registered memories: {sorted(registry)}")

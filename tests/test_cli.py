@@ -211,3 +211,17 @@ def test_list_shows_every_spec_with_its_kind_forms_vectors_and_file(capsys):
     assert all((root / f).is_file() for f in shown if f != "-")
     assert main(["list", "--kind", "memory"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2 + len(MEMORIES)
+
+
+def test_a_write_that_fails_at_the_end_is_one_line(monkeypatch, capsys):
+    """--json is checked before the run; a write that still fails at the end (disk full) is one line, exit 1."""
+    import refmem.verify
+    from refmem.cli import main
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "rows.json")
+
+    monkeypatch.setattr(refmem.verify, "main", disk_full)
+    assert main(["verify", "--spec", "l2"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "refmem verify: error: No space left on device: 'rows.json'"

@@ -503,3 +503,19 @@ def test_unexpected_npz_member_refused(copy):
     _resign(copy, rel)
     with pytest.raises(V.VectorError, match=r"T1.npz: arrays check failed: unexpected member\(s\) \['payload'\]"):
         V.load(copy)
+
+
+def test_generate_bad_arguments_named(tmp_path):
+    with pytest.raises(TypeError, match="out_dir must be a directory path"):
+        V.generate(3, ["delta_rule"])
+    with pytest.raises(TypeError, match="specs must be memory names"):
+        V.generate(str(tmp_path), [3])
+    with pytest.raises(TypeError, match="vec_dir must be a directory path"):
+        V.load(None)
+    with pytest.raises(TypeError, match="spec must be a string"):
+        V.load(str(tmp_path), spec=["delta_rule"])
+
+
+def test_generate_takes_one_name(tmp_path):
+    m = V.generate(str(tmp_path), "linear_attention")  # one name, not the letters l, i, n, ...
+    assert list(m["specs"]) == ["linear_attention"]
