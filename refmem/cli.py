@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 from . import __version__, backends
 
@@ -71,6 +72,11 @@ def _unknown(option: str, given, known) -> UsageError:
     return UsageError(f"{option} {given!r}: no such {option.lstrip('-')}; known: {', '.join(sorted(known))}")
 
 
+def _describe(*paragraphs: str) -> str:
+    """Paragraphs filled to 79 columns (the help keeps the epilog's own line breaks, so it fills these itself)."""
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs)
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EXIT_CODES
 
@@ -81,10 +87,10 @@ def _examples(*lines: str) -> str:
 def _add_verify(sub):
     p = sub.add_parser(
         "verify", help="run every registered check and print a table",
-        description="Run every check registered in refmem/checks/ (closed form against iterative solver, recurrent "
+        description=_describe("Run every check registered in refmem/checks/ (closed form against iterative solver, recurrent "
                     "against chunked, hand derivatives against finite differences, ...) and print one row per "
                     "check: its spec, its name, the largest error found, the tolerance it must stay under, and "
-                    "the time it took.",
+                    "the time it took."),
         epilog=_examples("refmem verify", "refmem verify --spec delta_rule --spec l2",
                          "refmem verify --backend array_api_strict --json rows.json"))
     p.add_argument("--backend", default="numpy", help="backend to run on (default numpy; see `refmem backends`)")
@@ -113,9 +119,9 @@ def _add_verify(sub):
 def _add_list(sub):
     p = sub.add_parser(
         "list", help="every spec: kind, forms, whether it has test vectors, its spec file",
-        description="List every registered spec: memories (with their recurrent / chunked / mini-batch forms and "
+        description=_describe("List every registered spec: memories (with their recurrent / chunked / mini-batch forms and "
                     "whether `refmem vectors generate` writes cases for them), objectives, retentions, and every "
-                    "other spec that a check or a spec file names.",
+                    "other spec that a check or a spec file names."),
         epilog=_examples("refmem list", "refmem list --kind memory"))
     p.add_argument("--kind", metavar="KIND", help="only this kind (memory, objective, retention, optimiser, ...)")
 
@@ -140,8 +146,8 @@ def _add_list(sub):
 def _add_backends(sub):
     p = sub.add_parser(
         "backends", help="list every backend, whether it is usable, and why not",
-        description="List every array backend refmem knows (NumPy, array_api_strict, plugins such as refmem_cupy), "
-                    "whether it is usable on this machine, and the reason when it is not.",
+        description=_describe("List every array backend refmem knows (NumPy, array_api_strict, plugins such as refmem_cupy), "
+                    "whether it is usable on this machine, and the reason when it is not."),
         epilog=_examples("refmem backends"))
 
     def run(args):
@@ -167,23 +173,23 @@ def _memory_names():
 def _add_vectors(sub):
     p = sub.add_parser(
         "vectors", help="write or verify the test vectors (deterministic reference cases per memory)",
-        description="Test vectors: deterministic reference cases of every registered memory, with sha256 and size "
-                    "of every file in DIR/manifest.json (format in specs/README.md).",
+        description=_describe("Test vectors: deterministic reference cases of every registered memory, with sha256 and size "
+                    "of every file in DIR/manifest.json (format in specs/README.md)."),
         epilog=_examples("refmem vectors generate --out vectors --spec delta_rule", "refmem vectors verify vectors"))
     vsub = p.add_subparsers(dest="vectors_command", required=True, metavar="{generate,verify}")
     g = vsub.add_parser(
         "generate", help="write DIR/manifest.json and DIR/<spec>/<case>.npz",
-        description="Write the cases of every registered memory (or those named) under DIR; byte-identical when "
-                    "run again on the same machine.",
+        description=_describe("Write the cases of every registered memory (or those named) under DIR; byte-identical when "
+                    "run again on the same machine."),
         epilog=_examples("refmem vectors generate --out vectors", "refmem vectors generate --out v --spec titans"))
     g.add_argument("--out", required=True, metavar="DIR", help="directory to write (created if missing)")
     g.add_argument("--spec", action="append", metavar="NAME",
                    help="only this memory (repeatable; default every registered memory)")
     v = vsub.add_parser(
         "verify", help="check the manifest and every file, recompute every case, compare",
-        description="Check the manifest (schema, every path inside DIR, the complete case list), every file "
+        description=_describe("Check the manifest (schema, every path inside DIR, the complete case list), every file "
                     "(size, sha256, format), recompute every case with this refmem and compare under the float64 "
-                    "tolerance. Exit 1 names the first file and check that failed.",
+                    "tolerance. Exit 1 names the first file and check that failed."),
         epilog=_examples("refmem vectors verify vectors", "refmem vectors verify vectors --spec delta_rule"))
     v.add_argument("dir", metavar="DIR")
     v.add_argument("--spec", default=None, metavar="NAME", help="only this memory")
@@ -251,9 +257,9 @@ def _conform_epilog() -> str:
 def _add_conform(sub):
     p = sub.add_parser(
         "conform", help="check an external implementation (MODULE:FUNCTION) against a spec's test vectors",
-        description="Run MODULE:FUNCTION on the test vectors of a spec and compare every output with refmem's "
+        description=_describe("Run MODULE:FUNCTION on the test vectors of a spec and compare every output with refmem's "
                     "float64 reference under the dtype's derived tolerance; one row per case and output, then a "
-                    "verdict per output. The current directory is importable.",
+                    "verdict per output. The current directory is importable."),
         epilog_fn=_conform_epilog)
     p.add_argument("target", metavar="MODULE:FUNCTION", help="the implementation under test")
     p.add_argument("--spec", required=True, metavar="NAME", help="registered memory name (specs/<spec>.md)")
@@ -283,17 +289,17 @@ def _add_conform(sub):
 def _add_bench(sub):
     p = sub.add_parser(
         "bench", help="throughput of the recurrent, chunked and mini-batch forms (head-tokens/s)",
-        description="Time every form of every memory with a chunked form (or those named) on random inputs of "
+        description=_describe("Time every form of every memory with a chunked form (or those named) on random inputs of "
                     "shape B x H x T x d and print one row per memory, form and dtype. Columns: head-tok/s "
                     "(B H T / seconds, best of --repeat), x recur (speed-up over the recurrent form), GFLOP/s "
                     "(analytic FLOPs / seconds), ceiling (that rate as a fraction of a batched matrix product of "
                     "comparable shape timed in the same run), peak extra (the most memory one call allocates), "
                     "/BHTd (peak extra in units of one [B, H, T, d] array: about d for a form that keeps every "
                     "step's state, a constant for one that does not). The memory the run needs is estimated "
-                    "first; a run that cannot fit is refused with the figure.",
+                    "first; a run that cannot fit is refused with the figure."),
         epilog=_examples("refmem bench --memory delta_rule --seq-len 256 --dtype float64",
-                         "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 --dim 64 "
-                         "--chunk 64 --threads 1 --json bench.json"))
+                         "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 \\\n"
+                         "               --dim 64 --chunk 64 --threads 1 --json bench.json"))
     p.add_argument("--memory", action="append", metavar="NAME",
                    help="memory to benchmark (repeatable; default every memory with a chunked form)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size B (default 1)")
@@ -342,8 +348,8 @@ SUBCOMMANDS = [_add_verify, _add_list, _add_backends, _add_vectors, _add_conform
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="refmem", description="Reference implementation of nested associative memories: checks, specs, "
-                                   "test vectors, a conformance runner for other implementations, benchmarks.",
+        prog="refmem", description=_describe("Reference implementation of nested associative memories: checks, specs, "
+                                   "test vectors, a conformance runner for other implementations, benchmarks."),
         epilog=_examples("refmem verify", "refmem list", "refmem conform --help"))
     parser.add_argument("--version", action="version", version=f"refmem {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

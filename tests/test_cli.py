@@ -164,13 +164,16 @@ def _subparsers(parser):
 
 
 def test_every_subcommand_teaches_itself():
-    subs = _subparsers(build_parser())
+    parser = build_parser()
+    assert max(len(line) for line in parser.format_help().splitlines()) <= 100
+    subs = _subparsers(parser)
     assert {"verify", "list", "backends", "vectors", "vectors generate", "vectors verify", "conform", "bench"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         assert sub.description, name
         assert "examples:" in text and f"refmem {name.split()[0]}" in text.split("examples:")[1], name
         assert "exit status: 0 pass, 1 a check failed, 2 a usage error" in text, name
+        assert max(len(line) for line in text.splitlines()) <= 100, name
 
 
 def test_conform_help_lists_specs_layouts_and_gate_names():
