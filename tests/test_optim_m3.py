@@ -78,11 +78,12 @@ def test_m3_fixed_cubic_map_equals_algorithm_1_with_t_steps():
 
 
 def test_m3_closed_equals_iterative(xp):
-    prob = NoisyQuadratic(2, (2, 4, 3), 60)
+    T = 60 if xp.__name__.endswith("numpy") else 22  # the strict backend is slow; 22 steps still cross 3 chunks
+    prob = NoisyQuadratic(2, (2, 4, 3), T)
     hp = dict(lr=1e-2, frequency=7)
     closed = run(make("m3", **hp), prob, xp)
     it = run(make("m3", **hp), prob, xp, method="iterative")
-    assert max_rel(it, closed) <= tol(60)
+    assert max_rel(it, closed) <= tol(T)
 
 
 def test_slow_level_runs_every_f_steps_and_is_zero_before():

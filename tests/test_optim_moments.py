@@ -102,10 +102,11 @@ def test_closed_equals_iterative(backend, name):
     # of I: one step, stopping at relative optimality 1e-12); the weights' level likewise. 1e-12 per step, linear.
     xp = refmem.backends.get_backend(backend).namespace()
     hp, _ = CASES[name]
-    prob = NoisyQuadratic(1, (2, 3), 80)
+    T = 80 if backend == "numpy" else 20  # the strict backend is slow; the same code path
+    prob = NoisyQuadratic(1, (2, 3), T)
     closed = run(make(name, **hp), prob, xp)
     it = run(make(name, **hp), prob, xp, method="iterative")
-    assert max_rel(it, closed) <= 80 * 1e-12
+    assert max_rel(it, closed) <= T * 1e-12
 
 
 @given(seed=st.integers(0, 2**32 - 1), b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
