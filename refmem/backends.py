@@ -8,8 +8,10 @@ random problems, the verify checks); :func:`use` and :func:`backend` set it.
 
 Backends are discovered through the entry-point group ``refmem.backends``.
 An entry point names a zero-argument callable that returns a :class:`Backend`.
-refmem ships ``numpy`` and ``array_api_strict``; the ``refmem_cupy`` package
-adds ``cupy`` the same way, so refmem itself never imports CuPy.
+refmem ships ``numpy``, ``array_api_strict``, ``torch`` and ``jax`` (the last
+two are usable where ``refmem[torch]`` / ``refmem[jax]`` is installed, and are
+imported only when probed or used); the ``refmem_cupy`` package adds ``cupy``
+the same way, so refmem itself never imports CuPy, torch or JAX at import time.
 """
 
 from __future__ import annotations
@@ -107,7 +109,58 @@ def array_api_strict_backend() -> Backend:
     )
 
 
-_BUILTIN = {"numpy": numpy_backend, "array_api_strict": array_api_strict_backend}
+def torch_backend() -> Backend:
+    """PyTorch tensors (CPU, or the tensors' own device) through ``array_api_compat.torch``.
+
+    Usable where ``torch`` imports (``pip install "refmem[torch]"``). Tensors
+    that require grad flow through every scan: torch's autograd differentiates
+    refmem's own forward (the witness the hand-written backward passes are
+    checked against).
+    """
+
+    def load():
+        import array_api_compat.torch as xp
+
+        return xp
+
+    def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
+        import torch
+
+        return torch.linalg.solve_triangular(a, b, upper=not lower, unitriangular=unit_diagonal)
+
+    return Backend("torch", load, _module_probe("torch"), "PyTorch (CPU or its device), autograd-capable",
+                   extras={"solve_triangular": solve_triangular})
+
+
+def jax_backend() -> Backend:
+    """JAX arrays through ``jax.numpy`` (the standard namespace itself).
+
+    Usable where ``jax`` imports (``pip install "refmem[jax]"``). JAX arrays are
+    immutable, so the core never writes into an array. Loading the namespace
+    switches on JAX's 64-bit mode (``jax_enable_x64``): without it JAX silently
+    turns float64 inputs into float32, and refmem is a float64 oracle. Arrays
+    passed in directly keep the dtype JAX gave them.
+    """
+
+    def load():
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as xp
+
+        return xp
+
+    def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
+        import jax.scipy.linalg
+
+        return jax.scipy.linalg.solve_triangular(a, b, lower=lower, unit_diagonal=unit_diagonal)
+
+    return Backend("jax", load, _module_probe("jax"), "JAX (CPU or its device), 64-bit mode, autodiff-capable",
+                   extras={"solve_triangular": solve_triangular})
+
+
+_BUILTIN = {"numpy": numpy_backend, "array_api_strict": array_api_strict_backend,
+            "torch": torch_backend, "jax": jax_backend}
 _registry: dict[str, Backend] | None = None
 _load_errors: dict[str, str] = {}
 _current = "numpy"
@@ -240,6 +293,10 @@ def name_of_namespace(xp) -> str:
         return "cupy"
     if array_api_compat.is_array_api_strict_namespace(xp):
         return "array_api_strict"
+    if array_api_compat.is_torch_namespace(xp):
+        return "torch"
+    if array_api_compat.is_jax_namespace(xp):
+        return "jax"
     return getattr(xp, "__name__", repr(xp))
 
 
