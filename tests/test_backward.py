@@ -1,0 +1,333 @@
+r"""Hand-written backward passes (``refmem.backward``) against independent witnesses.
+
+Every memory in ``BACKWARD``, recurrent and chunked VJPs, is checked
+
+1. against central finite differences of refmem's forward (NumPy, float64);
+2. chunked == recurrent;
+3. against JAX autodiff and torch autograd through refmem's own forward in
+   float64 (each skipped, with the reason, where the library is not installed);
+4. on array_api_strict == NumPy;
+
+plus the adjoint structure the delta rule's docstring states, and bad input.
+
+The scalar whose gradient is taken is ``L = <do, o> + <dM_T, M_T>``.
+
+Tolerances
+----------
+Finite differences (step ``h``): the error of a central difference is at most
+``h^2/6 |f'''| + delta/h`` (:func:`refmem.finite_differences.central_difference_bound`).
+The curvature term is *measured* by Richardson's comparison of the steps ``h``
+and ``2h``: ``D(2h) - D(h) = 3 c h^2 + O(h^4)``, so ``|D(2h) - D(h)| / 3``
+estimates the truncation error of ``D(h)`` entry by entry; twice that covers
+the neglected higher-order term. The rounding ``delta`` of one evaluation of
+``L`` is bounded by ``growth * u * L_abs`` with ``L_abs = <|do|, |o|> + <|dM_T|, |M_T|>``,
+``u`` the unit roundoff and ``growth = 8 (T + 1)(d_k + d_v + 4)`` (T steps of
+dot products of length at most ``d_k + d_v``, as in ``tests/test_cupy.py``),
+and the two rounded evaluations add ``delta / h``, once for ``h`` and once for
+the Richardson estimate. Ceiling: a tolerance above ``1e-5`` times the
+gradient's scale would make the check meaningless and fails the test.
+
+Exact witnesses (chunked vs recurrent, autodiff, backends): the two results
+are the same derivative computed in a different order, so they differ by
+rounding alone: ``8 max(kappa, 1) growth u`` relative to the gradient's scale,
+with ``kappa`` the measured relative condition number of the gradient (its
+relative change under a relative perturbation ``1e-6`` of the data, as for
+the forward in ``tests/test_cupy.py``); floor ``1e-12``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refmem
+from refmem import memories
+from refmem.backward import BACKWARD
+from refmem.validation import DivergenceError
+
+MEMORIES = memories.load_all()
+U64 = np.finfo(np.float64).eps / 2
+H = 1e-5  # finite-difference step (inputs are O(1); about u^(1/3) balances truncation and rounding)
+FD_CEILING = 1e-5  # a finite-difference tolerance above this (relative to the gradient's scale) proves nothing
+FLOOR = 1e-12
+
+# one case per backward form and gate layout: (memory, form, make_inputs keyword arguments)
+CASES = [(name, form, kw)
+         for name in sorted(BACKWARD)
+         for form in ("recurrent", "chunked") if getattr(BACKWARD[name], form) is not None
+         for kw in ([{}, {"per_channel": True}] if name == "gated_linear_attention" else [{}])]
+IDS = [f"{n}-{f}" + ("-per_channel" if kw else "") for n, f, kw in CASES]
+
+shapes = st.tuples(
+    st.integers(0, 2**16),  # seed
+    st.sampled_from([(1,), (2,)]),  # batch / heads
+    st.integers(1, 9),  # T
+    st.integers(1, 4),  # d_k
+    st.integers(1, 4),  # d_v
+    st.integers(1, 5),  # chunk size
+    st.booleans(),  # with an initial state
+)
+
+
+def problem(name, kw, seed, batch, T, d_k, d_v, with_state):
+    """Inputs (NumPy float64), cotangents ``do, dM_T``."""
+    spec = MEMORIES[name]
+    inp = dict(spec.make_inputs(seed, batch, T, d_k, d_v, np, "float64", **kw))
+    g = np.random.default_rng(seed + 7)
+    if with_state:
+        inp["initial_state"] = g.standard_normal(tuple(batch) + (d_v, d_k)) / np.sqrt(d_k)
+    do = g.standard_normal(tuple(batch) + (T, d_v))
+    dM_T = g.standard_normal(tuple(batch) + (d_v, d_k))
+    return inp, do, dM_T
+
+
+def vjp(name, form, inp, do, dM_T, C):
+    f = getattr(BACKWARD[name], form)
+    return f(**inp, do=do, dM_T=dM_T, **({"chunk_size": C} if form == "chunked" else {}))
+
+
+def loss(name, inp, do, dM_T):
+    """``L = <do, o> + <dM_T, M_T>`` per leading perturbation index, and ``L_abs`` (rounding scale)."""
+    o, M = MEMORIES[name].recurrent(**inp)
+    axes_o, axes_M = tuple(range(-do.ndim, 0)), tuple(range(-dM_T.ndim, 0))  # a leading perturbation axis stays
+    L = np.sum(do * o, axis=axes_o) + np.sum(dM_T * M, axis=axes_M)
+    L_abs = np.sum(np.abs(do * o), axis=axes_o) + np.sum(np.abs(dM_T * M), axis=axes_M)
+    return L, L_abs
+
+
+def central(name, inp, do, dM_T, key, h):
+    """Central differences of ``L`` in every entry of ``inp[key]`` (all entries at once, on a leading axis)."""
+    x = inp[key]
+    n = x.size
+    E = np.eye(n).reshape((n,) + x.shape)  # (n, *x.shape): coordinate directions
+    lead = lambda a: np.broadcast_to(a, (n,) + a.shape)  # noqa: E731
+    out = []
+    for sgn in (1.0, -1.0):
+        pert = {k: (x + sgn * h * E if k == key else lead(a)) for k, a in inp.items()}
+        out.append(loss(name, pert, do, dM_T)[0])
+    return ((out[0] - out[1]) / (2 * h)).reshape(x.shape)
+
+
+def growth(T, d_k, d_v):
+    return 8 * (T + 1) * (d_k + d_v + 4)
+
+
+@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
+def test_vjp_equals_central_differences(name, form, kw):
+    @settings(max_examples=6, deadline=None)
+    @given(shapes)
+    def check(shape):
+        seed, batch, T, d_k, d_v, C, with_state = shape
+        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
+        grads = vjp(name, form, inp, do, dM_T, C)
+        assert set(grads) == set(inp) | {"initial_state"}, f"gradients {sorted(grads)} vs inputs {sorted(inp)}"
+        _, L_abs = loss(name, inp, do, dM_T)
+        delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
+        for key in inp:
+            fd_h = central(name, inp, do, dM_T, key, H)
+            fd_2h = central(name, inp, do, dM_T, key, 2 * H)
+            trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
+            tol = 2 * trunc + 2 * delta / H + FLOOR
+            scale = max(1.0, float(np.max(np.abs(fd_h))))
+            assert float(np.max(tol)) <= FD_CEILING * scale, f"{key}: FD tolerance {np.max(tol):.1e} is too loose"
+            err = np.abs(np.asarray(grads[key]) - fd_h)
+            worst = np.unravel_index(np.argmax(err - tol), err.shape)
+            assert np.all(err <= tol), (f"{name}/{form} d{key}{list(worst)}: {grads[key][worst]:.12e} vs FD "
+                                        f"{fd_h[worst]:.12e} (err {err[worst]:.1e} > tol {tol[worst]:.1e}), {shape}")
+        # dM_0 when no initial state was given: the gradient in the zero start
+        if not with_state:
+            state = np.zeros(tuple(batch) + (d_v, d_k))
+            fd = central(name, dict(inp, initial_state=state), do, dM_T, "initial_state", H)
+            assert np.max(np.abs(np.asarray(grads["initial_state"]) - fd)) <= 2 * delta / H + 1e-9
+
+    check()
+
+
+def condition(name, kw, seed, batch, T, d_k, d_v, with_state, C):
+    """Measured relative condition number of the gradients w.r.t. the data (two relative perturbations 1e-6)."""
+    inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
+    return condition_of(name, inp, do, dM_T, seed)
+
+
+def condition_of(name, inp, do, dM_T, seed, C=1):
+    """:func:`condition` for given inputs."""
+    base = vjp(name, "recurrent", inp, do, dM_T, C)
+    g = np.random.default_rng(seed)
+    kappa = 0.0
+    for _ in range(2):
+        pert = {k: (a * (1 + 1e-6 * g.uniform(-1, 1, a.shape)) if k in ("q", "k", "v", "initial_state") else a)
+                for k, a in inp.items()}
+        out = vjp(name, "recurrent", pert, do, dM_T, C)
+        for key in base:
+            scale = np.max(np.abs(base[key]))
+            if scale > 0:
+                kappa = max(kappa, float(np.max(np.abs(out[key] - base[key])) / scale) / 1e-6)
+    return kappa
+
+
+def assert_same_gradients(got, want, tol, what):
+    assert set(got) == set(want), f"{what}: gradients {sorted(got)} vs {sorted(want)}"
+    worst = 0.0
+    for key in want:
+        a, b = to_numpy(got[key]), np.asarray(want[key])
+        assert a.shape == b.shape, f"{what}: d{key} shape {a.shape} vs {b.shape}"
+        err = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)) if b.size else 0.0
+        assert err <= tol, f"{what}: d{key} relative error {err:.2e} > {tol:.2e}"
+        worst = max(worst, err)
+    return worst
+
+
+def to_numpy(a):
+    if hasattr(a, "detach"):
+        return a.detach().numpy()
+    return np.asarray(a)
+
+
+@pytest.mark.parametrize("name, form, kw", [c for c in CASES if c[1] == "chunked"],
+                         ids=[i for i, c in zip(IDS, CASES) if c[1] == "chunked"])
+def test_chunked_backward_equals_recurrent_backward(name, form, kw):
+    @settings(max_examples=10, deadline=None)
+    @given(shapes)
+    def check(shape):
+        seed, batch, T, d_k, d_v, C, with_state = shape
+        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
+        tol = max(FLOOR, 8 * max(condition(name, kw, seed, batch, T, d_k, d_v, with_state, C), 1.0)
+                  * growth(T, d_k, d_v) * U64)
+        assert_same_gradients(vjp(name, "chunked", inp, do, dM_T, C), vjp(name, "recurrent", inp, do, dM_T, C),
+                              tol, f"{name} chunked (C={C}) vs recurrent {shape}")
+
+    check()
+
+
+@pytest.mark.parametrize("name", ["gated_linear_attention", "gated_delta_rule"])
+def test_zero_gates_have_exact_gradients_in_both_forms(name):
+    """A gate of exactly 0 (the state erased) needs no log and no division: chunked == recurrent there too."""
+    inp, do, dM_T = problem(name, {}, 3, (2,), 8, 3, 2, True)
+    alpha = np.array(inp["alpha"])
+    alpha[:, [0, 2, 5]] = 0.0  # the first step erases the start state
+    inp["alpha"] = alpha
+    rec = vjp(name, "recurrent", inp, do, dM_T, 3)
+    # the first gate erases the start state before any read: dM_0 = 0 exactly
+    assert np.all(rec["initial_state"] == 0.0)
+    for C in (1, 3, 4, 8):
+        kappa = condition_of(name, inp, do, dM_T, 3)
+        tol = max(FLOOR, 8 * max(kappa, 1.0) * growth(8, 3, 2) * U64)
+        assert_same_gradients(vjp(name, "chunked", inp, do, dM_T, C), rec, tol, f"{name} C={C}")
+
+
+# --------------------------------------------------------------------------- autodiff witnesses
+
+HAVE_JAX = importlib.util.find_spec("jax") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+AUTODIFF_SHAPES = [(0, (2,), 5, 3, 2, 2, True), (1, (1,), 7, 2, 3, 3, False), (2, (2,), 4, 4, 4, 4, True)]
+
+
+def autodiff_jax(name, inp, do, dM_T):
+    import jax
+
+    jnp = refmem.backends.get_backend("jax").namespace()  # switches on 64-bit mode
+    keys = sorted(inp)
+    fwd = MEMORIES[name].recurrent
+
+    def f(*xs):
+        return fwd(**dict(zip(keys, xs)))
+
+    (o, M), pullback = jax.vjp(f, *(jnp.asarray(inp[k]) for k in keys))
+    grads = pullback((jnp.asarray(do), jnp.asarray(dM_T)))
+    return {k: np.asarray(g) for k, g in zip(keys, grads)}
+
+
+def autodiff_torch(name, inp, do, dM_T):
+    import torch
+
+    t = {k: torch.tensor(a, dtype=torch.float64, requires_grad=True) for k, a in inp.items()}
+    o, M = MEMORIES[name].recurrent(**t)
+    L = (o * torch.tensor(do)).sum() + (M * torch.tensor(dM_T)).sum()
+    L.backward()
+    return {k: a.grad.numpy() for k, a in t.items()}
+
+
+WITNESSES = [
+    pytest.param(autodiff_jax, marks=pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed (refmem[jax])"),
+                 id="jax"),
+    pytest.param(autodiff_torch, marks=pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed "
+                                                          "(refmem[torch])"), id="torch"),
+]
+
+
+@pytest.mark.parametrize("witness", WITNESSES)
+@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
+def test_vjp_equals_autodiff_through_the_forward(witness, name, form, kw):
+    for shape in AUTODIFF_SHAPES:
+        seed, batch, T, d_k, d_v, C, with_state = shape
+        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, True)
+        want = witness(name, inp, do, dM_T)
+        tol = max(FLOOR, 8 * max(condition(name, kw, seed, batch, T, d_k, d_v, True, C), 1.0)
+                  * growth(T, d_k, d_v) * U64)
+        assert_same_gradients(vjp(name, form, inp, do, dM_T, C), want, tol, f"{name}/{form} vs autodiff {shape}")
+
+
+# --------------------------------------------------------------------------- structure, backends, bad input
+
+
+def test_delta_rule_adjoint_is_a_delta_rule_run_backward():
+    """With ``do = 0`` the adjoint obeys ``S_{t-1} = S_t - b_t (S_t k_t - 0) k_t^T``: dM_0 is the delta rule's
+    final state over the reversed sequence, started at dM_T, with zero values (the docstring's claim)."""
+    inp, _, dM_T = problem("delta_rule", {}, 11, (2,), 7, 3, 2, True)
+    do = np.zeros((2, 7, 2))
+    dM0 = vjp("delta_rule", "recurrent", inp, do, dM_T, 1)["initial_state"]
+    k_rev, b_rev = inp["k"][:, ::-1], inp["beta"][:, ::-1]
+    S = dM_T.copy()
+    for t in range(7):  # the delta rule, written out: S <- S - b (S k - 0) k^T
+        kt = k_rev[:, t]
+        S = S - b_rev[:, t, None, None] * np.einsum("bv,bk->bvk", np.einsum("bvk,bk->bv", S, kt), kt)
+    _, via_memory = MEMORIES["delta_rule"].recurrent(inp["q"][:, ::-1], k_rev, np.zeros_like(inp["v"]), b_rev,
+                                                      initial_state=dM_T)
+    assert np.max(np.abs(dM0 - S)) <= 1e-13 and np.max(np.abs(dM0 - via_memory)) <= 1e-13
+
+
+@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
+def test_array_api_strict_equals_numpy(name, form, kw):
+    import array_api_strict as xps
+
+    inp, do, dM_T = problem(name, kw, 5, (2,), 6, 3, 2, True)
+    want = vjp(name, form, inp, do, dM_T, 4)
+    conv = {k: xps.asarray(a) for k, a in inp.items()}
+    got = vjp(name, form, conv, xps.asarray(do), xps.asarray(dM_T), 4)
+    for key in want:
+        assert type(got[key]).__module__.startswith("array_api_strict"), f"d{key} left the backend"
+    tol = max(FLOOR, 8 * max(condition(name, kw, 5, (2,), 6, 3, 2, True, 4), 1.0) * growth(6, 3, 2) * U64)
+    assert_same_gradients({k: np.asarray(g) for k, g in got.items()}, want, tol, f"{name}/{form} strict")
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD))
+def test_bad_cotangents_are_clear_errors(name):
+    inp, do, dM_T = problem(name, {}, 0, (2,), 4, 3, 2, False)
+    f = BACKWARD[name].recurrent
+    with pytest.raises(ValueError, match="do must have the shape of o"):
+        f(**inp, do=do[:, :3], dM_T=dM_T)
+    with pytest.raises(ValueError, match="dM_T must have the shape of the final state"):
+        f(**inp, do=do, dM_T=dM_T[..., :1])
+    with pytest.raises(TypeError, match="do must be an array"):
+        f(**inp, do=None)
+    with pytest.raises(TypeError, match="dtype"):
+        f(**inp, do=do.astype(np.float32))
+    with pytest.raises(ValueError, match="chunk_size"):
+        BACKWARD[name].chunked(**inp, do=do, chunk_size=0)
+    grads = f(**inp, do=do)  # dM_T omitted: zero
+    assert set(grads) == set(inp) | {"initial_state"}
+
+
+def test_overflowing_gradient_is_a_divergence_error():
+    inp, do, dM_T = problem("linear_attention", {}, 0, (1,), 3, 2, 2, False)
+    with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="gradient in"):
+        BACKWARD["linear_attention"].recurrent(**inp, do=do * 1e308, dM_T=dM_T * 1e308)
+
+
+def test_every_delta_and_linear_family_memory_has_a_backward():
+    for name in ("linear_attention", "gated_linear_attention", "delta_rule", "gated_delta_rule"):
+        assert name in BACKWARD and BACKWARD[name].chunked is not None
