@@ -55,12 +55,33 @@ H = 1e-5  # finite-difference step (inputs are O(1); about u^(1/3) balances trun
 FD_CEILING = 1e-5  # a finite-difference tolerance above this (relative to the gradient's scale) proves nothing
 FLOOR = 1e-12
 
-# one case per backward form and gate layout: (memory, form, make_inputs keyword arguments)
-CASES = [(name, form, kw)
+def per_value_channel_steps(inp, g):
+    """One step size per token and value channel (Longhorn's original layout)."""
+    inp["beta"] = g.uniform(0.1, 3.0, size=tuple(inp["v"].shape))
+
+
+def class_weights(inp, g):
+    """Softmax cross-entropy targets are class weights >= 0 (kept off 0, where a difference step would leave the domain)."""
+    inp["v"] = np.abs(inp["v"]) + 0.1
+
+
+# the layouts and options each memory's backward is checked in: id -> (make_inputs kwargs, forward options, transform)
+VARIANTS = {
+    "gated_linear_attention": {"": ({}, {}, None), "per_channel": ({"per_channel": True}, {}, None)},
+    "longhorn": {"": ({}, {}, None), "per_channel": ({"per_channel": True}, {}, None)},
+    "dgd": {"": ({}, {}, None), "per_channel": ({}, {}, per_value_channel_steps),
+            "softmax_cross_entropy": ({}, {"loss": "softmax_cross_entropy"}, class_weights)},
+}
+CASES = [(name, form, var)
          for name in sorted(BACKWARD)
          for form in ("recurrent", "chunked") if getattr(BACKWARD[name], form) is not None
-         for kw in ([{}, {"per_channel": True}] if name == "gated_linear_attention" else [{}])]
-IDS = [f"{n}-{f}" + ("-per_channel" if kw else "") for n, f, kw in CASES]
+         for var in VARIANTS.get(name, {"": None})]
+IDS = [f"{n}-{f}" + (f"-{v}" if v else "") for n, f, v in CASES]
+
+
+def options(name, var):
+    return VARIANTS[name][var][1] if name in VARIANTS else {}
+
 
 shapes = st.tuples(
     st.integers(0, 2**16),  # seed
@@ -73,11 +94,14 @@ shapes = st.tuples(
 )
 
 
-def problem(name, kw, seed, batch, T, d_k, d_v, with_state):
+def problem(name, var, seed, batch, T, d_k, d_v, with_state):
     """Inputs (NumPy float64), cotangents ``do, dM_T``."""
     spec = MEMORIES[name]
-    inp = dict(spec.make_inputs(seed, batch, T, d_k, d_v, np, "float64", **kw))
+    make_kw, _, transform = VARIANTS[name][var] if name in VARIANTS else ({}, {}, None)
+    inp = dict(spec.make_inputs(seed, batch, T, d_k, d_v, np, "float64", **make_kw))
     g = np.random.default_rng(seed + 7)
+    if transform is not None:
+        transform(inp, g)
     if with_state:
         inp["initial_state"] = g.standard_normal(tuple(batch) + (d_v, d_k)) / np.sqrt(d_k)
     do = g.standard_normal(tuple(batch) + (T, d_v))
@@ -85,21 +109,21 @@ def problem(name, kw, seed, batch, T, d_k, d_v, with_state):
     return inp, do, dM_T
 
 
-def vjp(name, form, inp, do, dM_T, C):
+def vjp(name, form, inp, do, dM_T, C, var=""):
     f = getattr(BACKWARD[name], form)
-    return f(**inp, do=do, dM_T=dM_T, **({"chunk_size": C} if form == "chunked" else {}))
+    return f(**inp, do=do, dM_T=dM_T, **options(name, var), **({"chunk_size": C} if form == "chunked" else {}))
 
 
-def loss(name, inp, do, dM_T):
+def loss(name, inp, do, dM_T, var=""):
     """``L = <do, o> + <dM_T, M_T>`` per leading perturbation index, and ``L_abs`` (rounding scale)."""
-    o, M = MEMORIES[name].recurrent(**inp)
+    o, M = MEMORIES[name].recurrent(**inp, **options(name, var))
     axes_o, axes_M = tuple(range(-do.ndim, 0)), tuple(range(-dM_T.ndim, 0))  # a leading perturbation axis stays
     L = np.sum(do * o, axis=axes_o) + np.sum(dM_T * M, axis=axes_M)
     L_abs = np.sum(np.abs(do * o), axis=axes_o) + np.sum(np.abs(dM_T * M), axis=axes_M)
     return L, L_abs
 
 
-def central(name, inp, do, dM_T, key, h):
+def central(name, inp, do, dM_T, key, h, var=""):
     """Central differences of ``L`` in every entry of ``inp[key]`` (all entries at once, on a leading axis)."""
     x = inp[key]
     n = x.size
@@ -108,7 +132,7 @@ def central(name, inp, do, dM_T, key, h):
     out = []
     for sgn in (1.0, -1.0):
         pert = {k: (x + sgn * h * E if k == key else lead(a)) for k, a in inp.items()}
-        out.append(loss(name, pert, do, dM_T)[0])
+        out.append(loss(name, pert, do, dM_T, var)[0])
     return ((out[0] - out[1]) / (2 * h)).reshape(x.shape)
 
 
@@ -116,20 +140,20 @@ def growth(T, d_k, d_v):
     return 8 * (T + 1) * (d_k + d_v + 4)
 
 
-@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
-def test_vjp_equals_central_differences(name, form, kw):
+@pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
+def test_vjp_equals_central_differences(name, form, var):
     @settings(max_examples=6, deadline=None)
     @given(shapes)
     def check(shape):
         seed, batch, T, d_k, d_v, C, with_state = shape
-        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
-        grads = vjp(name, form, inp, do, dM_T, C)
+        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state)
+        grads = vjp(name, form, inp, do, dM_T, C, var)
         assert set(grads) == set(inp) | {"initial_state"}, f"gradients {sorted(grads)} vs inputs {sorted(inp)}"
-        _, L_abs = loss(name, inp, do, dM_T)
+        _, L_abs = loss(name, inp, do, dM_T, var)
         delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
         for key in inp:
-            fd_h = central(name, inp, do, dM_T, key, H)
-            fd_2h = central(name, inp, do, dM_T, key, 2 * H)
+            fd_h = central(name, inp, do, dM_T, key, H, var)
+            fd_2h = central(name, inp, do, dM_T, key, 2 * H, var)
             trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
             tol = 2 * trunc + 2 * delta / H + FLOOR
             scale = max(1.0, float(np.max(np.abs(fd_h))))
@@ -141,27 +165,27 @@ def test_vjp_equals_central_differences(name, form, kw):
         # dM_0 when no initial state was given: the gradient in the zero start
         if not with_state:
             state = np.zeros(tuple(batch) + (d_v, d_k))
-            fd = central(name, dict(inp, initial_state=state), do, dM_T, "initial_state", H)
+            fd = central(name, dict(inp, initial_state=state), do, dM_T, "initial_state", H, var)
             assert np.max(np.abs(np.asarray(grads["initial_state"]) - fd)) <= 2 * delta / H + 1e-9
 
     check()
 
 
-def condition(name, kw, seed, batch, T, d_k, d_v, with_state, C):
+def condition(name, var, seed, batch, T, d_k, d_v, with_state, C):
     """Measured relative condition number of the gradients w.r.t. the data (two relative perturbations 1e-6)."""
-    inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
-    return condition_of(name, inp, do, dM_T, seed)
+    inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state)
+    return condition_of(name, inp, do, dM_T, seed, var=var)
 
 
-def condition_of(name, inp, do, dM_T, seed, C=1):
+def condition_of(name, inp, do, dM_T, seed, C=1, var=""):
     """:func:`condition` for given inputs."""
-    base = vjp(name, "recurrent", inp, do, dM_T, C)
+    base = vjp(name, "recurrent", inp, do, dM_T, C, var)
     g = np.random.default_rng(seed)
     kappa = 0.0
     for _ in range(2):
         pert = {k: (a * (1 + 1e-6 * g.uniform(-1, 1, a.shape)) if k in ("q", "k", "v", "initial_state") else a)
                 for k, a in inp.items()}
-        out = vjp(name, "recurrent", pert, do, dM_T, C)
+        out = vjp(name, "recurrent", pert, do, dM_T, C, var)
         for key in base:
             scale = np.max(np.abs(base[key]))
             if scale > 0:
@@ -187,17 +211,17 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-@pytest.mark.parametrize("name, form, kw", [c for c in CASES if c[1] == "chunked"],
+@pytest.mark.parametrize("name, form, var", [c for c in CASES if c[1] == "chunked"],
                          ids=[i for i, c in zip(IDS, CASES) if c[1] == "chunked"])
-def test_chunked_backward_equals_recurrent_backward(name, form, kw):
+def test_chunked_backward_equals_recurrent_backward(name, form, var):
     @settings(max_examples=10, deadline=None)
     @given(shapes)
     def check(shape):
         seed, batch, T, d_k, d_v, C, with_state = shape
-        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, with_state)
-        tol = max(FLOOR, 8 * max(condition(name, kw, seed, batch, T, d_k, d_v, with_state, C), 1.0)
+        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state)
+        tol = max(FLOOR, 8 * max(condition(name, var, seed, batch, T, d_k, d_v, with_state, C), 1.0)
                   * growth(T, d_k, d_v) * U64)
-        assert_same_gradients(vjp(name, "chunked", inp, do, dM_T, C), vjp(name, "recurrent", inp, do, dM_T, C),
+        assert_same_gradients(vjp(name, "chunked", inp, do, dM_T, C, var), vjp(name, "recurrent", inp, do, dM_T, C, var),
                               tol, f"{name} chunked (C={C}) vs recurrent {shape}")
 
     check()
@@ -206,7 +230,7 @@ def test_chunked_backward_equals_recurrent_backward(name, form, kw):
 @pytest.mark.parametrize("name", ["gated_linear_attention", "gated_delta_rule"])
 def test_zero_gates_have_exact_gradients_in_both_forms(name):
     """A gate of exactly 0 (the state erased) needs no log and no division: chunked == recurrent there too."""
-    inp, do, dM_T = problem(name, {}, 3, (2,), 8, 3, 2, True)
+    inp, do, dM_T = problem(name, "", 3, (2,), 8, 3, 2, True)
     alpha = np.array(inp["alpha"])
     alpha[:, [0, 2, 5]] = 0.0  # the first step erases the start state
     inp["alpha"] = alpha
@@ -226,7 +250,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 AUTODIFF_SHAPES = [(0, (2,), 5, 3, 2, 2, True), (1, (1,), 7, 2, 3, 3, False), (2, (2,), 4, 4, 4, 4, True)]
 
 
-def autodiff_jax(name, inp, do, dM_T):
+def autodiff_jax(name, inp, do, dM_T, opts):
     import jax
 
     jnp = refmem.backends.get_backend("jax").namespace()  # switches on 64-bit mode
@@ -234,18 +258,18 @@ def autodiff_jax(name, inp, do, dM_T):
     fwd = MEMORIES[name].recurrent
 
     def f(*xs):
-        return fwd(**dict(zip(keys, xs)))
+        return fwd(**dict(zip(keys, xs)), **opts)
 
     (o, M), pullback = jax.vjp(f, *(jnp.asarray(inp[k]) for k in keys))
     grads = pullback((jnp.asarray(do), jnp.asarray(dM_T)))
     return {k: np.asarray(g) for k, g in zip(keys, grads)}
 
 
-def autodiff_torch(name, inp, do, dM_T):
+def autodiff_torch(name, inp, do, dM_T, opts):
     import torch
 
     t = {k: torch.tensor(a, dtype=torch.float64, requires_grad=True) for k, a in inp.items()}
-    o, M = MEMORIES[name].recurrent(**t)
+    o, M = MEMORIES[name].recurrent(**t, **opts)
     L = (o * torch.tensor(do)).sum() + (M * torch.tensor(dM_T)).sum()
     L.backward()
     return {k: a.grad.numpy() for k, a in t.items()}
@@ -260,15 +284,15 @@ WITNESSES = [
 
 
 @pytest.mark.parametrize("witness", WITNESSES)
-@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
-def test_vjp_equals_autodiff_through_the_forward(witness, name, form, kw):
+@pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
+def test_vjp_equals_autodiff_through_the_forward(witness, name, form, var):
     for shape in AUTODIFF_SHAPES:
         seed, batch, T, d_k, d_v, C, with_state = shape
-        inp, do, dM_T = problem(name, kw, seed, batch, T, d_k, d_v, True)
-        want = witness(name, inp, do, dM_T)
-        tol = max(FLOOR, 8 * max(condition(name, kw, seed, batch, T, d_k, d_v, True, C), 1.0)
+        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True)
+        want = witness(name, inp, do, dM_T, options(name, var))
+        tol = max(FLOOR, 8 * max(condition(name, var, seed, batch, T, d_k, d_v, True, C), 1.0)
                   * growth(T, d_k, d_v) * U64)
-        assert_same_gradients(vjp(name, form, inp, do, dM_T, C), want, tol, f"{name}/{form} vs autodiff {shape}")
+        assert_same_gradients(vjp(name, form, inp, do, dM_T, C, var), want, tol, f"{name}/{form} vs autodiff {shape}")
 
 
 # --------------------------------------------------------------------------- structure, backends, bad input
@@ -277,7 +301,7 @@ def test_vjp_equals_autodiff_through_the_forward(witness, name, form, kw):
 def test_delta_rule_adjoint_is_a_delta_rule_run_backward():
     """With ``do = 0`` the adjoint obeys ``S_{t-1} = S_t - b_t (S_t k_t - 0) k_t^T``: dM_0 is the delta rule's
     final state over the reversed sequence, started at dM_T, with zero values (the docstring's claim)."""
-    inp, _, dM_T = problem("delta_rule", {}, 11, (2,), 7, 3, 2, True)
+    inp, _, dM_T = problem("delta_rule", "", 11, (2,), 7, 3, 2, True)
     do = np.zeros((2, 7, 2))
     dM0 = vjp("delta_rule", "recurrent", inp, do, dM_T, 1)["initial_state"]
     k_rev, b_rev = inp["k"][:, ::-1], inp["beta"][:, ::-1]
@@ -290,23 +314,23 @@ def test_delta_rule_adjoint_is_a_delta_rule_run_backward():
     assert np.max(np.abs(dM0 - S)) <= 1e-13 and np.max(np.abs(dM0 - via_memory)) <= 1e-13
 
 
-@pytest.mark.parametrize("name, form, kw", CASES, ids=IDS)
-def test_array_api_strict_equals_numpy(name, form, kw):
+@pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
+def test_array_api_strict_equals_numpy(name, form, var):
     import array_api_strict as xps
 
-    inp, do, dM_T = problem(name, kw, 5, (2,), 6, 3, 2, True)
-    want = vjp(name, form, inp, do, dM_T, 4)
+    inp, do, dM_T = problem(name, var, 5, (2,), 6, 3, 2, True)
+    want = vjp(name, form, inp, do, dM_T, 4, var)
     conv = {k: xps.asarray(a) for k, a in inp.items()}
-    got = vjp(name, form, conv, xps.asarray(do), xps.asarray(dM_T), 4)
+    got = vjp(name, form, conv, xps.asarray(do), xps.asarray(dM_T), 4, var)
     for key in want:
         assert type(got[key]).__module__.startswith("array_api_strict"), f"d{key} left the backend"
-    tol = max(FLOOR, 8 * max(condition(name, kw, 5, (2,), 6, 3, 2, True, 4), 1.0) * growth(6, 3, 2) * U64)
+    tol = max(FLOOR, 8 * max(condition(name, var, 5, (2,), 6, 3, 2, True, 4), 1.0) * growth(6, 3, 2) * U64)
     assert_same_gradients({k: np.asarray(g) for k, g in got.items()}, want, tol, f"{name}/{form} strict")
 
 
 @pytest.mark.parametrize("name", sorted(BACKWARD))
 def test_bad_cotangents_are_clear_errors(name):
-    inp, do, dM_T = problem(name, {}, 0, (2,), 4, 3, 2, False)
+    inp, do, dM_T = problem(name, "", 0, (2,), 4, 3, 2, False)
     f = BACKWARD[name].recurrent
     with pytest.raises(ValueError, match="do must have the shape of o"):
         f(**inp, do=do[:, :3], dM_T=dM_T)
@@ -316,18 +340,32 @@ def test_bad_cotangents_are_clear_errors(name):
         f(**inp, do=None)
     with pytest.raises(TypeError, match="dtype"):
         f(**inp, do=do.astype(np.float32))
-    with pytest.raises(ValueError, match="chunk_size"):
-        BACKWARD[name].chunked(**inp, do=do, chunk_size=0)
+    if BACKWARD[name].chunked is not None:
+        with pytest.raises(ValueError, match="chunk_size"):
+            BACKWARD[name].chunked(**inp, do=do, chunk_size=0)
     grads = f(**inp, do=do)  # dM_T omitted: zero
     assert set(grads) == set(inp) | {"initial_state"}
 
 
 def test_overflowing_gradient_is_a_divergence_error():
-    inp, do, dM_T = problem("linear_attention", {}, 0, (1,), 3, 2, 2, False)
+    inp, do, dM_T = problem("linear_attention", "", 0, (1,), 3, 2, 2, False)
     with np.errstate(all="ignore"), pytest.raises(DivergenceError, match="gradient in"):
         BACKWARD["linear_attention"].recurrent(**inp, do=do * 1e308, dM_T=dM_T * 1e308)
 
 
-def test_every_delta_and_linear_family_memory_has_a_backward():
-    for name in ("linear_attention", "gated_linear_attention", "delta_rule", "gated_delta_rule"):
-        assert name in BACKWARD and BACKWARD[name].chunked is not None
+def test_backward_forms_match_the_registry_forms():
+    """A memory with a backward has one for each exact form it has (recurrent, and chunked when it has one)."""
+    for name, spec in BACKWARD.items():
+        assert name in MEMORIES, f"backward for an unregistered memory {name!r}"
+        assert (spec.chunked is None) == (MEMORIES[name].chunked is None), f"{name}: chunked backward vs chunked form"
+
+
+def test_dgd_backward_names_a_loss_it_cannot_differentiate():
+    from refmem.losses import SquaredError
+
+    class Cubic(SquaredError):
+        name = "cubic"
+
+    inp, do, _ = problem("dgd", "", 0, (1,), 3, 2, 2, False)
+    with pytest.raises(ValueError, match="loss 'cubic' has no backward pass"):
+        BACKWARD["dgd"].recurrent(**inp, do=do, loss=Cubic())

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import delta_rule, linear_attention
+from . import delta_rule, dgd, linear_attention, longhorn
 
 
 @dataclass(frozen=True)
@@ -48,4 +48,6 @@ BACKWARD: dict[str, BackwardSpec] = {
                                            linear_attention.gated_linear_attention_chunked_vjp),
     "delta_rule": BackwardSpec(delta_rule.delta_rule_vjp, delta_rule.delta_rule_chunked_vjp),
     "gated_delta_rule": BackwardSpec(delta_rule.gated_delta_rule_vjp, delta_rule.gated_delta_rule_chunked_vjp),
+    "longhorn": BackwardSpec(longhorn.longhorn_vjp, longhorn.longhorn_chunked_vjp),
+    "dgd": BackwardSpec(dgd.dgd_vjp),
 }
