@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import delta_rule, dgd, linear_attention, longhorn
+from . import delta_rule, dgd, linear_attention, longhorn, titans
 
 
 @dataclass(frozen=True)
@@ -50,4 +50,5 @@ BACKWARD: dict[str, BackwardSpec] = {
     "gated_delta_rule": BackwardSpec(delta_rule.gated_delta_rule_vjp, delta_rule.gated_delta_rule_chunked_vjp),
     "longhorn": BackwardSpec(longhorn.longhorn_vjp, longhorn.longhorn_chunked_vjp),
     "dgd": BackwardSpec(dgd.dgd_vjp),
+    "titans": BackwardSpec(titans.titans_vjp),
 }
