@@ -65,12 +65,19 @@ def class_weights(inp, g):
     inp["v"] = np.abs(inp["v"]) + 0.1
 
 
+def shared_window_weights(inp, g):
+    """Omega's window weights ``gamma [c]``, shared by every step and batch entry."""
+    inp["gamma"] = inp["gamma"][(0,) * (inp["gamma"].ndim - 1)]
+
+
 # the layouts and options each memory's backward is checked in: id -> (make_inputs kwargs, forward options, transform)
 VARIANTS = {
     "gated_linear_attention": {"": ({}, {}, None), "per_channel": ({"per_channel": True}, {}, None)},
     "longhorn": {"": ({}, {}, None), "per_channel": ({"per_channel": True}, {}, None)},
     "dgd": {"": ({}, {}, None), "per_channel": ({}, {}, per_value_channel_steps),
             "softmax_cross_entropy": ({}, {"loss": "softmax_cross_entropy"}, class_weights)},
+    "omega": {"": ({}, {}, None), "shared_weights": ({}, {}, shared_window_weights)},
+    "omega_implicit": {"": ({}, {}, None), "shared_weights": ({}, {}, shared_window_weights)},
 }
 EXTRA_STATES = {"titans": ("initial_momentum",)}  # start states beyond M_0, each with its gradient
 CASES = [(name, form, var)
@@ -134,6 +141,10 @@ def central(name, inp, do, dM_T, key, h, var=""):
     out = []
     for sgn in (1.0, -1.0):
         pert = {k: (x + sgn * h * E if k == key else lead(a)) for k, a in inp.items()}
+        if "gamma" in inp and inp["gamma"].ndim == 1:  # weights shared by every step: the same [c] at each step
+            steps = tuple(inp["k"].shape[:-1])
+            pert["gamma"] = np.broadcast_to(pert["gamma"].reshape((n,) + (1,) * len(steps) + (-1,)),
+                                            (n,) + steps + (inp["gamma"].shape[-1],))
         out.append(loss(name, pert, do, dM_T, var)[0])
     return ((out[0] - out[1]) / (2 * h)).reshape(x.shape)
 

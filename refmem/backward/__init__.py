@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import delta_rule, dgd, linear_attention, longhorn, titans
+from . import delta_rule, dgd, linear_attention, longhorn, omega, titans
 
 
 @dataclass(frozen=True)
@@ -51,4 +51,6 @@ BACKWARD: dict[str, BackwardSpec] = {
     "longhorn": BackwardSpec(longhorn.longhorn_vjp, longhorn.longhorn_chunked_vjp),
     "dgd": BackwardSpec(dgd.dgd_vjp),
     "titans": BackwardSpec(titans.titans_vjp),
+    "omega": BackwardSpec(omega.omega_vjp),
+    "omega_implicit": BackwardSpec(omega.omega_implicit_vjp),
 }
