@@ -29,7 +29,7 @@ from refmem.objectives import OBJECTIVES
 from refmem.retentions import RETENTIONS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MEMORIES = dict(refmem.memories.load_all())
+MEMORIES = dict(refmem.memories.MEMORIES)
 LIBS = {"torch": "torch", "jax": "jax"}
 
 
@@ -94,7 +94,7 @@ import pkgutil, importlib, sys, refmem
 for info in pkgutil.walk_packages(refmem.__path__, "refmem."):
     if not info.name.endswith("__main__"):
         importlib.import_module(info.name)
-refmem.memories.load_all()
+
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "jax", "jaxlib")))
 '''
     out = _python(code)

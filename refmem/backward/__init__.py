@@ -14,7 +14,9 @@ torch's autodiff through refmem's own forward in float64 (where installed),
 and chunked against recurrent. The adjoint equations are in each memory's
 spec, section "Backward".
 
-:data:`BACKWARD` is the table of what exists, by memory name.
+Each registered memory names its backward passes in its ``MemorySpec.backward``
+(:data:`refmem.memories.MEMORIES`, the one table of what exists);
+:func:`backward_passes` lists them.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import delta_rule, dgd, linear_attention, longhorn, omega, titans
-
 
 @dataclass(frozen=True)
 class BackwardSpec:
-    """The backward passes of one registered memory.
+    """The backward passes of one registered memory (its ``MemorySpec.backward``).
 
     Attributes
     ----------
@@ -41,16 +41,8 @@ class BackwardSpec:
     chunked: Callable | None = None
 
 
-BACKWARD: dict[str, BackwardSpec] = {
-    "linear_attention": BackwardSpec(linear_attention.linear_attention_vjp,
-                                     linear_attention.linear_attention_chunked_vjp),
-    "gated_linear_attention": BackwardSpec(linear_attention.gated_linear_attention_vjp,
-                                           linear_attention.gated_linear_attention_chunked_vjp),
-    "delta_rule": BackwardSpec(delta_rule.delta_rule_vjp, delta_rule.delta_rule_chunked_vjp),
-    "gated_delta_rule": BackwardSpec(delta_rule.gated_delta_rule_vjp, delta_rule.gated_delta_rule_chunked_vjp),
-    "longhorn": BackwardSpec(longhorn.longhorn_vjp, longhorn.longhorn_chunked_vjp),
-    "dgd": BackwardSpec(dgd.dgd_vjp),
-    "titans": BackwardSpec(titans.titans_vjp),
-    "omega": BackwardSpec(omega.omega_vjp),
-    "omega_implicit": BackwardSpec(omega.omega_implicit_vjp),
-}
+def backward_passes() -> dict[str, BackwardSpec]:
+    """``{memory name: BackwardSpec}`` for every registered memory that has backward passes."""
+    from ..memories import MEMORIES
+
+    return {name: spec.backward for name, spec in MEMORIES.items() if spec.backward is not None}

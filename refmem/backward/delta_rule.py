@@ -58,7 +58,7 @@ handed back by the chunk after it.
 
 from __future__ import annotations
 
-from ..chunked._common import check_chunk_size, from_chunks, solve_unit_lower, to_chunks
+from ..chunked.chunks import check_chunk_size, from_chunks, solve_unit_lower, to_chunks
 from ..linalg import device_of, matvec, outer
 from ..memories._inputs import initial
 from ..memories.delta_rule import delta_rule_recurrent

@@ -44,7 +44,7 @@ so :math:`dV = P^T dO + (K \odot D_{C\cdot})\, dM_C^T`,
 
 from __future__ import annotations
 
-from ..chunked._common import check_chunk_size, from_chunks, to_chunks
+from ..chunked.chunks import check_chunk_size, from_chunks, to_chunks
 from ..linalg import matvec, outer
 from ..memories._inputs import initial
 from ..memories.gated_linear_attention import gated_linear_attention_recurrent

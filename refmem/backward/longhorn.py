@@ -31,7 +31,7 @@ row of ``M`` is its own delta rule (``d_v = 1``), the rows a batch axis.
 
 from __future__ import annotations
 
-from ..chunked._common import check_chunk_size
+from ..chunked.chunks import check_chunk_size
 from ..linalg import matvec, outer, sq_norm
 from ..memories._inputs import initial
 from ..memories.longhorn import longhorn_recurrent

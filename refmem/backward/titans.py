@@ -31,7 +31,7 @@ the final momentum, zero when not given), and ending at :math:`dM_0 = A_0`,
 from __future__ import annotations
 
 from ..linalg import matvec, outer
-from ..memories.titans import check_titans_inputs, titans_linear_recurrent, titans_step
+from ..memories.titans import check_titans_inputs, titans_recurrent, titans_step
 from .cotangents import check_cotangents, finite_gradients
 
 
@@ -48,7 +48,7 @@ def titans_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, initial_
     Parameters
     ----------
     q, k, v, alpha, eta, theta, initial_state, initial_momentum
-        As :func:`~refmem.memories.titans.titans_linear_recurrent`.
+        As :func:`~refmem.memories.titans.titans_recurrent`.
     do : array ``[..., T, d_v]``
         Cotangent of ``o``.
     dM_T, dS_T : array ``[..., d_v, d_k]``, optional
@@ -59,7 +59,7 @@ def titans_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, initial_
     dict
         ``q, k, v, alpha, eta, theta``, ``initial_state`` (``dM_0``) and ``initial_momentum`` (``dS_0``).
     """
-    o, M_T, S_T = titans_linear_recurrent(q, k, v, alpha, eta, theta, initial_state=initial_state,
+    o, M_T, S_T = titans_recurrent(q, k, v, alpha, eta, theta, initial_state=initial_state,
                                           initial_momentum=initial_momentum, return_momentum=True)
     dM_T = check_cotangents(do, dM_T, o, M_T)
     if dS_T is None:

@@ -38,6 +38,13 @@ from ..chunked import linear_attention as linear_attention_chunked
 from ..chunked import longhorn as longhorn_chunked
 from ..chunked import mesa as mesa_chunked
 from ..chunked import titans as titans_chunked
+from ..backward import BackwardSpec
+from ..backward import delta_rule as delta_rule_backward
+from ..backward import dgd as dgd_backward
+from ..backward import linear_attention as linear_attention_backward
+from ..backward import longhorn as longhorn_backward
+from ..backward import omega as omega_backward
+from ..backward import titans as titans_backward
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,9 @@ class MemorySpec:
     device_reads : dict
         ``{form: why}`` for a form that reads the device on purpose (an inner
         iterative solver's stopping test).
+    backward : BackwardSpec or None
+        The hand-written backward passes (vector-Jacobian products) of the
+        recurrent and chunked forms (:mod:`refmem.backward`).
     """
 
     name: str
@@ -106,6 +116,7 @@ class MemorySpec:
     iterative: Callable | None = None
     deep: Callable | None = None
     device_reads: dict = field(default_factory=dict)
+    backward: BackwardSpec | None = None
 
 
 def _table(*specs: MemorySpec) -> dict[str, MemorySpec]:
@@ -125,6 +136,8 @@ MEMORIES: dict[str, MemorySpec] = _table(
         description="M_t = M_{t-1} + v_t k_t^T",
         chunked=linear_attention_chunked.linear_attention_chunked,
         step_level=linear_attention.linear_attention_level,
+        backward=BackwardSpec(linear_attention_backward.linear_attention_vjp,
+                              linear_attention_backward.linear_attention_chunked_vjp),
     ),
     MemorySpec(
         name="gated_linear_attention",
@@ -134,6 +147,8 @@ MEMORIES: dict[str, MemorySpec] = _table(
         description="M_t = alpha_t M_{t-1} + v_t k_t^T (alpha scalar, or per key channel: M_{t-1} diag(alpha_t))",
         chunked=gated_linear_attention_chunked.gated_linear_attention_chunked,
         step_level=gated_linear_attention.gated_linear_attention_level,
+        backward=BackwardSpec(linear_attention_backward.gated_linear_attention_vjp,
+                              linear_attention_backward.gated_linear_attention_chunked_vjp),
     ),
     MemorySpec(
         name="delta_rule",
@@ -145,6 +160,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         chunked=delta_rule_chunked.delta_rule_chunked,
         minibatch=delta_rule_chunked.delta_rule_minibatch,
         step_level=delta_rule.delta_rule_level,
+        backward=BackwardSpec(delta_rule_backward.delta_rule_vjp, delta_rule_backward.delta_rule_chunked_vjp),
     ),
     MemorySpec(
         name="gated_delta_rule",
@@ -156,6 +172,8 @@ MEMORIES: dict[str, MemorySpec] = _table(
         chunked=gated_delta_rule_chunked.gated_delta_rule_chunked,
         minibatch=gated_delta_rule_chunked.gated_delta_rule_minibatch,
         step_level=gated_delta_rule.gated_delta_rule_level,
+        backward=BackwardSpec(delta_rule_backward.gated_delta_rule_vjp,
+                              delta_rule_backward.gated_delta_rule_chunked_vjp),
     ),
     MemorySpec(
         name="longhorn",
@@ -166,6 +184,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         step_gates=("beta",),
         chunked=longhorn_chunked.longhorn_chunked,
         step_level=longhorn.longhorn_level,
+        backward=BackwardSpec(longhorn_backward.longhorn_vjp, longhorn_backward.longhorn_chunked_vjp),
     ),
     MemorySpec(
         name="dgd",
@@ -177,6 +196,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         step_gates=("beta",),
         step_level=dgd.dgd_level,
         step_value=dgd.dgd_value,
+        backward=BackwardSpec(dgd_backward.dgd_vjp),
     ),
     # --- Titans: a momentum level under a memory level ---
     MemorySpec(
@@ -190,6 +210,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         minibatch=titans_chunked.titans_minibatch,
         levels=titans.titans_levels,
         deep=titans_deep.titans_deep_recurrent,
+        backward=BackwardSpec(titans_backward.titans_vjp),
     ),
     # --- Omega: a window of the last c tokens ---
     MemorySpec(
@@ -202,6 +223,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         step_gates=("gamma",),
         step_level=omega.omega_level,
         windowed=True,
+        backward=BackwardSpec(omega_backward.omega_vjp),
     ),
     MemorySpec(
         name="omega_implicit",
@@ -213,6 +235,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         step_gates=("gamma",),
         step_level=omega.omega_implicit_level,
         windowed=True,
+        backward=BackwardSpec(omega_backward.omega_implicit_vjp),
     ),
     # --- Mesa: the whole context's least squares ---
     MemorySpec(
