@@ -55,8 +55,8 @@ def finite_gradients(fn):
         grads = fn(*args, **kwargs)
         if get_option("check_finite"):
             for name, g in grads.items():
-                xp = _namespace(g)
-                if not bool(xp.all(xp.isfinite(g))):
+                parts = g if isinstance(g, tuple) else (g,)  # a tuple state (a cache) has one gradient per part
+                if not all(bool(_namespace(p).all(_namespace(p).isfinite(p))) for p in parts):
                     raise DivergenceError(f"{fn.__name__}: the gradient in {name} contains non-finite values "
                                           "(the forward or its adjoint overflowed for these inputs)")
         return grads

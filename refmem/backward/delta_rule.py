@@ -315,9 +315,9 @@ def delta_rule_chunked_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None, 
 
     Same parameters and returns as :func:`delta_rule_vjp`, plus ``chunk_size >= 1``.
     """
-    C = check_chunk_size(chunk_size)
     o, M_T = delta_rule_recurrent(q, k, v, beta, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
+    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
     xp = _namespace(q)
     dq, dk, dv, _, db, dM0 = delta_family_chunked_vjp(q, k, v, None, beta, initial(initial_state, k, v, xp),
                                                       do, dM_T, C, xp)
@@ -330,9 +330,9 @@ def gated_delta_rule_chunked_vjp(q, k, v, alpha, beta, *, do, dM_T=None, initial
 
     Same parameters and returns as :func:`gated_delta_rule_vjp`, plus ``chunk_size >= 1``.
     """
-    C = check_chunk_size(chunk_size)
     o, M_T = gated_delta_rule_recurrent(q, k, v, alpha, beta, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
+    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
     xp = _namespace(q)
     dq, dk, dv, da, db, dM0 = delta_family_chunked_vjp(q, k, v, alpha, beta, initial(initial_state, k, v, xp),
                                                        do, dM_T, C, xp)

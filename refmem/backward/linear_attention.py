@@ -231,9 +231,9 @@ def linear_attention_chunked_vjp(q, k, v, *, do, dM_T=None, initial_state=None, 
 
     Same parameters and returns as :func:`linear_attention_vjp`, plus ``chunk_size >= 1``.
     """
-    C = check_chunk_size(chunk_size)
     o, M_T = linear_attention_recurrent(q, k, v, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
+    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
     xp = _namespace(q)
     dq, dk, dv, _, dM0 = linear_family_chunked_vjp(q, k, v, None, initial(initial_state, k, v, xp), do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "initial_state": dM0}
@@ -245,9 +245,9 @@ def gated_linear_attention_chunked_vjp(q, k, v, alpha, *, do, dM_T=None, initial
 
     Same parameters and returns as :func:`gated_linear_attention_vjp`, plus ``chunk_size >= 1``.
     """
-    C = check_chunk_size(chunk_size)
     o, M_T = gated_linear_attention_recurrent(q, k, v, alpha, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
+    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
     xp = _namespace(q)
     dq, dk, dv, da, dM0 = linear_family_chunked_vjp(q, k, v, alpha, initial(initial_state, k, v, xp), do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "initial_state": dM0}

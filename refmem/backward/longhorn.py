@@ -115,9 +115,9 @@ def longhorn_chunked_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None, ch
 
     Same parameters and returns as :func:`longhorn_vjp`, plus ``chunk_size >= 1``.
     """
-    C = check_chunk_size(chunk_size)
     o, M_T = longhorn_recurrent(q, k, v, beta, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
+    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
     xp = _namespace(q)
     per_channel = beta.ndim == k.ndim
     e, de_db = step_sizes(k, beta, xp)

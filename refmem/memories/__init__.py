@@ -39,10 +39,12 @@ from ..chunked import longhorn as longhorn_chunked
 from ..chunked import mesa as mesa_chunked
 from ..chunked import titans as titans_chunked
 from ..backward import BackwardSpec
+from ..backward import attention as attention_backward
 from ..backward import delta_rule as delta_rule_backward
 from ..backward import dgd as dgd_backward
 from ..backward import linear_attention as linear_attention_backward
 from ..backward import longhorn as longhorn_backward
+from ..backward import mesa as mesa_backward
 from ..backward import omega as omega_backward
 from ..backward import titans as titans_backward
 
@@ -250,6 +252,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         iterative=mesa.mesa_iterative,
         # the chunked form is conjugate gradient: its stopping test reads the device once per iteration
         device_reads={"chunked": "conjugate gradient stopping test, one read per iteration"},
+        backward=BackwardSpec(mesa_backward.mesa_vjp),
     ),
     # --- softmax attention: a non-parametric memory ---
     MemorySpec(
@@ -261,6 +264,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         state="key-value cache (K, V)",
         make_initial_state=softmax_attention.make_initial_state,
         iterative=softmax_attention.attention_iterative,
+        backward=BackwardSpec(attention_backward.softmax_attention_vjp),
     ),
     MemorySpec(
         name="sliding_window_attention",
@@ -271,6 +275,7 @@ MEMORIES: dict[str, MemorySpec] = _table(
         state="key-value cache (K, V)",
         make_initial_state=softmax_attention.make_initial_state,
         iterative=softmax_attention.attention_iterative,
+        backward=BackwardSpec(attention_backward.sliding_window_attention_vjp),
     ),
     # --- the deep memory and the Miras memories (each also on the deep memory) ---
     MemorySpec(
