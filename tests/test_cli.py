@@ -228,3 +228,21 @@ def test_a_write_that_fails_at_the_end_is_one_line(monkeypatch, capsys):
     assert main(["verify", "--spec", "l2"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "refmem verify: error: No space left on device: 'rows.json'"
+
+
+def test_readme_shows_the_tables_the_commands_print():
+    """The tables README's tour shows have the columns the code prints (docs that cannot drift silently)."""
+    import re
+    from pathlib import Path
+
+    from refmem.bench import format_table as bench_table
+    from refmem.catalog import format_catalog
+    from refmem.verify import format_table as verify_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = {tuple(re.split(r"\s{2,}", line.strip())) for line in readme.splitlines()}
+    for table in (verify_table([]), format_catalog([]), bench_table([])):
+        head = tuple(re.split(r"\s{2,}", table.splitlines()[0].strip()))
+        assert head in shown, head
+    for column in ("head-tok/s", "x recur", "GFLOP/s", "ceiling", "peak extra", "/BHTd"):
+        assert f"`{column}`" in readme, column  # every bench column is explained by name
