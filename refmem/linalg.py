@@ -23,8 +23,16 @@ def inner(A, B, xp):
 
 
 def fro_norm(A, xp):
-    """``||A||_F`` over the last two axes: ``[..., a, b] -> [...]``."""
-    return xp.sqrt(inner(A, A, xp))
+    """``||A||_F`` over the last two axes: ``[..., a, b] -> [...]``.
+
+    Computed as ``m ||A / m||_F`` with ``m = max |A|`` (as LAPACK's ``nrm2``): the
+    squares of entries above ``1e154`` would overflow, those below ``1e-154`` underflow,
+    although the norm itself is representable.
+    """
+    m = xp.max(xp.abs(A), axis=(-2, -1))  # (..,)
+    safe = xp.where((m > 0) & xp.isfinite(m), m, xp.ones_like(m))  # (..,): 0, inf and nan pass through unscaled
+    S = A / safe[..., None, None]  # (.., a, b), entries in [-1, 1]
+    return safe * xp.sqrt(inner(S, S, xp))
 
 
 def sq_norm(x, xp):

@@ -42,6 +42,12 @@ def _signed_power(x, e, xp):
     return sign(x, xp) * xp.abs(x) ** e
 
 
+def _root_bound(b, a, e, xp):
+    """``(b / a)^e`` where ``a > 0``, else ``inf`` (no bound): an upper end for the root of ``x + a x^{1/e} = b``."""
+    pos = a > 0
+    return xp.where(pos, (b / xp.where(pos, a, xp.ones_like(a))) ** e, xp.full_like(b, math.inf))
+
+
 def lp_prox_residual_power(r0, a, p, xp):
     r"""Per coordinate, :math:`w = x^{p-1}` where ``x >= 0`` solves :math:`x + a\,x^{p-1} = |r_0|`.
 
@@ -81,7 +87,9 @@ def lp_prox_residual_power(r0, a, p, xp):
         def dphi(x):
             return 1 + a * (p - 1) * x ** (p - 2)
 
-        x, _ = newton_scalar(phi, dphi, lo, b, b, rtol=64 * eps)
+        # the root also satisfies a x^{p-1} <= b: with that end of the bracket a x^{p-1} never overflows
+        hi = xp.minimum(b, _root_bound(b, a, 1.0 / (p - 1), xp))
+        x, _ = newton_scalar(phi, dphi, lo, hi, hi, rtol=64 * eps)
         return x ** (p - 1)
     m = 1.0 / (p - 1)  # > 1
 
@@ -91,7 +99,7 @@ def lp_prox_residual_power(r0, a, p, xp):
     def dphi_w(w):
         return m * w ** (m - 1) + a
 
-    hi = b ** (p - 1)
+    hi = xp.minimum(b ** (p - 1), _root_bound(b, a, 1.0, xp))  # a w <= b at the root
     w, _ = newton_scalar(phi_w, dphi_w, lo, hi, hi, rtol=64 * eps)
     return w
 

@@ -87,8 +87,13 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
     finite = xp.isfinite(L) & (L > 0)
     t = xp.where(finite, 1.0 / (c_max * xp.where(finite, L, xp.ones_like(L))), xp.ones_like(L))  # (..,)
 
+    tiny = float(xp.finfo(X.dtype).smallest_normal)
+
     def step(X, G, t):
-        return c * _softmax_rows(xp.log(X) - t[..., None, None] * G if t.ndim else xp.log(X) - t * G, xp)
+        Y = c * _softmax_rows(xp.log(X) - t[..., None, None] * G if t.ndim else xp.log(X) - t * G, xp)
+        # an entry that underflows to 0 would leave the simplex's interior (log 0): hold it at the smallest
+        # normal number, a change of the row sum far below any tolerance
+        return xp.maximum(Y, xp.asarray(tiny, dtype=X.dtype))
 
     def kl(Y, X):
         return xp.sum(X * _entropy_gap(Y / X - 1, xp), axis=(-2, -1))  # rows of Y and X share their sums
