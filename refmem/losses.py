@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import abc
 
-from .backends import namespace_of
 from .linalg import sign
-from .validation import as_param, check_arrays, check_ndim
+from .validation import as_param, check_arrays, check_ndim, dtype_name, get_option
 
 
 class Loss(abc.ABC):
@@ -55,11 +54,17 @@ class Loss(abc.ABC):
 
     def curvature(self, target):
         """An upper bound ``[...]`` on the spectral norm of the Hessian ``d^2L/dy^2`` (Lipschitz constant of ``u``)."""
-        return self._curvature(target, namespace_of(target))
+        return self._curvature(target, self._check_target(target))
 
     def third_derivative_bound(self, target):
         """An upper bound ``[...]`` on ``|d^3/ds^3 L(y + s e_i)|`` along any coordinate direction ``e_i``."""
-        return self._third(target, namespace_of(target))
+        return self._third(target, self._check_target(target))
+
+    def _check_target(self, target):
+        """``target [..., d_out]``: a real floating array, finite; returns its namespace."""
+        xp = check_arrays(target=target)
+        check_ndim(target, "target", 1, "[..., d_out]")
+        return xp
 
     @abc.abstractmethod
     def _curvature(self, target, xp):
@@ -124,7 +129,16 @@ class SquaredError(Loss):
 
     def _value(self, y, target, xp):
         r = y - target  # (.., d_out)
-        return 0.5 * xp.sum(r * r, axis=-1)
+        # 1/2 ||r||^2 through the scaled norm m ||r / m||: r*r would overflow (and warn) from |r| ~ 1e154 on,
+        # while the value is representable up to ||r|| ~ 1e154 * sqrt(2); beyond, the value itself is not
+        m = xp.max(xp.abs(r), axis=-1)  # (..,)
+        safe = xp.where((m > 0) & xp.isfinite(m), m, xp.ones_like(m))
+        n = safe * xp.sqrt(xp.sum((r / safe[..., None]) ** 2, axis=-1))  # (..,) ||r||
+        big = float(xp.finfo(r.dtype).max) ** 0.5  # ||r|| above sqrt(2 max) has no finite 1/2 ||r||^2
+        if get_option("check_finite") and bool(xp.any(n >= big)):
+            raise ValueError(f"y - target is too large for {dtype_name(r.dtype)}: the squared error "
+                             f"1/2 ||y - target||^2 exceeds its largest number (||y - target|| up to {big:.1e} is representable)")
+        return 0.5 * (n * n)
 
     def _grad(self, y, target, xp):
         return y - target  # (.., d_out)
@@ -167,6 +181,11 @@ class SoftmaxCrossEntropy(Loss):
 
     def _check(self, y, target):
         xp = super()._check(y, target)
+        as_param(target, "target", xp, target.dtype, low=0.0)  # class weights must be >= 0
+        return xp
+
+    def _check_target(self, target):
+        xp = super()._check_target(target)
         as_param(target, "target", xp, target.dtype, low=0.0)  # class weights must be >= 0
         return xp
 
