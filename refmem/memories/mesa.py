@@ -39,11 +39,14 @@ A bare array ``initial_state`` is rejected with a ``TypeError``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import eye_like, matvec, outer
-from ..solvers import Problem, conjugate_gradient, default_rtol
-from ..validation import as_param, check_arrays, finite_outputs, get_option, require
+from ..solvers import Problem
+from ..solvers.dispatch import minimize
+from ..validation import as_param, check_arrays, dtype_name, finite_outputs, get_option, require
 from ._inputs import check_sequence, random_qkv
 
 
@@ -93,10 +96,50 @@ def _check_stats(initial_state, q, k, v, xp):
     return G0, H0
 
 
+def condition_bound(lam, k, H0, xp) -> float:
+    r"""An upper bound on the condition number of every system :math:`H_t + \Lambda_t` of a scan.
+
+    :math:`\kappa \le (\|H_0\|_F + \sum_i \|k_i\|^2 + \lambda_{max}) / \lambda_{min}` over the
+    whole batch: :math:`\|k k^T\|_2 = \|k\|^2` and :math:`\|H_0\|_2 \le \|H_0\|_F` bound the
+    largest eigenvalue, :math:`\lambda_{min}` the smallest (``H_t`` is PSD).
+    """
+    key_sq = xp.sum(k * k, axis=(-2, -1))  # (..,) sum_i ||k_i||^2
+    h0 = xp.sqrt(xp.sum(H0 * H0, axis=(-2, -1)))  # (..,) ||H_0||_F
+    top = float(xp.max(xp.reshape(key_sq + h0, (-1,)))) if key_sq.ndim else float(key_sq + h0)
+    lam_max = float(xp.max(lam)) if lam.ndim else float(lam)
+    lam_min = float(xp.min(lam)) if lam.ndim else float(lam)
+    return (top + lam_max) / lam_min
+
+
+def _check_conditioning(lam, k, H0, xp):
+    r"""Refuse a scan whose systems float arithmetic cannot solve to :math:`\sqrt{\varepsilon}` relative.
+
+    A solve of a system with condition number :math:`\kappa` (LU in :func:`mesa_recurrent`, CG in
+    :func:`mesa_iterative` and the chunked form, whose error is about :math:`\kappa` times its
+    residual tolerance) is accurate to about :math:`\kappa\varepsilon` relative. Past
+    :math:`\kappa \le 1/\sqrt{\varepsilon}` (``6.7e7`` in float64) every form is refused the same way,
+    with the bound and the ``lam`` that would do (instead of LU's "Singular matrix" in one form and
+    finite but uncertified outputs in the other).
+    """
+    if not get_option("check_finite") or k.shape[-2] == 0:  # reads the device, like the finiteness checks
+        return
+    eps = float(xp.finfo(k.dtype).eps)
+    kappa = condition_bound(lam, k, H0, xp)
+    limit = 1.0 / math.sqrt(eps)
+    if not kappa <= limit:
+        lam_min = float(xp.min(lam)) if lam.ndim else float(lam)
+        raise ValueError(
+            f"lam = {lam_min:.3g} (its smallest entry) leaves the Mesa systems H_t + lam I with condition number "
+            f"up to {kappa:.2e} ((||H_0|| + sum ||k_i||^2 + lam_max) / lam_min), beyond the {limit:.1e} that "
+            f"{dtype_name(k.dtype)} solves to sqrt(eps) relative accuracy; use lam >= {lam_min * kappa / limit:.2e} "
+            "or keys of smaller norm")
+
+
 def _scan_setup(q, k, v, lam, initial_state):
     xp = check_sequence(q, k, v)
     lam = _check_lam(lam, k, xp)
     G0, H0 = _check_stats(initial_state, q, k, v, xp)
+    _check_conditioning(lam, k, H0, xp)
     per_channel = lam.ndim > 0 and tuple(lam.shape) == tuple(k.shape)
     return xp, lam, per_channel, G0, H0
 
@@ -210,17 +253,17 @@ def mesa_iterative(q, k, v, lam, *, initial_state=None, rtol=None):
     -----
     Each :math:`f_t` is a strongly convex quadratic with Hessian
     :math:`2 (H_t + \Lambda_t) \otimes I`; CG stops when
-    :math:`\|\nabla f_t\| \le \mathrm{rtol}\,\max(\mu\|M\|, \|\nabla f_t(0)\|)`, which
-    bounds the relative error of :math:`M_t` by about :math:`\mathrm{rtol}\,\kappa`,
-    :math:`\kappa \le (\sum\|k_i\|^2 + \|H_0\| + \lambda_{max})/\lambda_{min}`.
+    :math:`\|\nabla f_t\| \le \mathrm{rtol}\cdot` :meth:`~refmem.solvers.Problem.scale`, which
+    bounds the relative error of :math:`M_t` by ``rtol`` (:mod:`refmem.solvers.dispatch`), with
+    ``rtol`` raised to the rounding floor ``32 eps kappa``,
+    :math:`\kappa \le (\sum\|k_i\|^2 + \|H_0\| + \lambda_{max})/\lambda_{min}`, and a
+    :class:`~refmem.solvers.ConvergenceError` where that floor passes ``sqrt(eps)``.
     """
     prob, kappa = mesa_objective(q, k, v, lam, initial_state=initial_state)
     xp = prob.xp
     if k.shape[-2] == 0:
         raise ValueError("q, k, v must have at least one step (T >= 1)")
-    if rtol is None:
-        rtol = default_rtol(k.dtype, xp, condition=kappa)
-    Ms, report = conjugate_gradient(prob, rtol=rtol)  # (.., T, d_v, d_k)
+    Ms, report = minimize(prob, solver="cg", rtol=rtol)  # (.., T, d_v, d_k)
     o = (Ms @ q[..., :, :, None])[..., 0]  # (.., T, d_v, d_k) @ (.., T, d_k, 1) -> (.., T, d_v)
     return o, Ms[..., -1, :, :], report
 
