@@ -80,3 +80,28 @@ def test_max_iter_zero_checks_the_start_only():
     from refmem.solvers import ConvergenceError
     with pytest.raises(ConvergenceError):
         solve(Level(L2(), LocalL2(eta=0.5)), M_T, K, V, method="iterative", solver="gd", max_iter=0)
+
+
+def _deep_inputs():
+    g = np.random.default_rng(4)
+    d, h = 3, 3
+    return (0.3 * g.standard_normal((h, d)), 0.3 * g.standard_normal((d, h))), g.standard_normal(d), g.standard_normal(d)
+
+
+@pytest.mark.parametrize(("option", "value", "error"), [("rtol", "1e-8", TypeError), ("rtol", True, TypeError),
+                                                        ("rtol", 5e4, ValueError), ("max_iter", -1, ValueError),
+                                                        ("max_iter", 1.5, TypeError)])
+def test_deep_step_goes_through_the_same_dispatch(option, value, error):
+    # the deep memory's step used its own solver dispatch (no option checks, no certified tolerance)
+    from refmem.memories.deep_memory import deep_step
+    params, k, v = _deep_inputs()
+    with pytest.raises(error, match=option):
+        deep_step(params, k, v, retention=LocalL2(0.5), step="implicit", method="iterative", **{option: value})
+
+
+def test_deep_step_refuses_an_uncertifiable_tolerance():
+    from refmem.memories.deep_memory import deep_step
+    from refmem.solvers import ConvergenceError
+    params, k, v = _deep_inputs()
+    with pytest.raises(ConvergenceError, match="cannot certify"):
+        deep_step(params, 1e6 * k, v, retention=LocalL2(1e12), step="implicit", method="iterative")

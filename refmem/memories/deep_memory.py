@@ -49,7 +49,8 @@ from __future__ import annotations
 from ..level import ClosedFormUnavailable
 from ..linalg import broadcast_like
 from ..retentions import ForgetGate, Retention
-from ..solvers import SOLVERS, Problem, default_rtol
+from ..solvers import Problem
+from ..solvers.dispatch import default_solver, minimize
 from ..validation import check_arrays, check_scan_state, finite_outputs
 from ._inputs import check_sequence, check_step_gate, random_qkv
 from ._level_scan import state_step
@@ -125,20 +126,11 @@ def deep_step(params, k, v, *, retention=None, loss=None, step="explicit", metho
     if step == "implicit" and not loss.smooth:
         raise ValueError(f"the implicit deep step needs a smooth loss (l2, huber, lp with p >= 2); got lp with p = {loss.p}")
     prob = level_problem(W1t, W2t, k, v, g1, g2, ret, loss, step, activation, xp)
-    name = solver or _default_solver(prob, ret, step)
+    name = solver or default_solver(prob)
     if name == "mirror_descent" and h != d:
         raise ValueError(f"the row-wise (simplex) retention {ret.name!r} needs the hidden size h equal to d = {d} "
                          f"for the iterative deep step (rows of W1 and W2 are packed as rows); got h = {h}")
-    kwargs = {}
-    if name == "gd-backtracking":
-        name, kwargs["backtracking"] = "gd", True
-    if name not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS) + ['gd-backtracking']}; got {solver!r}")
-    if max_iter is not None:
-        kwargs["max_iter"] = max_iter
-    if rtol is None:
-        rtol = default_rtol(k.dtype, xp)
-    X, report = SOLVERS[name](prob, rtol=rtol, **kwargs)
+    X, report = minimize(prob, solver=solver, rtol=rtol, max_iter=max_iter)  # the same dispatch as refmem.level.solve
     return unpack_weights(X, h, d, xp), report
 
 
@@ -199,18 +191,8 @@ def level_problem(W1t, W2t, k, v, g1, g2, ret, loss, step, activation, xp) -> Pr
     L = broadcast_like(xp.asarray(L, dtype=k.dtype), xp.sum(Xt, axis=(-2, -1)), xp)  # (..,)
     mu = broadcast_like(xp.asarray(ret.mu(xp), dtype=k.dtype), L, xp)  # (..,)
     x0 = broadcast_like(Xt, g, xp)  # (.., rows, cols)
-    return Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic)
-
-
-def _default_solver(prob, ret, step):
-    preferred = getattr(ret, "preferred_solver", None)
-    if preferred:
-        return preferred
-    if prob.prox is not None:
-        return "prox_grad"
-    if step == "explicit" and prob.quadratic:
-        return "cg"
-    return "gd"
+    return Problem(xp, x0, f, df, L, mu, prox, h_value, quadratic,
+                   preferred_solver=getattr(ret, "preferred_solver", None))
 
 
 # --------------------------------------------------------------------------- the scan
