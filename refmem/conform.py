@@ -57,6 +57,7 @@ from typing import Callable
 
 import numpy as np
 
+from .metrics import max_abs_error, rel_error
 from .vectors import Case, VectorError, generate, load
 
 LAYOUTS = ("refmem", "fla")
@@ -289,11 +290,11 @@ def compare(out, ref: np.ndarray, tol: float, case: str, name: str) -> Row:
     if not np.all(np.isfinite(out)):
         return Row(case, name, nan, nan, nan, tol, False, f"{int(np.sum(~np.isfinite(out)))} non-finite values")
     diff = out - ref
-    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
-    ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
+    max_abs = max_abs_error(out, ref, np)
+    ref_max = max_abs_error(ref, 0 * ref, np)
     rms_d = _rms(diff, max_abs)
     rms_r = _rms(ref, ref_max)
-    max_rel = max_abs / ref_max if ref_max > 0 else max_abs
+    max_rel = rel_error(out, ref, np)
     rms_rel = rms_d / rms_r if rms_r > 0 else rms_d
     ok = max_rel <= tol and rms_rel <= tol
     return Row(case, name, max_abs, rms_rel, max_rel, tol, ok, "" if ok else _numbers(Row(case, name, max_abs, rms_rel, max_rel, tol, ok)))

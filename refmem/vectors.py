@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .metrics import rel_error
 from .validation import DivergenceError
 from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, VectorError, confined, unlisted_files
 from .vector_manifest import read_manifest as _read_checked_manifest
@@ -158,12 +159,6 @@ def _accepts_initial_state(fn) -> bool:
         return False
 
 
-def _rel(a, b) -> float:
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    err = float(np.max(np.abs(a - b))) if a.size else 0.0
-    return err / scale if scale > 0 else err
-
-
 def _perturb(inputs, rng, fixed=()):
     """Every input times ``1 + O(1e-7)`` in a random direction, except the names in ``fixed``."""
     gates = set(inputs) - {"q", "k", "v", "initial_state"}
@@ -200,7 +195,7 @@ def _condition(mem, inputs, params, ref, seed) -> float:
                 continue
         else:
             raise ValueError("no perturbation of the inputs is accepted by the memory")
-        kappa = max(kappa, *(_rel(out[n], ref[n]) / _DELTA for n in ref))
+        kappa = max(kappa, *(rel_error(out[n], ref[n], np) / _DELTA for n in ref))
     return kappa
 
 
@@ -496,7 +491,7 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
                 rows.append({"spec": case.spec, "case": case.name, "output": n, "rel_error": math.inf, "tolerance": tol,
                              "ok": False, "file": case.file})
                 continue
-            err = _rel(got[n], want)
+            err = rel_error(got[n], want, np)
             rows.append({"spec": case.spec, "case": case.name, "output": n, "rel_error": err, "tolerance": tol,
                          "ok": err <= tol, "file": case.file})
     return rows
