@@ -98,8 +98,7 @@ def test_mesa_large_lam_shrinks_to_zero_and_small_lam_interpolates(xp):
     K = g.standard_normal((6, 3))
     Mstar = g.standard_normal((2, 3))
     q, k, v = xp.asarray(K), xp.asarray(K), xp.asarray(K @ Mstar.T)
-    # lam = 1e-6: about the smallest whose systems float64 solves to sqrt(eps) (1e-12 is refused: the first
-    # step's H_1 = k_1 k_1^T is rank one, condition ~ 1e12). M - M* = -lam M* (H + lam I)^{-1}: relative bias
+    # lam = 1e-6 (1e-12 is refused: the first step's H_1 = k_1 k_1^T is rank one, condition ~ 1e12). M - M* = -lam M* (H + lam I)^{-1}: relative bias
     # at most lam / (sigma_min(K)^2 + lam) in the spectral norm, i.e. 3 lam / sigma_min^2 entrywise here, plus rounding
     lam = 1e-6
     _, M = mesa_recurrent(q, k, v, lam)

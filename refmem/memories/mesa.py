@@ -112,26 +112,28 @@ def condition_bound(lam, k, H0, xp) -> float:
 
 
 def _check_conditioning(lam, k, H0, xp):
-    r"""Refuse a scan whose systems float arithmetic cannot solve to :math:`\sqrt{\varepsilon}` relative.
+    r"""Refuse a scan whose systems leave fewer than a third of the format's digits.
 
     A solve of a system with condition number :math:`\kappa` (LU in :func:`mesa_recurrent`, CG in
     :func:`mesa_iterative` and the chunked form, whose error is about :math:`\kappa` times its
     residual tolerance) is accurate to about :math:`\kappa\varepsilon` relative. Past
-    :math:`\kappa \le 1/\sqrt{\varepsilon}` (``6.7e7`` in float64) every form is refused the same way,
-    with the bound and the ``lam`` that would do (instead of LU's "Singular matrix" in one form and
-    finite but uncertified outputs in the other).
+    :math:`\kappa = \varepsilon^{-2/3}` (``2.7e10`` in float64, ``4.1e4`` in float32), where that
+    error reaches :math:`\varepsilon^{1/3}`, every form is refused the same way, with the bound
+    (:func:`condition_bound`, an upper bound: well-spread keys are often much better conditioned)
+    and the ``lam`` that would do, instead of LU's "Singular matrix" in one form and finite but
+    uncertified outputs in the other.
     """
     if not get_option("check_finite") or k.shape[-2] == 0:  # reads the device, like the finiteness checks
         return
     eps = float(xp.finfo(k.dtype).eps)
     kappa = condition_bound(lam, k, H0, xp)
-    limit = 1.0 / math.sqrt(eps)
+    limit = eps ** (-2.0 / 3.0)
     if not kappa <= limit:
         lam_min = float(xp.min(lam)) if lam.ndim else float(lam)
         raise ValueError(
             f"lam = {lam_min:.3g} (its smallest entry) leaves the Mesa systems H_t + lam I with condition number "
-            f"up to {kappa:.2e} ((||H_0|| + sum ||k_i||^2 + lam_max) / lam_min), beyond the {limit:.1e} that "
-            f"{dtype_name(k.dtype)} solves to sqrt(eps) relative accuracy; use lam >= {lam_min * kappa / limit:.2e} "
+            f"up to {kappa:.2e} ((||H_0|| + sum ||k_i||^2 + lam_max) / lam_min), beyond the {limit:.1e} at which "
+            f"{dtype_name(k.dtype)} keeps a third of its digits; use lam >= {lam_min * kappa / limit:.2e} "
             "or keys of smaller norm")
 
 
