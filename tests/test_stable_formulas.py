@@ -57,3 +57,11 @@ def test_kl_simplex_iterative_with_large_keys(objective, scale):
     it, rep = solve(level, M_t, k, v, method="iterative")
     assert np.all(it > 0) and np.allclose(it.sum(-1), 1.0, rtol=0, atol=1e-12)
     assert np.max(np.abs(it - closed)) <= 1e-8  # rows on the simplex: entries in [0, 1]
+
+
+def test_lq_norm_scaled_and_silent():
+    from refmem.retentions.lq_moneta import lq_norm
+    M = np.array([[3e300, 0.0], [0.0, 4e300]])
+    assert lq_norm(M, 2.0, np) == pytest.approx(5e300, rel=1e-15)  # 3-4-5: |M|^2 would overflow unscaled
+    # an overflowed iterate (inf entry) gives inf, not nan from inf/inf and a RuntimeWarning
+    assert lq_norm(np.array([[np.inf, 1.0]]), 3.0, np) == np.inf

@@ -82,14 +82,14 @@ def lq_norm(M, q, xp):
     r"""Entrywise :math:`\|M\|_q = (\sum_{ij} |M_{ij}|^q)^{1/q}` over the last two axes: ``[..., a, b] -> [...]``."""
     a = xp.abs(M)
     m = xp.max(a, axis=(-2, -1))  # (..,); scaling by the largest entry keeps |M|^q from under/overflowing
-    safe = xp.where(m > 0, m, xp.ones_like(m))
+    safe = xp.where((m > 0) & xp.isfinite(m), m, xp.ones_like(m))  # 0, inf, nan: unscaled (no inf/inf)
     return m * xp.sum((a / expand_matrix(safe, xp)) ** q, axis=(-2, -1)) ** (1.0 / q)
 
 
 def lq_mirror(M, q, xp):
     r""":math:`\nabla\psi(M) = \operatorname{sign}(M)|M|^{q-1}\|M\|_q^{2-q}` for :math:`\psi = \tfrac12\|\cdot\|_q^2` (0 at 0)."""
     n = lq_norm(M, q, xp)  # (..,)
-    n = expand_matrix(xp.where(n > 0, n, xp.ones_like(n)), xp)  # M = 0: numerator is 0, any scale will do
+    n = expand_matrix(xp.where((n > 0) & xp.isfinite(n), n, xp.ones_like(n)), xp)  # M = 0: any scale will do
     # |M|^{q-1} n^{2-q} written as (|M|/n)^{q-1} n: |M_ij| <= n, so nothing over- or underflows
     return sign(M, xp) * (xp.abs(M) / n) ** (q - 1) * n  # (.., d_v, d_k)
 
