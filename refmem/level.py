@@ -232,10 +232,12 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     solver : str, optional
         Iterative solver: ``"cg"``, ``"gd"``, ``"gd-backtracking"``, ``"prox_grad"``,
         ``"prox_grad_bt"``, ``"residual_dual"``, ``"mirror_descent"``;
-        default chosen from the problem (:func:`default_solver`).
-    rtol : float, optional
-        Relative optimality tolerance; default :func:`~refmem.solvers.default_rtol`.
-    max_iter : int, optional
+        default chosen from the problem (:func:`~refmem.solvers.dispatch.default_solver`).
+    rtol : float in (0, 1), optional
+        Relative optimality tolerance; default :func:`~refmem.solvers.default_rtol`, raised to
+        the rounding floor ``32 eps kappa`` but never past ``sqrt(eps)``
+        (:func:`~refmem.solvers.dispatch.certified_rtol`).
+    max_iter : int >= 0, optional
 
     Returns
     -------
@@ -250,7 +252,8 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     ClosedFormUnavailable
         ``method="closed"`` for a combination without a closed form.
     ConvergenceError
-        The iterative solver did not meet its tolerance.
+        The iterative solver did not meet its tolerance, or the tolerance cannot be
+        certified at the problem's conditioning (the message gives the condition estimate).
     Examples
     --------
     The implicit l2 step, once in closed form (Sherman-Morrison) and once by

@@ -30,7 +30,7 @@ class Objective(abc.ABC):
         Lipschitz near its minimiser, or only a subgradient): the level then uses
         the objective's ``preferred_solver`` whatever the retention prefers.
     preferred_solver : str or None
-        Solver for the implicit step (read by :func:`refmem.level.default_solver`).
+        Solver for the implicit step (read by :func:`refmem.solvers.dispatch.default_solver`).
     conjugate : callable ``xp -> ResidualConjugate`` or None
         For objectives ``sum_i phi((M k - v)_i)``: the conjugate ``phi^*``, used by
         the dual solver :func:`refmem.solvers.residual_dual`.

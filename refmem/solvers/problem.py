@@ -33,7 +33,7 @@ class Problem:
         ``f`` is a quadratic (conjugate gradient applies).
     preferred_solver : str or None
         The solver the level's objective or retention asks for (read by
-        :func:`refmem.level.default_solver`), e.g. ``"mirror_descent"`` on a simplex.
+        :func:`refmem.solvers.dispatch.default_solver`), e.g. ``"mirror_descent"`` on a simplex.
     dual : object or None
         Extra structure for a dual solver (:class:`refmem.solvers.residual_dual.ResidualDual`).
     """
