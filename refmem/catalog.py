@@ -27,6 +27,7 @@ def spec_catalog() -> list[dict]:
     from .checks import CHECKS
     from .memories import MEMORIES
     from .nested.registry import NESTED_SYSTEMS
+    from .nested.vector_cases import FLAT_VECTORS
     from .objectives import OBJECTIVES
     from .optimizers import OPTIMIZERS
     from .retentions import RETENTIONS
@@ -39,7 +40,8 @@ def spec_catalog() -> list[dict]:
     for name, system in NESTED_SYSTEMS.items():
         forms = [f for f, fn in (("declared", system.declare), ("recurrent", system.recurrent),
                                  ("chunked", system.chunked)) if fn is not None]
-        rows[name, "nested system"] = {"name": name, "kind": "nested system", "forms": forms, "vectors": False, "file": system.spec}
+        rows[name, "nested system"] = {"name": name, "kind": "nested system", "forms": forms,
+                                       "vectors": name in FLAT_VECTORS, "file": system.spec}
     for kind, table in (("objective", OBJECTIVES), ("retention", RETENTIONS), ("optimiser", OPTIMIZERS)):
         for name in table:
             rows.setdefault((name, kind), {"name": name, "kind": kind, "forms": [], "vectors": False})

@@ -58,7 +58,7 @@ from typing import Callable
 import numpy as np
 
 from .metrics import max_abs_error, rel_error
-from .vectors import Case, VectorError, generate, load
+from .vectors import Case, VectorError, generate, load, positional_names, registry
 
 LAYOUTS = ("refmem", "fla")
 DTYPES = ("float64", "float32")
@@ -132,10 +132,13 @@ class _Call:
 
 def _refmem_call(case: Case, cast) -> _Call:
     kw = {n: cast(a) for n, a in case.call_kwargs().items()}
-    return _Call((cast(case.inputs["q"]), cast(case.inputs["k"]), cast(case.inputs["v"])), kw, lambda outs: outs)
+    first = tuple(cast(case.inputs[n]) for n in positional_names(case.inputs))  # q, k, v (or x: the flat convention)
+    return _Call(first, kw, lambda outs: outs)
 
 
 def _fla_call(case: Case, cast, accepts: Callable[[str], bool]) -> _Call:
+    if positional_names(case.inputs) != ("q", "k", "v"):
+        raise _NotApplicable("the fla layout is for sequence memories (q, k, v); use layout 'refmem'")
     q, k, v = case.inputs["q"], case.inputs["k"], case.inputs["v"]
     lead = tuple(k.shape[:-2])
     K = k.shape[-1]
@@ -372,10 +375,9 @@ def _check_arguments(fn, spec, vectors, layout, dtype, convert, name) -> None:
         raise TypeError(f"fn must be callable (the implementation under test); got {type(fn).__name__}")
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a registered memory name (str); got {type(spec).__name__}")
-    from .memories import MEMORIES as registry
-
-    if spec not in registry:
-        raise ValueError(f"spec {spec!r} is not a registered memory; known: {', '.join(sorted(registry))}")
+    known = registry()
+    if spec not in known:
+        raise ValueError(f"spec {spec!r} is not a registered memory; known: {', '.join(sorted(known))}")
     if vectors is not None and not isinstance(vectors, (str, os.PathLike)):
         raise TypeError(f"vectors must be a directory path (str or os.PathLike) or None; got {type(vectors).__name__}")
     if not isinstance(layout, str) or layout not in LAYOUTS:

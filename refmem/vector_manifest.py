@@ -214,21 +214,26 @@ def check_fields(path: str, where: str, obj, fields: dict) -> None:
 
 
 def _check_case_shapes(path: str, where: str, case: dict) -> None:
-    """``q, k, v`` inputs and the ``o`` output are listed as ``batch + [T, d]``, and ``o`` is shaped like ``v``.
+    """``q, k, v`` inputs (``x`` in the flat convention) and the ``o`` output are ``batch + [T, d]``; ``o`` is shaped like ``v`` (``x``).
 
     (``d`` is not tied to the case's ``d_k``, ``d_v``: a memory may need ``d_k = d_v``
     and draw its own sizes, as the deep memory does.)
     """
     lead = case["batch"] + [case["T"]]
-    for role, n in (("inputs", "q"), ("inputs", "k"), ("inputs", "v"), ("outputs", "o")):
+    if "x" in case["inputs"] and "q" not in case["inputs"]:  # the flat convention (CMS, HOPE): y shaped like x
+        first = (("inputs", "x"), ("outputs", "o"))
+    else:
+        first = (("inputs", "q"), ("inputs", "k"), ("inputs", "v"), ("outputs", "o"))
+    for role, n in first:
         if n not in case[role]:
             raise VectorError(path, "schema", f"{role[:-1]} {n!r} missing", f"{where}.{role}")
         s = case[role][n]["shape"]
         if s[:-1] != lead or len(s) != len(lead) + 1:
             raise VectorError(path, "schema", f"shape {s} but batch and T give {lead} + [d]", f"{where}.{role}.{n}")
-    if case["outputs"]["o"]["shape"] != case["inputs"]["v"]["shape"]:
-        raise VectorError(path, "schema", f"shape {case['outputs']['o']['shape']}, but v is "
-                          f"{case['inputs']['v']['shape']}", f"{where}.outputs.o")
+    like = "v" if "v" in case["inputs"] else "x"
+    if case["outputs"]["o"]["shape"] != case["inputs"][like]["shape"]:
+        raise VectorError(path, "schema", f"shape {case['outputs']['o']['shape']}, but {like} is "
+                          f"{case['inputs'][like]['shape']}", f"{where}.outputs.o")
 
 
 # ---------------------------------------------------------------- confinement

@@ -116,10 +116,23 @@ class Case:
     meta: dict = field(default_factory=dict)
 
     def call_kwargs(self) -> dict:
-        """The keyword inputs after ``q, k, v`` (gates, parameters, ``initial_state``)."""
-        kw = {n: a for n, a in self.inputs.items() if n not in ("q", "k", "v")}
+        """The keyword inputs after the positional ones (gates, parameters, ``initial_state``)."""
+        kw = {n: a for n, a in self.inputs.items() if n not in positional_names(self.inputs)}
         kw.update(self.params)
         return kw
+
+
+def positional_names(inputs) -> tuple:
+    """``("q", "k", "v")`` for a memory; ``("x",)`` for a system in the flat convention (:mod:`refmem.nested.vector_cases`)."""
+    return ("x",) if "x" in inputs and "q" not in inputs else ("q", "k", "v")
+
+
+def registry() -> dict:
+    """Every spec with vectors: the memories, then the references in the flat convention."""
+    from .memories import MEMORIES
+    from .nested.vector_cases import FLAT_VECTORS
+
+    return {**MEMORIES, **FLAT_VECTORS}
 
 
 # ---------------------------------------------------------------- generation
@@ -148,8 +161,9 @@ def _as_outputs(result) -> dict:
 
 
 def _run(mem, inputs: dict, params: dict) -> dict:
-    arrays = {n: a for n, a in inputs.items() if n not in ("q", "k", "v")}
-    return _as_outputs(mem.recurrent(inputs["q"], inputs["k"], inputs["v"], **arrays, **params))
+    first = positional_names(inputs)
+    arrays = {n: a for n, a in inputs.items() if n not in first}
+    return _as_outputs(mem.recurrent(*(inputs[n] for n in first), **arrays, **params))
 
 
 def _accepts_initial_state(fn) -> bool:
@@ -161,7 +175,7 @@ def _accepts_initial_state(fn) -> bool:
 
 def _perturb(inputs, rng, fixed=()):
     """Every input times ``1 + O(1e-7)`` in a random direction, except the names in ``fixed``."""
-    gates = set(inputs) - {"q", "k", "v", "initial_state"}
+    gates = set(inputs) - set(positional_names(inputs)) - {"initial_state"}
     pert = {}
     for n, a in inputs.items():
         if n in fixed:
@@ -184,7 +198,7 @@ def _condition(mem, inputs, params, ref, seed) -> float:
     state, then also the gates, held fixed: the estimate then covers ``q, k, v`` only.
     """
     rng = np.random.default_rng(seed + 1)
-    gates = tuple(set(inputs) - {"q", "k", "v", "initial_state"})
+    gates = tuple(set(inputs) - set(positional_names(inputs)) - {"initial_state"})
     kappa = 0.0
     for _ in range(2):
         for fixed in ((), ("initial_state",), ("initial_state",) + gates):
@@ -222,11 +236,14 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
     for n, a in raw.items():
         if hasattr(a, "shape"):
             inputs[n] = np.asarray(a, dtype=np.float64)
+        elif isinstance(a, tuple) and a and all(hasattr(x, "shape") for x in a):  # several arrays (an MLP's weights)
+            inputs[n] = tuple(np.asarray(x, dtype=np.float64) for x in a)
         elif isinstance(a, (bool, int, float, str)):
             params[n] = a
         else:
             raise ValueError(f"make_inputs returned {n!r} of type {type(a).__name__}: not storable")
-    gate_names = [n for n in inputs if n not in ("q", "k", "v")]
+    first = positional_names(inputs)
+    gate_names = [n for n in inputs if n not in first] if first == ("q", "k", "v") else list(mem.gates)
     if cd.gates in ("zero", "one"):
         if not gate_names:
             raise ValueError("the memory has no gates")
@@ -234,6 +251,8 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
         for n in gate_names:
             inputs[n] = np.full_like(inputs[n], fill)
     if cd.key_scale != 1.0:
+        if "k" not in inputs:
+            raise ValueError("there are no keys to scale")
         inputs["k"] = inputs["k"] * cd.key_scale
         # the step sizes (MemorySpec.step_gates) scale like 1 / ||k||^2: dividing them by s^2 keeps
         # beta ||k||^2 in the regime the recurrence is stable in (MATH.md 3)
@@ -308,9 +327,7 @@ def _sha256(path: str) -> str:
 
 def generate_spec(spec: str, out_dir: str) -> dict:
     """Write the cases of memory ``spec`` under ``out_dir/spec/``; return its manifest entry."""
-    from .memories import MEMORIES
-
-    mem = MEMORIES[spec]
+    mem = registry()[spec]
     entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": []}
     if mem.make_inputs is None:
         entry["skipped"].append({"case": "*", "reason": "the memory registers no make_inputs"})
@@ -372,19 +389,18 @@ def generate_spec(spec: str, out_dir: str) -> dict:
 def generate(out_dir: str, specs=None) -> dict:
     """Write vectors for ``specs`` (default: every registered memory) and ``manifest.json``; return the manifest."""
     from . import __version__
-    from .memories import MEMORIES
 
-    registry = MEMORIES
+    known = registry()
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a directory path (str or os.PathLike); got {type(out_dir).__name__}")
     if isinstance(specs, str):  # one name, not its characters
         specs = [specs]
-    names = sorted(registry) if not specs else list(specs)
+    names = sorted(known) if not specs else list(specs)
     if not all(isinstance(s, str) for s in names):
         raise TypeError(f"specs must be memory names (str); got {names!r:.120}")
-    unknown = [s for s in names if s not in registry]
+    unknown = [s for s in names if s not in known]
     if unknown:
-        raise ValueError(f"unknown spec(s) {unknown}; registered memories: {sorted(registry)}")
+        raise ValueError(f"unknown spec(s) {unknown}; specs with vectors: {sorted(known)}")
     os.makedirs(out_dir, exist_ok=True)
     manifest = {
         "format": FORMAT_NAME,
@@ -472,15 +488,13 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
     and the case's float64 tolerance. Integrity failures raise :class:`VectorError`,
     and so do inputs the memory's own input checks refuse (check ``inputs``).
     """
-    from .memories import MEMORIES
-
-    registry = MEMORIES
+    known = registry()
     rows = []
     for case in load(vec_dir, spec):
-        if case.spec not in registry:
+        if case.spec not in known:
             raise VectorError(case.file, "spec", f"spec {case.spec!r} is not a registered memory in this refmem")
         try:
-            got = _run(registry[case.spec], case.inputs, case.params)
+            got = _run(known[case.spec], case.inputs, case.params)
         except DivergenceError as exc:
             raise VectorError(case.file, "inputs", f"the {case.spec} scan diverges on the stored inputs ({exc})") from None
         except (ValueError, TypeError) as exc:

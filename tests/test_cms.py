@@ -311,5 +311,21 @@ def test_flat_vector_convention_equals_the_structured_call():
     x = inp.pop("x")
     y, flat = cms_vectors(x, **inp)
     c = inp["cms_params"]
-    want, params = cms_recurrent(x, ((c[0], c[1]), (c[2], c[3]), (c[4], c[5])), (8, 4, 1), 0.05, targets=inp["targets"])
+    want, params = cms_recurrent(x, ((c[0], c[1]), (c[2], c[3]), (c[4], c[5])), (8, 4, 1), inp["cms_eta"],
+                                 targets=inp["targets"])
     assert np.array_equal(y, want) and all(np.array_equal(a, b) for a, b in zip(flat, [w for p in params for w in p]))
+
+
+def test_refmem_conform_checks_a_cms_implementation():
+    from refmem.conform import check
+
+    def numpy_cms_flat(x, *, targets, cms_params, cms_chunk_1, cms_chunk_2, cms_chunk_3, cms_eta):
+        blocks = ((cms_params[0], cms_params[1]), (cms_params[2], cms_params[3]), (cms_params[4], cms_params[5]))
+        C = (cms_chunk_1, cms_chunk_2, cms_chunk_3)
+        y = np.empty_like(x)
+        for idx in np.ndindex(*x.shape[:-2]):  # one sequence at a time, token by token
+            y[idx], _ = _hand_cms(blocks, x[idx], targets[idx], C, cms_eta)
+        return y
+
+    result = check(numpy_cms_flat, spec="cms", cases=["T1", "no_batch", "T63_heads3"], outputs=["o"])
+    assert result.passed and len(result.rows) == 3

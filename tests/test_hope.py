@@ -142,3 +142,27 @@ def test_an_independent_numpy_hope_matches_the_flat_convention():
     want = hope_vectors(x, **inp)
     got = numpy_hope_flat(x, **inp)
     assert np.abs(got - want).max() <= 19 * 64 * EPS * max(1.0, np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def hope_vectors_dir(tmp_path_factory):
+    from refmem.vectors import generate
+
+    out = tmp_path_factory.mktemp("hope-vectors")
+    generate(str(out), ["hope"])
+    return str(out)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_refmem_conform_accepts_an_independent_hope_and_rejects_a_wrong_one(dtype, hope_vectors_dir):
+    from refmem.conform import check
+
+    result = check(numpy_hope_flat, spec="hope", dtype=dtype, vectors=hope_vectors_dir,
+                   cases=["T1", "T63_heads3", "no_batch"])
+    assert result.passed and len(result.rows) == 3
+
+    def per_step_snapshots(x, **kw):  # reads the per-step states instead of the chunk snapshots
+        return numpy_hope_flat(x, **dict(kw, chunk_size=1, memory_chunk_size=1))
+
+    wrong = check(per_step_snapshots, spec="hope", dtype=dtype, vectors=hope_vectors_dir, cases=["T63_heads3"])
+    assert not wrong.passed

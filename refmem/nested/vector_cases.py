@@ -23,12 +23,16 @@ HOPE (``spec hope``)::
 W1_memory, W2_memory)`` (:data:`~refmem.nested.self_modifying_titans.MEMORY_NAMES`
 order), two CMS blocks; output ``y [..., T, d]``.
 
-Inputs are drawn with keys, values and gates of the sizes the specs'
-stability arguments assume (unit-scale tokens, weights of scale
-``1/sqrt(fan_in)``, step sizes 0.05).
+Inputs are drawn at the sizes the specs' stability arguments assume:
+tokens and weights of unit scale (weights ``1/sqrt(fan_in)``), the CMS step
+``0.05 / d`` on raw tokens (its gradients grow like ``||x||^2 = d``) and
+``0.05`` inside HOPE (its CMS reads the Titans outputs, of norm about 1).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np  # randomness only: inputs are drawn in NumPy
 
@@ -81,7 +85,7 @@ def cms_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     conv = lambda a: xp.asarray(np.asarray(a, dtype=dtype))  # noqa: E731
     blocks = tuple(conv(W) for _ in range(3) for W in _mlp_pair(g, d, d))
     return {"x": conv(g.standard_normal(batch + (T, d))), "targets": conv(g.standard_normal(batch + (T, d))),
-            "cms_params": blocks, "cms_chunk_1": 8, "cms_chunk_2": 4, "cms_chunk_3": 1, "cms_eta": 0.05}
+            "cms_params": blocks, "cms_chunk_1": 8, "cms_chunk_2": 4, "cms_chunk_3": 1, "cms_eta": 0.05 / d}
 
 
 def hope_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
@@ -98,4 +102,32 @@ def hope_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
             "cms_eta": 0.05, "eta_max": 0.5, "eta_bias": 0.0, "alpha_bias": 4.0}
 
 
-__all__ = ["cms_make_inputs", "cms_vectors", "hope_make_inputs", "hope_vectors"]
+@dataclass(frozen=True)
+class FlatVectorSpec:
+    """A reference with the flat calling convention ``fn(x, **inputs, **params)``, for ``refmem vectors`` and ``conform``.
+
+    The attributes ``refmem.vectors`` reads from a memory's entry: ``recurrent``
+    (the reference), ``make_inputs``, ``description``, ``gates`` (none: the
+    gate cases do not apply), ``step_gates``, ``make_initial_state``;
+    ``positional`` names the input passed first.
+    """
+
+    name: str
+    recurrent: Callable
+    make_inputs: Callable
+    description: str
+    positional: tuple = ("x",)
+    gates: tuple = ()
+    step_gates: tuple = ()
+    make_initial_state: Callable | None = None
+
+
+FLAT_VECTORS: dict[str, FlatVectorSpec] = {
+    "cms": FlatVectorSpec("cms", cms_vectors, cms_make_inputs,
+                          "CMS: three sequential residual MLP blocks (C = 8, 4, 1), squared-error error terms; "
+                          "outputs y and the blocks after step T"),
+    "hope": FlatVectorSpec("hope", hope_vectors, hope_make_inputs,
+                           "HOPE: self-modifying Titans (C = 4, memory C = 2) then two CMS blocks (C = 8, 2); output y"),
+}
+
+__all__ = ["FLAT_VECTORS", "FlatVectorSpec", "cms_make_inputs", "cms_vectors", "hope_make_inputs", "hope_vectors"]
