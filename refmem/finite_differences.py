@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
-from .backends import namespace_of
 from .linalg import device_of
+from .validation import check_arrays, require
 
 
 def central_gradient(f, x, h: float, *, ndim: int = 1):
@@ -45,7 +45,10 @@ def central_gradient(f, x, h: float, *, ndim: int = 1):
         raise ValueError(f"h must be a finite float > 0; got {h!r}")
     if ndim not in (1, 2):
         raise ValueError(f"ndim must be 1 or 2; got {ndim!r}")
-    xp = namespace_of(x)
+    if not callable(f):
+        raise TypeError(f"f must be a callable; got {type(f).__name__}")
+    require(x=x)
+    xp = check_arrays(x=x)
     if x.ndim < ndim:
         raise ValueError(f"x must have at least {ndim} dims; got shape {tuple(x.shape)}")
     tail = tuple(x.shape[x.ndim - ndim:])

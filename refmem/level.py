@@ -29,7 +29,7 @@ from .solvers import Problem, SolveReport
 from .solvers.dispatch import default_solver, minimize
 from .solvers.options import check_count, check_rtol
 from .solvers.residual_dual import ResidualDual
-from .validation import check_arrays, check_ndim
+from .validation import check_arrays, check_ndim, check_nonempty, require
 
 STEPS = ("explicit", "implicit")
 LINEARIZE_AT = ("state", "retained")
@@ -96,6 +96,7 @@ class Level:
 def _check_inputs(level: Level, M_t, k, v):
     """Validate shapes, dtypes, finiteness and parameters; return ``(xp, bound retention)``."""
     keyless = getattr(level.objective, "keyless", False)
+    require(M_t=M_t, v=v)
     if keyless:
         if k is not None:
             raise ValueError(f"k must be None for the key-less objective {level.objective.name!r}; pass the matrix as v")
@@ -105,11 +106,14 @@ def _check_inputs(level: Level, M_t, k, v):
             raise ValueError(f"k is required for objective {level.objective.name!r}")
         xp = check_arrays(M_t=M_t, k=k, v=v)
     check_ndim(M_t, "M_t", 2, "[..., d_v, d_k]")
+    for name, x in (("M_t", M_t), ("k", k), ("v", v)):
+        if x is not None:
+            check_nonempty(x, name)
     d_v, d_k = M_t.shape[-2], M_t.shape[-1]
     if keyless:
         check_ndim(v, "v", 2, "[..., d_v, d_k] (a matrix like the state)")
         if tuple(v.shape[-2:]) != (d_v, d_k):
-            raise ValueError(f"v must end in the state's shape ({d_v}, {d_k}); got shape {tuple(v.shape)}")
+            raise ValueError(f"v must end in the shape of the state M_t ({d_v}, {d_k}); got shape {tuple(v.shape)}")
         batch = [M_t.shape[:-2], v.shape[:-2]]
     else:
         w = 1 if getattr(level.objective, "windowed", False) else 0  # windowed objectives: c samples per problem

@@ -80,6 +80,28 @@ def check_real_floating(x, name: str, xp):
         raise TypeError(f"{name} must have a real floating dtype, float32 or float64; got {dtype_name(x.dtype)}{why}")
 
 
+def float_dtype(dtype, xp, name: str = "dtype"):
+    """A requested dtype, ``"float32"`` / ``"float64"`` or the namespace's own, as ``xp``'s dtype object."""
+    if isinstance(dtype, str):
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} must be 'float32' or 'float64'; got {dtype!r}")
+        return getattr(xp, dtype)
+    if not _is_supported_float(dtype, xp):
+        raise TypeError(f"{name} must be 'float32', 'float64' or the array library's float32 / float64; got {dtype!r}")
+    return native_dtype(dtype)
+
+
+def count(n, name: str, *, low: int = 1) -> int:
+    """A count (Python or NumPy integer, not bool) ``>= low``, as a Python int."""
+    from numbers import Integral
+
+    if isinstance(n, bool) or not isinstance(n, Integral):
+        raise TypeError(f"{name} must be an integer >= {low}; got {type(n).__name__} {n!r}")
+    if n < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {n}")
+    return int(n)
+
+
 def check_finite(x, name: str, xp) -> None:
     if _OPTIONS["check_finite"] and not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name} contains non-finite values (nan or inf); every entry must be finite")
@@ -103,6 +125,8 @@ def check_arrays(**named):
     required checks it with :func:`check_array` or :func:`require` first.
     """
     present = {k: v for k, v in named.items() if v is not None}
+    if not present and named:  # nothing to take a namespace from: the first input was needed
+        check_array(None, next(iter(named)))
     for k, v in present.items():
         check_array(v, k)
     try:
@@ -127,6 +151,12 @@ def require(**named) -> None:
     """``TypeError`` naming the first required input that is ``None`` or not an array."""
     for k, v in named.items():
         check_array(v, k)
+
+
+def check_nonempty(x, name: str) -> None:
+    """``ValueError`` when ``x`` has an axis of length 0 (nothing to compute with)."""
+    if 0 in tuple(x.shape):
+        raise ValueError(f"{name} has an empty axis (shape {tuple(x.shape)}); every axis must have length >= 1")
 
 
 def check_batch_shape(p, name: str, batch: tuple, what: str = "the batch dims") -> None:
@@ -315,6 +345,8 @@ def _inputs_at_step(arguments: dict, t: int) -> str:
     if driver:
         name, s, peak = driver
         what = f"driven by {name} at step {s} (max |{name}_{s}| = {peak:.3g}, {ratio:.3g} times its median step's)"
+    elif t == 0:
+        what = "the first step already overflows: the inputs or step sizes are too large for each other"
     else:
         what = ("no input stands out up to that step: the growth built up over the steps (step sizes too "
                 "large for the keys, or inputs too large)")

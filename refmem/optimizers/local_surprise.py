@@ -38,16 +38,26 @@ from ..linalg import matvec, outer
 from ..losses import get_loss
 from ..objectives import Dot
 from ..retentions import LocalL2
-from ..validation import check_arrays, check_ndim
+from ..validation import check_arrays, check_batch_shape, check_ndim, require
 
 
-def _check_layer(W, x):
-    xp = check_arrays(W=W, x=x)
-    check_ndim(W, "W", 2, "[..., d_out, d_in]")
-    check_ndim(x, "x", 1, "[..., d_in]")
+def _check_layer(W, x, *, W_name="W", x_name="x"):
+    """``W [..., d_out, d_in]`` and ``x [..., d_in]``, named as the caller calls them; returns ``xp``."""
+    require(**{W_name: W, x_name: x})
+    xp = check_arrays(**{W_name: W, x_name: x})
+    check_ndim(W, W_name, 2, "[..., d_out, d_in]")
+    check_ndim(x, x_name, 1, "[..., d_in]")
     if x.shape[-1] != W.shape[-1]:
-        raise ValueError(f"x has length {x.shape[-1]} but W has d_in = {W.shape[-1]} (W is [..., d_out, d_in])")
+        raise ValueError(f"{x_name} has length {x.shape[-1]} but {W_name} has d_in = {W.shape[-1]} "
+                         f"({W_name} is [..., d_out, d_in])")
     return xp
+
+
+def _check_step(W_t, x, eta, *, x_name="x"):
+    """The inputs of one step: the layer, and ``eta`` a number or an array broadcastable to ``W_t``'s batch dims."""
+    _check_layer(W_t, x, W_name="W_t", x_name=x_name)
+    if hasattr(eta, "shape"):
+        check_batch_shape(eta, "eta", tuple(W_t.shape[:-2]), "the batch dims of W_t")
 
 
 def layer_output(W, x):
@@ -181,6 +191,7 @@ def surprise_step(loss, W_t, x, target, eta=1.0, *, method="closed", solver=None
     W : array ``[..., d_out, d_in]``
     report : SolveReport
     """
+    _check_step(W_t, x, eta)
     u = local_surprise(loss, W_t, x, target)  # (.., d_out)
     return solve(local_surprise_level(eta), W_t, x, surprise_value(u), method=method, solver=solver)
 
@@ -208,6 +219,7 @@ def train(loss, W_0, X, targets, eta=1.0, *, method="closed", solver=None):
     reports : list of SolveReport
         One per step.
     """
+    require(W_0=W_0, X=X, targets=targets)
     xp = check_arrays(W_0=W_0, X=X, targets=targets)
     check_ndim(X, "X", 2, "[..., N, d_in]")
     check_ndim(targets, "targets", 2, "[..., N, d_out]")
@@ -217,6 +229,8 @@ def train(loss, W_0, X, targets, eta=1.0, *, method="closed", solver=None):
     per_step = hasattr(eta, "shape") and eta.ndim > 0
     if per_step and eta.shape[-1] != N:
         raise ValueError(f"eta must be a scalar or end in N = {N} (one learning rate per step); got shape {tuple(eta.shape)}")
+    if per_step:
+        check_batch_shape(eta, "eta", tuple(W_0.shape[:-2]) + (N,), "W_0's batch dims and N")
     Ws, reports, W = [W_0], [], W_0
     for t in range(N):
         eta_t = eta[..., t] if per_step else eta
@@ -244,6 +258,8 @@ def nl6_printed_step(loss, W_t, x_prev, x, target, eta=1.0, *, method="closed", 
     x : array ``[..., d_in]``
         :math:`x_{t+1}`, the sample whose surprise is taken.
     """
+    _check_step(W_t, x, eta)
+    _check_layer(W_t, x_prev, W_name="W_t", x_name="x_prev")
     u = local_surprise(loss, W_t, x, target)  # (.., d_out), at x_{t+1}
     return solve(local_surprise_level(eta), W_t, x_prev, surprise_value(u), method=method, solver=solver)
 

@@ -18,7 +18,7 @@ from ..backends import current_namespace
 from ..level import solve
 from ..linalg import inner
 from ..solvers import Problem, conjugate_gradient, default_rtol, gradient_descent
-from ..validation import check_arrays, check_ndim, expand_matrix, positive
+from ..validation import check_arrays, check_ndim, count, expand_matrix, float_dtype, positive
 from .momentum import momentum_level
 
 
@@ -36,7 +36,8 @@ def impulse_response(eta=0.1, alpha=0.9, n: int = 10, *, dtype="float64", xp=Non
     array ``[n]``
     """
     xp = xp or current_namespace()
-    one = xp.ones((1, 1), dtype=getattr(xp, dtype))  # (1, 1): a 1x1 "gradient"
+    n = count(n, "n")
+    one = xp.ones((1, 1), dtype=float_dtype(dtype, xp))  # (1, 1): a 1x1 "gradient"
     m = xp.zeros_like(one)
     out = []
     for j in range(n):

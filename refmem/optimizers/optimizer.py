@@ -30,7 +30,7 @@ from ..level import Level, solve
 from ..objectives import Inner
 from ..retentions import ForgetGate
 from ..solvers import SolveReport
-from ..validation import DivergenceError, check_arrays, check_ndim, get_option
+from ..validation import DivergenceError, check_arrays, check_ndim, check_nonempty, get_option, require, same_dtype
 
 METHODS = ("closed", "iterative")
 
@@ -68,13 +68,16 @@ def check_weights(W, name: str = "W"):
     """``W`` an array ``[..., d_out, d_in]`` of a real floating dtype, finite; returns ``xp``."""
     xp = check_arrays(**{name: W})
     check_ndim(W, name, 2, "[..., d_out, d_in]")
+    check_nonempty(W, name)
     return xp
 
 
 def check_step_inputs(W, g):
     """``W`` and ``g`` share namespace, dtype and shape ``[..., d_out, d_in]``; both finite. Returns ``xp``."""
+    require(W=W, g=g)
     xp = check_arrays(W=W, g=g)
     check_ndim(W, "W", 2, "[..., d_out, d_in]")
+    check_nonempty(W, "W")
     if tuple(g.shape) != tuple(W.shape):
         raise ValueError(f"g must have the shape of W {tuple(W.shape)}; got {tuple(g.shape)}")
     return xp
@@ -82,7 +85,7 @@ def check_step_inputs(W, g):
 
 def check_state_shape(state_array, W, what: str) -> None:
     """A state array made by ``init`` for another shape is a clear error, not a broadcast."""
-    if tuple(state_array.shape) != tuple(W.shape) or state_array.dtype != W.dtype:
+    if tuple(state_array.shape) != tuple(W.shape) or not same_dtype(state_array.dtype, W.dtype):
         raise ValueError(f"state.{what} has shape {tuple(state_array.shape)} and dtype {state_array.dtype}, "
                          f"but W has shape {tuple(W.shape)} and dtype {W.dtype}: make the state with init(W)")
 
