@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: verify test bench clean
+.PHONY: verify test fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ verify: $(STAMP_RUN)
 
 test: $(STAMP_TEST)
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+
+# The bad-input guard with hypothesis' dev profile: random details, 200 examples per test.
+fuzz: $(STAMP_TEST)
+	HYPOTHESIS_PROFILE=dev $(BIN)/python -m pytest -q tests/test_bad_input.py
 
 bench: $(STAMP_RUN)
 	$(BIN)/refmem bench
