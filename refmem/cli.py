@@ -1,4 +1,4 @@
-"""The ``refmem`` command line: ``verify``, ``list``, ``backends``, ``vectors``, ``conform``, ``bench``.
+"""The ``refmem`` command line: ``verify``, ``list``, ``backends``, ``vectors``, ``conform``, ``bench``, ``tour``.
 
 Each subcommand's work lives with the module it drives; this file wires them
 up and checks the arguments first. A user error (a bad argument, an unknown
@@ -340,11 +340,39 @@ def _add_bench(sub):
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- tour
+
+
+def _add_tour(sub):
+    p = sub.add_parser(
+        "tour", help="a guided walk through Nested Learning: each idea's equation, its refmem call, both ways",
+        description=_describe("A walk through the paper's ideas in its order: a trained MLP as a memory of local "
+                    "surprise, momentum as a two-level memory, sequence memories (linear attention, delta rule, "
+                    "Longhorn, Titans), retention, optimisers as memories (Adam, Muon), nested levels (CMS, "
+                    "HOPE). Each stop prints the equation in plain text and the refmem call that implements it, "
+                    "then runs the registered checks that compute it both ways (closed form and iterative, or "
+                    "recurrent and chunked) on a small seeded problem and prints the agreement."),
+        epilog=_examples("refmem tour", "refmem tour --list", "refmem tour --stop delta_rule"))
+    p.add_argument("--list", action="store_true", help="list the stops and stop")
+    p.add_argument("--stop", metavar="NAME", help="run only this stop (see --list)")
+    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
+
+    def run(args):
+        from . import tour
+
+        if args.stop is not None and args.stop not in tour.stop_names():
+            raise _unknown("--stop", args.stop, tour.stop_names())
+        backends.get_backend(args.backend)
+        return tour.main(args)
+
+    p.set_defaults(func=run)
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
-SUBCOMMANDS = [_add_verify, _add_list, _add_backends, _add_vectors, _add_conform, _add_bench]
+SUBCOMMANDS = [_add_verify, _add_list, _add_backends, _add_vectors, _add_conform, _add_bench, _add_tour]
 
 
 def build_parser() -> argparse.ArgumentParser:
