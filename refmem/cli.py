@@ -213,10 +213,10 @@ def _add_vectors(sub):
     p.set_defaults(func=run)
 
 
-def _check_out_dir(out: str) -> None:
-    """``--out`` is (or can be made) a directory we can write files in."""
+def _check_out_dir(out: str, option: str = "--out") -> None:
+    """``option`` (``--out``) is (or can be made) a directory we can write files in."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out!r} exists and is not a directory")
+        raise UsageError(f"{option} {out!r} exists and is not a directory")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".refmem-write-probe")
@@ -224,7 +224,7 @@ def _check_out_dir(out: str) -> None:
             pass
         os.remove(probe)
     except OSError as exc:
-        raise UsageError(f"--out {out!r} cannot be written ({exc.strerror or exc})") from None
+        raise UsageError(f"{option} {out!r} cannot be written ({exc.strerror or exc})") from None
 
 
 # ---------------------------------------------------------------- conform
@@ -352,16 +352,29 @@ def _add_tour(sub):
                     "HOPE). Each stop prints the equation in plain text and the refmem call that implements it, "
                     "then runs the registered checks that compute it both ways (closed form and iterative, or "
                     "recurrent and chunked) on a small seeded problem and prints the agreement."),
-        epilog=_examples("refmem tour", "refmem tour --list", "refmem tour --stop delta_rule"))
+        epilog=_examples("refmem tour", "refmem tour --list", "refmem tour --stop delta_rule",
+                         "refmem tour --plots figures   (needs the plot extra: pip install 'refmem[plot]')"))
     p.add_argument("--list", action="store_true", help="list the stops and stop")
     p.add_argument("--stop", metavar="NAME", help="run only this stop (see --list)")
     p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
+    p.add_argument("--plots", metavar="DIR", help="write the tour's figures as PNGs into DIR (created) instead")
 
     def run(args):
         from . import tour
 
         if args.stop is not None and args.stop not in tour.stop_names():
             raise _unknown("--stop", args.stop, tour.stop_names())
+        if args.plots is not None:
+            from . import plots
+
+            try:
+                plots._pyplot()
+            except plots.PlotExtraMissing as exc:
+                raise UsageError(f"--plots: {exc}") from None
+            _check_out_dir(args.plots, "--plots")
+            for path in plots.write_figures(args.plots):
+                print(path)
+            return 0
         backends.get_backend(args.backend)
         return tour.main(args)
 
