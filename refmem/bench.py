@@ -6,11 +6,17 @@ every form it has, the benchmark times the form on random inputs of shape
 
 - ``head_tokens_per_s = B H T / seconds`` (best of ``--repeat`` timed calls,
   after one untimed warm-up call);
-- ``ceiling_fraction = (flops / seconds) / matmul_flops_per_s``: ``flops`` is
-  the form's analytic FLOP count (:func:`form_flops`, multiply-add = 2), and
-  ``matmul_flops_per_s`` is the rate of a batched matrix product of comparable
-  shape, ``[B H N, C, d] @ [B H N, d, d]``, measured in the same run on the
-  same backend and dtype (:func:`matmul_rate`);
+- ``flops``: the form's useful FLOP count (:func:`form_flops`, multiply-add = 2,
+  structural zeros such as the upper triangles of in-chunk products not
+  counted; never more than the implementation performs);
+- ``peak_fraction = (flops / seconds) / peak_flops_per_s``: the fraction of the
+  machine's peak for the dtype, a large ``[n, n] @ [n, n]`` product on every
+  usable core (:func:`machine_peak`, BLAS threads pinned with threadpoolctl),
+  measured in the same run; ``peak_one_core_fraction`` against the same product
+  on one core (``None`` off the host);
+- ``ceiling_fraction = (flops / seconds) / matmul_flops_per_s`` (secondary): against
+  the rate of a batched small product of comparable shape,
+  ``[B H N, C, d] @ [B H N, d, d]`` (:func:`matmul_rate`), same run, backend and dtype;
 - ``peak_extra_bytes``: the peak memory allocated during one extra (untimed)
   call above what was allocated before it, outputs included. On ``numpy``
   and ``array_api_strict`` it is measured with :mod:`tracemalloc`, which
@@ -47,28 +53,49 @@ from .validation import options
 FORMS = ("recurrent", "chunked", "minibatch")
 
 
+def tril_product_flops(C: int, m: int, *, strict: bool = False) -> int:
+    """Useful FLOPs of ``tril(X) @ Y`` for ``X [C, C]``, ``Y [C, m]`` (or of forming that triangle of ``A B^T`` with an inner size ``m``).
+
+    Only the entries on and below the diagonal (strictly below when ``strict``)
+    are counted: ``C (C + 1) / 2`` (``C (C - 1) / 2``) multiply-adds per column, 2 FLOPs each.
+    """
+    entries = C * (C - 1) // 2 if strict else C * (C + 1) // 2
+    return 2 * entries * m
+
+
 def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> float:
-    """Analytic FLOP count of one call (multiply-add = 2 FLOPs; elementwise gate algebra not counted).
+    r"""Useful FLOPs of one call: the matrix products, structural zeros not counted (multiply-add = 2).
 
     Notes
     -----
-    Per head, with ``N = ceil(T / C)`` chunks (``d_k = d_v = d``):
+    A product whose result (or whose left factor) is causally masked counts only its
+    triangle (:func:`tril_product_flops`): ``tril(Q K^T)`` is ``C (C + 1) d``,
+    not ``2 C^2 d``. Elementwise gate algebra is not counted. The count never
+    exceeds the multiply-adds the implementation performs (a lower bound
+    where a term is uncertain), so ``flops / seconds`` can never exceed what the
+    hardware did. Per head, with ``N = ceil(T / C)`` chunks (``d_k = d_v = d``):
 
     - recurrent: per step, one read ``M q`` (``2 d^2``) plus the update: linear
-      attention ``2 d^2``; delta / Longhorn ``4 d^2`` (``M k`` and the rank-one
-      write); gated delta ``5 d^2`` (and ``a M``); Titans ``8 d^2``; Mesa a
-      ``d x d`` solve with ``d`` right-hand sides (``8/3 d^3``) and ``4 d^2`` of statistics.
-    - chunked, linear attention family: ``4 C^2 d + 4 C d^2`` per chunk
-      (``Q K^T``, ``P V``, ``V^T K``, ``Q M^T``).
-    - chunked, delta family (UT form, :func:`refmem.chunked.delta_family.delta_family`):
-      ``8 C^2 d + 6 C d^2`` per chunk (``Q K^T``, ``K K^T``, the triangular solve
-      with ``2 d`` right-hand sides ``2 C^2 d``, ``P U``; ``W M^T``, ``U^T K~``,
-      ``Q M^T``); mini-batch: without ``K K^T`` and the solve, ``4 C^2 d + 6 C d^2``.
-      Per token at ``C = d`` that is ``14 d^2`` against the recurrence's ``7 d^2``.
-    - chunked Titans (pair state ``d x 2d``): ``13 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``;
-      mini-batch ``8 C^2 d + 2 C^3 + 16 C d^2 + 8 d^3``.
-    - chunked Mesa: ``d`` CG iterations (the exact-arithmetic count; an
-      estimate) of ``4 C^2 d + 2 C d^2``, plus ``4 C^2 d + 6 C d^2`` per chunk.
+      attention ``2 d^2``; GLA ``3 d^2``; delta / Longhorn ``4 d^2`` (``M k`` and the
+      rank-one write); gated delta ``5 d^2`` (and ``a M``); Titans ``8 d^2``;
+      Mesa an LU solve of ``d x d`` with ``d`` right-hand sides (``8/3 d^3``) and
+      ``4 d^2`` of statistics.
+    - chunked linear attention family: ``tril(Q K^T)`` and ``P V`` (each
+      ``C (C + 1) d``), ``V^T K~`` and ``Q M^T`` (``2 C d^2`` each).
+    - chunked delta family (UT form): ``tril(Q K^T)`` ``C (C + 1) d``, strict
+      ``tril(K K^T)`` ``C (C - 1) d``, the unit triangular solve with ``2 d``
+      right-hand sides ``2 d C (C - 1)``, ``P U`` ``C (C + 1) d``; ``W M^T``,
+      ``U^T K~``, ``Q M^T`` (``6 C d^2``): ``(5 C^2 - C) d + 6 C d^2`` per chunk.
+      Mini-batch: no ``K K^T`` and no solve, ``2 C (C + 1) d + 6 C d^2``.
+    - chunked Titans (pair state ``d x 2d``): the dense terms ``16 C d^2 + 8 d^3``;
+      its ``13`` in-chunk ``C x C`` products (``8`` mini-batch) counted as strict
+      triangles (``13 C (C - 1) d``) and the ``C x C x C`` product of two
+      triangles as ``C (C - 1) (C - 2) / 3``: a lower bound.
+    - chunked Mesa: per chunk the statistics ``K^T K``, ``V^T K`` (``4 C d^2``),
+      the outputs ``Y G^T`` and ``tril(Y K^T) V`` (``2 C d^2 + 2 C (C + 1) d``),
+      and ONE conjugate-gradient iteration (``2 C d^2 + 2 C (C + 1) d``), plus one
+      iteration of the final state's solve (``2 d^3``): a lower bound, since CG
+      takes between 1 and about ``d`` iterations depending on the data.
     """
     heads = B * H
     N = max(1, math.ceil(T / C))
@@ -79,16 +106,21 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
         if name == "mesa":
             return heads * T * (8 / 3 * d**3 + 6 * d**2)
         return heads * T * per_step.get(name, 6) * d**2
+    dense = 2 * C * d * d  # one [C, d] @ [d, d] product
     if name in ("linear_attention", "gated_linear_attention"):
-        per_chunk = 4 * C**2 * d + 4 * C * d**2
+        per_chunk = 2 * tril_product_flops(C, d) + 2 * dense
     elif name in delta_family:
-        per_chunk = (8 if form == "chunked" else 4) * C**2 * d + 6 * C * d**2
+        per_chunk = 2 * tril_product_flops(C, d) + 3 * dense
+        if form == "chunked":
+            per_chunk += tril_product_flops(C, d, strict=True) + tril_product_flops(C, 2 * d, strict=True)
     elif name == "titans":
-        per_chunk = (13 if form == "chunked" else 8) * C**2 * d + 2 * C**3 + 16 * C * d**2 + 8 * d**3
+        per_chunk = ((13 if form == "chunked" else 8) * tril_product_flops(C, d, strict=True)
+                     + 2 * (C * (C - 1) * (C - 2) // 6) + 8 * dense + 8 * d**3)
     elif name == "mesa":
-        per_chunk = d * (4 * C**2 * d + 2 * C * d**2) + 4 * C**2 * d + 6 * C * d**2
+        per_chunk = 4 * dense + 4 * tril_product_flops(C, d)
+        return heads * (N * per_chunk + 2 * d**3)
     else:
-        per_chunk = 8 * C**2 * d + 6 * C * d**2
+        per_chunk = 2 * tril_product_flops(C, d, strict=True) + 2 * dense
     return heads * N * per_chunk
 
 
@@ -152,7 +184,7 @@ def _best_time(fn, xp, repeat: int) -> float:
 
 
 def matmul_rate(xp, dtype, batch: int, C: int, d: int, repeat: int) -> float:
-    """FLOP/s of ``[batch, C, d] @ [batch, d, d]`` on ``xp`` (best of ``repeat``), the ceiling of the run."""
+    """FLOP/s of ``[batch, C, d] @ [batch, d, d]`` on ``xp`` (best of ``repeat``): the small-product rate (secondary column)."""
     import numpy as np  # randomness only
 
     g = np.random.default_rng(0)
@@ -160,6 +192,35 @@ def matmul_rate(xp, dtype, batch: int, C: int, d: int, repeat: int) -> float:
     Bm = xp.asarray(np.asarray(g.standard_normal((batch, d, d)), dtype=dtype))
     seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
     return 2.0 * batch * C * d * d / seconds
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_peak(xp, dtype, n: int, repeat: int, *, threads: int | None) -> float:
+    """FLOP/s of one large ``[n, n] @ [n, n]`` product (``2 n^3`` FLOPs, best of ``repeat``): the machine's peak.
+
+    ``threads``: BLAS threads during the product (pinned with :mod:`threadpoolctl`;
+    ``None`` leaves them as they are, e.g. on a GPU backend). The all-core peak
+    uses every usable core, the one-core peak a single thread.
+    """
+    import numpy as np  # randomness only
+    from threadpoolctl import threadpool_limits
+
+    g = np.random.default_rng(1)
+    A = xp.asarray(np.asarray(g.standard_normal((n, n)), dtype=dtype))
+    Bm = xp.asarray(np.asarray(g.standard_normal((n, n)), dtype=dtype))
+    if threads is None:
+        seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+    else:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+    return 2.0 * n**3 / seconds
 
 
 def peak_extra_bytes(fn, xp, backend_name: str):
@@ -192,7 +253,7 @@ def _threads() -> str:
 
 
 def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
-              backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None) -> list[dict]:
+              backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None, peak_size=2048) -> list[dict]:
     """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form)."""
     registry = MEMORIES
     if not memories:
@@ -201,7 +262,7 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
     if unknown:
         raise ValueError(f"unknown memory {unknown}; known: {', '.join(sorted(registry))}")
     for n, v in (("batch", batch), ("seq_len", seq_len), ("heads", heads), ("dim", dim), ("chunk", chunk),
-                 ("repeat", repeat)):
+                 ("repeat", repeat), ("peak_size", peak_size)):
         if int(v) < 1:
             raise ValueError(f"{n} must be >= 1; got {v}")
     B, T, H, d, C = int(batch), int(seq_len), int(heads), int(dim), int(chunk)
@@ -212,6 +273,9 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
             raise ValueError(f"dtype must be float64 or float32; got {dtype!r}")
         N = max(1, math.ceil(T / C))
         ceiling = matmul_rate(xp, dtype, B * H * N, C, d, repeat)
+        host = backend in ("numpy", "array_api_strict")
+        peak_all = machine_peak(xp, dtype, int(peak_size), repeat, threads=usable_cores() if host else None)
+        peak_one = machine_peak(xp, dtype, int(peak_size), repeat, threads=1) if host else None
         for name in memories:
             spec = registry[name]
             inputs = spec.make_inputs(seed, (B, H), T, d, d, xp, dtype)
@@ -232,8 +296,12 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                     "memory": name, "form": form, "dtype": dtype, "backend": backend,
                     "B": B, "T": T, "H": H, "d": d, "C": C if form != "recurrent" else None,
                     "seconds": seconds, "head_tokens_per_s": rate,
-                    "flops": flops, "flops_per_s": flops / seconds, "matmul_flops_per_s": ceiling,
-                    "ceiling_fraction": flops / seconds / ceiling,
+                    "flops": flops, "flops_per_s": flops / seconds,
+                    "peak_flops_per_s": peak_all, "peak_fraction": flops / seconds / peak_all,
+                    "peak_one_core_flops_per_s": peak_one,
+                    "peak_one_core_fraction": None if peak_one is None else flops / seconds / peak_one,
+                    "peak_size": int(peak_size),
+                    "matmul_flops_per_s": ceiling, "ceiling_fraction": flops / seconds / ceiling,
                     "peak_extra_bytes": extra_bytes,
                     "peak_extra_per_BHTd": None if extra_bytes is None else extra_bytes / (B * H * T * d * itemsize),
                     "memory_method": method,
@@ -252,8 +320,8 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table."""
-    head = ("memory", "form", "dtype", "B", "T", "H", "d", "C", "head-tok/s", "x recur", "GFLOP/s", "ceiling",
-            "peak extra", "/BHTd")
+    head = ("memory", "form", "dtype", "B", "T", "H", "d", "C", "head-tok/s", "x recur", "GFLOP/s", "% peak",
+            "% 1-core", "% small", "peak extra", "/BHTd")
     body = []
     for r in rows:
         extra = "-" if r["peak_extra_bytes"] is None else _bytes(r["peak_extra_bytes"])
@@ -261,13 +329,20 @@ def format_table(rows: list[dict]) -> str:
         body.append((r["memory"], r["form"], r["dtype"], str(r["B"]), str(r["T"]), str(r["H"]), str(r["d"]),
                      "-" if r["C"] is None else str(r["C"]), f"{r['head_tokens_per_s']:.3g}",
                      "-" if r["speedup_vs_recurrent"] is None else f"{r['speedup_vs_recurrent']:.2f}",
-                     f"{r['flops_per_s'] / 1e9:.2f}", f"{100 * r['ceiling_fraction']:.1f}%", extra, per))
+                     f"{r['flops_per_s'] / 1e9:.2f}", f"{100 * r['peak_fraction']:.1f}%",
+                     "-" if r["peak_one_core_fraction"] is None else f"{100 * r['peak_one_core_fraction']:.1f}%",
+                     f"{100 * r['ceiling_fraction']:.1f}%", extra, per))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(head), line(tuple("-" * w for w in widths))] + [line(b) for b in body]
     if rows:
+        n = rows[0]["peak_size"]
+        peaks = sorted({(r["dtype"], r["peak_flops_per_s"], r["peak_one_core_flops_per_s"]) for r in rows})
+        out.append(f"machine peak ([{n}, {n}] @ [{n}, {n}], same run; all {usable_cores()} cores / 1 core): "
+                   + ", ".join(f"{dt} {a / 1e9:.2f} / " + ("-" if o is None else f"{o / 1e9:.2f}") + " GFLOP/s"
+                               for dt, a, o in peaks))
         ceilings = sorted({(r["dtype"], r["matmul_flops_per_s"]) for r in rows})
-        out.append("matmul ceiling ([B H N, C, d] @ [B H N, d, d], same run): "
+        out.append("small products ([B H N, C, d] @ [B H N, d, d], same run): "
                    + ", ".join(f"{dt} {rate / 1e9:.2f} GFLOP/s" for dt, rate in ceilings)
                    + f"; backend {rows[0]['backend']}; BLAS threads {rows[0]['threads']}; "
                    + f"memory: {rows[0]['memory_method']}")
@@ -297,7 +372,8 @@ def _rerun_with_threads(args) -> int:
     env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARS})
     argv = [sys.executable, "-m", "refmem", "bench", "--batch", str(args.batch), "--seq-len", str(args.seq_len),
             "--heads", str(args.heads), "--dim", str(args.dim), "--chunk", str(args.chunk),
-            "--backend", args.backend, "--repeat", str(args.repeat)]
+            "--backend", args.backend, "--repeat", str(args.repeat),
+            "--peak-size", str(getattr(args, "peak_size", 2048))]
     for m in args.memory or []:
         argv += ["--memory", m]
     for dt in args.dtype or []:
@@ -319,7 +395,7 @@ def main(args) -> int:
         dtypes.extend(["float64", "float32"] if dt == "all" else [dt])
     rows = run_bench(args.memory, batch=args.batch, seq_len=args.seq_len, heads=args.heads, dim=args.dim,
                      chunk=args.chunk, dtypes=tuple(dict.fromkeys(dtypes)), backend=args.backend,
-                     repeat=args.repeat)
+                     repeat=args.repeat, peak_size=getattr(args, "peak_size", 2048))
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as fh:

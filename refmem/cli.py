@@ -293,8 +293,9 @@ def _add_bench(sub):
         description=_describe("Time every form of every memory with a chunked form (or those named) on random inputs of "
                     "shape B x H x T x d and print one row per memory, form and dtype. Columns: head-tok/s "
                     "(B H T / seconds, best of --repeat), x recur (speed-up over the recurrent form), GFLOP/s "
-                    "(analytic FLOPs / seconds), ceiling (that rate as a fraction of a batched matrix product of "
-                    "comparable shape timed in the same run), peak extra (the most memory one call allocates), "
+                    "(useful FLOPs, structural zeros not counted, / seconds), % peak and % 1-core (that rate as a "
+                    "fraction of a large matrix product on all cores / on one core, timed in the same run), % small "
+                    "(as a fraction of batched small products of comparable shape), peak extra (the most memory one call allocates), "
                     "/BHTd (peak extra in units of one [B, H, T, d] array: about d for a form that keeps every "
                     "step's state, a constant for one that does not). The memory the run needs is estimated "
                     "first; a run that cannot fit is refused with the figure."),
@@ -314,6 +315,8 @@ def _add_bench(sub):
     p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
     p.add_argument("--repeat", type=_positive_int, default=3, help="timed calls per row, best kept (default 3)")
     p.add_argument("--threads", type=_positive_int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
+    p.add_argument("--peak-size", type=_positive_int, default=2048,
+                   help="n of the [n, n] @ [n, n] product that measures the machine's peak (default 2048)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
 
     def run(args):

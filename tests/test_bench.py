@@ -14,17 +14,17 @@ from refmem.cli import main
 from refmem.memories import MEMORIES
 
 FIELDS = {"memory", "form", "dtype", "backend", "B", "T", "H", "d", "C", "head_tokens_per_s", "ceiling_fraction",
-          "peak_extra_bytes"}
+          "peak_extra_bytes", "peak_fraction", "peak_one_core_fraction", "peak_flops_per_s"}
 
 
 def test_cli_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     rc = main(["bench", "--memory", "gated_delta_rule", "--memory", "linear_attention", "--batch", "1",
                "--seq-len", "20", "--heads", "2", "--dim", "4", "--chunk", "8", "--dtype", "all", "--repeat", "1",
-               "--json", str(path)])
+               "--peak-size", "64", "--json", str(path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "head-tok/s" in out and "gated_delta_rule" in out and "matmul ceiling" in out
+    assert "head-tok/s" in out and "gated_delta_rule" in out and "machine peak" in out and "% peak" in out
     rows = json.loads(path.read_text())
     assert {(r["memory"], r["form"], r["dtype"]) for r in rows} == {
         (m, f, dt) for dt in ("float64", "float32")
@@ -38,17 +38,19 @@ def test_cli_table_and_json(tmp_path, capsys):
         assert r["backend"] == "numpy"
         assert r["head_tokens_per_s"] > 0 and r["ceiling_fraction"] > 0
         assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] > 0
+        assert r["peak_size"] == 64 and r["peak_flops_per_s"] > 0 and r["peak_one_core_flops_per_s"] > 0
+        assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"], rel=1e-12)
 
 
 def test_default_memories_are_those_with_a_chunked_form():
     rows = run_bench(None, batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float64",), repeat=1,
-                     forms=("chunked",))
+                     forms=("chunked",), peak_size=64)
     assert {r["memory"] for r in rows} == {n for n, s in MEMORIES.items() if s.chunked is not None}
 
 
 def test_strict_backend_runs():
     rows = run_bench(["delta_rule"], batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float32",),
-                     backend="array_api_strict", repeat=1)
+                     backend="array_api_strict", repeat=1, peak_size=64)
     assert [r["form"] for r in rows] == ["recurrent", "chunked", "minibatch"]
     assert all(r["dtype"] == "float32" and r["backend"] == "array_api_strict" for r in rows)
 
@@ -60,7 +62,7 @@ def test_no_state_history():
     a constant number of [T, d] and [T, C] arrays plus N = T/C chunk matrices [d, d] (another T d), so
     its peak must stay below half the history (it measures ~15 T d 8 bytes, about a quarter)."""
     rows = run_bench(["gated_delta_rule"], batch=1, seq_len=512, heads=1, dim=64, chunk=64, dtypes=("float64",),
-                     repeat=1, forms=("chunked",))
+                     repeat=1, forms=("chunked",), peak_size=64)
     history = 512 * 64 * 64 * 8
     assert rows[0]["memory_method"] == "tracemalloc"
     assert rows[0]["peak_extra_bytes"] < history / 2
@@ -99,7 +101,8 @@ def test_memory_estimate_bounds_every_form():
     Every memory with a chunked form, every form, two chunk sizes and two head sizes; the measured peak is
     tracemalloc's (independent of the estimate's formula)."""
     for d, C in ((16, 16), (16, 64), (48, 16)):
-        rows = run_bench(None, batch=1, seq_len=256, heads=1, dim=d, chunk=C, dtypes=("float64",), repeat=1)
+        rows = run_bench(None, batch=1, seq_len=256, heads=1, dim=d, chunk=C, dtypes=("float64",), repeat=1,
+                         peak_size=64)
         bound = estimate_peak_bytes(1, 256, 1, d, C)
         worst = max(rows, key=lambda r: r["peak_extra_bytes"])
         assert worst["peak_extra_bytes"] < bound / 2, (worst["memory"], worst["form"], d, C)
@@ -110,7 +113,7 @@ def test_memory_estimate_bounds_every_form():
 def test_chunk_longer_than_the_sequence_is_the_sequence(tmp_path):
     path = tmp_path / "b.json"
     assert main(["bench", "--memory", "delta_rule", "--seq-len", "6", "--heads", "1", "--dim", "3", "--chunk", "1000000",
-                 "--dtype", "float64", "--repeat", "1", "--json", str(path)]) == 0
+                 "--dtype", "float64", "--repeat", "1", "--peak-size", "64", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())
     assert {r["C"] for r in rows if r["form"] != "recurrent"} == {6}
 
@@ -119,7 +122,69 @@ def test_threads_option_runs_in_a_child(tmp_path):
     """``--threads 1`` re-runs the benchmark with the BLAS thread variables set; the rows say so."""
     path = tmp_path / "b.json"
     rc = main(["bench", "--memory", "delta_rule", "--seq-len", "6", "--heads", "1", "--dim", "3", "--chunk", "4",
-               "--dtype", "float64", "--repeat", "1", "--threads", "1", "--json", str(path)])
+               "--dtype", "float64", "--repeat", "1", "--peak-size", "64", "--threads", "1", "--json", str(path)])
     assert rc == 0
     rows = json.loads(path.read_text())
     assert rows and all(r["threads"] == "OPENBLAS_NUM_THREADS=1" for r in rows)
+
+
+def _tril_nonzeros(C, strict):
+    """Entries of a C x C lower triangle, counted one by one."""
+    return sum(1 for t in range(C) for s in range(C) if (s < t if strict else s <= t))
+
+
+def _solve_multiply_adds(C, m):
+    """Multiply-adds of forward substitution with a unit lower-triangular C x C matrix and m right-hand sides."""
+    return sum(t for t in range(C)) * m  # row t subtracts t earlier unknowns, per column
+
+
+@pytest.mark.parametrize("C, d", [(1, 3), (4, 4), (8, 5), (64, 64)])
+def test_flop_model_hand_counts(C, d):
+    """The useful-FLOP model equals a hand count of the products the chunked forms perform, triangles counted entry by entry."""
+    B, H, T = 2, 3, 5 * C  # five full chunks
+    tri, strict = _tril_nonzeros(C, False), _tril_nonzeros(C, True)
+    dense = 2 * C * d * d  # [C, d] @ [d, d]
+    la = 2 * (tri * d) * 2 + 2 * dense  # tril(Q K^T), P V; V^T K, Q M^T
+    delta = 2 * (2 * tri * d) + 2 * strict * d + 2 * _solve_multiply_adds(C, 2 * d) + 3 * dense
+    mini = 2 * (2 * tri * d) + 3 * dense
+    heads_chunks = B * H * 5
+    assert form_flops("linear_attention", "chunked", B, H, T, d, C) == heads_chunks * la
+    assert form_flops("gated_linear_attention", "chunked", B, H, T, d, C) == heads_chunks * la
+    for name in ("delta_rule", "gated_delta_rule", "longhorn"):
+        assert form_flops(name, "chunked", B, H, T, d, C) == heads_chunks * delta
+    assert form_flops("gated_delta_rule", "minibatch", B, H, T, d, C) == heads_chunks * mini
+    # the triangular model counts at most the dense products of the same shapes (never over-counts)
+    assert form_flops("gated_delta_rule", "chunked", B, H, T, d, C) <= heads_chunks * (8 * C * C * d + 6 * C * d * d)
+
+
+def test_no_row_can_exceed_the_work_done():
+    """Every form's useful FLOPs are at most the dense products of the shapes it multiplies.
+
+    An upper bound on the work of each chunked form, written plainly: every in-chunk product counted
+    dense (2 C^2 d per [C, C] x [C, d] or [C, d] x [d, C]), every solve dense (2 C^2 per right-hand
+    side), CG at its most d + 1 iterations. The rate a row reports is the model over the time,
+    so a model within the work done cannot report more than the hardware did."""
+    for d, C in ((4, 4), (16, 8), (64, 64), (64, 32)):
+        T, N = 4 * C, 4
+        dense_cc = 2 * C * C * d
+        upper = {
+            "linear_attention": 2 * dense_cc + 4 * C * d * d,
+            "gated_linear_attention": 2 * dense_cc + 4 * C * d * d,
+            "delta_rule": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
+            "gated_delta_rule": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
+            "longhorn": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
+            "titans": 13 * dense_cc + 2 * C**3 + 16 * C * d * d + 8 * d**3,
+            "mesa": (d + 1) * (2 * dense_cc + 2 * C * d * d) + 2 * dense_cc + 6 * C * d * d,
+        }
+        for name, per_chunk in upper.items():
+            assert form_flops(name, "chunked", 1, 1, T, d, C) <= N * per_chunk, (name, d, C)
+
+
+def test_peak_fraction_is_against_the_large_product():
+    rows = run_bench(["linear_attention"], batch=1, seq_len=16, heads=1, dim=4, chunk=8, dtypes=("float64",),
+                     repeat=1, forms=("chunked",), peak_size=32)
+    r = rows[0]
+    assert r["peak_size"] == 32
+    assert r["peak_fraction"] == pytest.approx(r["flops"] / r["seconds"] / r["peak_flops_per_s"], rel=1e-12)
+    assert r["peak_one_core_fraction"] == pytest.approx(r["flops"] / r["seconds"] / r["peak_one_core_flops_per_s"],
+                                                        rel=1e-12)

@@ -244,5 +244,5 @@ def test_readme_shows_the_tables_the_commands_print():
     for table in (verify_table([]), format_catalog([]), bench_table([])):
         head = tuple(re.split(r"\s{2,}", table.splitlines()[0].strip()))
         assert head in shown, head
-    for column in ("head-tok/s", "x recur", "GFLOP/s", "ceiling", "peak extra", "/BHTd"):
+    for column in ("head-tok/s", "x recur", "GFLOP/s", "% peak", "% 1-core", "% small", "peak extra", "/BHTd"):
         assert f"`{column}`" in readme, column  # every bench column is explained by name
