@@ -10,7 +10,7 @@ chunk, carrying only the current state.
 from __future__ import annotations
 
 from ..linalg import device_of
-from .chunks import (chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
+from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
                      prepare_chunks, scalar_chunk, solve_unit_lower, to_chunks)
 
 
@@ -112,7 +112,7 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
 
 
-def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
+def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, block_tokens: int = 256):
     r"""Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
 
     ``exact=False`` gives the mini-batch form (see :func:`delta_terms`).
@@ -120,27 +120,54 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True):
 
     Notes
     -----
-    Same algebra as :func:`delta_terms`, ordered for the fewest FLOPs: the
-    sequential pass carries ``M`` and forms :math:`U = \tilde U - W M_0^T` and
-    :math:`M_C = \gamma_C M_0 + U^T \tilde K` (two ``C x d x d`` products per
-    chunk); the outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are then
-    one batched product over all chunks, from the stacked chunk-start states
-    (``N`` matrices ``d_v x d_k``: ``T d / C`` numbers per head, no per-step history).
+    Same algebra as :func:`delta_terms`, ordered for the fewest FLOPs and the
+    least memory. The sequence is processed in blocks of ``max(1, min(block_tokens, T / 8) // C)``
+    chunks (chunk boundaries unchanged, so every chunk's pieces are those of the
+    whole-sequence computation): a block's ``M0``-independent pieces
+    (:func:`delta_pieces`) are formed in batched products, then the sequential
+    pass over its chunks carries ``M`` and forms, with one product for the two
+    right factors ``M_0^T``,
+
+    .. math::
+
+        [W; \mathrm{diag}(\gamma) Q]\, M_0^T, \qquad U = \tilde U - W M_0^T, \qquad
+        M_C = \gamma_C M_0 + U^T \tilde K,
+
+    and the block's outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are one
+    batched product. Only ``M`` and one block's temporaries are held besides the
+    outputs: no per-step history and no per-chunk state stack.
     """
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+    T = k.shape[-2]
+    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
+    M = M0
+    outs = []
+    for lo in range(0, max(T, 1), per_block):
+        hi = min(T, lo + per_block)
+        o_block, M = _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],
+                                  None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact)
+        outs.append(o_block)
+    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
+
+
+def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool):
+    """Outputs ``[..., t, d_v]`` of one block of ``t`` steps from the state ``M``, and the state after it."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     b = to_chunks(beta, C, xp, fill=0.0, time_axis=-1)  # padding steps write nothing
     L, Z = gate_cumulants(alpha, C, xp)
     Ut, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact)
-    del Q, K, V
-    M = M0
-    starts, us = [], []
-    for n in range(Ut.shape[-3]):
-        starts.append(M)
-        U = chunk(Ut, n) - chunk(W, n) @ mT(M, xp)  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+    del Q, K, V, b, L, Z
+    C_, n = Ut.shape[-2], Ut.shape[-3]
+    lead = broadcast_lead(tuple(W.shape[:-2]), tuple(Qg.shape[:-2]))
+    WQ = xp.concat([xp.broadcast_to(W, lead + tuple(W.shape[-2:])),
+                    xp.broadcast_to(Qg, lead + tuple(Qg.shape[-2:]))], axis=-2)  # [W; Qg] per chunk, (.., n, 2C, d_k)
+    del W, Qg
+    us, qms = [], []
+    for i in range(n):
+        XM = chunk(WQ, i) @ mT(M, xp)  # [W M^T; Qg M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
+        U = chunk(Ut, i) - XM[..., :C_, :]  # (.., C, d_v)
         us.append(U)
-        write = mT(U, xp) @ chunk(Kt, n)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
-        M = M + write if g_end is None else scalar_chunk(g_end, n)[..., None, None] * M + write
-    M_starts = xp.stack(starts, axis=-3)  # (.., N, d_v, d_k): chunk-start states only
-    U_all = xp.stack(us, axis=-3)  # (.., N, C, d_v)
-    O = Qg @ mT(M_starts, xp) + P @ U_all  # (.., N, C, d_k) @ (.., N, d_k, d_v) + (.., N, C, C) @ (.., N, C, d_v)
+        qms.append(XM[..., C_:, :])
+        write = mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+        M = M + write if g_end is None else scalar_chunk(g_end, i)[..., None, None] * M + write
+    O = xp.stack(qms, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
     return from_chunks(O, T, xp), M
