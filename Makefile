@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+STAMP_DOCS := $(VENV)/.installed-docs
 
-.PHONY: verify test fuzz bench clean
+.PHONY: verify test fuzz bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@ $(STAMP_RUN)
 
+$(STAMP_DOCS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $@ $(STAMP_RUN)
+
 verify: $(STAMP_RUN)
 	$(BIN)/refmem verify
 
@@ -30,8 +35,13 @@ test: $(STAMP_TEST)
 fuzz: $(STAMP_TEST)
 	HYPOTHESIS_PROFILE=dev $(BIN)/python -m pytest -q tests/test_bad_input.py
 
+# The documentation, warnings as errors (`make test` builds it too, in tests/test_docs.py).
+docs: $(STAMP_DOCS)
+	$(BIN)/python -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
 bench: $(STAMP_RUN)
 	$(BIN)/refmem bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info docs/_build docs/api docs/specs

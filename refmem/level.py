@@ -55,6 +55,7 @@ class Level:
         the retained state (``alpha M_t`` under a forget gate: the gated delta rule).
     name : str
         Optional label used in reports.
+
     Examples
     --------
     The delta rule's explicit step is one gradient step on ``1/2 ||M k - v||^2``:
@@ -258,6 +259,7 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     ConvergenceError
         The iterative solver did not meet its tolerance, or the tolerance cannot be
         certified at the problem's conditioning (the message gives the condition estimate).
+
     Examples
     --------
     The implicit l2 step, once in closed form (Sherman-Morrison) and once by

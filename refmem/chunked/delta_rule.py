@@ -40,6 +40,7 @@ def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     -------
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
+
     Examples
     --------
     >>> import numpy as np

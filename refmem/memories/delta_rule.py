@@ -40,6 +40,7 @@ def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
     -------
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
+
     Examples
     --------
     >>> import numpy as np

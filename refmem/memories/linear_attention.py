@@ -31,6 +31,7 @@ def linear_attention_recurrent(q, k, v, *, initial_state=None):
         ``o_t = M_t q_t`` with ``M_t`` the state after token ``t``.
     M : array ``[..., d_v, d_k]``
         Final state.
+
     Examples
     --------
     >>> import numpy as np

@@ -102,6 +102,7 @@ def titans_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
     S : array ``[..., d_v, d_k]``, only with ``return_momentum=True``
+
     Examples
     --------
     Without momentum (``eta = 0``) and forgetting (``alpha = 0``) Titans is the

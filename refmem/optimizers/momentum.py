@@ -96,6 +96,7 @@ def momentum_step(W_t, m_t, g, eta=1.0, alpha=0.9, *, method="closed", solver=No
     -------
     W, m : arrays ``[..., d_out, d_in]``
     reports : tuple of two SolveReport
+
     Examples
     --------
     The two levels reproduce the heavy-ball update:
