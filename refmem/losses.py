@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 
 from .linalg import sign
-from .validation import as_param, check_arrays, check_ndim, dtype_name, get_option
+from .validation import as_param, check_arrays, check_ndim, check_nonempty, dtype_name, get_option, require
 
 
 class Loss(abc.ABC):
@@ -64,6 +64,7 @@ class Loss(abc.ABC):
         """``target [..., d_out]``: a real floating array, finite; returns its namespace."""
         xp = check_arrays(target=target)
         check_ndim(target, "target", 1, "[..., d_out]")
+        check_nonempty(target, "target")
         return xp
 
     @abc.abstractmethod
@@ -100,9 +101,12 @@ class Loss(abc.ABC):
         return 8 * (d + 2) * eps * scale
 
     def _check(self, y, target):
+        require(y=y, target=target)
         xp = check_arrays(y=y, target=target)
         check_ndim(y, "y", 1, "[..., d_out]")
         check_ndim(target, "target", 1, "[..., d_out]")
+        check_nonempty(y, "y")
+        check_nonempty(target, "target")
         if target.shape[-1] != y.shape[-1]:
             raise ValueError(f"target has last dimension {target.shape[-1]} but y has d_out = {y.shape[-1]}")
         return xp
