@@ -17,7 +17,7 @@ from numbers import Real
 
 from .backends import namespace_of
 
-_OPTIONS = {"check_finite": True}
+_OPTIONS = {"check_finite": True, "workers": None}  # workers: refmem.parallel (None = by size)
 
 
 @contextlib.contextmanager
