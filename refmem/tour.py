@@ -89,9 +89,9 @@ STOPS: tuple[Stop, ...] = (
           ("titans", "(no momentum, no forgetting) == delta rule"))),
     Stop("retention", "Retention is the second term of every level: what the memory keeps of its past",
          "forget gate   Ret = 1/(2 eta) ||M - alpha M_t||^2\n"
-         "weight decay  Ret = 1/(2 eta) ||M - M_t||^2 + lambda/2 ||M||^2\n"
-         "KL (simplex)  Ret = (1/eta) KL(M || M_t) on rows summing to c\n"
-         "lq            Ret = 1/(2 eta) ||M||_q^2 (Moneta's mirror map)",
+         "weight decay  Ret = 1/(2 eta) ||M - M_t||^2 + 1/(2 b) ||M||^2\n"
+         "KL (simplex)  Ret = (1/eta) KL(M || M_t) + (1/a) KL(M || U), rows positive, summing to c\n"
+         "lq (Moneta)   M_{t+1} = grad psi*(alpha grad psi(M_t) - eta g),  psi(M) = 1/2 ||M||_q^2",
          "refmem.retentions.ForgetGate / WeightDecay / KLSimplex / LqMoneta; solve(Level(objective, retention, step), ...)",
          (("dot", "forget_gate/explicit: closed == cg"),
           ("gated_linear_attention", "step closed == iterative"),

@@ -82,3 +82,24 @@ def test_cli_unknown_stop_is_one_line_exit_2():
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "--stop 'nosuch'" in lines[0] and "known:" in lines[0] and "longhorn" in lines[0]
+
+
+def test_every_refmem_name_a_stop_prints_exists():
+    import importlib
+    import re
+
+    for stop in tour.STOPS:
+        names = re.findall(r"refmem(?:\.\w+)+", stop.call)
+        assert names, stop.name
+        for dotted in names:
+            parts = dotted.split(".")
+            obj, i = None, len(parts)
+            while i > 0:  # the longest importable prefix, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                    break
+                except ModuleNotFoundError:
+                    i -= 1
+            for attr in parts[i:]:
+                assert hasattr(obj, attr), (stop.name, dotted)
+                obj = getattr(obj, attr)
