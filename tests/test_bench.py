@@ -191,7 +191,8 @@ def test_peak_fraction_is_against_the_large_product():
 
 
 BLOCKED_FORMS = [("delta_rule", "chunked"), ("delta_rule", "minibatch"), ("gated_delta_rule", "chunked"),
-                 ("gated_delta_rule", "minibatch"), ("longhorn", "chunked")]
+                 ("gated_delta_rule", "minibatch"), ("longhorn", "chunked"), ("linear_attention", "chunked"),
+                 ("gated_linear_attention", "chunked")]
 
 
 @pytest.mark.parametrize("name, form", BLOCKED_FORMS)

@@ -35,9 +35,29 @@ def linear_terms(Q, K, V, L, Z, xp):
     return (D * QK) @ V, gamma[..., None] * Q, mT(V, xp) @ Kt, gamma[..., C - 1]
 
 
-def linear_family(q, k, v, alpha, C: int, M0, xp):
-    """Chunked (scalar-gated) linear attention on validated inputs. Returns ``(o, M_T)``."""
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
+def linear_family(q, k, v, alpha, C: int, M0, xp, *, block_tokens: int = 256):
+    """Chunked (scalar-gated) linear attention on validated inputs. Returns ``(o, M_T)``.
+
+    The sequence is processed in blocks of ``max(1, min(block_tokens, T / 8) // C)``
+    whole chunks (chunk boundaries unchanged): a block's terms (:func:`linear_terms`)
+    in batched products, then :func:`~refmem.chunked.chunks.scan_chunks` over its
+    chunks. Only ``M`` and one block's temporaries are held besides the outputs.
+    """
+    T = k.shape[-2]
+    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
+    M = M0
+    outs = []
+    for lo in range(0, max(T, 1), per_block):
+        hi = min(T, lo + per_block)
+        o_block, M = _linear_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :],
+                                   None if alpha is None else alpha[..., lo:hi], C, M, xp)
+        outs.append(o_block)
+    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
+
+
+def _linear_block(q, k, v, alpha, C: int, M, xp):
+    """Outputs ``[..., t, d_v]`` of one block of ``t`` steps from the state ``M``, and the state after it."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     L, Z = gate_cumulants(alpha, C, xp)
     PU, Qt, H, g_end = linear_terms(Q, K, V, L, Z, xp)
     del Q, K, V
@@ -49,5 +69,5 @@ def linear_family(q, k, v, alpha, C: int, M0, xp):
         gn = scalar_chunk(g_end, n)[..., None, None]
         return chunk(PU, n), chunk(Qt, n), lambda M: gn * M + Hn
 
-    O, M = scan_chunks(M0, PU.shape[-3], terms, xp)
+    O, M = scan_chunks(M, PU.shape[-3], terms, xp)
     return from_chunks(O, T, xp), M
