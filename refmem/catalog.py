@@ -30,6 +30,7 @@ def spec_catalog() -> list[dict]:
     from .nested.vector_cases import FLAT_VECTORS
     from .objectives import OBJECTIVES
     from .optimizers import OPTIMIZERS
+    from .optimizers.vector_cases import OPTIMIZER_VECTORS
     from .retentions import RETENTIONS
 
     rows = {}
@@ -44,7 +45,8 @@ def spec_catalog() -> list[dict]:
                                        "vectors": name in FLAT_VECTORS, "file": system.spec}
     for kind, table in (("objective", OBJECTIVES), ("retention", RETENTIONS), ("optimiser", OPTIMIZERS)):
         for name in table:
-            rows.setdefault((name, kind), {"name": name, "kind": kind, "forms": [], "vectors": False})
+            rows.setdefault((name, kind), {"name": name, "kind": kind, "forms": [],
+                                           "vectors": kind == "optimiser" and name in OPTIMIZER_VECTORS})
     files = {p.stem: p for p in SPECS_DIR.glob("*.md") if p.stem not in ("README", "MATH")} if SPECS_DIR.is_dir() else {}
     named = {r.get("file") for r in rows.values()}  # spec files a row already points to under another name
     files_alone = {n: p for n, p in files.items() if n not in named}

@@ -220,7 +220,8 @@ def _check_case_shapes(path: str, where: str, case: dict) -> None:
     and draw its own sizes, as the deep memory does.)
     """
     lead = case["batch"] + [case["T"]]
-    if "x" in case["inputs"] and "q" not in case["inputs"]:  # the flat convention (CMS, HOPE): y shaped like x
+    flat = "x" in case["inputs"] and "q" not in case["inputs"]  # the flat convention (CMS, HOPE, optimisers)
+    if flat:  # o shaped like x: [..., T, d] for a system, [..., T, d_out, d_in] for an optimiser
         first = (("inputs", "x"), ("outputs", "o"))
     else:
         first = (("inputs", "q"), ("inputs", "k"), ("inputs", "v"), ("outputs", "o"))
@@ -228,7 +229,10 @@ def _check_case_shapes(path: str, where: str, case: dict) -> None:
         if n not in case[role]:
             raise VectorError(path, "schema", f"{role[:-1]} {n!r} missing", f"{where}.{role}")
         s = case[role][n]["shape"]
-        if s[:-1] != lead or len(s) != len(lead) + 1:
+        if flat and (s[:len(lead)] != lead or len(s) not in (len(lead) + 1, len(lead) + 2)):
+            raise VectorError(path, "schema", f"shape {s} but batch and T give {lead} + [d] or + [d_out, d_in]",
+                              f"{where}.{role}.{n}")
+        if not flat and (s[:-1] != lead or len(s) != len(lead) + 1):
             raise VectorError(path, "schema", f"shape {s} but batch and T give {lead} + [d]", f"{where}.{role}.{n}")
     like = "v" if "v" in case["inputs"] else "x"
     if case["outputs"]["o"]["shape"] != case["inputs"][like]["shape"]:

@@ -123,16 +123,17 @@ class Case:
 
 
 def positional_names(inputs) -> tuple:
-    """``("q", "k", "v")`` for a memory; ``("x",)`` for a system in the flat convention (:mod:`refmem.nested.vector_cases`)."""
+    """``("q", "k", "v")`` for a memory; ``("x",)`` for a reference in the flat convention (:mod:`refmem.flat_vectors`)."""
     return ("x",) if "x" in inputs and "q" not in inputs else ("q", "k", "v")
 
 
 def registry() -> dict:
-    """Every spec with vectors: the memories, then the references in the flat convention."""
+    """Every spec with vectors: the memories, then the references in the flat convention (nested systems, optimisers)."""
     from .memories import MEMORIES
     from .nested.vector_cases import FLAT_VECTORS
+    from .optimizers.vector_cases import OPTIMIZER_VECTORS
 
-    return {**MEMORIES, **FLAT_VECTORS}
+    return {**MEMORIES, **FLAT_VECTORS, **OPTIMIZER_VECTORS}
 
 
 # ---------------------------------------------------------------- generation

@@ -220,7 +220,7 @@ def test_bad_hyperparameters():
 def test_adam_moments_vector_entry_point(xp):
     from refmem.optimizers import vector_cases as vc
 
-    inputs = vc.adam_make_inputs(5, (2,), 30, 4, 3, xp)
+    inputs = vc.adamw_make_inputs(5, (2,), 30, 4, 3, xp)
     x = inputs.pop("x")
     m_hat, v_hat, W = (to_numpy(a) for a in vc.adam_moments_vectors(x, **inputs))
     g, W_t = to_numpy(x), to_numpy(inputs["W0"])

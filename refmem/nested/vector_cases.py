@@ -31,11 +31,9 @@ tokens and weights of unit scale (weights ``1/sqrt(fan_in)``), the CMS step
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np  # randomness only: inputs are drawn in NumPy
 
+from ..flat_vectors import FlatVectorSpec
 from .cms import cms_recurrent
 from .hope import hope_recurrent
 from .self_modifying_titans import MEMORY_NAMES
@@ -100,26 +98,6 @@ def hope_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
             "W_q": conv(np.eye(d) + 0.3 * g.standard_normal((d, d)) / np.sqrt(d)), "memories": memories,
             "cms_params": blocks, "chunk_size": 4, "memory_chunk_size": 2, "cms_chunk_1": 8, "cms_chunk_2": 2,
             "cms_eta": 0.05, "eta_max": 0.5, "eta_bias": 0.0, "alpha_bias": 4.0}
-
-
-@dataclass(frozen=True)
-class FlatVectorSpec:
-    """A reference with the flat calling convention ``fn(x, **inputs, **params)``, for ``refmem vectors`` and ``conform``.
-
-    The attributes ``refmem.vectors`` reads from a memory's entry: ``recurrent``
-    (the reference), ``make_inputs``, ``description``, ``gates`` (none: the
-    gate cases do not apply), ``step_gates``, ``make_initial_state``;
-    ``positional`` names the input passed first.
-    """
-
-    name: str
-    recurrent: Callable
-    make_inputs: Callable
-    description: str
-    positional: tuple = ("x",)
-    gates: tuple = ()
-    step_gates: tuple = ()
-    make_initial_state: Callable | None = None
 
 
 FLAT_VECTORS: dict[str, FlatVectorSpec] = {

@@ -22,7 +22,26 @@ Adam's moments (spec ``adam``)::
 ``x [..., T, d_out, d_in]``: the gradients ``g_1 .. g_T`` (fixed, so the
 trajectory is a pure function of the inputs; ``weight_decay`` is AdamW's
 decoupled decay); ``m_hat``, ``v_hat`` the bias-corrected moments and ``W`` the
-weights after each step, all ``[..., T, d_out, d_in]``.
+weights after each step, all ``[..., T, d_out, d_in]``. With
+``weight_decay = 0`` AdamW is Adam (the coupled and decoupled decays agree).
+
+Registered in :data:`OPTIMIZER_VECTORS` (merged into
+:func:`refmem.vectors.registry`), so ``refmem vectors generate`` writes them
+and ``refmem conform`` checks an implementation against them. A case stores
+its outputs by position (:mod:`refmem.flat_vectors`):
+
+======  =========  ============  ============
+spec    ``o``      ``state``     ``state_1``
+======  =========  ============  ============
+muon    ``polar``  ``quintic``
+adam    ``m_hat``  ``state_0``:  ``v_hat``, ``state_1``: ``W``
+adamw   ``m_hat``  ``state_0``:  ``v_hat``, ``state_1``: ``W``
+======  =========  ============  ============
+
+``adam`` cases use ``weight_decay = 0``, ``adamw`` cases ``1e-2``. A case
+whose ``x`` would hold more than :data:`MAX_CASE_NUMBERS` numbers (the
+``T100_d60`` shape: 400 matrices of 60 x 60) is refused by ``make_inputs``
+and listed as skipped: one case file would pass 40 MB.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ from __future__ import annotations
 import numpy as np  # randomness only: inputs are drawn in NumPy
 
 from ..backends import namespace_of
+from ..flat_vectors import FlatVectorSpec
 from .adam import AdamW
 from .orthogonalization import newton_schulz_quintic, polar_factor
 
@@ -53,15 +73,31 @@ def adam_moments_vectors(x, *, W0, lr, beta1, beta2, eps, weight_decay):
     return xp.stack(m_hats, axis=-3), xp.stack(v_hats, axis=-3), xp.stack(Ws, axis=-3)
 
 
+# Largest x a vector case stores (2^17 float64 numbers: 1 MiB per array).
+MAX_CASE_NUMBERS = 2**17
+
+
+def _check_case_size(batch, T, d_k, d_v):
+    """``ValueError`` when ``x [*batch, T, d_v, d_k]`` would hold more than :data:`MAX_CASE_NUMBERS` numbers."""
+    n = T * d_v * d_k
+    for b in batch:
+        n *= b
+    if n > MAX_CASE_NUMBERS:
+        raise ValueError(f"x [*batch, T, d_v, d_k] would hold {n} numbers (more than {MAX_CASE_NUMBERS}): "
+                         "too large for a vector file")
+
+
 def muon_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """``T`` random momenta ``[*batch, T, d_v, d_k]`` (full rank with probability one) and ``ns_steps = 5``."""
+    _check_case_size(tuple(batch), T, d_k, d_v)
     g = np.random.default_rng(seed)
     x = g.standard_normal(tuple(batch) + (T, d_v, d_k))
     return {"x": xp.asarray(np.asarray(x, dtype=dtype)), "ns_steps": 5}
 
 
-def adam_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+def adamw_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Noisy gradients around a drift (the moments stay away from zero), ``W0``, and AdamW's defaults with lr 1e-2."""
+    _check_case_size(tuple(batch), T, d_k, d_v)
     g = np.random.default_rng(seed)
     shape = tuple(batch) + (d_v, d_k)
     drift = g.standard_normal(shape)
@@ -71,4 +107,22 @@ def adam_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
             "eps": 1e-8, "weight_decay": 1e-2}
 
 
-__all__ = ["muon_orthogonalization_vectors", "adam_moments_vectors", "muon_make_inputs", "adam_make_inputs"]
+def adam_make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
+    """The inputs of :func:`adamw_make_inputs` with ``weight_decay = 0``: Adam's trajectory (no decay to couple or not)."""
+    return {**adamw_make_inputs(seed, batch, T, d_k, d_v, xp, dtype), "weight_decay": 0.0}
+
+
+OPTIMIZER_VECTORS: dict[str, FlatVectorSpec] = {
+    "muon": FlatVectorSpec("muon", muon_orthogonalization_vectors, muon_make_inputs,
+                           "Muon's orthogonalisation of T momenta: o the polar factors, state the 5-step quintic "
+                           "Newton-Schulz map (3.4445, -4.7750, 2.0315)"),
+    "adam": FlatVectorSpec("adam", adam_moments_vectors, adam_make_inputs,
+                           "Adam over T fixed gradients (lr 1e-2, betas 0.9, 0.999, weight_decay 0): o the "
+                           "bias-corrected first moments, state_0 the second, state_1 the weights after each step"),
+    "adamw": FlatVectorSpec("adamw", adam_moments_vectors, adamw_make_inputs,
+                            "AdamW over T fixed gradients (lr 1e-2, betas 0.9, 0.999, decoupled weight_decay 1e-2): "
+                            "o the bias-corrected first moments, state_0 the second, state_1 the weights after each step"),
+}
+
+__all__ = ["MAX_CASE_NUMBERS", "OPTIMIZER_VECTORS", "adam_make_inputs", "adam_moments_vectors", "adamw_make_inputs",
+           "muon_make_inputs", "muon_orthogonalization_vectors"]
