@@ -214,7 +214,10 @@ def check_fields(path: str, where: str, obj, fields: dict) -> None:
 
 
 def _check_case_shapes(path: str, where: str, case: dict) -> None:
-    """``q, k, v`` inputs (``x`` in the flat convention) and the ``o`` output are ``batch + [T, d]``; ``o`` is shaped like ``v`` (``x``).
+    """``q, k, v`` inputs and the ``o`` output are ``batch + [T, d]``; ``o`` is shaped like ``v``.
+
+    In the flat convention ``x`` and ``o`` are ``batch + [T, d]`` (a system's
+    tokens) or ``batch + [T, d_out, d_in]`` (an optimiser's matrices), ``o`` shaped like ``x``.
 
     (``d`` is not tied to the case's ``d_k``, ``d_v``: a memory may need ``d_k = d_v``
     and draw its own sizes, as the deep memory does.)

@@ -28,15 +28,9 @@ weights after each step, all ``[..., T, d_out, d_in]``. With
 Registered in :data:`OPTIMIZER_VECTORS` (merged into
 :func:`refmem.vectors.registry`), so ``refmem vectors generate`` writes them
 and ``refmem conform`` checks an implementation against them. A case stores
-its outputs by position (:mod:`refmem.flat_vectors`):
-
-======  =========  ============  ============
-spec    ``o``      ``state``     ``state_1``
-======  =========  ============  ============
-muon    ``polar``  ``quintic``
-adam    ``m_hat``  ``state_0``:  ``v_hat``, ``state_1``: ``W``
-adamw   ``m_hat``  ``state_0``:  ``v_hat``, ``state_1``: ``W``
-======  =========  ============  ============
+its outputs by position (:mod:`refmem.flat_vectors`): ``muon``: ``o`` the
+polar factors, ``state`` the quintic map; ``adam`` and ``adamw``: ``o``
+``m_hat``, ``state_0`` ``v_hat``, ``state_1`` ``W``.
 
 ``adam`` cases use ``weight_decay = 0``, ``adamw`` cases ``1e-2``. A case
 whose ``x`` would hold more than :data:`MAX_CASE_NUMBERS` numbers (the
