@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from .validation import get_option
 
@@ -52,6 +53,11 @@ def resolve_workers(workers, n_slices: int) -> int:
     return max(1, min(int(workers), n_slices))
 
 
+def is_array(x) -> bool:
+    """Whether ``x`` is an array to cut (NumPy, or CuPy when the slices run on a cluster's GPU workers)."""
+    return hasattr(x, "shape") and hasattr(x, "ndim") and not isinstance(x, (int, float, complex))
+
+
 def _slice_plan(inputs: dict, lead: tuple):
     """For each input, whether it is cut along the leading axes (``True``) or passed whole (``False``).
 
@@ -66,7 +72,7 @@ def _slice_plan(inputs: dict, lead: tuple):
             if sub is None or len(set(sub.values())) > 1:
                 return None
             plan[name] = next(iter(sub.values()), False)
-        elif isinstance(x, np.ndarray) and x.ndim > 0:
+        elif is_array(x) and x.ndim > 0:
             if x.ndim <= n or any(s not in (1, L) for s, L in zip(x.shape[:n], lead)):
                 return None
             plan[name] = True
@@ -87,8 +93,48 @@ def _stack(results: list, lead: tuple):
     first = results[0]
     if isinstance(first, tuple):
         return tuple(_stack([r[j] for r in results], lead) for j in range(len(first)))
-    stacked = np.stack(results, axis=0)  # (n_slices, ...)
-    return np.reshape(stacked, lead + tuple(first.shape))
+    xp = array_namespace(first)  # NumPy here; CuPy for slices computed on GPU workers
+    stacked = xp.stack(results, axis=0)  # (n_slices, ...)
+    return xp.reshape(stacked, lead + tuple(first.shape))
+
+
+def head_slices(inputs: dict):
+    """``(lead, slices)``: the leading (batch, head) shape of ``q`` and the inputs of every leading index, in order.
+
+    Each slice is a dict of ``fn``'s keyword inputs: the arrays cut at one leading
+    index (views), the other inputs passed whole; the order is C order over
+    ``lead``, the order :func:`stack_slices` expects. ``None`` when the inputs
+    cannot be cut (no array ``q`` with a leading axis, or ambiguous leading axes):
+    then the form is run unsliced. Used by :func:`heads_in_parallel` and by
+    :func:`refmem.distributed.heads_on_cluster`.
+    """
+    q = inputs.get("q")
+    if not is_array(q) or q.ndim < 3:
+        return None
+    lead = tuple(q.shape[:-2])
+    plan = _slice_plan(inputs, lead)
+    if plan is None:
+        return None
+    indices = itertools.product(*(range(L) for L in lead))
+    return lead, [{k: (_cut(x, i) if plan[k] else x) for k, x in inputs.items()} for i in indices]
+
+
+def stack_slices(results: list, lead: tuple):
+    """The per-slice results of :func:`head_slices`' slices stacked back to ``lead + shape`` (tuples element by element)."""
+    return _stack(results, lead)
+
+
+def pinned_blas():
+    """A context in which every BLAS this process uses runs on one thread (:mod:`threadpoolctl`).
+
+    SciPy's BLAS (a separate OpenBLAS, loaded on first use: the triangular solves
+    of the chunked delta forms) is loaded first, so the limit covers it too;
+    :func:`threadpoolctl.threadpool_limits` only reaches libraries already loaded.
+    """
+    import scipy.linalg.blas  # noqa: F401  (loads SciPy's BLAS so that the limit reaches it)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def heads_in_parallel(fn, *, workers=None, **inputs):
@@ -108,28 +154,17 @@ def heads_in_parallel(fn, *, workers=None, **inputs):
     -------
     What ``fn`` returns, stacked over the leading axes.
     """
-    from threadpoolctl import threadpool_limits
-
-    q = inputs.get("q")
-    if not isinstance(q, np.ndarray) or q.ndim < 3:
+    cut = head_slices(inputs) if isinstance(inputs.get("q"), np.ndarray) else None
+    if cut is None:
         if workers is not None:
             resolve_workers(workers, 1)  # still check the argument
         return fn(**inputs)
-    lead = tuple(q.shape[:-2])
-    n_slices = int(np.prod(lead))
-    n_workers = resolve_workers(workers, n_slices)
-    plan = _slice_plan(inputs, lead)
-    if plan is None:
-        return fn(**inputs)
-
-    def one(index):
-        return fn(**{k: (_cut(x, index) if plan[k] else x) for k, x in inputs.items()})
-
-    indices = list(itertools.product(*(range(L) for L in lead)))
-    with threadpool_limits(limits=1, user_api="blas"):
+    lead, slices = cut
+    n_workers = resolve_workers(workers, len(slices))
+    with pinned_blas():
         if n_workers == 1:
-            results = [one(i) for i in indices]
+            results = [fn(**one) for one in slices]
         else:
             with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(one, indices))
-    return _stack(results, lead)
+                results = list(pool.map(lambda one: fn(**one), slices))
+    return stack_slices(results, lead)

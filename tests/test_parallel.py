@@ -72,3 +72,27 @@ def test_bad_workers_are_refused(bad):
     inputs = MEMORIES["delta_rule"].make_inputs(0, (2,), 5, 3, 3, np, "float64")
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         heads_in_parallel(fn, workers=bad, **inputs, **kw)
+
+
+def test_pinning_reaches_scipys_blas_in_a_fresh_process():
+    """SciPy's BLAS (its own OpenBLAS, loaded on first use by the triangular solves) runs on one thread inside the
+    pool too: in a fresh interpreter, where refmem has not loaded SciPy yet, every BLAS seen from inside a slice
+    reports one thread."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from refmem.parallel import heads_in_parallel\n"
+        "def probe(q):\n"
+        "    import scipy.linalg.blas\n"
+        "    return np.array([float(i['num_threads']) for i in threadpool_info() if i['user_api'] == 'blas'])\n"
+        "seen = heads_in_parallel(probe, workers=1, q=np.zeros((2, 3, 4)))\n"
+        "print(seen.shape[-1], int(seen.max()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"})
+    n_libs, most = map(int, out.stdout.split())
+    assert n_libs >= 2  # NumPy's and SciPy's BLAS both loaded and seen
+    assert most == 1
