@@ -1,30 +1,52 @@
-r"""Heads in parallel: a sequence form run on independent batch and head slices by a pool of worker threads.
+r"""Heads in parallel: a sequence form run on independent batch and head slices by a pool of worker processes.
 
-NumPy (host) only: the slices are cut and stacked with NumPy, and BLAS is pinned to
-one thread per worker with :mod:`threadpoolctl` while the pool runs (BLAS and
-NumPy's array loops release the GIL, so threads run the slices' products at once).
+NumPy (host) only: the slices are cut and stacked with NumPy, and every worker
+runs BLAS on one thread (:mod:`threadpoolctl`).
 
 Every form of :mod:`refmem.memories` and :mod:`refmem.chunked` treats the leading
 (batch, head) axes of ``q [..., T, d]`` as independent problems, so running each
-leading index on its own and stacking the results is the same computation. The
-slices are always the single leading indices, whatever the number of workers, and
-each is computed by the same code with one BLAS thread: the result is bitwise
-identical for every ``workers`` (the single-worker result included). It can
-differ from one call on the whole batch in the last bits only, since a call on
-the whole batch may take a different (equally accurate) path for some gate data.
+leading index on its own and stacking the results is the same computation
+(:func:`head_slices`, :func:`stack_slices`: the one slicing, also used by the
+Dask path). The slices are always the single leading indices, whatever the
+number of workers, each is a fresh C-ordered copy, and each is computed by the
+same code with one BLAS thread: the result is bitwise identical for every
+``workers`` (the single-worker result, computed in this process, included). It
+can differ from one call on the whole batch in the last bits only, since a call
+on the whole batch may take a different (equally accurate) path for some gate data.
+
+The pool (:func:`worker_pool`) is loky's persistent
+:class:`concurrent.futures.ProcessPoolExecutor` of fresh interpreters (worker
+processes escape the GIL: the sequence forms are many small NumPy calls, which a
+thread pool serialises). The slices travel through shared memory
+(:class:`multiprocessing.shared_memory.SharedMemory`), not through the pool's
+pipes: the caller copies each sliced input into a shared block once, a worker
+copies its slice out, computes, and hands its outputs back in blocks of its
+own that the caller copies into the stacked result and frees. Only names,
+shapes and the small arguments are pickled. Extra memory while the pool runs:
+one copy of the sliced inputs and of the outputs (besides what each worker's
+form needs for its one slice).
+
+Public sequence forms take ``workers=`` (:func:`workers_option`); the default
+(``workers=None`` and ``refmem.options(workers=None)``) is the pool on every
+usable core when there are at least as many slices as cores AND the problem is
+big enough to pay for it: ``B H T d_k d_v >= 2**27`` (about 0.1 s of work on one
+core: B = 2, H = 8, T = 4096, d = 64 is ``2**28``); otherwise one plain call.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import pickle
+from multiprocessing.shared_memory import SharedMemory
 from numbers import Integral
 
 import numpy as np
 from array_api_compat import array_namespace
 
-from .validation import get_option
+from .validation import get_option, options
 
 
 def usable_cores() -> int:
@@ -35,19 +57,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_workers(workers, n_slices: int) -> int:
+def resolve_workers(workers, n_slices: int, *, work: int | None = None) -> int:
     """The number of workers for ``n_slices`` independent slices.
 
     ``workers``: an int ``>= 1``; ``None`` takes ``refmem.options(workers=...)``, and
     when that is ``None`` too, every usable core if ``n_slices`` is at least the
-    number of cores, else 1 (a pool that cannot keep every core busy gains little).
+    number of cores (a pool that cannot keep every core busy gains little) and
+    ``work`` (:func:`pool_work`, when given) is at least :data:`POOL_WORK`, else 1.
     Never more workers than slices.
     """
     if workers is None:
         workers = get_option("workers")
     if workers is None:
         cores = usable_cores()
-        workers = cores if n_slices >= cores else 1
+        workers = cores if n_slices >= cores and (work is None or work >= POOL_WORK) else 1
     if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1 or None; got {workers!r}")
     return max(1, min(int(workers), n_slices))
@@ -93,9 +116,23 @@ def _stack(results: list, lead: tuple):
     first = results[0]
     if isinstance(first, tuple):
         return tuple(_stack([r[j] for r in results], lead) for j in range(len(first)))
+    if not is_array(first):
+        return list(results)  # not an array: the values in slice order
     xp = array_namespace(first)  # NumPy here; CuPy for slices computed on GPU workers
     stacked = xp.stack(results, axis=0)  # (n_slices, ...)
     return xp.reshape(stacked, lead + tuple(first.shape))
+
+
+def _slice_indices(inputs: dict):
+    """``(lead, plan, indices)`` of :func:`head_slices` (``None`` when the inputs cannot be cut)."""
+    q = inputs.get("q")
+    if not is_array(q) or q.ndim < 3:
+        return None
+    lead = tuple(q.shape[:-2])
+    plan = _slice_plan(inputs, lead)
+    if plan is None:
+        return None
+    return lead, plan, list(itertools.product(*(range(L) for L in lead)))
 
 
 def head_slices(inputs: dict):
@@ -108,14 +145,10 @@ def head_slices(inputs: dict):
     then the form is run unsliced. Used by :func:`heads_in_parallel` and by
     :func:`refmem.distributed.heads_on_cluster`.
     """
-    q = inputs.get("q")
-    if not is_array(q) or q.ndim < 3:
+    cut = _slice_indices(inputs)
+    if cut is None:
         return None
-    lead = tuple(q.shape[:-2])
-    plan = _slice_plan(inputs, lead)
-    if plan is None:
-        return None
-    indices = itertools.product(*(range(L) for L in lead))
+    lead, plan, indices = cut
     return lead, [{k: (_cut(x, i) if plan[k] else x) for k, x in inputs.items()} for i in indices]
 
 
@@ -137,16 +170,213 @@ def pinned_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+# --- the pool of worker processes -------------------------------------------------------------------
+
+_POOL = {"size": 0, "executor": None}
+
+
+def _start_worker():
+    """Initializer of a worker process: BLAS on one thread for the worker's whole life."""
+    pinned_blas()  # not used as a context: the limit stays
+
+
+_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def worker_pool(n_workers: int):
+    """The persistent pool of at least ``n_workers`` worker processes (:func:`loky.get_reusable_executor`).
+
+    loky starts each worker as a fresh interpreter (safe in a process that runs
+    threads, and a script needs no ``if __name__ == "__main__"`` guard), with
+    the BLAS thread variables set to 1 and :func:`pinned_blas` as initializer.
+    A pool is never shrunk (starting a process costs about a second): a call that
+    asks for fewer workers keeps only that many slices in flight
+    (:func:`_on_workers`); a call that asks for more grows it.
+    """
+    from loky import get_reusable_executor
+
+    if _POOL["executor"] is None or _POOL["size"] < n_workers:
+        executor = get_reusable_executor(max_workers=n_workers, env=_ONE_THREAD, initializer=_start_worker)
+        _POOL.update(size=n_workers, executor=executor)
+    return _POOL["executor"]
+
+
+def shutdown_pool():
+    """Stop the worker processes (they are started again when next needed)."""
+    executor = _POOL["executor"]
+    _POOL.update(size=0, executor=None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def _fresh(x):
+    """``x`` as a new C-ordered array (tuples element by element): every slice has the same layout wherever it runs."""
+    if isinstance(x, tuple):
+        return tuple(_fresh(e) for e in x)
+    return np.array(x, order="C", copy=True)
+
+
+def _slice_inputs(inputs: dict, plan: dict, index: tuple) -> dict:
+    """The inputs of the slice at ``index``: cut arrays as fresh copies, the rest whole."""
+    return {k: (_fresh(_cut(x, index)) if plan[k] else x) for k, x in inputs.items()}
+
+
+def _share(x, blocks: list):
+    """``x`` (an array or a tuple of arrays) copied into new shared-memory blocks, appended to ``blocks``; returns its description."""
+    if isinstance(x, tuple):
+        return ("tuple", tuple(_share(e, blocks) for e in x))
+    x = np.asarray(x)
+    block = SharedMemory(create=True, size=max(x.nbytes, 1))
+    blocks.append(block)
+    np.ndarray(x.shape, x.dtype, buffer=block.buf)[...] = x
+    return ("array", block.name, x.shape, x.dtype.str)
+
+
+def _described(desc, index=None):
+    """A fresh copy of the array (or tuple) that ``desc`` describes, cut at ``index`` if given (as :func:`_cut`)."""
+    if desc[0] == "tuple":
+        return tuple(_described(d, index) for d in desc[1])
+    if desc[0] == "value":
+        return desc[1]
+    _, name, shape, dtype = desc
+    block = SharedMemory(name=name)
+    try:
+        view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
+        out = _fresh(view if index is None else _cut(view, index))
+        del view  # no exported pointer left: the block can close
+    finally:
+        block.close()
+    return out
+
+
+def _free(desc):
+    """Unlink the shared blocks that ``desc`` describes (outputs of a slice, once copied)."""
+    if desc[0] == "tuple":
+        for d in desc[1]:
+            _free(d)
+    elif desc[0] == "array":
+        block = SharedMemory(name=desc[1])
+        block.close()
+        block.unlink()
+
+
+def _hand_back(out):
+    """A worker's outputs put in shared blocks (arrays) or passed as they are (anything else); returns their description."""
+    if isinstance(out, tuple):
+        return ("tuple", tuple(_hand_back(o) for o in out))
+    if isinstance(out, np.ndarray):
+        blocks = []
+        desc = _share(out, blocks)
+        blocks[0].close()  # the caller unlinks it after copying
+        return desc
+    return ("value", out)
+
+
+def _run_slice(fn, shared: dict, whole: dict, index: tuple):
+    """In a worker: the slice ``index`` of the shared inputs, ``fn`` on it, the outputs handed back in shared blocks."""
+    inputs = {k: _described(d, index) for k, d in shared.items()}
+    inputs.update(whole)
+    with options(workers=1):  # no pool inside a pool
+        out = fn(**inputs)
+    return _hand_back(out)
+
+
+def _stack_into(outs, desc, i: int, n: int):
+    """Copy slice ``i``'s outputs (``desc``) into the stacked outputs ``outs`` (allocated at the first slice); returns ``outs``.
+
+    Arrays go to ``[n_slices, ...]`` arrays, tuples element by element, anything
+    else to a list in slice order.
+    """
+    if desc[0] == "tuple":
+        outs = outs if outs is not None else (None,) * len(desc[1])
+        return tuple(_stack_into(o, d, i, n) for o, d in zip(outs, desc[1]))
+    value = _described(desc)
+    if outs is None:
+        outs = np.empty((n,) + value.shape, dtype=value.dtype) if isinstance(value, np.ndarray) else [None] * n
+    outs[i] = value  # (.., ) into (n_slices, ..)
+    return outs
+
+
+def _finish(outs, lead: tuple):
+    """The stacked outputs in the shape of :func:`stack_slices`."""
+    if isinstance(outs, tuple):
+        return tuple(_finish(o, lead) for o in outs)
+    if isinstance(outs, list):
+        return outs
+    return np.reshape(outs, lead + tuple(outs.shape[1:]))  # (n_slices, ..) -> lead + (..)
+
+
+def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_workers: int):
+    """Every slice computed on the pool, at most ``n_workers`` at a time; the outputs stacked over ``lead``."""
+    try:
+        pickle.dumps(fn)
+    except Exception as exc:
+        raise TypeError(f"fn must be a module-level function to run on worker processes; {fn!r} cannot be "
+                        f"pickled ({type(exc).__name__}); pass workers=1") from None
+    blocks = []
+    running = {}
+    try:
+        shared = {k: _share(x, blocks) for k, x in inputs.items() if plan[k]}
+        whole = {k: x for k, x in inputs.items() if not plan[k]}
+        pool = worker_pool(n_workers)
+        n = len(indices)
+        outs = None
+        for i in range(n):
+            running[i] = pool.submit(_run_slice, fn, shared, whole, indices[i])
+            if len(running) < n_workers and i < n - 1:
+                continue
+            while running and (len(running) >= n_workers or i == n - 1):
+                first = min(running)  # in slice order: the stacked outputs are filled in order
+                desc = running.pop(first).result()
+                try:
+                    outs = _stack_into(outs, desc, first, n)
+                finally:
+                    _free(desc)
+        return _finish(outs, lead)
+    except Exception:
+        if _POOL["executor"] is not None and getattr(_POOL["executor"], "_broken", False):
+            _POOL.update(size=0, executor=None)  # a worker died: the next call starts a new pool
+        raise
+    finally:
+        for future in running.values():  # an error part-way: free what the other slices handed back
+            try:
+                _free(future.result())
+            except Exception:  # noqa: BLE001  (the first error is the one raised)
+                pass
+        for block in blocks:
+            block.close()
+            block.unlink()
+
+
+def _in_this_process(fn, inputs: dict, plan: dict, indices: list, lead: tuple):
+    """Every slice computed here, one after another, with BLAS on one thread."""
+    with pinned_blas(), options(workers=1):
+        results = [fn(**_slice_inputs(inputs, plan, index)) for index in indices]
+    return _stack(results, lead)
+
+
+def pool_work(inputs: dict) -> int:
+    """``B H T d_k d_v`` of a sequence form's inputs (``q [..., T, d_k]``, ``v [..., T, d_v]``): the size the default rule reads."""
+    q, v = inputs.get("q"), inputs.get("v")
+    d_v = v.shape[-1] if is_array(v) and v.ndim >= 1 else q.shape[-1]
+    return int(np.prod(q.shape[:-1])) * int(q.shape[-1]) * int(d_v)  # B H T, d_k, d_v
+
+
+POOL_WORK = 2**27  # the default rule's threshold on pool_work (module docstring)
+
+
 def heads_in_parallel(fn, *, workers=None, **inputs):
-    """``fn(**inputs)`` computed per batch/head slice on a pool of ``workers`` threads (module docstring).
+    """``fn(**inputs)`` computed per batch/head slice on a pool of ``workers`` processes (module docstring).
 
     Parameters
     ----------
     fn : callable
         A sequence form, e.g. ``MEMORIES[name].chunked``, whose array inputs have
-        the leading axes of ``q`` (size 1 allowed) before their own axes.
+        the leading axes of ``q`` (size 1 allowed) before their own axes; a
+        module-level function when ``workers > 1`` (it is pickled by name).
     workers : int or None
-        See :func:`resolve_workers`.
+        See :func:`resolve_workers` (``None``: by the size of the problem).
+        ``1`` computes the slices in this process.
     **inputs
         ``fn``'s keyword arguments; arrays NumPy (other backends run unsliced).
 
@@ -154,17 +384,53 @@ def heads_in_parallel(fn, *, workers=None, **inputs):
     -------
     What ``fn`` returns, stacked over the leading axes.
     """
-    cut = head_slices(inputs) if isinstance(inputs.get("q"), np.ndarray) else None
+    cut = _slice_indices(inputs) if isinstance(inputs.get("q"), np.ndarray) else None
     if cut is None:
         if workers is not None:
             resolve_workers(workers, 1)  # still check the argument
         return fn(**inputs)
-    lead, slices = cut
-    n_workers = resolve_workers(workers, len(slices))
-    with pinned_blas():
+    lead, plan, indices = cut
+    n_workers = resolve_workers(workers, len(indices), work=pool_work(inputs))
+    if n_workers == 1:
+        return _in_this_process(fn, inputs, plan, indices, lead)
+    return _on_workers(fn, inputs, plan, indices, lead, n_workers)
+
+
+def workers_option(form):
+    """Give a public sequence form the keyword argument ``workers=`` (:func:`heads_in_parallel`).
+
+    ``workers=None`` with ``refmem.options(workers=None)`` runs the plain call
+    unless the default rule (module docstring) asks for the pool; any other
+    value (or the option) computes the batch and head slices, in this process
+    for ``1``. Inputs that are not NumPy, or without leading axes, run the plain call.
+    """
+    signature = inspect.signature(form)
+
+    @functools.wraps(form)
+    def sliced(*args, workers=None, **kwargs):
+        q = args[0] if args else kwargs.get("q")
+        if not isinstance(q, np.ndarray) or q.ndim < 3:
+            if workers is not None:
+                resolve_workers(workers, 1)  # still check the argument
+            return form(*args, **kwargs)
+        try:
+            inputs = dict(signature.bind(*args, **kwargs).arguments)
+        except TypeError:
+            return form(*args, **kwargs)  # the form's own error for the wrong arguments
+        if workers is None and get_option("workers") is None and pool_work(inputs) < POOL_WORK:
+            return form(*args, **kwargs)
+        cut = _slice_indices(inputs)
+        if cut is None:
+            resolve_workers(workers, 1) if workers is not None else None
+            return form(*args, **kwargs)
+        lead, plan, indices = cut
+        n_workers = resolve_workers(workers, len(indices), work=pool_work(inputs))
         if n_workers == 1:
-            results = [fn(**one) for one in slices]
-        else:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(lambda one: fn(**one), slices))
-    return stack_slices(results, lead)
+            return _in_this_process(sliced, inputs, plan, indices, lead)
+        return _on_workers(sliced, inputs, plan, indices, lead, n_workers)
+
+    params = list(signature.parameters.values())
+    workers_param = inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(params) if p.kind == inspect.Parameter.VAR_KEYWORD), len(params))
+    sliced.__signature__ = signature.replace(parameters=params[:at] + [workers_param] + params[at:])
+    return sliced

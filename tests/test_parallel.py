@@ -96,3 +96,95 @@ def test_pinning_reaches_scipys_blas_in_a_fresh_process():
     n_libs, most = map(int, out.stdout.split())
     assert n_libs >= 2  # NumPy's and SciPy's BLAS both loaded and seen
     assert most == 1
+
+
+POOLED_FORMS = [(name, form) for name in ("linear_attention", "gated_linear_attention", "delta_rule", "gated_delta_rule",
+                                          "longhorn", "titans", "mesa")
+                for form in ("recurrent", "chunked", "minibatch") if getattr(MEMORIES[name], form, None) is not None]
+
+
+@pytest.mark.parametrize("name, form", POOLED_FORMS)
+def test_public_forms_take_workers_and_give_bitwise_identical_results(name, form):
+    """``workers=1`` (the slices in this process) and ``workers=2`` (worker processes, slices through shared
+    memory) agree bit for bit; both equal the plain call to the same 1e-12 as above."""
+    fn, kw = _form(name, form)
+    inputs = MEMORIES[name].make_inputs(6, (2, 2), 13, 4, 3, np, "float64")
+    plain = fn(**inputs, **kw)
+    one = fn(**inputs, **kw, workers=1)
+    two = fn(**inputs, **kw, workers=2)
+    for p, a, b in zip(plain, one, two):
+        assert a.shape == b.shape == p.shape and a.dtype == b.dtype == p.dtype
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, p, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(p))))
+
+
+def _count_pool_calls(monkeypatch):
+    import refmem.parallel as parallel
+
+    calls = []
+    real = parallel._on_workers
+
+    def counted(*args, **kwargs):
+        calls.append(args[-1])  # the number of workers
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "_on_workers", counted)
+    return calls
+
+
+def test_option_sends_public_forms_to_the_pool(monkeypatch):
+    calls = _count_pool_calls(monkeypatch)
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(7, (2, 3), 11, 4, 4, np, "float64")
+    one = fn(**inputs, **kw, workers=1)
+    assert calls == []  # one worker: the slices in this process
+    with refmem.options(workers=2):
+        pooled = fn(**inputs, **kw)
+    assert calls == [2]
+    for a, b in zip(one, pooled):
+        assert np.array_equal(a, b)
+
+
+def test_default_rule_keeps_small_problems_in_one_plain_call(monkeypatch):
+    import refmem.parallel as parallel
+
+    calls = _count_pool_calls(monkeypatch)
+    fn, kw = _form("delta_rule", "chunked")
+    inputs = MEMORIES["delta_rule"].make_inputs(8, (4, 4), 9, 3, 3, np, "float64")
+    fn(**inputs, **kw)
+    assert calls == []
+    assert parallel.pool_work(inputs) == 16 * 9 * 3 * 3
+    cores = usable_cores()
+    assert resolve_workers(None, 16, work=parallel.POOL_WORK) == min(cores, 16)
+    assert resolve_workers(None, 16, work=parallel.POOL_WORK - 1) == 1
+    assert resolve_workers(None, cores - 1, work=parallel.POOL_WORK) == 1 or cores == 1
+
+
+def test_nested_outputs_and_initial_statistics_travel_through_the_pool():
+    """Mesa's ``return_stats`` gives ``(o, M, (G, H))``, and its initial state may be a tuple: both cut and stacked."""
+    fn = MEMORIES["mesa"].recurrent
+    inputs = MEMORIES["mesa"].make_inputs(9, (2, 2), 7, 3, 3, np, "float64")
+    one = fn(**inputs, return_stats=True, workers=1)
+    two = fn(**inputs, return_stats=True, workers=2)
+    assert len(two) == 3 and len(two[2]) == 2
+    for a, b in zip((one[0], one[1], *one[2]), (two[0], two[1], *two[2])):
+        assert np.array_equal(a, b)
+    again = fn(**dict(inputs, initial_state=two[2]), workers=2)
+    again_one = fn(**dict(inputs, initial_state=one[2]), workers=1)
+    for a, b in zip(again, again_one):
+        assert np.array_equal(a, b)
+
+
+def test_errors_in_a_worker_reach_the_caller():
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(10, (2, 2), 8, 3, 3, np, "float64")
+    bad = dict(inputs, alpha=inputs["alpha"].copy())
+    bad["alpha"][1, 1, 3] = 2.0  # a forget gate outside [0, 1]
+    with pytest.raises(ValueError, match="alpha"):
+        fn(**bad, **kw, workers=2)
+
+
+def test_a_function_that_cannot_be_pickled_is_refused_by_name():
+    inputs = MEMORIES["delta_rule"].make_inputs(0, (2,), 5, 3, 3, np, "float64")
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        heads_in_parallel(lambda **kw: MEMORIES["delta_rule"].recurrent(**kw), workers=2, **inputs)

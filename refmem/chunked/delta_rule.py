@@ -13,6 +13,7 @@ formulas with :math:`A = I`. It equals the recurrence only for ``C = 1``.
 from __future__ import annotations
 
 from ..memories._inputs import check_sequence, check_step_gate, initial
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import check_chunk_size
 from .delta_family import delta_family
@@ -24,6 +25,7 @@ def _checked(q, k, v, beta, initial_state, chunk_size):
     return xp, check_chunk_size(chunk_size, k.shape[-2])
 
 
+@workers_option
 @finite_outputs
 def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """The delta rule in chunks (exact); equals :func:`~refmem.memories.delta_rule.delta_rule_recurrent`.
@@ -59,6 +61,7 @@ def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     return delta_family(q, k, v, beta, None, C, initial(initial_state, k, v, xp), xp, exact=True)
 
 
+@workers_option
 @finite_outputs
 def delta_rule_minibatch(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """Mini-batch delta rule: every gradient in a chunk taken at the chunk-start state.

@@ -15,6 +15,7 @@ analogue is the chunk-start state carried to step ``t`` by the gates,
 from __future__ import annotations
 
 from ..memories._inputs import check_sequence, check_step_gate, initial
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import check_chunk_size
 from .delta_family import delta_family
@@ -27,6 +28,7 @@ def _checked(q, k, v, alpha, beta, initial_state, chunk_size):
     return xp, check_chunk_size(chunk_size, k.shape[-2])
 
 
+@workers_option
 @finite_outputs
 def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
     """The gated delta rule in chunks (exact).
@@ -50,6 +52,7 @@ def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_sta
     return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=True)
 
 
+@workers_option
 @finite_outputs
 def gated_delta_rule_minibatch(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
     """Mini-batch gated delta rule: gradients at the gated chunk-start state ``gamma_t M_0``.

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from ..memories._inputs import check_sequence, check_step_gate, initial
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import (check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
                      mT, prepare_chunks, scan_chunks, to_chunks)
 from .linear_family import linear_family
 
 
+@workers_option
 @finite_outputs
 def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_state=None):
     """Gated linear attention in chunks; equals :func:`~refmem.memories.gated_linear_attention.gated_linear_attention_recurrent`.

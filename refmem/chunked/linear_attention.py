@@ -10,11 +10,13 @@ per chunk (rows of ``Q, K, V`` are the chunk's steps; ``M`` is ``[d_v, d_k]``).
 from __future__ import annotations
 
 from ..memories._inputs import check_sequence, initial
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import check_chunk_size
 from .linear_family import linear_family
 
 
+@workers_option
 @finite_outputs
 def linear_attention_chunked(q, k, v, *, chunk_size=64, initial_state=None):
     """Linear attention in chunks of ``chunk_size`` steps; equals :func:`~refmem.memories.linear_attention.linear_attention_recurrent`.

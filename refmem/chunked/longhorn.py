@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..linalg import sq_norm
 from ..memories._inputs import check_sequence, check_value_channel_steps, initial
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import check_chunk_size, chunk, from_chunks, mT, prepare_chunks, to_chunks
 from .delta_family import delta_family, delta_terms
@@ -35,6 +36,7 @@ def longhorn_step_sizes(k, beta, xp):
     return beta / (1 + beta * kk)  # (.., T)
 
 
+@workers_option
 @finite_outputs
 def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """Longhorn in chunks (exact); equals :func:`~refmem.memories.longhorn.longhorn_recurrent`.

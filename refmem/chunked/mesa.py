@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from ..memories.mesa import _scan_setup
+from ..parallel import workers_option
 from ..solvers import ConvergenceError, SolveReport
 from ..validation import finite_outputs
 from .chunks import check_chunk_size, from_chunks, lower_mask, mT, prepare_chunks, to_chunks
@@ -84,6 +85,7 @@ def row_cg(apply, B, xp, *, rtol: float, max_iter: int):
                            hint="the systems are too ill-conditioned for this rtol; raise lam or rtol")
 
 
+@workers_option
 @finite_outputs
 def mesa_chunked(q, k, v, lam, *, chunk_size=64, initial_state=None, return_stats=False, rtol=None, max_iter=None):
     """The Mesa layer in chunks, every per-step solve by conjugate gradient.

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from ..memories.titans import check_titans_inputs, titans_gates
+from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import (check_chunk_size, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
                      lower_mask, mT, prepare_chunks, scan_chunks, shift_right, solve_unit_lower, to_chunks)
@@ -146,6 +147,7 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     return (o, M, X[..., d_k:]) if return_momentum else (o, M)
 
 
+@workers_option
 @finite_outputs
 def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=None, initial_momentum=None,
                    return_momentum=False):
@@ -173,6 +175,7 @@ def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=N
     return _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, exact=True, return_momentum=return_momentum)
 
 
+@workers_option
 @finite_outputs
 def titans_minibatch(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=None, initial_momentum=None,
                      return_momentum=False):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import L2
+from ..parallel import workers_option
 from ..retentions import LocalL2
 from ..validation import finite_outputs
 from ._inputs import check_sequence, check_step_gate, initial, random_qkv
@@ -24,6 +25,7 @@ def delta_step(M, k, v, beta, xp):
     return M - beta[..., None, None] * outer(r, k)  # (.., d_v, d_k)
 
 
+@workers_option
 @finite_outputs
 def delta_rule_recurrent(q, k, v, beta, *, initial_state=None):
     """Recurrent delta rule.

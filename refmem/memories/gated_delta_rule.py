@@ -18,6 +18,7 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import L2
+from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..validation import finite_outputs
 from ._inputs import check_sequence, check_step_gate, initial, random_qkv
@@ -30,6 +31,7 @@ def gated_delta_step(M, k, v, alpha, beta, xp):
     return aM - beta[..., None, None] * outer(r, k)  # (.., d_v, d_k)
 
 
+@workers_option
 @finite_outputs
 def gated_delta_rule_recurrent(q, k, v, alpha, beta, *, initial_state=None):
     """Recurrent gated delta rule.

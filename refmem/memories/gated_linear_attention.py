@@ -19,12 +19,14 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import Dot
+from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..retentions.channel_forget_gate import ChannelForgetGate
 from ..validation import finite_outputs
 from ._inputs import check_sequence, check_step_gate, initial, random_qkv
 
 
+@workers_option
 @finite_outputs
 def gated_linear_attention_recurrent(q, k, v, alpha, *, initial_state=None):
     """Recurrent gated linear attention.

@@ -10,11 +10,13 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import Dot
+from ..parallel import workers_option
 from ..retentions import LocalL2
 from ..validation import finite_outputs
 from ._inputs import check_sequence, initial, random_qkv
 
 
+@workers_option
 @finite_outputs
 def linear_attention_recurrent(q, k, v, *, initial_state=None):
     """Recurrent linear attention.

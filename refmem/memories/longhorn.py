@@ -21,6 +21,7 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer, sq_norm
 from ..objectives import L2
+from ..parallel import workers_option
 from ..retentions import LocalL2
 from ..retentions.channel_local_l2 import ChannelLocalL2
 from ..validation import finite_outputs
@@ -38,6 +39,7 @@ def longhorn_step(M, k, v, beta, xp):
     return M - outer(e * r, k)  # (.., d_v) x (.., d_k) -> (.., d_v, d_k)
 
 
+@workers_option
 @finite_outputs
 def longhorn_recurrent(q, k, v, beta, *, initial_state=None):
     """Recurrent Longhorn.

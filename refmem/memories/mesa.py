@@ -44,6 +44,7 @@ import math
 import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import eye_like, matvec, outer
+from ..parallel import workers_option
 from ..solvers import Problem
 from ..solvers.dispatch import minimize
 from ..validation import as_param, check_arrays, dtype_name, finite_outputs, get_option, require
@@ -152,6 +153,7 @@ def _lam_t(lam, per_channel, t):
     return lam[..., t, :] if per_channel else lam[..., t]
 
 
+@workers_option
 @finite_outputs
 def mesa_recurrent(q, k, v, lam, *, initial_state=None, return_stats=False):
     r"""Mesa layer, closed form: ``M_t`` by a linear solve on running sums.

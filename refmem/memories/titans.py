@@ -31,6 +31,7 @@ from __future__ import annotations
 from ..level import Level
 from ..linalg import matvec, outer
 from ..objectives import Inner
+from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..validation import check_arrays, finite_outputs
 from ._inputs import check_sequence, check_step_gate, initial, random_qkv
@@ -78,6 +79,7 @@ def check_titans_inputs(q, k, v, alpha, eta, theta, initial_state, initial_momen
     return xp, M0, initial(initial_momentum, k, v, xp)
 
 
+@workers_option
 @finite_outputs
 def titans_recurrent(q, k, v, alpha, eta, theta, *, initial_state=None, initial_momentum=None,
                             return_momentum=False):
