@@ -26,11 +26,6 @@ from dataclasses import dataclass
 from .moment_memory import discounted_least_squares_argmin
 from .optimizer import (
     Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     closed_report,
     descent_step,
@@ -79,10 +74,7 @@ class Adagrad(Optimizer):
 
     def step(self, W, g, state: AdagradState, *, method="closed"):
         """One step. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, AdagradState, self.name)
-        check_state_shape(state.sum, W, "sum")
+        xp = self.check_step(W, g, state, AdagradState, method, "sum")
         hp = self.hyperparameters
         t = state.step + 1
         if hp["weight_decay"] != 0.0:
@@ -98,10 +90,10 @@ class Adagrad(Optimizer):
             mean_sq, rep = discounted_least_squares_argmin(state.sq_history + (g2,), 1.0)  # (.., d_out, d_in)
             G = hp["initial_accumulator_value"] + t * mean_sq  # (.., d_out, d_in)
         d = divide_by_denominator(g, xp.sqrt(G) + hp["eps"], self.name, xp)  # (.., d_out, d_in)
-        check_finite_result(self.name, xp, direction=d)
+        self.check_finite(xp, direction=d)
         clr = hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])
         W_new, rep_W = descent_step(W, d, clr, method=method)
-        check_finite_result(self.name, xp, weights=W_new, second_moment=G)
+        self.check_finite(xp, weights=W_new, second_moment=G)
         hist = None if state.sq_history is None else state.sq_history + (g2,)
         return W_new, AdagradState(step=t, sum=G, sq_history=hist), {"second_moment": rep, "weights": rep_W}
 

@@ -32,11 +32,6 @@ from ..solvers import SolveReport
 from .moment_memory import bias_corrected, discounted_least_squares_argmin, ema_step
 from .optimizer import (
     Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     closed_report,
     descent_step,
@@ -135,11 +130,7 @@ class Adam(Optimizer):
 
     def step(self, W, g, state: AdamState, *, method="closed"):
         """One step: both moment levels, then the weights. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, AdamState, self.name)
-        check_state_shape(state.exp_avg, W, "exp_avg")
-        check_state_shape(state.exp_avg_sq, W, "exp_avg_sq")
+        xp = self.check_step(W, g, state, AdamState, method, "exp_avg", "exp_avg_sq")
         hp = self.hyperparameters
         lr, (b1, b2), eps, wd = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
         t = state.step + 1
@@ -150,10 +141,10 @@ class Adam(Optimizer):
         m, m_hat, rep_m = moment_estimate(state.exp_avg, hist, g, b1, t, method=method)
         v, v_hat, rep_v = moment_estimate(state.exp_avg_sq, sq_hist, g2, b2, t, method=method)
         d = divide_by_denominator(m_hat, xp.sqrt(v_hat) + eps, self.name, xp)  # (.., d_out, d_in) preconditioned moment
-        check_finite_result(self.name, xp, direction=d)
+        self.check_finite(xp, direction=d)
         keep = 1.0 - lr * wd if self.decoupled else 1.0
         W_new, rep_W = descent_step(W, d, lr, keep, method=method)
-        check_finite_result(self.name, xp, weights=W_new, first_moment=m, second_moment=v)
+        self.check_finite(xp, weights=W_new, first_moment=m, second_moment=v)
         kept = hist is not None
         state = replace(state, step=t, exp_avg=m, exp_avg_sq=v,
                         history=hist + (g,) if kept else None, sq_history=sq_hist + (g2,) if kept else None)

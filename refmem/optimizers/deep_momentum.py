@@ -40,10 +40,6 @@ from ..level import ClosedFormUnavailable
 from ..solvers import SolveReport
 from .optimizer import (
     Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     int_hyperparameter,
     real_hyperparameter,
@@ -126,18 +122,16 @@ class DeepMomentum(Optimizer):
 
     def step(self, W, g, state: DeepMomentumState, *, method="closed"):
         """One step (iterative only): the MLP memory's gradient step, then ``W + m(u)``. Returns ``(W, state, reports)``."""
-        check_method(method)
         if method == "closed":
             raise ClosedFormUnavailable("deep_momentum has no closed form (its memory is an MLP, its problem "
                                         "non-convex): use method='iterative'")
-        xp = check_step_inputs(W, g)
-        check_state_type(state, DeepMomentumState, self.name)
+        xp = self.check_step(W, g, state, DeepMomentumState, method)
         if tuple(state.A1.shape[:-2]) != tuple(W.shape[:-2]) or state.A1.shape[-1] != W.shape[-1]:
             raise ValueError(f"state.A1 has shape {tuple(state.A1.shape)} but W has shape {tuple(W.shape)}: "
                              "make the state with init(W)")
         A1, A2, rep = self.memory_step(state.A1, state.A2, g)
         W_new = W + read_out(A1, A2, g)  # (.., d_out, d_in)
-        check_finite_result(self.name, xp, weights=W_new)
+        self.check_finite(xp, weights=W_new)
         return W_new, DeepMomentumState(state.step + 1, A1, A2), {"momentum": rep,
                                                                   "weights": SolveReport(method="closed",
                                                                                          solver="W + m(u)")}

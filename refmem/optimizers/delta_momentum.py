@@ -37,17 +37,7 @@ from ..linalg import broadcast_like, inner
 from ..solvers import Problem, SolveReport, conjugate_gradient, default_rtol
 from ..validation import check_arrays
 from .momentum import weight_level
-from .optimizer import (
-    Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
-    check_weights,
-    real_hyperparameter,
-)
-from .preconditioned_momentum import MomentumState, preconditioner_for
+from .preconditioned_momentum import MomentumState, PreconditionedMomentum
 
 STEPS = ("explicit", "implicit")
 
@@ -115,19 +105,16 @@ def nl22_printed_step(m_i, g, P, lr: float, alpha: float):
     return alpha * m_i - m_i @ (xp.matrix_transpose(g) @ g) - lr * (P @ g)  # (.., d_out, d_in)
 
 
-class DeltaMomentum(Optimizer):
-    r"""Delta momentum (NL-22, consistent form).
+class DeltaMomentum(PreconditionedMomentum):
+    r"""Delta momentum (NL-22, consistent form): the levels and state of :class:`PreconditionedMomentum`, the delta objective.
 
     Parameters
     ----------
-    lr : float, default 1e-3
-        :math:`\eta`.
-    momentum : float, default 0.9
-        :math:`\alpha`, in ``[0, 1]``.
+    lr, momentum : float, default 1e-3, 0.9
+        :math:`\eta` and :math:`\alpha \in [0, 1]`, as in :class:`PreconditionedMomentum`
+        (whose ``init(W, preconditioner=None)`` this class keeps).
     step : {"explicit", "implicit"}, default "explicit"
         The paper's gradient step, or the proximal (implicit) step.
-
-    ``init(W, preconditioner=None)`` takes the value ``P`` ``[..., d_out, d_out]`` (default the identity).
     """
 
     name = "delta_momentum"
@@ -135,25 +122,18 @@ class DeltaMomentum(Optimizer):
     def __init__(self, lr=1e-3, momentum=0.9, step="explicit"):
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}; got {step!r}")
-        super().__init__(lr=real_hyperparameter(lr, "lr", low=0.0, low_open=True),
-                         momentum=real_hyperparameter(momentum, "momentum", low=0.0, high=1.0), step=step)
-
-    def init(self, W, preconditioner=None) -> MomentumState:
-        xp = check_weights(W)
-        return MomentumState(step=0, momentum=xp.zeros_like(W), preconditioner=preconditioner_for(preconditioner, W))
+        super().__init__(lr=lr, momentum=momentum)
+        self.hyperparameters["step"] = step
 
     def step(self, W, g, state: MomentumState, *, method="closed"):
         """One step: the delta-momentum level, then ``W - m``. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, MomentumState, self.name)
-        check_state_shape(state.momentum, W, "momentum")
+        xp = self.check_step(W, g, state, MomentumState, method, "momentum")
         hp = self.hyperparameters
         m, rep_m = momentum_step(state.momentum, g, state.preconditioner, hp["lr"], hp["momentum"], hp["step"],
                                  method=method)
-        check_finite_result(self.name, xp, momentum=m)
+        self.check_finite(xp, momentum=m)
         W_new, rep_W = solve(weight_level(), W, None, -m, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        self.check_finite(xp, weights=W_new)
         return W_new, MomentumState(state.step + 1, m, state.preconditioner), {"momentum": rep_m, "weights": rep_W}
 
 

@@ -43,11 +43,6 @@ from ..solvers import SolveReport
 from .momentum import momentum_level
 from .optimizer import (
     Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     descent_step,
     divide_by_denominator,
@@ -159,18 +154,15 @@ class M3(Optimizer):
 
     def step(self, W, g, state: M3State, *, method="closed"):
         """One step of Algorithm 1's inner loop, and the slow level at the end of a chunk. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, M3State, self.name)
-        for what in ("fast_momentum", "second_moment", "slow_momentum", "slow_orthogonal", "chunk_sum"):
-            check_state_shape(getattr(state, what), W, what)
+        xp = self.check_step(W, g, state, M3State, method,
+                             "fast_momentum", "second_moment", "slow_momentum", "slow_orthogonal", "chunk_sum")
         t = state.step + 1
         reports: dict[str, SolveReport] = {}
         M1, reports["fast_momentum"] = self.fast_momentum_step(state.fast_momentum, g, method=method)
         V, reports["second_moment"] = self.second_moment_step(state.second_moment, g, method=method)
         O1, reports["fast_orthogonalization"] = self.orthogonalization_step(M1, method=method)
         W_new, reports["weights"] = self.weights_step(W, O1, state.slow_orthogonal, V, method=method)
-        check_finite_result(self.name, xp, weights=W_new, fast_momentum=M1, second_moment=V)
+        self.check_finite(xp, weights=W_new, fast_momentum=M1, second_moment=V)
         new = replace(state, step=t, fast_momentum=M1, second_moment=V, chunk_sum=state.chunk_sum + g)
         if t % self.hyperparameters["frequency"] == 0:  # end of a chunk: the slow level, used from the next step on
             M2, reports["slow_momentum"] = self.slow_momentum_step(state.slow_momentum, new.chunk_sum, method=method)

@@ -37,11 +37,6 @@ from .momentum import momentum_level
 from .optimizer import (
     Optimizer,
     bool_hyperparameter,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     descent_step,
     fixed_map_report,
@@ -128,10 +123,7 @@ class Muon(Optimizer):
 
     def step(self, W, g, state: MuonState, *, method="closed"):
         """One step: momentum, orthogonalisation, weights. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, MuonState, self.name)
-        check_state_shape(state.momentum_buffer, W, "momentum_buffer")
+        xp = self.check_step(W, g, state, MuonState, method, "momentum_buffer")
         hp = self.hyperparameters
         mu, lr = hp["momentum"], hp["lr"]
         reports = {}
@@ -140,7 +132,7 @@ class Muon(Optimizer):
         O, reports["orthogonalization"] = self.orthogonalization_step(B_read, method=method)
         W_new, reports["weights"] = descent_step(W, O, adjusted_lr(lr, hp["adjust_lr_fn"], W.shape),
                                                  1.0 - lr * hp["weight_decay"], method=method)
-        check_finite_result(self.name, xp, weights=W_new, momentum_buffer=B)
+        self.check_finite(xp, weights=W_new, momentum_buffer=B)
         return W_new, MuonState(step=state.step + 1, momentum_buffer=B), reports
 
 

@@ -54,8 +54,27 @@ class Optimizer:
     def init(self, W):  # pragma: no cover - every registered optimiser overrides it
         raise NotImplementedError
 
+    def check_step(self, W, g, state, state_type, method: str, *state_arrays: str):
+        """The checks every ``step`` starts with; returns ``xp``.
+
+        ``method`` is one of :data:`METHODS`; ``W`` and ``g`` share namespace,
+        dtype and shape ``[..., d_out, d_in]`` (:func:`check_step_inputs`);
+        ``state`` is the ``state_type`` that ``init`` makes; each field named
+        in ``state_arrays`` has the shape and dtype of ``W``.
+        """
+        check_method(method)
+        xp = check_step_inputs(W, g)
+        check_state_type(state, state_type, self.name)
+        for what in state_arrays:
+            check_state_shape(getattr(state, what), W, what)
+        return xp
+
     def step(self, W, g, state, *, method="closed"):  # pragma: no cover
         raise NotImplementedError
+
+    def check_finite(self, xp, **arrays) -> None:
+        """:func:`check_finite_result` under this optimiser's name."""
+        check_finite_result(self.name, xp, **arrays)
 
 
 def check_method(method: str) -> str:

@@ -26,11 +26,6 @@ from ..validation import check_arrays
 from .momentum import weight_level
 from .optimizer import (
     Optimizer,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     real_hyperparameter,
 )
@@ -114,14 +109,11 @@ class PreconditionedMomentum(Optimizer):
 
     def step(self, W, g, state: MomentumState, *, method="closed"):
         """One step: the momentum level, then ``W + m``. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, MomentumState, self.name)
-        check_state_shape(state.momentum, W, "momentum")
+        xp = self.check_step(W, g, state, MomentumState, method, "momentum")
         hp = self.hyperparameters
         m, rep_m = momentum_step(state.momentum, g, state.preconditioner, hp["lr"], hp["momentum"], method=method)
         W_new, rep_W = solve(weight_level(), W, None, m, method=method)
-        check_finite_result(self.name, xp, weights=W_new)
+        self.check_finite(xp, weights=W_new)
         return W_new, MomentumState(state.step + 1, m, state.preconditioner), {"momentum": rep_m, "weights": rep_W}
 
 

@@ -30,11 +30,6 @@ from .momentum import momentum_level
 from .optimizer import (
     Optimizer,
     bool_hyperparameter,
-    check_finite_result,
-    check_method,
-    check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     closed_report,
     descent_step,
@@ -100,11 +95,7 @@ class RMSprop(Optimizer):
 
     def step(self, W, g, state: RMSpropState, *, method="closed"):
         """One step. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, RMSpropState, self.name)
-        for what in ("square_avg", "grad_avg", "momentum_buffer"):
-            check_state_shape(getattr(state, what), W, what)
+        xp = self.check_step(W, g, state, RMSpropState, method, "square_avg", "grad_avg", "momentum_buffer")
         hp = self.hyperparameters
         lr, alpha, eps, wd, mu = hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"], hp["momentum"]
         if wd != 0.0:
@@ -122,13 +113,13 @@ class RMSprop(Optimizer):
             var = v
         a = xp.sqrt(var) + eps  # (.., d_out, d_in)
         d = divide_by_denominator(g, a, self.name, xp)  # (.., d_out, d_in)
-        check_finite_result(self.name, xp, direction=d)
+        self.check_finite(xp, direction=d)
         buf = state.momentum_buffer
         if mu > 0.0:
             buf, reports["momentum"] = solve(momentum_level(1.0, mu), buf, None, d, method=method)
             d = buf
         W_new, reports["weights"] = descent_step(W, d, lr, method=method)
-        check_finite_result(self.name, xp, weights=W_new, second_moment=v, momentum=buf)
+        self.check_finite(xp, weights=W_new, second_moment=v, momentum=buf)
         kept = state.history is not None
         new = RMSpropState(step=state.step + 1, square_avg=v, grad_avg=gbar, momentum_buffer=buf,
                            history=state.history + (g,) if kept else None,

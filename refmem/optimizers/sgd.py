@@ -34,11 +34,7 @@ from .momentum import momentum_level
 from .optimizer import (
     Optimizer,
     bool_hyperparameter,
-    check_finite_result,
-    check_method,
     check_state_shape,
-    check_state_type,
-    check_step_inputs,
     check_weights,
     descent_step,
     real_hyperparameter,
@@ -86,9 +82,7 @@ class SGD(Optimizer):
 
     def step(self, W, g, state: SGDState, *, method="closed"):
         """One step: the momentum level (if any), then the weights. Returns ``(W, state, reports)``."""
-        check_method(method)
-        xp = check_step_inputs(W, g)
-        check_state_type(state, SGDState, self.name)
+        xp = self.check_step(W, g, state, SGDState, method)
         hp = self.hyperparameters
         lr, mu, tau, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
         if wd != 0.0:
@@ -106,7 +100,7 @@ class SGD(Optimizer):
             buf, reports["momentum"] = solve(momentum_level(eta, mu), buf, None, g, method=method)
             d = g + mu * buf if hp["nesterov"] else buf  # (.., d_out, d_in)
         W_new, reports["weights"] = descent_step(W, d, lr, method=method)
-        check_finite_result(self.name, xp, weights=W_new, momentum_buffer=buf)
+        self.check_finite(xp, weights=W_new, momentum_buffer=buf)
         return W_new, SGDState(step=state.step + 1, momentum_buffer=buf if mu != 0.0 else None), reports
 
 
