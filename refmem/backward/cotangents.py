@@ -17,7 +17,10 @@ in every input, as a dict keyed by the forward's argument names
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
+from ..chunked.chunks import check_chunk_size
+from ..memories._inputs import initial
 from ..validation import DivergenceError, check_arrays, get_option
 
 
@@ -41,6 +44,32 @@ def check_cotangents(do, dM_T, o, M_T):
     if tuple(dM_T.shape) != tuple(M_T.shape):
         raise ValueError(f"dM_T must have the shape of the final state {tuple(M_T.shape)}; got {tuple(dM_T.shape)}")
     return dM_T
+
+
+class BackwardStart(NamedTuple):
+    """What a backward pass starts from (:func:`forward_and_cotangents`)."""
+
+    xp: object  # the inputs' array namespace
+    M0: object  # (.., d_v, d_k) the initial state, zeros when none was given
+    dM_T: object  # (.., d_v, d_k) the final state's cotangent, zeros when none was given
+    C: int | None  # the checked chunk size, None for a recurrent backward
+
+
+def forward_and_cotangents(forward, inputs, *, do, dM_T, initial_state, chunk_size=None, **options) -> BackwardStart:
+    """The prologue of a backward pass whose state is one matrix ``M [..., d_v, d_k]``.
+
+    Runs ``forward(*inputs, initial_state=initial_state, **options)`` (which
+    checks the inputs and returns ``(o, M_T)``), checks ``do`` and ``dM_T``
+    against its outputs (:func:`check_cotangents`) and, for a chunked
+    backward, ``chunk_size`` against ``T`` (after the forward has checked ``k``).
+    ``inputs`` starts with ``q, k, v``.
+    """
+    o, M_T = forward(*inputs, initial_state=initial_state, **options)
+    dM_T = check_cotangents(do, dM_T, o, M_T)
+    k, v = inputs[1], inputs[2]
+    C = None if chunk_size is None else check_chunk_size(chunk_size, k.shape[-2])
+    xp = _namespace(k)
+    return BackwardStart(xp, initial(initial_state, k, v, xp), dM_T, C)
 
 
 def finite_gradients(fn):

@@ -58,12 +58,11 @@ handed back by the chunk after it.
 
 from __future__ import annotations
 
-from ..chunked.chunks import check_chunk_size, from_chunks, solve_unit_lower, to_chunks
+from ..chunked.chunks import from_chunks, solve_unit_lower, to_chunks
 from ..linalg import device_of, matvec, outer
-from ..memories._inputs import initial
 from ..memories.delta_rule import delta_rule_recurrent
 from ..memories.gated_delta_rule import gated_delta_rule_recurrent
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import finite_gradients, forward_and_cotangents
 from .decay import chunk_decays, gate_gradient
 
 
@@ -136,21 +135,17 @@ def delta_rule_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None):
     ----------
     q, k, v, beta, initial_state
         As :func:`~refmem.memories.delta_rule.delta_rule_recurrent`.
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T : array ``[..., d_v, d_k]``, optional
-        Cotangent of the final state (zero when omitted).
+    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
+        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
 
     Returns
     -------
     dict
         ``q, k, v, beta`` and ``initial_state`` (``dM_0``), each of its input's shape.
     """
-    o, M_T = delta_rule_recurrent(q, k, v, beta, initial_state=initial_state)  # validates the inputs
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    dq, dk, dv, _, db, dM0 = delta_family_recurrent_vjp(q, k, v, None, beta, initial(initial_state, k, v, xp),
-                                                        do, dM_T, xp)
+    xp, M0, dM_T, _ = forward_and_cotangents(delta_rule_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state)
+    dq, dk, dv, _, db, dM0 = delta_family_recurrent_vjp(q, k, v, None, beta, M0, do, dM_T, xp)
     return {"q": dq, "k": dk, "v": dv, "beta": db, "initial_state": dM0}
 
 
@@ -170,11 +165,9 @@ def gated_delta_rule_vjp(q, k, v, alpha, beta, *, do, dM_T=None, initial_state=N
     dict
         ``q, k, v, alpha, beta`` and ``initial_state``.
     """
-    o, M_T = gated_delta_rule_recurrent(q, k, v, alpha, beta, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    dq, dk, dv, da, db, dM0 = delta_family_recurrent_vjp(q, k, v, alpha, beta, initial(initial_state, k, v, xp),
-                                                         do, dM_T, xp)
+    xp, M0, dM_T, _ = forward_and_cotangents(gated_delta_rule_recurrent, (q, k, v, alpha, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state)
+    dq, dk, dv, da, db, dM0 = delta_family_recurrent_vjp(q, k, v, alpha, beta, M0, do, dM_T, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "beta": db, "initial_state": dM0}
 
 
@@ -315,12 +308,9 @@ def delta_rule_chunked_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None, 
 
     Same parameters and returns as :func:`delta_rule_vjp`, plus ``chunk_size >= 1``.
     """
-    o, M_T = delta_rule_recurrent(q, k, v, beta, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
-    xp = _namespace(q)
-    dq, dk, dv, _, db, dM0 = delta_family_chunked_vjp(q, k, v, None, beta, initial(initial_state, k, v, xp),
-                                                      do, dM_T, C, xp)
+    xp, M0, dM_T, C = forward_and_cotangents(delta_rule_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, chunk_size=chunk_size)
+    dq, dk, dv, _, db, dM0 = delta_family_chunked_vjp(q, k, v, None, beta, M0, do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "beta": db, "initial_state": dM0}
 
 
@@ -330,16 +320,7 @@ def gated_delta_rule_chunked_vjp(q, k, v, alpha, beta, *, do, dM_T=None, initial
 
     Same parameters and returns as :func:`gated_delta_rule_vjp`, plus ``chunk_size >= 1``.
     """
-    o, M_T = gated_delta_rule_recurrent(q, k, v, alpha, beta, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
-    xp = _namespace(q)
-    dq, dk, dv, da, db, dM0 = delta_family_chunked_vjp(q, k, v, alpha, beta, initial(initial_state, k, v, xp),
-                                                       do, dM_T, C, xp)
+    xp, M0, dM_T, C = forward_and_cotangents(gated_delta_rule_recurrent, (q, k, v, alpha, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, chunk_size=chunk_size)
+    dq, dk, dv, da, db, dM0 = delta_family_chunked_vjp(q, k, v, alpha, beta, M0, do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "beta": db, "initial_state": dM0}
-
-
-def _namespace(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 from ..linalg import matvec, outer
 from ..losses import get_loss
-from ..memories._inputs import initial
 from ..memories.dgd import dgd_recurrent, dgd_value
 from ..memories.longhorn import longhorn_step
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import finite_gradients, forward_and_cotangents
 from .longhorn import chain_through_step_size, step_sizes
 
 
@@ -77,10 +76,8 @@ def dgd_vjp(q, k, v, beta, *, do, dM_T=None, loss="squared_error", initial_state
     ----------
     q, k, v, beta, loss, initial_state
         As :func:`~refmem.memories.dgd.dgd_recurrent` (``loss`` one of :data:`SURPRISE_VJPS`).
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T : array ``[..., d_v, d_k]``, optional
-        Cotangent of the final state (zero when omitted).
+    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
+        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
 
     Returns
     -------
@@ -88,16 +85,15 @@ def dgd_vjp(q, k, v, beta, *, do, dM_T=None, loss="squared_error", initial_state
         ``q, k, v, beta`` and ``initial_state``.
     """
     loss = get_loss(loss)
-    o, M_T = dgd_recurrent(q, k, v, beta, loss=loss, initial_state=initial_state)  # validates the inputs
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
+    xp, M0, dM_T, _ = forward_and_cotangents(dgd_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, loss=loss)
     if loss.name not in SURPRISE_VJPS:
         raise ValueError(f"loss {loss.name!r} has no backward pass here; losses with one: {sorted(SURPRISE_VJPS)}")
     per_channel = beta.ndim == k.ndim
     e, de_db = step_sizes(k, beta, xp)
     e_rows = e if per_channel else e[..., None]  # (.., T, d_v) or (.., T, 1)
     T = k.shape[-2]
-    states = [initial(initial_state, k, v, xp)]
+    states = [M0]
     for t in range(T):
         u = dgd_value(states[-1], k[..., t, :], v[..., t, :], loss)  # (.., d_v)
         states.append(longhorn_step(states[-1], k[..., t, :], u, beta[..., t, :] if per_channel else beta[..., t], xp))
@@ -122,9 +118,3 @@ def dgd_vjp(q, k, v, beta, *, do, dM_T=None, loss="squared_error", initial_state
     de = stack(de, -2 if per_channel else -1)
     db, dk = chain_through_step_size(de, e, de_db, k, stack(dk, -2), per_channel, xp)
     return {"q": stack(dq, -2), "k": dk, "v": stack(dv, -2), "beta": db, "initial_state": S}
-
-
-def _namespace(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)

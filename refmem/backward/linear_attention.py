@@ -44,12 +44,11 @@ so :math:`dV = P^T dO + (K \odot D_{C\cdot})\, dM_C^T`,
 
 from __future__ import annotations
 
-from ..chunked.chunks import check_chunk_size, from_chunks, to_chunks
+from ..chunked.chunks import from_chunks, to_chunks
 from ..linalg import matvec, outer
-from ..memories._inputs import initial
 from ..memories.gated_linear_attention import gated_linear_attention_recurrent
 from ..memories.linear_attention import linear_attention_recurrent
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import finite_gradients, forward_and_cotangents
 from .decay import chunk_decays, gate_gradient
 
 
@@ -100,20 +99,17 @@ def linear_attention_vjp(q, k, v, *, do, dM_T=None, initial_state=None):
     ----------
     q, k, v, initial_state
         As :func:`~refmem.memories.linear_attention.linear_attention_recurrent`.
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T : array ``[..., d_v, d_k]``, optional
-        Cotangent of the final state (zero when omitted).
+    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
+        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
 
     Returns
     -------
     dict
         ``q, k, v`` and ``initial_state`` (``dM_0``), each of its input's shape.
     """
-    o, M_T = linear_attention_recurrent(q, k, v, initial_state=initial_state)  # validates the inputs
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    dq, dk, dv, _, dM0 = linear_family_recurrent_vjp(q, k, v, None, initial(initial_state, k, v, xp), do, dM_T, xp)
+    xp, M0, dM_T, _ = forward_and_cotangents(linear_attention_recurrent, (q, k, v), do=do, dM_T=dM_T,
+                                             initial_state=initial_state)
+    dq, dk, dv, _, dM0 = linear_family_recurrent_vjp(q, k, v, None, M0, do, dM_T, xp)
     return {"q": dq, "k": dk, "v": dv, "initial_state": dM0}
 
 
@@ -134,10 +130,9 @@ def gated_linear_attention_vjp(q, k, v, alpha, *, do, dM_T=None, initial_state=N
     dict
         ``q, k, v, alpha`` (the shape of ``alpha``) and ``initial_state``.
     """
-    o, M_T = gated_linear_attention_recurrent(q, k, v, alpha, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    dq, dk, dv, da, dM0 = linear_family_recurrent_vjp(q, k, v, alpha, initial(initial_state, k, v, xp), do, dM_T, xp)
+    xp, M0, dM_T, _ = forward_and_cotangents(gated_linear_attention_recurrent, (q, k, v, alpha), do=do, dM_T=dM_T,
+                                             initial_state=initial_state)
+    dq, dk, dv, da, dM0 = linear_family_recurrent_vjp(q, k, v, alpha, M0, do, dM_T, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "initial_state": dM0}
 
 
@@ -231,11 +226,9 @@ def linear_attention_chunked_vjp(q, k, v, *, do, dM_T=None, initial_state=None, 
 
     Same parameters and returns as :func:`linear_attention_vjp`, plus ``chunk_size >= 1``.
     """
-    o, M_T = linear_attention_recurrent(q, k, v, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
-    xp = _namespace(q)
-    dq, dk, dv, _, dM0 = linear_family_chunked_vjp(q, k, v, None, initial(initial_state, k, v, xp), do, dM_T, C, xp)
+    xp, M0, dM_T, C = forward_and_cotangents(linear_attention_recurrent, (q, k, v), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, chunk_size=chunk_size)
+    dq, dk, dv, _, dM0 = linear_family_chunked_vjp(q, k, v, None, M0, do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "initial_state": dM0}
 
 
@@ -245,18 +238,12 @@ def gated_linear_attention_chunked_vjp(q, k, v, alpha, *, do, dM_T=None, initial
 
     Same parameters and returns as :func:`gated_linear_attention_vjp`, plus ``chunk_size >= 1``.
     """
-    o, M_T = gated_linear_attention_recurrent(q, k, v, alpha, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
-    xp = _namespace(q)
-    dq, dk, dv, da, dM0 = linear_family_chunked_vjp(q, k, v, alpha, initial(initial_state, k, v, xp), do, dM_T, C, xp)
+    xp, M0, dM_T, C = forward_and_cotangents(gated_linear_attention_recurrent, (q, k, v, alpha), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, chunk_size=chunk_size)
+    dq, dk, dv, da, dM0 = linear_family_chunked_vjp(q, k, v, alpha, M0, do, dM_T, C, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "initial_state": dM0}
 
 
-def _namespace(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)
 
 
 def _device(x):

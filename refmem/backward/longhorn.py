@@ -31,11 +31,9 @@ row of ``M`` is its own delta rule (``d_v = 1``), the rows a batch axis.
 
 from __future__ import annotations
 
-from ..chunked.chunks import check_chunk_size
 from ..linalg import matvec, outer, sq_norm
-from ..memories._inputs import initial
 from ..memories.longhorn import longhorn_recurrent
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import finite_gradients, forward_and_cotangents
 from .delta_rule import delta_family_chunked_vjp
 
 
@@ -69,24 +67,21 @@ def longhorn_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None):
     ----------
     q, k, v, beta, initial_state
         As :func:`~refmem.memories.longhorn.longhorn_recurrent` (``beta [..., T]`` or ``[..., T, d_v]``).
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T : array ``[..., d_v, d_k]``, optional
-        Cotangent of the final state (zero when omitted).
+    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
+        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
 
     Returns
     -------
     dict
         ``q, k, v, beta`` and ``initial_state``.
     """
-    o, M_T = longhorn_recurrent(q, k, v, beta, initial_state=initial_state)  # validates the inputs
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
+    xp, M0, dM_T, _ = forward_and_cotangents(longhorn_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state)
     per_channel = beta.ndim == k.ndim
     e, de_db = step_sizes(k, beta, xp)
     e_rows = e if per_channel else e[..., None]  # (.., T, d_v) or (.., T, 1): a step size per row
     T = k.shape[-2]
-    states = [initial(initial_state, k, v, xp)]  # M_0 .. M_T
+    states = [M0]  # M_0 .. M_T
     for t in range(T):
         r = matvec(states[-1], k[..., t, :]) - v[..., t, :]  # (.., d_v)
         states.append(states[-1] - outer(e_rows[..., t, :] * r, k[..., t, :]))  # (.., d_v, d_k)
@@ -115,13 +110,10 @@ def longhorn_chunked_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None, ch
 
     Same parameters and returns as :func:`longhorn_vjp`, plus ``chunk_size >= 1``.
     """
-    o, M_T = longhorn_recurrent(q, k, v, beta, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    C = check_chunk_size(chunk_size, k.shape[-2])  # after the forward has checked k
-    xp = _namespace(q)
+    xp, M0, dM_T, C = forward_and_cotangents(longhorn_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, chunk_size=chunk_size)
     per_channel = beta.ndim == k.ndim
     e, de_db = step_sizes(k, beta, xp)
-    M0 = initial(initial_state, k, v, xp)
     if not per_channel:
         dq, dk, dv, _, de, dM0 = delta_family_chunked_vjp(q, k, v, None, e, M0, do, dM_T, C, xp)
     else:  # row i of M: a delta rule with d_v = 1, values v[..., i], step sizes e[..., i]
@@ -134,9 +126,3 @@ def longhorn_chunked_vjp(q, k, v, beta, *, do, dM_T=None, initial_state=None, ch
         dv, de, dM0 = mT(dv[..., 0], xp), mT(de, xp), dM0[..., :, 0, :]  # (.., T, d_v), (.., T, d_v), (.., d_v, d_k)
     db, dk = chain_through_step_size(de, e, de_db, k, dk, per_channel, xp)
     return {"q": dq, "k": dk, "v": dv, "beta": db, "initial_state": dM0}
-
-
-def _namespace(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)

@@ -38,7 +38,7 @@ from __future__ import annotations
 from ..linalg import device_of, eye_like, matvec, outer
 from ..memories.omega import omega_recurrent
 from ..objectives.windowed_l2 import WindowedL2
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import finite_gradients, forward_and_cotangents
 
 
 def mT(x, xp):
@@ -121,20 +121,16 @@ def omega_vjp(q, k, v, alpha, gamma, *, do, dM_T=None, step="explicit", initial_
     ----------
     q, k, v, alpha, gamma, step, initial_state
         As :func:`~refmem.memories.omega.omega_recurrent`.
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T : array ``[..., d_v, d_k]``, optional
-        Cotangent of the final state (zero when omitted).
+    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
+        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
 
     Returns
     -------
     dict
         ``q, k, v, alpha, gamma`` (the shape of ``gamma``) and ``initial_state``.
     """
-    o, M_T = omega_recurrent(q, k, v, alpha, gamma, step=step, initial_state=initial_state)  # validates
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    M0 = initial_state if initial_state is not None else xp.zeros_like(M_T)
+    xp, M0, dM_T, _ = forward_and_cotangents(omega_recurrent, (q, k, v, alpha, gamma), do=do, dM_T=dM_T,
+                                             initial_state=initial_state, step=step)
     dq, dk, dv, da, dg, dM0 = omega_family_vjp(q, k, v, alpha, gamma, step, M0, do, dM_T, xp)
     return {"q": dq, "k": dk, "v": dv, "alpha": da, "gamma": dg, "initial_state": dM0}
 
@@ -143,9 +139,3 @@ def omega_vjp(q, k, v, alpha, gamma, *, do, dM_T=None, step="explicit", initial_
 def omega_implicit_vjp(q, k, v, alpha, gamma, *, do, dM_T=None, initial_state=None):
     """Gradients of the implicit Omega rule: :func:`omega_vjp` with ``step="implicit"``."""
     return omega_vjp(q, k, v, alpha, gamma, do=do, dM_T=dM_T, step="implicit", initial_state=initial_state)
-
-
-def _namespace(x):
-    from ..backends import namespace_of
-
-    return namespace_of(x)

@@ -29,7 +29,6 @@ The consistent step minus the printed one is :math:`(1-\eta)\, m_i g^T g + 2\eta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from ..backends import namespace_of
 from ..level import solve
