@@ -220,6 +220,22 @@ def scan_chunks(M0, N: int, chunk_terms, xp):
     return xp.stack(outs, axis=-3), M
 
 
+def scan_blocks(T: int, C: int, block_tokens: int, M0, block, xp):
+    """Run ``block(lo, hi, M) -> (o [..., hi - lo, d_v], M)`` over the steps in blocks of whole chunks.
+
+    A block holds ``max(1, min(block_tokens, T / 8) // C)`` chunks (chunk
+    boundaries unchanged, so each chunk sees the numbers of the whole-sequence
+    computation). Returns the outputs ``[..., T, d_v]`` and the final state.
+    """
+    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
+    M = M0
+    outs = []
+    for lo in range(0, max(T, 1), per_block):
+        o_block, M = block(lo, min(T, lo + per_block), M)
+        outs.append(o_block)
+    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
+
+
 def chunk(x, n: int):
     """Chunk ``n`` of ``[..., N, a, b]``."""
     return x[..., n, :, :]

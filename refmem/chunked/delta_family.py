@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
-                     prepare_chunks, scalar_chunk, solve_unit_lower, to_chunks)
+                     prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
 
 
 def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
@@ -137,16 +137,11 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, bl
     batched product. Only ``M`` and one block's temporaries are held besides the
     outputs: no per-step history and no per-chunk state stack.
     """
-    T = k.shape[-2]
-    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
-    M = M0
-    outs = []
-    for lo in range(0, max(T, 1), per_block):
-        hi = min(T, lo + per_block)
-        o_block, M = _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],
-                                  None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact)
-        outs.append(o_block)
-    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
+    def block(lo, hi, M):
+        return _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],
+                            None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact)
+
+    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp)
 
 
 def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..linalg import device_of
 from .chunks import (chunk, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT, prepare_chunks,
-                     scalar_chunk, scan_chunks)
+                     scalar_chunk, scan_blocks, scan_chunks)
 
 
 def linear_terms(Q, K, V, L, Z, xp):
@@ -43,16 +43,11 @@ def linear_family(q, k, v, alpha, C: int, M0, xp, *, block_tokens: int = 256):
     in batched products, then :func:`~refmem.chunked.chunks.scan_chunks` over its
     chunks. Only ``M`` and one block's temporaries are held besides the outputs.
     """
-    T = k.shape[-2]
-    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
-    M = M0
-    outs = []
-    for lo in range(0, max(T, 1), per_block):
-        hi = min(T, lo + per_block)
-        o_block, M = _linear_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :],
-                                   None if alpha is None else alpha[..., lo:hi], C, M, xp)
-        outs.append(o_block)
-    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
+    def block(lo, hi, M):
+        return _linear_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :],
+                             None if alpha is None else alpha[..., lo:hi], C, M, xp)
+
+    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp)
 
 
 def _linear_block(q, k, v, alpha, C: int, M, xp):
