@@ -81,20 +81,38 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EXIT_CODES
 
 
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """The options several subcommands take, as argparse parent parsers; :func:`_check_shared_options` checks them."""
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--backend", default="numpy", help="backend to run on (default numpy; see `refmem backends`)")
+    json_rows = argparse.ArgumentParser(add_help=False)
+    json_rows.add_argument("--json", metavar="PATH", help="also write the rows (full names, numbers) as a JSON list")
+    return {"backend": backend, "json": json_rows}
+
+
+SHARED = _shared_options()
+
+
+def _check_shared_options(args) -> None:
+    """Before any work: ``--json`` can be written, ``--backend`` is usable (a :class:`UsageError` or ``BackendError``)."""
+    if getattr(args, "json", None):
+        check_writable(args.json, "--json")
+    if getattr(args, "backend", None) is not None:
+        backends.get_backend(args.backend)
+
+
 # ---------------------------------------------------------------- verify
 
 
 def _add_verify(sub):
     p = sub.add_parser(
-        "verify", help="run every registered check and print a table",
+        "verify", help="run every registered check and print a table", parents=[SHARED["backend"], SHARED["json"]],
         description=_describe("Run every check registered in refmem/checks/ (closed form against iterative solver, recurrent "
                     "against chunked, hand derivatives against finite differences, ...) and print one row per "
                     "check: its spec, its name, the largest error found, the tolerance it must stay under, and "
                     "the time it took."),
         epilog=_examples("refmem verify", "refmem verify --spec delta_rule --spec l2",
                          "refmem verify --backend array_api_strict --json rows.json"))
-    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy; see `refmem backends`)")
-    p.add_argument("--json", metavar="PATH", help="also write the rows (full names, errors) as a JSON list")
     p.add_argument("--spec", action="append", metavar="NAME", help="only the checks of this spec (exact name; repeatable)")
 
     def run(args):
@@ -105,9 +123,6 @@ def _add_verify(sub):
         for s in args.spec or []:
             if s not in known:
                 raise _unknown("--spec", s, known)
-        if args.json:
-            check_writable(args.json, "--json")
-        backends.get_backend(args.backend)
         return verify_main(args)
 
     p.set_defaults(func=run)
@@ -290,6 +305,7 @@ def _add_conform(sub):
 def _add_bench(sub):
     p = sub.add_parser(
         "bench", help="throughput of the recurrent, chunked and mini-batch forms (head-tokens/s)",
+        parents=[SHARED["backend"], SHARED["json"]],
         description=_describe("Time every form of every memory with a chunked form (or those named) on random inputs of "
                     "shape B x H x T x d and print one row per memory, form and dtype. Columns: head-tok/s "
                     "(B H T / seconds, best of --repeat), x recur (speed-up over the recurrent form), GFLOP/s "
@@ -312,12 +328,10 @@ def _add_bench(sub):
                    help="chunk size C (default 64; a chunk longer than T is the same computation as C = T)")
     p.add_argument("--dtype", action="append", choices=["float64", "float32", "all"],
                    help="dtype (repeatable, or 'all'; default all)")
-    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
     p.add_argument("--repeat", type=_positive_int, default=3, help="timed calls per row, best kept (default 3)")
     p.add_argument("--threads", type=_positive_int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
     p.add_argument("--peak-size", type=_positive_int, default=2048,
                    help="n of the [n, n] @ [n, n] product that measures the machine's peak (default 2048)")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
 
     def run(args):
         from . import bench
@@ -327,9 +341,6 @@ def _add_bench(sub):
             if m not in registry:
                 raise _unknown("--memory", m, registry)
         args.chunk = min(args.chunk, args.seq_len)
-        if args.json:
-            check_writable(args.json, "--json")
-        backends.get_backend(args.backend)
         if args.backend in ("numpy", "array_api_strict"):
             need = bench.estimate_peak_bytes(args.batch, args.seq_len, args.heads, args.dim, args.chunk)
             have = bench.available_memory_bytes()
@@ -349,6 +360,7 @@ def _add_bench(sub):
 def _add_tour(sub):
     p = sub.add_parser(
         "tour", help="a guided walk through Nested Learning: each idea's equation, its refmem call, both ways",
+        parents=[SHARED["backend"]],
         description=_describe("A walk through the paper's ideas in its order: a trained MLP as a memory of local "
                     "surprise, momentum as a two-level memory, sequence memories (linear attention, delta rule, "
                     "Longhorn, Titans), retention, optimisers as memories (Adam, Muon), nested levels (CMS, "
@@ -359,7 +371,6 @@ def _add_tour(sub):
                          "refmem tour --plots figures   (needs the plot extra: pip install 'refmem[plot]')"))
     p.add_argument("--list", action="store_true", help="list the stops and stop")
     p.add_argument("--stop", metavar="NAME", help="run only this stop (see --list)")
-    p.add_argument("--backend", default="numpy", help="backend to run on (default numpy)")
     p.add_argument("--plots", metavar="DIR", help="write the tour's figures as PNGs into DIR (created) instead")
 
     def run(args):
@@ -378,7 +389,6 @@ def _add_tour(sub):
             for path in plots.write_figures(args.plots):
                 print(path)
             return 0
-        backends.get_backend(args.backend)
         return tour.main(args)
 
     p.set_defaults(func=run)
@@ -408,6 +418,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     prog = f"refmem {args.command}" + (f" {args.vectors_command}" if getattr(args, "vectors_command", None) else "")
     try:
+        _check_shared_options(args)
         return int(args.func(args) or 0)
     except (UsageError, backends.BackendError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -30,18 +30,8 @@ def _checked(q, k, v, beta, initial_state, chunk_size):
 def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """The delta rule in chunks (exact); equals :func:`~refmem.memories.delta_rule.delta_rule_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    beta : array ``[..., T]``, ``>= 0``
-    chunk_size : int, ``>= 1``
-    initial_state : array ``[..., d_v, d_k]``, optional
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
+    Parameters and returns are those of the recurrent form, plus
+    ``chunk_size >= 1`` (any ``T``: the last chunk is padded with steps that write nothing).
 
     Examples
     --------

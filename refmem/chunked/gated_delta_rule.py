@@ -31,22 +31,10 @@ def _checked(q, k, v, alpha, beta, initial_state, chunk_size):
 @workers_option
 @finite_outputs
 def gated_delta_rule_chunked(q, k, v, alpha, beta, *, chunk_size=64, initial_state=None):
-    """The gated delta rule in chunks (exact).
+    """The gated delta rule in chunks (exact); equals :func:`~refmem.memories.gated_delta_rule.gated_delta_rule_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    alpha : array ``[..., T]``
-        Forget gates in ``[0, 1]`` (0 allowed: it erases the state exactly).
-    beta : array ``[..., T]``, ``>= 0``
-    chunk_size : int, ``>= 1``
-    initial_state : array ``[..., d_v, d_k]``, optional
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
+    Parameters and returns are those of the recurrent form (a forget gate
+    ``alpha = 0`` erases the state exactly), plus ``chunk_size >= 1``.
     """
     xp, C = _checked(q, k, v, alpha, beta, initial_state, chunk_size)
     return delta_family(q, k, v, beta, alpha, C, initial(initial_state, k, v, xp), xp, exact=True)

@@ -38,19 +38,8 @@ from .linear_family import linear_family
 def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_state=None):
     """Gated linear attention in chunks; equals :func:`~refmem.memories.gated_linear_attention.gated_linear_attention_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    alpha : array ``[..., T]`` or ``[..., T, d_k]``
-        Forget gates in ``[0, 1]`` (0 allowed), per step or per step and key channel.
-    chunk_size : int, ``>= 1``
-    initial_state : array ``[..., d_v, d_k]``, optional
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
+    Parameters and returns are those of the recurrent form (forget gates
+    ``alpha`` per step or per step and key channel, 0 allowed), plus ``chunk_size >= 1``.
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha)
     per_channel = check_step_gate(alpha, "alpha", k, xp, channels=k.shape[-1], channel_name="key channel")

@@ -21,18 +21,8 @@ from .linear_family import linear_family
 def linear_attention_chunked(q, k, v, *, chunk_size=64, initial_state=None):
     """Linear attention in chunks of ``chunk_size`` steps; equals :func:`~refmem.memories.linear_attention.linear_attention_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    chunk_size : int, ``>= 1``
-        Any ``T`` is allowed (the last chunk is padded with steps that write nothing).
-    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
+    Parameters and returns are those of the recurrent form, plus ``chunk_size >= 1``
+    (any ``T``: the last chunk is padded with steps that write nothing).
     """
     xp = check_sequence(q, k, v, initial_state)
     C = check_chunk_size(chunk_size, k.shape[-2])

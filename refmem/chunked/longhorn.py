@@ -41,18 +41,8 @@ def longhorn_step_sizes(k, beta, xp):
 def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """Longhorn in chunks (exact); equals :func:`~refmem.memories.longhorn.longhorn_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    beta : array ``[..., T]`` or ``[..., T, d_v]``, ``>= 0``
-    chunk_size : int, ``>= 1``
-    initial_state : array ``[..., d_v, d_k]``, optional
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
+    Parameters and returns are those of the recurrent form (``beta`` per step
+    or per step and value channel), plus ``chunk_size >= 1``.
     """
     xp, C, per_channel = _checked(q, k, v, beta, initial_state, chunk_size)
     M0 = initial(initial_state, k, v, xp)

@@ -153,23 +153,8 @@ def titans_chunked(q, k, v, alpha, eta, theta, *, chunk_size=64, initial_state=N
                    return_momentum=False):
     """Titans (linear memory) in chunks, exact; equals :func:`~refmem.memories.titans.titans_recurrent`.
 
-    Parameters
-    ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    alpha, eta : array ``[..., T]`` in ``[0, 1]``
-        Forgetting and momentum decay (0 and 1 allowed).
-    theta : array ``[..., T]``, ``>= 0``
-    chunk_size : int, ``>= 1``
-    initial_state, initial_momentum : array ``[..., d_v, d_k]``, optional (zeros)
-    return_momentum : bool
-        Also return the final momentum ``S_T``.
-
-    Returns
-    -------
-    o : array ``[..., T, d_v]``
-    M : array ``[..., d_v, d_k]``
-    S : array ``[..., d_v, d_k]``, only with ``return_momentum=True``
+    Parameters and returns are those of the recurrent form (forgetting and
+    momentum decay 0 and 1 allowed), plus ``chunk_size >= 1``.
     """
     xp, C, M0, S0 = _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size)
     return _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, exact=True, return_momentum=return_momentum)

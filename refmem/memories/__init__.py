@@ -47,6 +47,7 @@ from ..backward import longhorn as longhorn_backward
 from ..backward import mesa as mesa_backward
 from ..backward import omega as omega_backward
 from ..backward import titans as titans_backward
+from ..tables import table_by_name
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,8 @@ class MemorySpec:
     backward: BackwardSpec | None = None
 
 
-def _table(*specs: MemorySpec) -> dict[str, MemorySpec]:
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a memory name is registered twice: {names}")
-    return {s.name: s for s in specs}
-
-
-MEMORIES: dict[str, MemorySpec] = _table(
+MEMORIES: dict[str, MemorySpec] = table_by_name(
+    "memory",
     # --- the linear / delta family (MATH.md 5.1) ---
     MemorySpec(
         name="linear_attention",

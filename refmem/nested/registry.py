@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..tables import table_by_name
 from . import cms, hope, momentum_mlp, optimizer_systems, self_modifying_titans
 
 
@@ -45,14 +46,8 @@ class NestedSystemSpec:
     chunked: Callable | None = None
 
 
-def _table(*specs: NestedSystemSpec) -> dict[str, NestedSystemSpec]:
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a nested system is registered twice: {names}")
-    return {s.name: s for s in specs}
-
-
-NESTED_SYSTEMS: dict[str, NestedSystemSpec] = _table(
+NESTED_SYSTEMS: dict[str, NestedSystemSpec] = table_by_name(
+    "nested system",
     NestedSystemSpec(
         name="momentum_mlp",
         spec="nested_system",
