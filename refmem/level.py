@@ -58,19 +58,16 @@ class Level:
 
     Examples
     --------
-    The delta rule's explicit step is one gradient step on ``1/2 ||M k - v||^2``:
+    The delta rule's step: the l2 objective, local l2 retention with step size
+    ``eta``, taken explicitly (:func:`solve` shows it is one gradient step on
+    ``1/2 ||M k - v||^2``):
 
-    >>> import numpy as np
-    >>> from refmem import Level, solve
+    >>> from refmem import Level
     >>> from refmem.objectives import L2
     >>> from refmem.retentions import LocalL2
-    >>> rng = np.random.default_rng(0)
-    >>> M_t = rng.standard_normal((3, 4))          # state [d_v, d_k]
-    >>> k, v = rng.standard_normal(4), rng.standard_normal(3)
     >>> level = Level(L2(), LocalL2(eta=0.1), step="explicit")
-    >>> M, report = solve(level, M_t, k, v)
-    >>> bool(np.allclose(M, M_t - 0.1 * np.outer(M_t @ k - v, k)))
-    True
+    >>> level.step, level.retention.eta
+    ('explicit', 0.1)
     """
 
     objective: Objective
@@ -278,6 +275,12 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     >>> report.method, it_report.method, it_report.solver, it_report.converged
     ('closed', 'iterative', 'cg', True)
     >>> bool(np.max(np.abs(M - M_it)) <= 1e-10 * np.max(np.abs(M)))
+    True
+
+    The explicit step is one gradient step on ``1/2 ||M k - v||^2`` (the delta rule):
+
+    >>> M, _ = solve(Level(L2(), LocalL2(eta=0.1), step="explicit"), M_t, k, v)
+    >>> bool(np.allclose(M, M_t - 0.1 * np.outer(M_t @ k - v, k)))
     True
     """
     if method not in ("closed", "iterative"):

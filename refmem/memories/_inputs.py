@@ -74,6 +74,12 @@ def check_step_gate(g, name, k, xp, *, low=0.0, high=1.0, low_open=False, high_o
     return tuple(g.shape) != lead
 
 
+def check_forget_and_step(alpha, eta, k, xp) -> None:
+    """A forget gate ``alpha [..., T]`` in ``[0, 1]`` and step sizes ``eta [..., T] > 0`` (the Miras memories)."""
+    check_step_gate(alpha, "alpha", k, xp)
+    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
+
+
 def check_value_channel_steps(beta, k, v, xp) -> bool:
     """Check step sizes ``beta`` of shape ``[..., T]`` or ``[..., T, d_v]`` (per value channel), ``>= 0``.
 
@@ -108,3 +114,16 @@ def random_qkv(seed, batch, T, d_k, d_v, xp, dtype="float64", *, unit_keys=False
     v = g.standard_normal(batch + (T, d_v))
     conv = lambda a: xp.asarray(np.asarray(a, dtype=dtype))  # noqa: E731
     return g, {"q": conv(q), "k": conv(k), "v": conv(v)}, conv
+
+
+def random_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", **gate_ranges):
+    """:func:`random_qkv` and each gate drawn uniformly in its range, in the order given.
+
+    ``gate_ranges`` maps a gate's name to ``(low, high)`` (one value per step,
+    ``[..., T]``) or ``(low, high, trailing)`` (``[..., T, *trailing]``).
+    """
+    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
+    for name, (low, high, *trailing) in gate_ranges.items():
+        shape = tuple(batch) + (T,) + tuple(trailing[0] if trailing else ())
+        inputs[name] = conv(g.uniform(low, high, size=shape))
+    return inputs

@@ -52,7 +52,7 @@ from ..retentions import ForgetGate, Retention
 from ..solvers import Problem
 from ..solvers.dispatch import default_solver, minimize
 from ..validation import check_arrays, check_scan_state, finite_outputs
-from ._inputs import check_sequence, check_step_gate, random_qkv
+from ._inputs import check_sequence, check_step_gate, random_inputs
 from ._level_scan import state_step
 from .deep_curvature import curvature_bound, measured_curvature
 from .residual_mlp import (ResidualLoss, check_params, deep_loss, deep_loss_grad, default_params, make_initial_state,
@@ -268,10 +268,7 @@ def deep_scan(q, k, v, retention_at, *, initial_state=None, hidden=None, loss=No
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
     # the deep memory maps d to d: d_v is taken equal to d_k
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_k, xp, dtype)
-    inputs["eta"] = conv(g.uniform(0.05, 0.5, size=tuple(batch) + (T,)))
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_k, xp, dtype, eta=(0.05, 0.5), alpha=(0.8, 1.0))
 
 
 def make_deep_initial_state(seed, batch, d_k, d_v, xp, dtype="float64"):

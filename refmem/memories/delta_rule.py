@@ -16,7 +16,7 @@ from ..objectives import L2
 from ..parallel import workers_option
 from ..retentions import LocalL2
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_inputs
 
 
 def delta_step(M, k, v, beta, xp):
@@ -75,6 +75,4 @@ def delta_rule_level(beta):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, beta=(0.05, 0.95))

@@ -41,7 +41,7 @@ from __future__ import annotations
 from ..linalg import matvec
 from ..losses import get_loss
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_value_channel_steps, initial, random_qkv
+from ._inputs import check_sequence, check_value_channel_steps, initial, random_inputs
 from .longhorn import longhorn_level, longhorn_step
 
 
@@ -93,6 +93,4 @@ def dgd_level(beta, *, per_channel=False):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["beta"] = conv(g.uniform(0.1, 3.0, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, beta=(0.1, 3.0))

@@ -21,7 +21,7 @@ from ..objectives import L2
 from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_inputs
 
 
 def gated_delta_step(M, k, v, alpha, beta, xp):
@@ -70,7 +70,4 @@ def gated_delta_rule_level(alpha, beta):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
-    inputs["beta"] = conv(g.uniform(0.05, 0.95, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.8, 1.0), beta=(0.05, 0.95))

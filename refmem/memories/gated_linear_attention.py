@@ -23,7 +23,7 @@ from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..retentions.channel_forget_gate import ChannelForgetGate
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_inputs
 
 
 @workers_option
@@ -74,7 +74,4 @@ def gated_linear_attention_level(alpha, *, per_channel=False):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    shape = tuple(batch) + (T,) + ((d_k,) if per_channel else ())
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=shape))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.8, 1.0, (d_k,) if per_channel else ()))

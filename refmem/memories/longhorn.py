@@ -25,7 +25,7 @@ from ..parallel import workers_option
 from ..retentions import LocalL2
 from ..retentions.channel_local_l2 import ChannelLocalL2
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_value_channel_steps, initial, random_qkv
+from ._inputs import check_sequence, check_value_channel_steps, initial, random_inputs
 
 
 def longhorn_step(M, k, v, beta, xp):
@@ -76,7 +76,4 @@ def longhorn_level(beta, *, per_channel=False):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, per_channel=False):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    shape = tuple(batch) + (T,) + ((d_v,) if per_channel else ())
-    inputs["beta"] = conv(g.uniform(0.1, 3.0, size=shape))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, beta=(0.1, 3.0, (d_v,) if per_channel else ()))

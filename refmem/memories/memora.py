@@ -33,7 +33,7 @@ from ..level import Level
 from ..objectives import L2
 from ..retentions.kl_simplex import KLSimplex
 from ..validation import as_param, finite_outputs
-from ._inputs import check_sequence, check_step_gate, random_qkv
+from ._inputs import check_sequence, check_step_gate, random_inputs
 from ._level_scan import level_scan
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
@@ -121,9 +121,7 @@ def memora_deep_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["eta"] = conv(g.uniform(0.1, 1.0, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, eta=(0.1, 1.0))
 
 
 def make_initial_state(seed, batch, d_k, d_v, xp, dtype="float64", *, c=1.0):

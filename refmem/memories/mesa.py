@@ -48,7 +48,7 @@ from ..parallel import workers_option
 from ..solvers import Problem
 from ..solvers.dispatch import minimize
 from ..validation import as_param, check_arrays, dtype_name, finite_outputs, get_option, require
-from ._inputs import check_sequence, random_qkv
+from ._inputs import check_sequence, random_inputs
 
 
 def _check_lam(lam, k, xp):
@@ -274,9 +274,7 @@ def mesa_iterative(q, k, v, lam, *, initial_state=None, rtol=None):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["lam"] = conv(g.uniform(0.3, 1.5, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, lam=(0.3, 1.5))
 
 
 def make_initial_state(seed, batch, d_k, d_v, xp, dtype="float64", *, n=5):

@@ -39,15 +39,10 @@ from ..level import Level
 from ..objectives.lp import Lp
 from ..retentions.lq_moneta import LqMoneta
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_forget_and_step, check_sequence, initial, random_inputs
 from ._level_scan import level_scan
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
-
-
-def _check_gates(alpha, eta, k, xp):
-    check_step_gate(alpha, "alpha", k, xp)
-    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
 
 
 def moneta_level(alpha, eta, *, p=3.0, lq=4.0, step="explicit"):
@@ -61,31 +56,26 @@ def moneta_recurrent(q, k, v, alpha, eta, *, p=3.0, lq=4.0, step="explicit", met
 
     Parameters
     ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
+    q, k, v, eta, step, method, initial_state
+        As :func:`~refmem.memories.yaad.yaad_recurrent`.
     alpha : array ``[..., T]``
         Forgetting of the FTRL accumulator, in ``[0, 1]``.
-    eta : array ``[..., T]``
-        Step sizes, ``> 0``.
     p : float
         Exponent of the bias, ``>= 1``.
     lq : float
         Exponent ``q`` of the retention, ``1 < q < inf``.
-    step : {"explicit", "implicit"}
-    method : {"closed", "iterative"}
-    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
 
     Returns
     -------
     o : array ``[..., T, d_v]``, M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta)
-    _check_gates(alpha, eta, k, xp)
-    obj = Lp(p=p)
+    check_forget_and_step(alpha, eta, k, xp)
+    Lp(p=p)  # validates p before the scan starts
     LqMoneta(q=lq)  # validates lq before the scan starts
 
     def level_at(t):
-        return Level(obj, LqMoneta(q=lq, alpha=alpha[..., t], eta=eta[..., t]), step=step, name="moneta")
+        return moneta_level(alpha[..., t], eta[..., t], p=p, lq=lq, step=step)
 
     return level_scan(q, k, v, level_at, initial(initial_state, k, v, xp), xp, method=method)
 
@@ -95,7 +85,7 @@ def moneta_deep_recurrent(q, k, v, alpha, eta, *, p=3.0, lq=4.0, step="explicit"
                           initial_state=None, hidden=None, activation="tanh"):
     """Moneta on the deep memory ``M(x) = x + W1 sigma(W2 x)`` (``d_k = d_v``); returns ``(o, (W1, W2))``."""
     xp = check_sequence(q, k, v, alpha=alpha, eta=eta)
-    _check_gates(alpha, eta, k, xp)
+    check_forget_and_step(alpha, eta, k, xp)
     LqMoneta(q=lq)
 
     def retention_at(t):
@@ -107,10 +97,7 @@ def moneta_deep_recurrent(q, k, v, alpha, eta, *, p=3.0, lq=4.0, step="explicit"
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
     # Small steps: the explicit lp (p = 3) gradient grows with |r|^2 and the lq (q = 4) link is not
     # Lipschitz at zero entries, so larger steps diverge on O(1) data (measured: eta up to 0.5 made
     # 2/3 of random T = 100 cases overflow; eta <= 0.01 none of 72).
-    inputs["eta"] = conv(g.uniform(0.001, 0.01, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.8, 1.0), eta=(0.001, 0.01))

@@ -36,7 +36,7 @@ from ..linalg import eye_like, matvec
 from ..objectives.windowed_l2 import WindowedL2
 from ..retentions import ForgetGate
 from ..validation import as_param, check_arrays, finite_outputs, require
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_inputs
 
 STEPS = ("explicit", "implicit")
 
@@ -137,10 +137,7 @@ def omega_implicit_level(alpha, gamma):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
-    inputs["gamma"] = conv(g.uniform(0.05, 0.4, size=tuple(batch) + (T, c)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.8, 1.0), gamma=(0.05, 0.4, (c,)))
 
 
 def make_implicit_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64", *, c=3):

@@ -34,7 +34,7 @@ from ..objectives import Inner
 from ..parallel import workers_option
 from ..retentions import ForgetGate
 from ..validation import check_arrays, finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_sequence, check_step_gate, initial, random_inputs
 
 
 def surprise(M, k, v):
@@ -158,9 +158,4 @@ def titans_levels(alpha, eta, theta):
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    shape = tuple(batch) + (T,)
-    inputs["alpha"] = conv(g.uniform(0.0, 0.2, size=shape))
-    inputs["eta"] = conv(g.uniform(0.5, 0.95, size=shape))
-    inputs["theta"] = conv(g.uniform(0.05, 0.5, size=shape))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.0, 0.2), eta=(0.5, 0.95), theta=(0.05, 0.5))

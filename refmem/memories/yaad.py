@@ -31,15 +31,10 @@ from ..level import Level
 from ..objectives.huber import Huber
 from ..retentions import ForgetGate
 from ..validation import finite_outputs
-from ._inputs import check_sequence, check_step_gate, initial, random_qkv
+from ._inputs import check_forget_and_step, check_sequence, initial, random_inputs
 from ._level_scan import level_scan
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
-
-
-def _check_gates(alpha, eta, k, xp):
-    check_step_gate(alpha, "alpha", k, xp)
-    check_step_gate(eta, "eta", k, xp, low=0.0, low_open=True, high=None)
 
 
 def yaad_level(alpha, eta, *, delta=1.0, mode="coordinate", step="explicit"):
@@ -72,11 +67,10 @@ def yaad_recurrent(q, k, v, alpha, eta, *, delta=1.0, mode="coordinate", step="e
     o : array ``[..., T, d_v]``, M : array ``[..., d_v, d_k]``
     """
     xp = check_sequence(q, k, v, initial_state, alpha=alpha, eta=eta)
-    _check_gates(alpha, eta, k, xp)
-    obj = Huber(delta=delta, mode=mode)
+    check_forget_and_step(alpha, eta, k, xp)
 
     def level_at(t):
-        return Level(obj, ForgetGate(eta=eta[..., t], alpha=alpha[..., t]), step=step, name="yaad")
+        return yaad_level(alpha[..., t], eta[..., t], delta=delta, mode=mode, step=step)
 
     return level_scan(q, k, v, level_at, initial(initial_state, k, v, xp), xp, method=method)
 
@@ -89,7 +83,7 @@ def yaad_deep_recurrent(q, k, v, alpha, eta, *, delta=1.0, step="explicit", meth
     Per-coordinate Huber on ``M(k) - v``; the forget gate on each weight matrix.
     """
     xp = check_sequence(q, k, v, alpha=alpha, eta=eta)
-    _check_gates(alpha, eta, k, xp)
+    check_forget_and_step(alpha, eta, k, xp)
     loss = ResidualLoss("huber", delta=delta)
 
     def retention_at(t):
@@ -101,7 +95,4 @@ def yaad_deep_recurrent(q, k, v, alpha, eta, *, delta=1.0, step="explicit", meth
 
 def make_inputs(seed, batch, T, d_k, d_v, xp, dtype="float64"):
     """Random valid inputs (``q, k, v`` and the gates) in the registry's signature (:class:`~refmem.memories.MemorySpec`)."""
-    g, inputs, conv = random_qkv(seed, batch, T, d_k, d_v, xp, dtype)
-    inputs["alpha"] = conv(g.uniform(0.8, 1.0, size=tuple(batch) + (T,)))
-    inputs["eta"] = conv(g.uniform(0.05, 0.9, size=tuple(batch) + (T,)))
-    return inputs
+    return random_inputs(seed, batch, T, d_k, d_v, xp, dtype, alpha=(0.8, 1.0), eta=(0.05, 0.9))
