@@ -16,7 +16,8 @@ the rows are an extra batch axis, solved one chunk at a time (the per-row
 from __future__ import annotations
 
 from ..linalg import sq_norm
-from ..memories._inputs import check_sequence, check_value_channel_steps, initial
+from ..memories._inputs import initial
+from ..memories.longhorn import check_longhorn_inputs
 from ..parallel import workers_option
 from ..validation import finite_outputs
 from .chunks import check_chunk_size, chunk, from_chunks, mT, prepare_chunks, to_chunks
@@ -24,8 +25,8 @@ from .delta_family import delta_family, delta_terms
 
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
-    xp = check_sequence(q, k, v, initial_state, beta=beta)
-    return xp, check_chunk_size(chunk_size, k.shape[-2]), check_value_channel_steps(beta, k, v, xp)
+    xp, per_channel = check_longhorn_inputs(q, k, v, beta, initial_state)
+    return xp, check_chunk_size(chunk_size, k.shape[-2]), per_channel
 
 
 def longhorn_step_sizes(k, beta, xp):

@@ -57,13 +57,27 @@ def longhorn_recurrent(q, k, v, beta, *, initial_state=None):
     o : array ``[..., T, d_v]``
     M : array ``[..., d_v, d_k]``
     """
+    xp, per_channel = check_longhorn_inputs(q, k, v, beta, initial_state)
+    return longhorn_scan(q, k, v, beta, initial(initial_state, k, v, xp), xp, per_channel=per_channel)
+
+
+def check_longhorn_inputs(q, k, v, beta, initial_state):
+    """``q, k, v``, ``initial_state`` and step sizes ``beta >= 0`` per step or per value channel; ``(xp, per_channel)``."""
     xp = check_sequence(q, k, v, initial_state, beta=beta)
-    per_channel = check_value_channel_steps(beta, k, v, xp)
-    M = initial(initial_state, k, v, xp)
+    return xp, check_value_channel_steps(beta, k, v, xp)
+
+
+def longhorn_scan(q, k, v, beta, M, xp, *, per_channel: bool, value=None):
+    """Longhorn's scan from ``M`` on checked inputs; returns ``(o, M_T)``.
+
+    ``value(M_{t-1}, k_t, v_t) -> [..., d_v]`` is the value each step writes:
+    ``v_t`` itself by default, the layer's own surprise for DGD.
+    """
     outs = []
     for t in range(k.shape[-2]):
         b = beta[..., t, :] if per_channel else beta[..., t]
-        M = longhorn_step(M, k[..., t, :], v[..., t, :], b, xp)
+        u = v[..., t, :] if value is None else value(M, k[..., t, :], v[..., t, :])  # (.., d_v)
+        M = longhorn_step(M, k[..., t, :], u, b, xp)
         outs.append(matvec(M, q[..., t, :]))  # (.., d_v)
     return xp.stack(outs, axis=-2), M
 

@@ -77,16 +77,13 @@ def omega_recurrent(q, k, v, alpha, gamma, *, step="explicit", initial_state=Non
 
     Parameters
     ----------
-    q, k : array ``[..., T, d_k]``
-    v : array ``[..., T, d_v]``
-    alpha : array ``[..., T]``
-        Forget gates ``a_t`` in ``[0, 1]``.
+    q, k, v, alpha, initial_state
+        As :func:`~refmem.memories.gated_delta_rule.gated_delta_rule_recurrent` (``alpha`` the forget gates).
     gamma : array ``[c]`` or ``[..., T, c]``
         Window weights ``>= 0``, oldest token first; the window length is ``c``.
         The explicit rule diverges when ``sum_i gamma_i ||k_i||^2 > 2`` persistently
         (as the delta rule); the implicit rule is stable for all ``gamma >= 0``.
     step : {"explicit", "implicit"}
-    initial_state : array ``[..., d_v, d_k]``, optional (zeros)
 
     Returns
     -------
