@@ -12,7 +12,7 @@ from refmem.memories import MEMORIES
 
 def np_omega(q, k, v, alpha, gamma, M0, step):
     """Omega from its definition: window of tokens t-c+1..t (absent before 0); explicit = a M - grad at M,
-    implicit = the d_k x d_k normal equations M (I + K^T G K) = a M_{t-1} + V^T G K (np.linalg.solve, no Woodbury)."""
+    implicit = the d_k x d_k normal equations M (I + K^T G K) = a M_{t-1} + V^T G K (np.linalg.solve, not the SVD basis)."""
     B, T, d_k = k.shape
     c = gamma.shape[-1]
     M = M0.copy()
@@ -108,7 +108,7 @@ def test_omega_bad_inputs(xp):
 
 def test_windowed_l2_objective(xp):
     """Gradient: exact for a quadratic by central differences <grad, D> = (f(M + hD) - f(M - hD)) / 2h
-    (the third derivative is 0: only rounding, ~ eps |f| / h); prox (Woodbury) vs the d_k x d_k solve."""
+    (the third derivative is 0: only rounding, ~ eps |f| / h); prox (SVD basis) vs the d_k x d_k solve."""
     from refmem import Level, solve
     from refmem.objectives.windowed_l2 import WindowedL2
     from refmem.retentions import LocalL2
@@ -117,7 +117,7 @@ def test_windowed_l2_objective(xp):
     M, D = xp.asarray(g.standard_normal((2, 3, 4))), xp.asarray(g.standard_normal((2, 3, 4)))
     K, V = xp.asarray(g.standard_normal((2, 5, 4))), xp.asarray(g.standard_normal((2, 5, 3)))
     gam = g.uniform(0, 1, size=(2, 5))
-    gam[0, 1] = 0.0  # a zero weight is allowed (no G^{-1} in the Woodbury form)
+    gam[0, 1] = 0.0  # a zero weight is allowed (no G^{-1} in the SVD-basis form)
     obj = WindowedL2(xp.asarray(gam))
     h = 1e-3
     fd = (to_numpy(obj.value(M + h * D, K, V, xp)) - to_numpy(obj.value(M - h * D, K, V, xp))) / (2 * h)

@@ -3,10 +3,10 @@ r"""The windowed l2 implicit step (Omega rule, ``omega_implicit``) is accurate a
 The reference is exact: the normal equations
 :math:`M (I/\eta + K^T G K) = C/\eta + V^T G K` solved in rational arithmetic
 (``fractions.Fraction``) from the float64 inputs, so the only error left is
-refmem's. The bound is derived from the SVD form's rounding: the thin SVD of
-``G^{1/2} K`` is backward stable (relative perturbation ``O(eps)`` of ``K``),
-and the correction ``R^T U diag(f) W^T`` is a product of three factors each
-computed to ``O(eps)``; the step's condition number with respect to ``K`` is at
+refmem's. The bound is derived from the SVD form's rounding (specs/MATH.md
+section 5d): the SVD of ``G^{1/2} K`` is backward stable (relative perturbation
+``O(eps)`` of ``K``), and each column of ``M W`` is two terms with non-negative
+bounded factors, each computed to ``O(eps)``; the step's condition number with respect to ``K`` is at
 most about ``2 + (largest/smallest nonzero singular value)`` (a regularised
 least-squares solution), so the error is ``c_0 eps cond`` relative to
 ``max(|M|)`` with ``c_0 = 64`` (sizes here: ``c, d_k, d_v <= 5``).

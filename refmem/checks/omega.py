@@ -3,7 +3,7 @@
 The scan's step == its solved window level (:mod:`refmem.checks.scan_steps`,
 the registry's ``windowed`` memories), with per-step or shared ``gamma``;
 ``c = 1, a = 1`` is the delta rule (explicit) and Longhorn (implicit); the
-implicit step's ``c x c`` Woodbury solve == the direct ``d_k x d_k`` solve.
+implicit step's solve in the SVD basis of the weighted keys == the direct ``d_k x d_k`` solve.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def _omega_c1(xp):
     return err, rounding_tol(xp, xp.float64, 4) * 8
 
 
-@register_check("omega_implicit", "Woodbury c x c step == direct d_k x d_k normal-equation solve")
-def _omega_woodbury_vs_direct(xp):
+@register_check("omega_implicit", "SVD-basis step == direct d_k x d_k normal-equation solve")
+def _omega_svd_basis_vs_direct(xp):
     from ..memories.omega import _windows, omega_implicit_recurrent
 
     spec = MEMORIES["omega_implicit"]

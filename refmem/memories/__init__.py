@@ -228,7 +228,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         gates=("alpha", "gamma"),
         make_inputs=omega.make_implicit_inputs,
         description="argmin_M 1/2 sum_i gam_i ||M k_i - v_i||^2 + 1/2 ||M - a_t M_{t-1}||^2 over the last c tokens "
-                    "(c x c Woodbury solve); step_level takes the window's keys and values",
+                    "(solved in the SVD basis of the weighted keys); step_level takes the window's keys and values",
         step_gates=("gamma",),
         step_level=omega.omega_implicit_level,
         windowed=True,
