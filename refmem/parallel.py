@@ -19,12 +19,13 @@ The pool (:func:`worker_pool`) is loky's persistent
 processes escape the GIL: the sequence forms are many small NumPy calls, which a
 thread pool serialises). The slices travel through shared memory
 (:class:`multiprocessing.shared_memory.SharedMemory`), not through the pool's
-pipes: the caller copies each sliced input into a shared block once, a worker
-copies its slice out, computes, and hands its outputs back in blocks of its
-own that the caller copies into the stacked result and frees. Only names,
-shapes and the small arguments are pickled. Extra memory while the pool runs:
-one copy of the sliced inputs and of the outputs (besides what each worker's
-form needs for its one slice).
+pipes: the caller copies the sliced inputs into one shared block (kept between
+calls, freed by :func:`shutdown_pool` or at exit), a worker reads its slice in
+place, computes, and hands its outputs back in blocks of its own that the
+caller copies into the stacked result and frees. Only names, offsets, shapes
+and the small arguments are pickled. Extra memory while the pool runs: one
+copy of the sliced inputs and of the outputs, besides what each worker's form
+needs for its slice.
 
 Public sequence forms take ``workers=`` (:func:`workers_option`); the default
 (``workers=None`` and ``refmem.options(workers=None)``) is the pool on every
@@ -35,11 +36,13 @@ core: B = 2, H = 8, T = 4096, d = 64 is ``2**28``); otherwise one plain call.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import itertools
 import os
 import pickle
+import threading
 from multiprocessing.shared_memory import SharedMemory
 from numbers import Integral
 
@@ -173,6 +176,7 @@ def pinned_blas():
 # --- the pool of worker processes -------------------------------------------------------------------
 
 _POOL = {"size": 0, "executor": None}
+_CALL = threading.Lock()
 
 
 def _start_worker():
@@ -202,11 +206,12 @@ def worker_pool(n_workers: int):
 
 
 def shutdown_pool():
-    """Stop the worker processes (they are started again when next needed)."""
+    """Stop the worker processes and free the shared block of the inputs (both made again when next needed)."""
     executor = _POOL["executor"]
     _POOL.update(size=0, executor=None)
     if executor is not None:
         executor.shutdown(wait=True)
+    _free_arena()
 
 
 def _fresh(x):
@@ -221,36 +226,110 @@ def _slice_inputs(inputs: dict, plan: dict, index: tuple) -> dict:
     return {k: (_fresh(_cut(x, index)) if plan[k] else x) for k, x in inputs.items()}
 
 
-def _share(x, blocks: list):
-    """``x`` (an array or a tuple of arrays) copied into new shared-memory blocks, appended to ``blocks``; returns its description."""
-    if isinstance(x, tuple):
-        return ("tuple", tuple(_share(e, blocks) for e in x))
-    x = np.asarray(x)
-    block = SharedMemory(create=True, size=max(x.nbytes, 1))
-    blocks.append(block)
-    np.ndarray(x.shape, x.dtype, buffer=block.buf)[...] = x
-    return ("array", block.name, x.shape, x.dtype.str)
+_ARENA = {"block": None}  # the caller's persistent shared block for the sliced inputs
+_ATTACHED = {}  # in a worker: the caller's arena, attached once (name -> SharedMemory)
+_ALIGN = 64  # bytes: every array in the arena starts on a cache line
 
 
-def _described(desc, index=None):
-    """A fresh copy of the array (or tuple) that ``desc`` describes, cut at ``index`` if given (as :func:`_cut`)."""
-    if desc[0] == "tuple":
-        return tuple(_described(d, index) for d in desc[1])
-    if desc[0] == "value":
-        return desc[1]
-    _, name, shape, dtype = desc
-    block = SharedMemory(name=name)
-    try:
-        view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
-        out = _fresh(view if index is None else _cut(view, index))
-        del view  # no exported pointer left: the block can close
-    finally:
+def _input_arena(nbytes: int):
+    """The caller's shared block for the sliced inputs, at least ``nbytes`` long (kept between calls: no page faults)."""
+    block = _ARENA["block"]
+    if block is None or block.size < nbytes:
+        _free_arena()
+        block = SharedMemory(create=True, size=max(nbytes, 1))
+        _ARENA["block"] = block
+    return block
+
+
+def _free_arena():
+    block = _ARENA["block"]
+    _ARENA["block"] = None
+    if block is not None:
         block.close()
-    return out
+        block.unlink()
+
+
+atexit.register(_free_arena)
+
+
+def _layout(x, offset: int):
+    """``(description, end)``: ``x`` (an array or a tuple of arrays) placed in the arena from ``offset`` (name filled in later)."""
+    if isinstance(x, tuple):
+        descs = []
+        for e in x:
+            d, offset = _layout(e, offset)
+            descs.append(d)
+        return ("tuple", tuple(descs)), offset
+    x = np.asarray(x)
+    start = -(-offset // _ALIGN) * _ALIGN
+    return ("array", None, start, x.shape, x.dtype.str), start + x.nbytes
+
+
+def _fill(x, desc, block):
+    """Copy ``x`` into its place ``desc`` of ``block``; returns ``desc`` with the block's name."""
+    if desc[0] == "tuple":
+        return ("tuple", tuple(_fill(e, d, block) for e, d in zip(x, desc[1])))
+    _, _, start, shape, dtype = desc
+    np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)[...] = x
+    return ("array", block.name, start, shape, dtype)
+
+
+def _share_inputs(inputs: dict, plan: dict) -> dict:
+    """The sliced inputs copied into the caller's arena; returns their descriptions by name."""
+    layouts, end = {}, 0
+    for k, x in inputs.items():
+        if plan[k]:
+            layouts[k], end = _layout(x, end)
+    block = _input_arena(end)
+    return {k: _fill(inputs[k], d, block) for k, d in layouts.items()}
+
+
+def _attached(name: str):
+    """In a worker: the caller's arena ``name`` (attached on first use; an older arena is closed)."""
+    block = _ATTACHED.get(name)
+    if block is None:
+        for old in _ATTACHED.values():
+            old.close()
+        _ATTACHED.clear()
+        block = _ATTACHED[name] = SharedMemory(name=name)
+    return block
+
+
+def _arena_view(desc, index: tuple):
+    """In a worker: the slice ``index`` of the input ``desc`` describes, a view of the arena (tuples element by element)."""
+    if desc[0] == "tuple":
+        return tuple(_arena_view(d, index) for d in desc[1])
+    _, name, start, shape, dtype = desc
+    view = np.ndarray(shape, np.dtype(dtype), buffer=_attached(name).buf, offset=start)
+    return _cut(view, index)
+
+
+def _hand_back(out):
+    """A worker's outputs copied into new shared blocks (arrays) or passed as they are (anything else); their description."""
+    if isinstance(out, tuple):
+        return ("tuple", tuple(_hand_back(o) for o in out))
+    if not isinstance(out, np.ndarray):
+        return ("value", out)
+    block = SharedMemory(create=True, size=max(out.nbytes, 1))
+    try:
+        np.ndarray(out.shape, out.dtype, buffer=block.buf)[...] = out
+    finally:
+        block.close()  # the caller unlinks it after copying
+    return ("array", block.name, 0, out.shape, out.dtype.str)
+
+
+def _run_slice(fn, shared: dict, whole: dict, index: tuple):
+    """In a worker: ``fn`` on the slice ``index`` of the shared inputs; the outputs handed back in shared blocks."""
+    inputs = {k: _arena_view(d, index) for k, d in shared.items()}
+    inputs.update(whole)
+    with options(workers=1):  # no pool inside a pool
+        out = fn(**inputs)
+    del inputs
+    return _hand_back(out)
 
 
 def _free(desc):
-    """Unlink the shared blocks that ``desc`` describes (outputs of a slice, once copied)."""
+    """Unlink the blocks a worker handed back (``desc``), once copied."""
     if desc[0] == "tuple":
         for d in desc[1]:
             _free(d)
@@ -260,25 +339,21 @@ def _free(desc):
         block.unlink()
 
 
-def _hand_back(out):
-    """A worker's outputs put in shared blocks (arrays) or passed as they are (anything else); returns their description."""
-    if isinstance(out, tuple):
-        return ("tuple", tuple(_hand_back(o) for o in out))
-    if isinstance(out, np.ndarray):
-        blocks = []
-        desc = _share(out, blocks)
-        blocks[0].close()  # the caller unlinks it after copying
-        return desc
-    return ("value", out)
-
-
-def _run_slice(fn, shared: dict, whole: dict, index: tuple):
-    """In a worker: the slice ``index`` of the shared inputs, ``fn`` on it, the outputs handed back in shared blocks."""
-    inputs = {k: _described(d, index) for k, d in shared.items()}
-    inputs.update(whole)
-    with options(workers=1):  # no pool inside a pool
-        out = fn(**inputs)
-    return _hand_back(out)
+def _handed_back(desc):
+    """A copy of what a worker handed back (``desc``)."""
+    if desc[0] == "tuple":
+        return tuple(_handed_back(d) for d in desc[1])
+    if desc[0] == "value":
+        return desc[1]
+    _, name, start, shape, dtype = desc
+    block = SharedMemory(name=name)
+    try:
+        view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
+        out = np.array(view, copy=True)
+        del view  # no exported pointer left: the block can close
+    finally:
+        block.close()
+    return out
 
 
 def _stack_into(outs, desc, i: int, n: int):
@@ -290,7 +365,7 @@ def _stack_into(outs, desc, i: int, n: int):
     if desc[0] == "tuple":
         outs = outs if outs is not None else (None,) * len(desc[1])
         return tuple(_stack_into(o, d, i, n) for o, d in zip(outs, desc[1]))
-    value = _described(desc)
+    value = _handed_back(desc)
     if outs is None:
         outs = np.empty((n,) + value.shape, dtype=value.dtype) if isinstance(value, np.ndarray) else [None] * n
     outs[i] = value  # (.., ) into (n_slices, ..)
@@ -313,10 +388,10 @@ def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_work
     except Exception as exc:
         raise TypeError(f"fn must be a module-level function to run on worker processes; {fn!r} cannot be "
                         f"pickled ({type(exc).__name__}); pass workers=1") from None
-    blocks = []
     running = {}
+    _CALL.acquire()  # one pooled call at a time: they share the arena
     try:
-        shared = {k: _share(x, blocks) for k, x in inputs.items() if plan[k]}
+        shared = _share_inputs(inputs, plan)
         whole = {k: x for k, x in inputs.items() if not plan[k]}
         pool = worker_pool(n_workers)
         n = len(indices)
@@ -343,9 +418,7 @@ def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_work
                 _free(future.result())
             except Exception:  # noqa: BLE001  (the first error is the one raised)
                 pass
-        for block in blocks:
-            block.close()
-            block.unlink()
+        _CALL.release()
 
 
 def _in_this_process(fn, inputs: dict, plan: dict, indices: list, lead: tuple):
