@@ -54,14 +54,14 @@ def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"solve_triangular: a and b must be float32 or float64; got {a.dtype}, {b.dtype}")
     A = np.ascontiguousarray(A, dtype=dtype)
-    Bf = np.ascontiguousarray(Bf, dtype=dtype)
     if not unit_diagonal and bool(np.any(np.diagonal(A, axis1=-2, axis2=-1) == 0)):
         raise ValueError("solve_triangular: the triangular matrix a has a zero on its diagonal (singular)")
     trsm = blas.dtrsm if dtype == np.float64 else blas.strsm
-    out = np.empty_like(Bf)
+    out = np.array(Bf, dtype=dtype, order="C", copy=True)  # solved in place, matrix by matrix
     for i in range(A.shape[0]):
-        # a x = b  <=>  x^T a^T = b^T; a[i].T and b[i].T are Fortran-ordered views (no copy).
-        out[i] = trsm(1.0, A[i].T, Bf[i].T, side=1, lower=0 if lower else 1, trans_a=0,
-                      diag=1 if unit_diagonal else 0).T
+        # a x = b  <=>  x^T a^T = b^T; a[i].T and out[i].T are Fortran-ordered views, so trsm
+        # reads a and overwrites out[i] where they lie (no copies).
+        trsm(1.0, A[i].T, out[i].T, side=1, lower=0 if lower else 1, trans_a=0,
+             diag=1 if unit_diagonal else 0, overwrite_b=1)
     out = out.reshape(batch + B.shape[-2:])
     return out[..., 0] if vector else out

@@ -32,6 +32,7 @@ Public sequence forms take ``workers=`` (:func:`workers_option`); the default
 usable core when there are at least as many slices as cores AND the problem is
 big enough to pay for it: ``B H T d_k d_v >= 2**27`` (about 0.1 s of work on one
 core: B = 2, H = 8, T = 4096, d = 64 is ``2**28``); otherwise one plain call.
+``refmem.options(workers=1)`` switches the pool off (one plain call).
 """
 
 from __future__ import annotations
@@ -473,9 +474,12 @@ def workers_option(form):
     """Give a public sequence form the keyword argument ``workers=`` (:func:`heads_in_parallel`).
 
     ``workers=None`` with ``refmem.options(workers=None)`` runs the plain call
-    unless the default rule (module docstring) asks for the pool; any other
-    value (or the option) computes the batch and head slices, in this process
-    for ``1``. Inputs that are not NumPy, or without leading axes, run the plain call.
+    unless the default rule (module docstring) asks for the pool;
+    ``refmem.options(workers=1)`` always runs the plain call (the pool off), and
+    ``refmem.options(workers=N)``, ``N > 1``, the pool. An explicit ``workers=N``
+    computes the batch and head slices, in this process for ``N = 1``: the
+    result is then bitwise the same for every ``N``. Inputs that are not NumPy,
+    or without leading axes, run the plain call.
     """
     signature = inspect.signature(form)
 
@@ -490,7 +494,8 @@ def workers_option(form):
             inputs = dict(signature.bind(*args, **kwargs).arguments)
         except TypeError:
             return form(*args, **kwargs)  # the form's own error for the wrong arguments
-        if workers is None and get_option("workers") is None and pool_work(inputs) < POOL_WORK:
+        if workers is None and (get_option("workers") == 1
+                                or get_option("workers") is None and pool_work(inputs) < POOL_WORK):
             return form(*args, **kwargs)
         cut = _slice_indices(inputs)
         if cut is None:

@@ -411,3 +411,63 @@ def test_decay_matrix_without_zero_gates(xp, low):
     tol = 4 * C * max(1.0, abs(np.log(low))) * np.finfo(float).eps
     assert np.max(np.abs(got - want)[normal] / want[normal]) <= tol
     assert np.all(got[~np.tril(np.ones((C, C), bool))] == 0)
+
+
+def _np_gated_delta(q, k, v, alpha, beta):
+    """The gated delta rule written out step by step: M_t = a_t M - b_t (a_t M k_t - v_t) k_t^T, o_t = M_t q_t."""
+    M = np.zeros(q.shape[:-2] + (v.shape[-1], k.shape[-1]))
+    o = np.zeros(v.shape)
+    for t in range(q.shape[-2]):
+        aM = alpha[..., t, None, None] * M
+        r = np.einsum("...ij,...j->...i", aM, k[..., t, :]) - v[..., t, :]
+        M = aM - beta[..., t, None, None] * r[..., :, None] * k[..., t, None, :]
+        o[..., t, :] = np.einsum("...ij,...j->...i", M, q[..., t, :])
+    return o, M
+
+
+@pytest.mark.parametrize("gates", ["ordinary", "tiny", "zero", "none"])
+def test_factored_and_matrix_decays_agree_with_the_step_by_step_rule(gates, monkeypatch):
+    """The chunked delta family forms its decays as row / column factors where that is safe and through the C x C
+    matrix D elsewhere (tiny gate products, zero gates): both paths, forced in turn, equal the step-by-step rule
+    written above to EQUAL_TOL. "tiny": gates 1e-9, whose product over a full chunk of 16 (1e-144) is below
+    max^(-1/4) (about 1e-77), so the factored path must refuse those blocks (the last, 5 steps, is allowed:
+    1e-45) and still give the right answer."""
+    from refmem.chunked import delta_family
+
+    rng = np.random.default_rng(12)
+    B, T, d, C = 2, 37, 5, 16
+    q, k, v = (rng.standard_normal((B, T, d)) for _ in range(3))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = rng.uniform(0.1, 0.9, (B, T))
+    alpha = {"ordinary": rng.uniform(0.8, 1.0, (B, T)), "tiny": np.full((B, T), 1e-9),
+             "zero": np.where(rng.uniform(size=(B, T)) < 0.2, 0.0, rng.uniform(0.8, 1.0, (B, T))),
+             "none": np.ones((B, T))}[gates]
+    o_ref, M_ref = _np_gated_delta(q, k, v, alpha, beta)
+    taken = []
+    real = delta_family._factors_bounded
+    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a: taken.append(real(*a)) or taken[-1])
+    fn = MEMS["gated_delta_rule"].chunked if gates != "none" else MEMS["delta_rule"].chunked
+    kw = {"alpha": alpha} if gates != "none" else {}
+    o, M = fn(q, k, v, beta=beta, chunk_size=C, **kw)
+    assert rel_error(o, o_ref, np) < EQUAL_TOL and rel_error(M, M_ref, np) < EQUAL_TOL
+    if gates in ("ordinary", "none"):
+        assert taken and all(taken)  # the factored path was taken
+    elif gates == "tiny":
+        assert taken and not all(taken)  # refused where a block holds 16 such gates: the D path there
+    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a: False)  # force the D path everywhere
+    o_d, M_d = fn(q, k, v, beta=beta, chunk_size=C, **kw)
+    assert rel_error(o_d, o_ref, np) < EQUAL_TOL and rel_error(M_d, M_ref, np) < EQUAL_TOL
+
+
+def test_factored_decays_refuse_data_whose_unused_entries_could_overflow():
+    """The entries above the diagonal of the factored products are never read but must stay finite (no overflow
+    warning): keys of size 1e40 with d = 4 give d |K| max(|Q|, b |K|) = 4e80 > max^(1/4), so the D path is used."""
+    from refmem.chunked.delta_family import _factors_bounded
+
+    K = np.full((1, 4, 4), 1e40)
+    Q = np.ones((1, 4, 4))
+    b = np.full((1, 4), 0.5)
+    L = np.zeros((1, 4))
+    assert not _factors_bounded(Q, K, b, L, np)
+    assert _factors_bounded(Q, K / 1e40, b, L, np)
+    assert not _factors_bounded(Q, K / 1e40, b, np.full((1, 4), -200.0), np)  # gamma = e^-200 < max^(-1/4)

@@ -188,3 +188,20 @@ def test_a_function_that_cannot_be_pickled_is_refused_by_name():
     inputs = MEMORIES["delta_rule"].make_inputs(0, (2,), 5, 3, 3, np, "float64")
     with pytest.raises(TypeError, match="cannot be pickled"):
         heads_in_parallel(lambda **kw: MEMORIES["delta_rule"].recurrent(**kw), workers=2, **inputs)
+
+
+def test_option_one_worker_is_the_plain_call(monkeypatch):
+    """``refmem.options(workers=1)`` switches the pool off even above the default rule's size: the form's own call."""
+    import refmem.parallel as parallel
+
+    calls = _count_pool_calls(monkeypatch)
+    monkeypatch.setattr(parallel, "POOL_WORK", 1)  # every problem "big enough" for the default rule
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(11, (2, 3), 9, 3, 3, np, "float64")
+    with refmem.options(workers=1):
+        plain = fn(**inputs, **kw)
+    assert calls == []
+    pooled = fn(**inputs, **kw)  # the default rule now takes the pool when there are enough slices for the cores
+    assert calls == ([min(usable_cores(), 6)] if usable_cores() > 1 else [])
+    for a, b in zip(plain, pooled):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(a))))

@@ -9,6 +9,9 @@ chunk, carrying only the current state.
 
 from __future__ import annotations
 
+import math
+
+from ..backends import host_resident
 from ..linalg import device_of
 from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
                      prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
@@ -74,22 +77,70 @@ def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     return PU, Qt, H, F
 
 
-def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
-    """The ``M0``-independent pieces of a delta-family chunk (see :func:`delta_terms` for the algebra).
+def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True, factored: bool = False):
+    r"""The ``M0``-independent pieces of a delta-family chunk (see :func:`delta_terms` for the algebra).
 
     Returns ``U~ [..., C, d_v]``, ``W [..., C, d_k]`` (``U = U~ - W M0^T``),
     ``P = tril(D o Q K^T) [..., C, C]``, ``Qg = diag(gamma) Q``, ``K~ = diag(D_{C.}) K``
     and ``g_end = gamma_C [...]`` (``None`` without a gate).
+
+    ``factored=True`` forms the decays as row and column factors instead of the
+    ``C x C`` matrix ``D`` where that is safe (:func:`_factors_bounded`: host
+    backends, no gate of these chunks 0, bounded factors); else the ``D`` path.
+
+    Notes
+    -----
+    Factored decays: with :math:`\gamma_t = e^{L_t}` and :math:`D_{ts} = \gamma_t / \gamma_s`
+    (``s <= t``), scale the keys once, :math:`\hat K = \mathrm{diag}(\gamma)^{-1} K`; then
+
+    .. math::
+
+        \mathrm{diag}(b)(D \circ K K^T) = \mathrm{diag}(b\gamma) K\, \hat K^T, \qquad
+        D \circ Q K^T = \mathrm{diag}(\gamma) Q\, \hat K^T, \qquad
+        \tilde K = \gamma_C \hat K
+
+    below the diagonal: two products of scaled factors replace the ``C x C``
+    decay matrix and its three elementwise products. The left factor
+    :math:`\mathrm{diag}(b\gamma) K` is the second half of the right-hand side
+    of the UT solve, so it is formed once. The triangular solve reads only the
+    strict lower triangle; ``P`` keeps the lower one (``where``). Entries above
+    the diagonal are never used; :func:`_factors_bounded` bounds them (no overflow).
     """
     C = K.shape[-2]
     d_v = V.shape[-1]
     dev = device_of(K)
     incl = lower_mask(C, xp, dev)
+    if not (factored and Z is None and _factors_bounded(Q, K, b, L, xp)):
+        return _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, exact=exact)
+    if L is None:  # no gate: gamma = 1
+        Qg, Kh, bg, g_end = Q, K, b, None
+    else:
+        gamma = xp.exp(L)  # (.., C), in [max^(-1/4), 1] (_factors_bounded)
+        Qg = gamma[..., None] * Q  # diag(gamma) Q, (.., C, d_k)
+        Kh = xp.exp(-L)[..., None] * K  # K^ = diag(gamma)^-1 K, (.., C, d_k)
+        bg = b * gamma
+        g_end = gamma[..., C - 1]  # (..)
+    rhs = concat_last(b[..., None] * V, bg[..., None] * K, xp=xp)  # [diag(b) V, diag(b gamma) K], (.., C, d_v + d_k)
+    if exact:
+        A_low = rhs[..., d_v:] @ mT(Kh, xp)  # diag(b gamma) K K^^T, (.., C, d_k) @ (.., d_k, C); strict lower read
+        lead = broadcast_lead(tuple(A_low.shape[:-2]), tuple(rhs.shape[:-2]))
+        X = solve_unit_lower(A_low, xp.broadcast_to(rhs, lead + tuple(rhs.shape[-2:])), xp)  # [U~, W]
+        del A_low, rhs
+    else:
+        X = rhs  # mini-batch: A = I
+    P = Qg @ mT(Kh, xp)  # diag(gamma) Q K^^T, (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
+    P = xp.where(incl, P, xp.zeros_like(P))  # tril(D o Q K^T)
+    Kt = Kh if g_end is None else g_end[..., None, None] * Kh  # diag(D_{C.}) K, (.., C, d_k)
+    return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
+
+
+def _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, *, exact: bool):
+    """:func:`delta_pieces` through the ``C x C`` decay matrix ``D`` (any gates: zeros, tiny products, any backend)."""
+    C = K.shape[-2]
+    d_v = V.shape[-1]
     if L is None:
         D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
-        bg = b
-        g_end = None
-        Qg = Q
+        bg, g_end, Qg = b, None, Q
     else:
         D = decay_matrix(L, Z, L, Z, incl, xp)  # (.., C, C)
         gamma = decay_from_start(L, Z, xp)  # (.., C)
@@ -112,6 +163,29 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True):
     return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
 
 
+def _factors_bounded(Q, K, b, L, xp) -> bool:
+    r"""Whether the factored decays are safe in these chunks (reads the data: host backends only).
+
+    Notes
+    -----
+    With every :math:`\gamma_t = e^{L_t} \ge \mathrm{max}^{-1/4}`,
+    :math:`\gamma_t / \gamma_s \le \mathrm{max}^{1/4}`, so every entry of the two
+    factored products, used or not, is at most
+    :math:`\mathrm{max}^{1/4}\, d_k \max|K| \max(\max|Q|, \max b \max|K|)`;
+    requiring the last factor to be at most :math:`\mathrm{max}^{1/4}` keeps them
+    below :math:`\sqrt{\mathrm{max}}`: no overflow, no warning, and the scaled
+    factors are normal numbers (no denormals). Relative rounding is that of
+    :math:`e^{L_t - L_s}` (a few eps), as for the ``D`` path.
+    """
+    if not host_resident(xp) or K.shape[-1] == 0 or K.shape[-2] == 0:
+        return False
+    quarter = float(xp.finfo(K.dtype).max) ** 0.25
+    if L is not None and not bool(xp.min(L) >= -math.log(quarter)):
+        return False
+    k_max, q_max, b_max = (float(xp.max(xp.abs(x))) for x in (K, Q, b))
+    return K.shape[-1] * k_max * max(q_max, b_max * k_max) <= quarter
+
+
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, block_tokens: int = 256):
     r"""Chunked gated delta rule on validated inputs (``alpha=None``: the plain delta rule).
 
@@ -124,45 +198,43 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, bl
     least memory. The sequence is processed in blocks of ``max(1, min(block_tokens, T / 8) // C)``
     chunks (chunk boundaries unchanged, so every chunk's pieces are those of the
     whole-sequence computation): a block's ``M0``-independent pieces
-    (:func:`delta_pieces`) are formed in batched products, then the sequential
-    pass over its chunks carries ``M`` and forms, with one product for the two
-    right factors ``M_0^T``,
+    (:func:`delta_pieces`, with factored decays where they are safe)
+    are formed in batched products, then the sequential pass over its chunks
+    carries ``M`` with two small products per chunk,
 
     .. math::
 
-        [W; \mathrm{diag}(\gamma) Q]\, M_0^T, \qquad U = \tilde U - W M_0^T, \qquad
-        M_C = \gamma_C M_0 + U^T \tilde K,
+        U = \tilde U - W M_0^T, \qquad M_C = \gamma_C M_0 + U^T \tilde K,
 
-    and the block's outputs :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are one
-    batched product. Only ``M`` and one block's temporaries are held besides the
-    outputs: no per-step history and no per-chunk state stack.
+    keeping each chunk's start state, and the block's outputs
+    :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are two batched products over
+    all its chunks. Only ``M``, the block's start states and one block's
+    temporaries are held besides the outputs: no per-step history.
     """
     def block(lo, hi, M):
         return _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],
-                            None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact)
+                            None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact, factored=True)
 
     return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp)
 
 
-def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool):
+def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool, factored: bool):
     """Outputs ``[..., t, d_v]`` of one block of ``t`` steps from the state ``M``, and the state after it."""
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     b = to_chunks(beta, C, xp, fill=0.0, time_axis=-1)  # padding steps write nothing
     L, Z = gate_cumulants(alpha, C, xp)
-    Ut, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact)
+    Ut, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact, factored=factored)
     del Q, K, V, b, L, Z
-    C_, n = Ut.shape[-2], Ut.shape[-3]
-    lead = broadcast_lead(tuple(W.shape[:-2]), tuple(Qg.shape[:-2]))
-    WQ = xp.concat([xp.broadcast_to(W, lead + tuple(W.shape[-2:])),
-                    xp.broadcast_to(Qg, lead + tuple(Qg.shape[-2:]))], axis=-2)  # [W; Qg] per chunk, (.., n, 2C, d_k)
-    del W, Qg
-    us, qms = [], []
+    n = Ut.shape[-3]
+    lead = broadcast_lead(tuple(W.shape[:-3]), tuple(M.shape[:-2]))
+    M = xp.broadcast_to(M, lead + tuple(M.shape[-2:]))  # (.., d_v, d_k): every chunk start has the same shape
+    starts, us = [], []
     for i in range(n):
-        XM = chunk(WQ, i) @ mT(M, xp)  # [W M^T; Qg M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
-        U = chunk(Ut, i) - XM[..., :C_, :]  # (.., C, d_v)
+        starts.append(M)
+        U = chunk(Ut, i) - chunk(W, i) @ mT(M, xp)  # U~ - W M^T, (.., C, d_v)
         us.append(U)
-        qms.append(XM[..., C_:, :])
         write = mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
         M = M + write if g_end is None else scalar_chunk(g_end, i)[..., None, None] * M + write
-    O = xp.stack(qms, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
+    starts = mT(xp.stack(starts, axis=-3), xp)  # M_0^T of every chunk, (.., n, d_k, d_v)
+    O = Qg @ starts + P @ xp.stack(us, axis=-3)  # (.., n, C, d_k) @ (.., n, d_k, d_v) + (.., n, C, C) @ (.., n, C, d_v)
     return from_chunks(O, T, xp), M
