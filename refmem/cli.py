@@ -247,26 +247,49 @@ def _check_out_dir(out: str, option: str = "--out") -> None:
 
 def _conform_epilog() -> str:
     from .conform import kernel_gates
+    from .kernel_layouts import gate_meaning
 
-    lines = ["layouts (what your function is called with):",
+    lines = ["layouts (what your function is called with; specs/kernel_layouts.md):",
              "  refmem  fn(q, k, v, **gates, initial_state=M0) -> (o, M_T)",
              "          q, k [..., T, d_k], v [..., T, d_v], gates [..., T] or [..., T, d], M [..., d_v, d_k];",
              "          o_t = M_t q_t (after the write), no scale on q",
              "  fla     fn(q, k, v, **gates, initial_state=S0, output_final_state=True) -> (o, S_T)",
              "          q, k, v [B, T, H, d], gates [B, T, H] (per channel [B, T, H, K]), S = M^T [B, H, K, V];",
-             "          forget gate alpha as g = log(alpha) (gk per channel); beta after the sigmoid;",
-             "          q arrives times sqrt(K) (fla applies 1/sqrt(K) itself)",
+             "          gates by meaning: g = log(fraction of the state kept) (gk per key channel), beta = the step",
+             "          size (after the sigmoid); q arrives unscaled, o is expected times 1/sqrt(K)",
+             "",
+             "layout options (any combination; a case an option cannot express is skipped, with the reason):",
+             "  --state-v-first / --state-k-first   states [..., V, K] / [..., K, V]",
+             "  --gate-space log|linear             fla: g = log(kept) (default) or g = kept",
+             "  --value-heads-per-qk G              fla: q, k [B, T, H, K]; v, gates, states with HV = G H heads;",
+             "                                      value head j reads q, k head j // G (case grouped_heads)",
+             "  --cu-seqlens                        fla: B = 1, sequences packed along T, cu_seqlens [N+1] int64,",
+             "                                      initial_state / final state [N, H, K, V] (case varlen; other",
+             "                                      cases as their B rows packed)",
+             "  --use-qk-l2norm-in-kernel           q, k sent un-normalised (unit vectors times 1e4..4e4) with",
+             "                                      use_qk_l2norm_in_kernel=True (case unit_qk)",
+             "  --scale S                           scale=S passed; o expected as S M q",
+             "",
+             "stage oracles (--stages --chunk-size C): fn(..., chunk_size=C) -> {name: array}; names and shapes",
+             "  refmem  start_states [..., N, d_v, d_k], decay [..., N, C] ([..., N, C, d_k] per channel),",
+             "          A, A_inv [..., N, C, C], W [..., N, C, d_k], U~, U [..., N, C, d_v]",
+             "  fla     h [B, N, H, K, V], g_cumsum [B, T, H] (log of decay), A, Ai [B, T, H, C], w [B, T, H, K],",
+             "          u, v_new [B, T, H, V]; 'o' and the state may be returned in the dict too",
+             "  A = strict_tril(diag(beta)(D o K K^T)), A_inv = (I + A)^-1, W = A_inv diag(beta gamma) K,",
+             "  U~ = A_inv diag(beta) V, U = U~ - W M0^T (specs/kernel_layouts.md, refmem.chunked.stages)",
              "",
              "specs with vectors, and the gates a kernel receives (refmem layout | fla layout):"]
     table = kernel_gates()
     w = max(len(n) for n in table)
     for name, (ours, fla) in table.items():
-        lines.append(f"  {name:<{w}}  {', '.join(ours) or '-'} | {', '.join(fla) or '-'}")
+        sent = [f"{f}=log(1-{g})" if gate_meaning(name, g).meaning == "forgotten" else f for g, f in zip(ours, fla)]
+        lines.append(f"  {name:<{w}}  {', '.join(ours) or '-'} | {', '.join(sent) or '-'}")
     lines += ["", "outputs: 'o' (the read-outs) and 'state' (or state_0, state_1, ...); --outputs o checks only the",
               "read-out, for a kernel that returns no final state.", "",
               _examples("refmem conform my_kernels:delta_rule_fla --spec delta_rule --layout fla --dtype float32",
                         "refmem conform my_kernels:gla --spec gated_linear_attention --vectors vectors --outputs o",
-                        "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy")]
+                        "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy",
+                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first")]
     return "\n".join(lines)
 
 
@@ -285,6 +308,26 @@ def _add_conform(sub):
     p.add_argument("--convert", metavar="MODULE:FUNCTION", help="applied to every NumPy input first (e.g. torch:from_numpy)")
     p.add_argument("--outputs", action="append", metavar="NAME",
                    help="compare only this output (repeatable; e.g. o for a kernel that returns no state)")
+    g = p.add_argument_group("layout options (orthogonal; a case an option cannot express is skipped, with the reason)")
+    g.add_argument("--state-v-first", dest="state_v_first", action="store_true", default=None,
+                   help="states are [..., V, K] (refmem's M); default: the layout's own (refmem [V, K], fla [K, V])")
+    g.add_argument("--state-k-first", dest="state_v_first", action="store_false",
+                   help="states are [..., K, V] (S = M^T), also under --layout refmem")
+    g.add_argument("--gate-space", choices=("log", "linear"), default=None,
+                   help="fla: the forget gate g (gk) as log of the fraction kept (default) or as the fraction itself")
+    g.add_argument("--value-heads-per-qk", type=int, default=1, metavar="G",
+                   help="fla: grouped value heads, HV = G H; q, k [B, T, H, K], v, gates, states with HV heads")
+    g.add_argument("--cu-seqlens", action="store_true",
+                   help="fla: packed variable-length batches: B = 1, cu_seqlens [N+1] (int64), states [N, H, K, V]")
+    g.add_argument("--use-qk-l2norm-in-kernel", action="store_true",
+                   help="the kernel normalises q and k itself: they are sent un-normalised (unit_qk case only)")
+    st = p.add_argument_group("stage oracles (delta_rule, gated_delta_rule, linear_attention, gated_linear_attention)")
+    st.add_argument("--stages", action="store_true",
+                    help="the kernel also gets chunk_size=C and returns a dict of named stage arrays, each compared "
+                         "with refmem.chunked.stages; the report names the first stage that differs")
+    st.add_argument("--chunk-size", type=int, default=64, metavar="C", help="chunk size of a staged check (default 64)")
+    g.add_argument("--scale", type=float, default=None, metavar="S",
+                   help="read-out scale passed as scale=S, expected o = S M q (default: not passed; refmem 1, fla K^-1/2)")
 
     def run(args):
         from .conform import main as conform_main
@@ -294,6 +337,15 @@ def _add_conform(sub):
             raise _unknown("--spec", args.spec, known)
         if args.vectors is not None and not os.path.isdir(args.vectors):
             raise UsageError(f"--vectors {args.vectors!r} is not a directory")
+        if args.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be >= 1; got {args.chunk_size}")
+        if args.value_heads_per_qk < 1:
+            raise UsageError(f"--value-heads-per-qk must be >= 1; got {args.value_heads_per_qk}")
+        if args.layout == "refmem":
+            for flag, on in (("--gate-space", args.gate_space is not None), ("--value-heads-per-qk", args.value_heads_per_qk != 1),
+                             ("--cu-seqlens", args.cu_seqlens)):
+                if on:
+                    raise UsageError(f"{flag} applies to --layout fla only")
         return conform_main(args)
 
     p.set_defaults(func=run)

@@ -8,15 +8,15 @@ tensors are accepted without refmem importing any of them.
 Command line::
 
     refmem conform MODULE:FUNCTION --spec NAME [--vectors DIR] [--layout refmem|fla]
-                   [--dtype float32|float64] [--convert MODULE:FUNCTION]
+                   [--dtype float32|float64] [--convert MODULE:FUNCTION] [layout options]
 
 Python (inside another project's pytest)::
 
     from refmem.conform import assert_conforms
     assert_conforms(my_kernel, spec="delta_rule", layout="fla", dtype="float32")
 
-Layouts
--------
+Layouts (:mod:`refmem.kernel_layouts`, ``specs/kernel_layouts.md``)
+--------------------------------------------------------------------
 ``refmem`` (default)
     ``fn(q, k, v, **gates, initial_state=M0) -> (o, M_T)`` with refmem's
     conventions (MATH.md 0): ``q, k [..., T, d_k]``, ``v [..., T, d_v]``, gates
@@ -25,15 +25,18 @@ Layouts
 ``fla`` (flash-linear-attention)
     ``fn(q, k, v, **gates, initial_state=S0, output_final_state=True) -> (o, S_T)``
     with inputs ``[B, T, H, K]``, gates ``[B, T, H]`` (per channel
-    ``[B, T, H, K]``), state ``S = M^T`` of shape ``[B, H, K, V]``. The forget
-    gate ``alpha`` is passed in log space, ``g = log(alpha)`` (``gk`` when per
-    channel), with ``alpha = 0`` sent as the log of the smallest normal number
-    of the dtype so that no ``-inf`` enters a cumulative sum. ``beta`` is the
-    step size after the sigmoid. fla applies its default scale ``1/sqrt(K)``
-    to ``q`` itself, so the runner feeds ``q sqrt(K)``: a kernel that forgets
-    the scale is caught. refmem's leading dims become ``(B, H)``: none ->
-    ``(1, 1)``, one -> ``(B, 1)``, two -> ``(B, H)``, more -> all but the last
-    folded into ``B``.
+    ``[B, T, H, K]``), state ``S = M^T`` of shape ``[B, H, K, V]``. Gates are
+    mapped by meaning: the fraction of the state kept per step arrives as
+    ``g = log(kept)`` (``gk`` when per channel; Titans' forgetting rate
+    ``alpha`` as ``g = log(1 - alpha)``), a step size as ``beta`` (after the
+    sigmoid). ``q`` is sent as it is and the expected read-out carries fla's
+    default scale ``1/sqrt(K)``: a kernel that forgets the scale is caught.
+
+Options, orthogonal, each a keyword of :func:`check` and a flag of the command:
+``state_v_first`` (``[V, K]`` or ``[K, V]`` states), ``gate_space`` (fla
+gates in log or linear space), ``value_heads_per_qk`` (grouped value heads),
+``cu_seqlens`` (packed variable-length batches), ``use_qk_l2norm_in_kernel``
+(the kernel normalises ``q, k``) and ``scale`` (the read-out scale).
 
 A case the layout cannot express (a state made of several arrays, under
 ``fla``) is reported as skipped, never as a pass.
@@ -57,10 +60,11 @@ from typing import Callable
 
 import numpy as np
 
+from .kernel_layouts import (LAYOUTS, Layout, NotApplicable, OutputShapeError, build_call, fla_gate_name, lead_to_bh,
+                             log_gate)
 from .metrics import max_abs_error, rel_error
-from .vectors import Case, VectorError, generate, load, positional_names, registry
+from .vectors import VectorError, generate, load, registry
 
-LAYOUTS = ("refmem", "fla")
 DTYPES = ("float64", "float32")
 
 
@@ -87,114 +91,10 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-# ---------------------------------------------------------------- layouts
+# ---------------------------------------------------------------- layouts (refmem.kernel_layouts)
 
-
-def _lead_to_bh(lead: tuple) -> tuple:
-    """refmem's leading dims as fla's ``(B, H)``."""
-    if len(lead) == 0:
-        return (1, 1)
-    if len(lead) == 1:
-        return (lead[0], 1)
-    return (int(np.prod(lead[:-1])), lead[-1])
-
-
-def _seq_to_fla(x, lead):
-    """``[..., T, d] -> [B, T, H, d]``."""
-    B, H = _lead_to_bh(lead)
-    return np.swapaxes(x.reshape((B, H) + x.shape[len(lead):]), 1, 2)  # (B, H, T, d) -> (B, T, H, d)
-
-
-def _seq_from_fla(x, lead, shape):
-    """``[B, T, H, d] -> [..., T, d]`` (``shape`` the refmem shape expected)."""
-    return np.swapaxes(x, 1, 2).reshape(shape)  # (B, T, H, d) -> (B, H, T, d) -> (..., T, d)
-
-
-def _gate_to_fla(g, lead):
-    """Per-step gate ``[..., T] -> [B, T, H]``; per-channel ``[..., T, d] -> [B, T, H, d]``."""
-    B, H = _lead_to_bh(lead)
-    g = g.reshape((B, H) + g.shape[len(lead):])
-    return np.swapaxes(g, 1, 2)
-
-
-def _log_gate(alpha):
-    """``g = log(alpha)``, with 0 mapped to the log of the dtype's smallest normal (finite, ``exp`` of it is ~0)."""
-    floor = np.finfo(alpha.dtype).tiny
-    return np.log(np.maximum(alpha, floor))
-
-
-@dataclass
-class _Call:
-    args: tuple
-    kwargs: dict
-    unpack: Callable  # raw outputs (numpy) -> {name: refmem-layout array}
-
-
-def _refmem_call(case: Case, cast) -> _Call:
-    kw = {n: cast(a) for n, a in case.call_kwargs().items()}
-    first = tuple(cast(case.inputs[n]) for n in positional_names(case.inputs))  # q, k, v (or x: the flat convention)
-    return _Call(first, kw, lambda outs: outs)
-
-
-def _fla_call(case: Case, cast, accepts: Callable[[str], bool]) -> _Call:
-    if positional_names(case.inputs) != ("q", "k", "v"):
-        raise _NotApplicable("the fla layout is for sequence memories (q, k, v); use layout 'refmem'")
-    q, k, v = case.inputs["q"], case.inputs["k"], case.inputs["v"]
-    lead = tuple(k.shape[:-2])
-    K = k.shape[-1]
-    kw = {}
-    for n, a in case.call_kwargs().items():
-        if n == "initial_state":
-            if isinstance(a, tuple):
-                raise _NotApplicable("the fla layout needs a single matrix state; this memory's initial state has several parts")
-            B, H = _lead_to_bh(lead)
-            kw["initial_state"] = cast(np.swapaxes(a.reshape((B, H) + a.shape[len(lead):]), -1, -2))  # M0^T: (B, H, K, V)
-        elif n == "alpha":  # forget gate -> log space; per channel is fla's gk
-            per_channel = a.ndim == k.ndim
-            kw["gk" if per_channel else "g"] = cast(_log_gate(_gate_to_fla(a, lead).astype(cast.dtype)))
-        elif isinstance(a, np.ndarray):
-            kw[n] = cast(_gate_to_fla(a, lead))
-        else:
-            kw[n] = a
-    if accepts("output_final_state"):
-        kw["output_final_state"] = True
-    # fla multiplies q by its default scale 1/sqrt(K); pre-multiplying by sqrt(K) makes its read-out q^T S_t = M_t q.
-    args = (cast(_seq_to_fla(q * math.sqrt(K), lead)), cast(_seq_to_fla(k, lead)), cast(_seq_to_fla(v, lead)))
-
-    def unpack(outs):
-        res = {}
-        for n, a in outs.items():
-            want = case.outputs[n].shape if n in case.outputs else None
-            if n == "o" and want is not None:
-                B, H = _lead_to_bh(lead)
-                fla_shape = (B, want[-2], H, want[-1])
-                res[n] = (_seq_from_fla(a, lead, want) if a.shape == fla_shape else
-                          _ShapeError(n, f"shape {a.shape}, but the fla layout expects [B, T, H, V] = {fla_shape}"))
-            elif n == "state" and want is not None:
-                B, H = _lead_to_bh(lead)
-                fla_shape = (B, H, want[-1], want[-2])
-                if a.shape != fla_shape:
-                    hint = " (a state in refmem's [V, K] orientation instead of fla's S = M^T?)" if a.shape == (B, H) + want[-2:] else ""
-                    res[n] = _ShapeError(n, f"shape {a.shape}, but the fla layout expects [B, H, K, V] = {fla_shape}{hint}")
-                else:
-                    res[n] = np.swapaxes(a, -1, -2).reshape(want)  # S^T = M
-            else:
-                res[n] = a
-        return res
-
-    return _Call(args, kw, unpack)
-
-
-class _NotApplicable(Exception):
-    """A case the layout cannot express (reported as skipped, never as a pass)."""
-
-
-class _ShapeError(Exception):
-    """An output whose shape does not fit the layout (kept as a value: a failing row for that output only)."""
-
-    def __init__(self, output, detail):
-        self.output, self.detail = output, detail
-        super().__init__(detail)
+_lead_to_bh = lead_to_bh
+_log_gate = log_gate
 
 
 # ---------------------------------------------------------------- comparison
@@ -224,6 +124,12 @@ class ConformResult:
     dtype: str
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (case, reason): cases the layout cannot express
+    stage_order: tuple = ()  # a staged check: the stage names in the order a chunked kernel computes them
+
+    def first_differing_stage(self) -> str | None:
+        """A staged check: the first stage, in the order of the computation, that differs in some case."""
+        bad = set(self.failing_outputs())
+        return next((n for n in self.stage_order if n in bad), None)
 
     @property
     def passed(self) -> bool:
@@ -255,6 +161,10 @@ class ConformResult:
                 lines.append(f"output {o!r} matches in all {len(rs)} cases")
         for case, reason in self.skipped:
             lines.append(f"case {case} skipped: {reason}")
+        first = self.first_differing_stage()
+        if first is not None:
+            lines.append(f"first stage that differs, in the order of the computation ({', '.join(self.stage_order)}): "
+                         f"{first!r}")
         verdict = "PASS" if self.passed else f"FAIL: output(s) {', '.join(repr(o) for o in self.failing_outputs()) or '(none compared)'} differ"
         lines.append(f"{verdict} ({self.target}, spec {self.spec}, layout {self.layout}, {self.dtype})")
         return "\n".join(lines)
@@ -331,18 +241,24 @@ class _Cast:
         self.dtype = np.dtype(dtype)
         self.convert = convert
 
-    def __call__(self, a):
-        if isinstance(a, tuple):  # a state made of several arrays
-            return tuple(self(x) for x in a)
-        if not isinstance(a, np.ndarray):
-            return a
-        a = np.ascontiguousarray(a.astype(self.dtype))
+    def offsets(self, a):
+        """An integer array (``cu_seqlens``) handed over as it is: int64, not cast to the compared dtype."""
+        return self._convert(np.ascontiguousarray(a))
+
+    def _convert(self, a):
         if self.convert is None:
             return a
         try:
             return self.convert(a)
         except (Exception, SystemExit) as exc:  # the converter's failure, not the implementation's
             raise ConvertError(f"raised {type(exc).__name__}: {exc} (on a {a.dtype} array of shape {a.shape})") from None
+
+    def __call__(self, a):
+        if isinstance(a, tuple):  # a state made of several arrays
+            return tuple(self(x) for x in a)
+        if not isinstance(a, np.ndarray):
+            return a
+        return self._convert(np.ascontiguousarray(a.astype(self.dtype)))
 
 
 class ConvertError(ValueError):
@@ -380,8 +296,8 @@ def _check_arguments(fn, spec, vectors, layout, dtype, convert, name) -> None:
         raise ValueError(f"spec {spec!r} is not a registered memory; known: {', '.join(sorted(known))}")
     if vectors is not None and not isinstance(vectors, (str, os.PathLike)):
         raise TypeError(f"vectors must be a directory path (str or os.PathLike) or None; got {type(vectors).__name__}")
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if not isinstance(layout, (str, Layout)) or (isinstance(layout, str) and layout not in LAYOUTS):
+        raise ValueError(f"layout must be one of {LAYOUTS} (or a refmem.kernel_layouts.Layout); got {layout!r}")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
     if convert is not None and not callable(convert):
@@ -393,8 +309,9 @@ def _check_arguments(fn, spec, vectors, layout, dtype, convert, name) -> None:
 def kernel_gates() -> dict:
     """``{spec: (gates in the refmem layout, gates in the fla layout)}`` for every memory with test vectors.
 
-    The fla layout sends the forget gate ``alpha`` as ``g = log(alpha)``, or
-    ``gk`` when it is per key channel (``[..., T, d_k]``); other gates keep their names.
+    The fla layout maps every gate by its meaning (:data:`refmem.kernel_layouts.GATE_MEANINGS`):
+    the fraction of the state kept per step arrives as ``g = log(kept)``, or
+    ``gk`` when it is per key channel (``[..., T, d_k]``); a step size as ``beta``.
     """
     from .memories import MEMORIES
 
@@ -404,13 +321,16 @@ def kernel_gates() -> dict:
             continue
         raw = mem.make_inputs(0, (1,), 2, 3, 2, np, "float64")  # tiny: only the names and ranks matter
         ours = [n for n, a in raw.items() if n not in ("q", "k", "v") and hasattr(a, "shape")]
-        fla = [("gk" if raw[n].ndim == raw["k"].ndim else "g") if n == "alpha" else n for n in ours]
+        fla = [fla_gate_name(spec_name, n, raw[n].ndim == raw["k"].ndim) for n in ours]
         table[spec_name] = (ours, fla)
     return table
 
 
 def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = "refmem", dtype: str = "float64",
-          convert: Callable | None = None, cases=None, outputs=None, name: str | None = None) -> ConformResult:
+          convert: Callable | None = None, cases=None, outputs=None, name: str | None = None,
+          state_v_first: bool | None = None, gate_space: str | None = None, value_heads_per_qk: int = 1,
+          cu_seqlens: bool = False, use_qk_l2norm_in_kernel: bool = False, scale: float | None = None,
+          stages: bool = False, chunk_size: int = 64) -> ConformResult:
     """Run implementation ``fn`` on the test vectors of ``spec`` and compare with refmem.
 
     Parameters
@@ -422,7 +342,9 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     vectors : str, optional
         A directory written by ``refmem vectors generate``; generated in a
         temporary directory when omitted.
-    layout : {"refmem", "fla"}
+    layout : {"refmem", "fla"} or Layout
+        The calling convention (:mod:`refmem.kernel_layouts`); a
+        :class:`~refmem.kernel_layouts.Layout` carries its options itself.
     dtype : {"float64", "float32"}
         The dtype the inputs are given in; outputs are compared with the float64
         reference under that dtype's tolerance.
@@ -435,6 +357,21 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
         Only compare these outputs (e.g. ``"o"`` for a kernel that returns no state).
     name : str, optional
         How the result names the implementation (default ``module:qualname``).
+    state_v_first, gate_space, value_heads_per_qk, cu_seqlens, use_qk_l2norm_in_kernel, scale
+        Layout options (:mod:`refmem.kernel_layouts`; ``specs/kernel_layouts.md``):
+        states ``[V, K]`` or ``[K, V]``; fla forget gates in ``"log"`` or
+        ``"linear"`` space; ``G`` value heads per ``q, k`` head; packed
+        variable-length batches; a kernel that l2-normalises ``q, k`` itself;
+        the read-out scale passed as ``scale=``. A case an option cannot
+        express is reported as skipped with the reason.
+    stages : bool
+        Check the kernel's stage outputs (:mod:`refmem.stage_conformance`): the
+        kernel is also passed ``chunk_size`` and returns a dict of named stage
+        arrays (per-chunk start states, decays, ``A``, ``A_inv``, ``W``, ``U~``,
+        ``U``; fla names ``h, g_cumsum, A, Ai, w, u, v_new``), each compared with
+        :mod:`refmem.chunked.stages`: a mismatch is named by its stage.
+    chunk_size : int
+        The chunk size of a staged check (default 64).
 
     Returns
     -------
@@ -468,6 +405,26 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     True
     """
     _check_arguments(fn, spec, vectors, layout, dtype, convert, name)
+    options = dict(state_v_first=state_v_first, gate_space=gate_space, value_heads_per_qk=value_heads_per_qk,
+                   cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, scale=scale)
+    if isinstance(layout, Layout):
+        if options != dict(state_v_first=None, gate_space=None, value_heads_per_qk=1, cu_seqlens=False,
+                           use_qk_l2norm_in_kernel=False, scale=None):
+            raise ValueError("layout is a Layout that carries its options: pass the options there, not to check()")
+        lay = layout
+    else:
+        lay = Layout(layout, **options)  # validates every option (TypeError / ValueError naming it)
+    if not isinstance(stages, bool):
+        raise TypeError(f"stages must be True or False; got {stages!r}")
+    if stages:
+        from .stage_conformance import staged_specs
+
+        if spec not in staged_specs():
+            raise ValueError(f"stages: refmem has stage oracles for {', '.join(staged_specs())}; not for {spec!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+        if lay.cu_seqlens:
+            raise ValueError("stages cannot be combined with cu_seqlens (a packed batch's chunks follow its sequences)")
     cases, outputs = _names(cases, "cases"), _names(outputs, "outputs")
     target = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
     if vectors is None:
@@ -487,7 +444,11 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
         unknown = [n for n in outputs if n not in known]
         if unknown or not outputs:
             raise ValueError(f"outputs {list(outputs)} must name outputs of {spec!r}: {', '.join(known)}")
-    result = ConformResult(target, spec, layout, dtype)
+    result = ConformResult(target, spec, lay.describe(), dtype)
+    if stages:
+        from .stage_conformance import computation_order
+
+        result.stage_order = computation_order(lay)
     cast = _Cast(dtype, convert)
     accepts = _accepts(fn)
     for case in loaded:
@@ -495,9 +456,15 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
         expected = [n for n in case.outputs if outputs is None or n in outputs]
         order = list(case.outputs)  # 'o' first, then the state(s), as generated
         try:
-            call = _refmem_call(case, cast) if layout == "refmem" else _fla_call(case, cast, accepts)
-            got = call.unpack(_name_outputs(fn(*call.args, **call.kwargs), order))
-        except _NotApplicable as exc:
+            call = build_call(case, lay, cast, accepts)
+            if stages:
+                staged = _staged_call(fn, call, case, lay, chunk_size, order, tol)
+                result.rows.extend(staged.pop("(rows)"))
+                got = staged
+            else:
+                got = call.merge([inv.unpack(_name_outputs(fn(*inv.args, **inv.kwargs), order))
+                                  for inv in call.invocations])
+        except NotApplicable as exc:
             result.skipped.append((case.name, str(exc)))
             continue
         except (VectorError, ConvertError):
@@ -507,14 +474,34 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
                                    f"raised {type(exc).__name__}: {exc}"))
             continue
         for n in expected:
+            if stages and n not in got:  # a staged kernel returns o and the state only if it wants them compared
+                continue
             if n not in got:
                 result.rows.append(Row(case.name, n, math.nan, math.nan, math.nan, tol, False,
                                        "not returned (pass outputs=('o',) to compare only the read-out)"))
-            elif isinstance(got[n], _ShapeError):  # one misshapen output does not hide the others
+            elif isinstance(got[n], OutputShapeError):  # one misshapen output does not hide the others
                 result.rows.append(Row(case.name, n, math.nan, math.nan, math.nan, tol, False, got[n].detail))
             else:
-                result.rows.append(compare(got[n], case.outputs[n], tol, case.name, n))
+                result.rows.append(compare(got[n], call.expected[n], tol, case.name, n))
     return result
+
+
+def _staged_call(fn, call, case, lay, chunk_size, order, tol) -> dict:
+    """Call a staged kernel once (``chunk_size=`` added); its outputs by name, and its stage rows under ``"(rows)"``."""
+    from .stage_conformance import stage_rows
+
+    if len(call.invocations) != 1:
+        raise NotApplicable("a packed variable-length case has no stage oracle (its chunks follow the sequences)")
+    inv = call.invocations[0]
+    raw = fn(*inv.args, **inv.kwargs, chunk_size=chunk_size)
+    if not isinstance(raw, dict):
+        raise TypeError(f"with stages the kernel must return a dict of named stage arrays; it returned "
+                        f"{type(raw).__name__}")
+    returned = {n: to_numpy(a) for n, a in raw.items()}
+    outs = call.merge([inv.unpack({n: a for n, a in returned.items() if n in order})])
+    outs["(rows)"] = stage_rows(case, lay, chunk_size, {n: a for n, a in returned.items() if n not in order}, tol,
+                                compare, Row)
+    return outs
 
 
 def assert_conforms(fn: Callable, **kwargs) -> ConformResult:
@@ -570,7 +557,10 @@ def main(args) -> int:
         fn = resolve(args.target, "MODULE:FUNCTION")
         convert = resolve(args.convert, "--convert") if args.convert else None
         res = check(fn, spec=args.spec, vectors=args.vectors, layout=args.layout, dtype=args.dtype,
-                    convert=convert, outputs=args.outputs, name=args.target)
+                    convert=convert, outputs=args.outputs, name=args.target, state_v_first=args.state_v_first,
+                    gate_space=args.gate_space, value_heads_per_qk=args.value_heads_per_qk, cu_seqlens=args.cu_seqlens,
+                    use_qk_l2norm_in_kernel=args.use_qk_l2norm_in_kernel, scale=args.scale, stages=args.stages,
+                    chunk_size=args.chunk_size)
     except ConvertError as exc:
         print(f"refmem conform: error: --convert {args.convert!r} {exc}", file=sys.stderr)
         return 2

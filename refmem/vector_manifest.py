@@ -110,7 +110,7 @@ def string_list(x):
 
 
 def gate_edit(x):
-    return None if x in ("drawn", "zero", "one") else "one of 'drawn', 'zero', 'one'"
+    return None if x in ("drawn", "zero", "one", "per_channel") else "one of 'drawn', 'zero', 'one', 'per_channel'"
 
 
 def params(x):

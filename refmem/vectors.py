@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .metrics import rel_error
+from .packed_sequences import CU_SEQLENS, merge_packed, split_packed
 from .validation import DivergenceError
 from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, VectorError, confined, unlisted_files
 from .vector_manifest import read_manifest as _read_checked_manifest
@@ -73,8 +74,14 @@ class CaseDef:
     """One edge shape of the vector suite (the same for every memory).
 
     ``gates``: ``"drawn"`` (the memory's own random gates), ``"zero"`` or ``"one"``
-    (every gate set to that value). ``key_scale``: keys multiplied by it (and step
-    gates divided by its square). ``initial_state``: start from a random non-zero state.
+    (every gate set to that value), ``"per_channel"`` (the memory's gates drawn per
+    channel: ``make_inputs(..., per_channel=True)``). ``key_scale``: keys multiplied
+    by it (and step gates divided by its square). ``initial_state``: start from a
+    random non-zero state. ``unit_qk``: every ``q_t`` and ``k_t`` of unit norm.
+    ``qk_groups``: groups of that many consecutive heads (the last leading dim)
+    share one ``q`` and ``k`` (grouped value heads). ``lengths``: a packed
+    variable-length batch of sequences of these lengths (:mod:`refmem.packed_sequences`;
+    ``batch`` is then ``(1, H)`` and ``T`` their sum).
     """
 
     name: str
@@ -86,6 +93,9 @@ class CaseDef:
     key_scale: float = 1.0
     initial_state: bool = False
     why: str = ""
+    unit_qk: bool = False
+    qk_groups: int = 1
+    lengths: tuple = ()
 
 
 CASES: tuple[CaseDef, ...] = (
@@ -99,6 +109,12 @@ CASES: tuple[CaseDef, ...] = (
     CaseDef("initial_state", (2, 3), 40, 16, 12, initial_state=True, why="non-zero initial state"),
     CaseDef("batch4_heads4", (4, 4), 9, 8, 8, why="several batch and head counts"),
     CaseDef("no_batch", (), 12, 8, 8, why="no leading dims at all"),
+    CaseDef("per_channel_gates", (2, 2), 40, 16, 16, gates="per_channel", initial_state=True,
+            why="gates per channel (fla's gk): only memories that have them"),
+    CaseDef("grouped_heads", (1, 4), 24, 8, 8, qk_groups=2, why="pairs of heads share q and k (grouped value heads)"),
+    CaseDef("unit_qk", (2, 2), 24, 16, 16, unit_qk=True, why="unit-norm q and k (a kernel that normalises them itself)"),
+    CaseDef("varlen", (1, 2), 110, 16, 16, initial_state=True, lengths=(13, 1, 70, 26),
+            why="packed sequences of lengths 13, 1, 70, 26; states reset between them"),
 )
 
 
@@ -162,6 +178,8 @@ def _as_outputs(result) -> dict:
 
 
 def _run(mem, inputs: dict, params: dict) -> dict:
+    if CU_SEQLENS in inputs:  # a packed variable-length case: each sequence on its own
+        return merge_packed([_run(mem, one, params) for one in split_packed(inputs)])
     first = positional_names(inputs)
     arrays = {n: a for n, a in inputs.items() if n not in first}
     return _as_outputs(mem.recurrent(*(inputs[n] for n in first), **arrays, **params))
@@ -179,7 +197,7 @@ def _perturb(inputs, rng, fixed=()):
     gates = set(inputs) - set(positional_names(inputs)) - {"initial_state"}
     pert = {}
     for n, a in inputs.items():
-        if n in fixed:
+        if n in fixed or n == CU_SEQLENS:  # sequence boundaries are not perturbed
             pert[n] = a
         elif isinstance(a, tuple):
             # one factor per array: a structured state (symmetric H_0) must keep its structure
@@ -232,7 +250,12 @@ def tolerance(T: int, d_k: int, d_v: int, kappa: float) -> dict:
 def _build_inputs(mem, spec: str, cd: CaseDef):
     """Draw the inputs of case ``cd`` for memory ``mem``; returns ``(inputs, params)`` or raises ``ValueError``."""
     seed = case_seed(spec, cd.name)
-    raw = mem.make_inputs(seed, cd.batch, cd.T, cd.d_k, cd.d_v, np, "float64")
+    if cd.gates == "per_channel":
+        if "per_channel" not in _parameters(mem.make_inputs):
+            raise ValueError("the memory has no per-channel gates")
+        raw = mem.make_inputs(seed, cd.batch, cd.T, cd.d_k, cd.d_v, np, "float64", per_channel=True)
+    else:
+        raw = mem.make_inputs(seed, cd.batch, cd.T, cd.d_k, cd.d_v, np, "float64")
     inputs, params = {}, {}
     for n, a in raw.items():
         if hasattr(a, "shape"):
@@ -260,12 +283,15 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
         for n in gate_names:
             if n in mem.step_gates:
                 inputs[n] = inputs[n] / cd.key_scale**2
+    if cd.unit_qk or cd.qk_groups != 1 or cd.lengths:
+        _shape_qk(inputs, cd)
     if cd.initial_state:
         if not _accepts_initial_state(mem.recurrent):
             raise ValueError("the recurrent form takes no initial_state")
         make = mem.make_initial_state
         if make is not None:  # the memory's state is not the matrix it returns (e.g. Mesa's (G, H))
-            s0 = make(seed + 2, cd.batch, cd.d_k, cd.d_v, np, "float64")
+            per_sequence = (len(cd.lengths),) + tuple(cd.batch[1:]) if cd.lengths else cd.batch  # one state per sequence
+            s0 = make(seed + 2, per_sequence, cd.d_k, cd.d_v, np, "float64")
             inputs["initial_state"] = tuple(np.asarray(a) for a in s0) if isinstance(s0, (tuple, list)) else np.asarray(s0)
         else:
             first = _run(mem, inputs, params)
@@ -274,6 +300,32 @@ def _build_inputs(mem, spec: str, cd: CaseDef):
             rng = np.random.default_rng(seed + 2)
             inputs["initial_state"] = rng.standard_normal(first["state"].shape) / math.sqrt(cd.d_k)
     return inputs, params
+
+
+def _parameters(fn) -> tuple:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
+def _shape_qk(inputs: dict, cd: CaseDef) -> None:
+    """Apply ``unit_qk``, ``qk_groups`` and ``lengths`` of ``cd`` to drawn inputs (in place; ``ValueError`` if they do not apply)."""
+    if "k" not in inputs:
+        raise ValueError("the case shapes q and k, and this reference has none")
+    if cd.unit_qk:
+        for n in ("q", "k"):
+            inputs[n] = inputs[n] / np.linalg.norm(inputs[n], axis=-1, keepdims=True)  # (..., T, d) / (..., T, 1)
+    if cd.qk_groups != 1:
+        G = cd.qk_groups
+        if not cd.batch or cd.batch[-1] % G:
+            raise ValueError(f"qk_groups {G} must divide the head count (last leading dim) of batch {cd.batch}")
+        for n in ("q", "k"):  # head h reads q, k of head G * (h // G): (.., H, T, d)
+            inputs[n] = np.repeat(inputs[n][..., ::G, :, :], G, axis=-3)
+    if cd.lengths:
+        if len(cd.batch) != 2 or cd.batch[0] != 1 or sum(cd.lengths) != cd.T:
+            raise ValueError(f"a packed case needs batch (1, H) and T = sum(lengths); got {cd.batch}, T = {cd.T}")
+        inputs[CU_SEQLENS] = np.concatenate([[0.0], np.cumsum(cd.lengths, dtype=np.float64)])  # (N + 1,)
 
 
 def _flatten(inputs: dict) -> dict:

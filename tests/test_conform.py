@@ -37,13 +37,14 @@ def fla_linear_attention(q, k, v, scale=None, initial_state=None, output_final_s
     return o, (S if output_final_state else None)
 
 
-def fla_gated_linear_attention(q, k, v, g, scale=None, initial_state=None, output_final_state=False, gate_after_read=False):
-    """S_t = exp(g_t) S_{t-1} + k_t v_t^T; o_t = (scale q_t)^T S_t."""
+def fla_gated_linear_attention(q, k, v, g=None, gk=None, scale=None, initial_state=None, output_final_state=False,
+                               gate_after_read=False):
+    """S_t = exp(g_t) S_{t-1} + k_t v_t^T (per key channel: diag(exp(gk_t)) S_{t-1}); o_t = (scale q_t)^T S_t."""
     B, T, H, K, V, scale, S = _prep(q, k, scale, initial_state, v)
     o = np.zeros((B, T, H, V), dtype=v.dtype)
     for t in range(T):
         kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
-        decay = np.exp(g[:, t])[:, :, None, None]  # (B, H, 1, 1)
+        decay = np.exp(g[:, t])[:, :, None, None] if gk is None else np.exp(gk[:, t])[..., :, None]  # (B, H, 1|K, 1)
         if gate_after_read:  # BUG: the read sees the state before the decay
             o[:, t] = np.sum((scale * q[:, t, :, :, None]) * (S + kv), axis=-2)
             S = decay * S + kv
