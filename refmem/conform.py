@@ -28,9 +28,10 @@ Layouts (:mod:`refmem.kernel_layouts`, ``specs/kernel_layouts.md``)
     ``[B, T, H, K]``), state ``S = M^T`` of shape ``[B, H, K, V]``. Gates are
     mapped by meaning: the fraction of the state kept per step arrives as
     ``g = log(kept)`` (``gk`` when per channel; Titans' forgetting rate
-    ``alpha`` as ``g = log(1 - alpha)``), a step size as ``beta`` (after the
-    sigmoid). ``q`` is sent as it is and the expected read-out carries fla's
-    default scale ``1/sqrt(K)``: a kernel that forgets the scale is caught.
+    ``alpha`` as ``g = log(1 - alpha)``); other gates keep their names
+    (``beta``, the step size after the sigmoid). fla applies its default
+    scale ``1/sqrt(K)`` to ``q`` itself, so the runner feeds ``q sqrt(K)``: a
+    kernel that forgets the scale is caught.
 
 Options, orthogonal, each a keyword of :func:`check` and a flag of the command:
 ``state_v_first`` (``[V, K]`` or ``[K, V]`` states), ``gate_space`` (fla
@@ -92,9 +93,51 @@ def to_numpy(x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- layouts (refmem.kernel_layouts)
+#
+# The layouts live in refmem.kernel_layouts. The one-call helpers below give the default refmem and
+# fla layouts in the shape other runners (the gradient runner) build on: args, kwargs, and unpack
+# (the kernel's named returns -> refmem-layout arrays).
 
+_NotApplicable = NotApplicable
+_ShapeError = OutputShapeError
 _lead_to_bh = lead_to_bh
 _log_gate = log_gate
+
+
+def _seq_to_fla(x, lead):
+    """``[..., T, d] -> [B, T, H, d]``."""
+    B, H = lead_to_bh(lead)
+    return np.swapaxes(x.reshape((B, H) + x.shape[len(lead):]), 1, 2)  # (B, H, T, d) -> (B, T, H, d)
+
+
+def _gate_to_fla(g, lead):
+    """Per-step gate ``[..., T] -> [B, T, H]``; per-channel ``[..., T, d] -> [B, T, H, d]``."""
+    B, H = lead_to_bh(lead)
+    return np.swapaxes(g.reshape((B, H) + g.shape[len(lead):]), 1, 2)
+
+
+@dataclass
+class _Call:
+    args: tuple
+    kwargs: dict
+    unpack: Callable  # raw outputs (numpy) -> {name: refmem-layout array}
+
+
+def _one_call(case, layout, cast, accepts) -> _Call:
+    """The case in ``layout`` as a single call (a packed case, sent one sequence per call, is not applicable)."""
+    call = build_call(case, layout, cast, accepts)
+    if len(call.invocations) != 1:
+        raise NotApplicable("a packed variable-length case is sent one sequence per call")
+    inv = call.invocations[0]
+    return _Call(inv.args, inv.kwargs, lambda outs: call.merge([inv.unpack(outs)]))
+
+
+def _refmem_call(case, cast) -> _Call:
+    return _one_call(case, Layout("refmem"), cast, lambda name: False)
+
+
+def _fla_call(case, cast, accepts) -> _Call:
+    return _one_call(case, Layout("fla"), cast, accepts)
 
 
 # ---------------------------------------------------------------- comparison

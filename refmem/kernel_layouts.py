@@ -18,8 +18,9 @@ Layouts
     with ``q, k [B, T, H, K]``, ``v [B, T, H, V]``, gates ``[B, T, H]`` (per
     channel ``[B, T, H, d]``), state ``S = M^T [B, H, K, V]``, and the gates
     mapped *by meaning* (:data:`GATE_MEANINGS`): the fraction of the state
-    *kept* per step arrives as ``g = log(kept)`` (``gk`` per key channel), a
-    step size as ``beta``. refmem's leading dims become ``(B, H)``: none ->
+    *kept* per step arrives as ``g = log(kept)`` (``gk`` per key channel),
+    whatever the memory calls it (Titans' forgetting rate ``alpha`` as
+    ``g = log(1 - alpha)``); other gates (``beta``, ...) keep their names. refmem's leading dims become ``(B, H)``: none ->
     ``(1, 1)``, one -> ``(B, 1)``, two -> ``(B, H)``, more -> all but the last
     folded into ``B``.
 
@@ -57,9 +58,13 @@ is skipped with the reason, never passed)
     less than the float64 tolerance; a kernel that does not normalise is off
     by those factors.
 ``scale``
-    The read-out scale. ``None``: the layout's default, 1 for refmem and
-    ``K^{-1/2}`` for fla, not passed; a number: passed as ``scale=`` and the
-    expected read-out is ``scale M_t q_t``. ``q`` is always sent unscaled.
+    The read-out scale. ``None``: the layout's default, not passed: 1 for
+    refmem; for fla ``K^{-1/2}``, cancelled by sending ``q sqrt(K)`` (so the
+    kernel's read-out is refmem's ``M_t q_t`` and its ``dq`` is ``dq / sqrt(K)``,
+    :mod:`refmem.backward.fla_names`), or, with ``use_qk_l2norm_in_kernel``
+    (the kernel normalises ``q``, no factor survives it), expected in the
+    read-out ``K^{-1/2} M_t q_t``. A number ``S``: ``q`` is sent as it is,
+    ``scale=S`` is passed and the expected read-out is ``S M_t q_t``.
 """
 
 from __future__ import annotations
@@ -84,17 +89,18 @@ RAW_QK_FACTORS = (1e4, 4e4)
 
 @dataclass(frozen=True)
 class GateMeaning:
-    """What a gate means, and the name (and space) an fla-layout kernel receives it in.
-
-    ``meaning``: ``"kept"`` (the fraction ``a_t`` of the state kept per step),
+    """What a gate means: ``"kept"`` (the fraction ``a_t`` of the state kept per step),
     ``"forgotten"`` (the fraction forgotten: the memory keeps ``1 - alpha_t``),
-    ``"step"`` (a step size: the write strength), or another meaning passed
-    through unchanged. Kept and forgotten gates both arrive as ``g`` (``gk``
-    per key channel) holding the log of the fraction *kept*.
+    ``"step"`` (a step size: the write strength), or another meaning (``what`` says it).
+
+    Kept and forgotten gates are the *forget gate*: an fla-layout kernel
+    receives it as ``g`` (``gk`` per key channel) holding the log of the
+    fraction kept. Every other gate keeps its refmem name and value (so that
+    the forward names agree with the gradient names of
+    :mod:`refmem.backward.fla_names`: ``dbeta``, ``dtheta``, ...).
     """
 
     meaning: str
-    fla_name: str
     what: str
 
     @property
@@ -102,12 +108,13 @@ class GateMeaning:
         return self.meaning in ("kept", "forgotten")
 
 
-KEPT = GateMeaning("kept", "g", "fraction of the state kept per step")
-FORGOTTEN = GateMeaning("forgotten", "g", "fraction of the state forgotten per step (kept: 1 - alpha)")
-STEP = GateMeaning("step", "beta", "step size (write strength)")
+KEPT = GateMeaning("kept", "fraction of the state kept per step")
+FORGOTTEN = GateMeaning("forgotten", "fraction of the state forgotten per step (kept: 1 - alpha)")
+STEP = GateMeaning("step", "step size (write strength)")
 
-# Every registered memory's gates, by meaning (tests/test_kernel_layouts.py checks that every gate of
-# every registered memory is here and that each meaning matches the memory's own update).
+# Every registered memory's gates, by meaning (tests/test_kernel_layouts.py checks that every gate of every
+# registered memory is here, that every step gate of the registry is a step, and that the forget gates'
+# meanings match the memories' own updates and refmem.backward.fla_names.FORGET_GATES).
 GATE_MEANINGS: dict[str, dict[str, GateMeaning]] = {
     "linear_attention": {},
     "gated_linear_attention": {"alpha": KEPT},
@@ -115,11 +122,11 @@ GATE_MEANINGS: dict[str, dict[str, GateMeaning]] = {
     "gated_delta_rule": {"alpha": KEPT, "beta": STEP},
     "longhorn": {"beta": STEP},
     "dgd": {"beta": STEP},
-    "titans": {"alpha": FORGOTTEN, "eta": GateMeaning("momentum kept", "eta", "fraction of the momentum kept per step"),
+    "titans": {"alpha": FORGOTTEN, "eta": GateMeaning("momentum kept", "fraction of the momentum kept per step"),
                "theta": STEP},
     "omega": {"alpha": KEPT, "gamma": STEP},
     "omega_implicit": {"alpha": KEPT, "gamma": STEP},
-    "mesa": {"lam": GateMeaning("ridge", "lam", "ridge weight of the least-squares memory")},
+    "mesa": {"lam": GateMeaning("ridge", "ridge weight of the least-squares memory")},
     "softmax_attention": {},
     "sliding_window_attention": {},
     "deep_memory": {"eta": STEP, "alpha": KEPT},
@@ -150,8 +157,9 @@ def log_gate(kept: np.ndarray) -> np.ndarray:
 
 def fla_gate_name(spec: str, gate: str, per_channel: bool) -> str:
     """The name gate ``gate`` of ``spec`` has in the fla layout (``gk`` for a forget gate per key channel)."""
-    m = gate_meaning(spec, gate)
-    return "gk" if m.forget_gate and per_channel else m.fla_name
+    if not gate_meaning(spec, gate).forget_gate:
+        return gate
+    return "gk" if per_channel else "g"
 
 
 # ---------------------------------------------------------------- layout options
@@ -202,6 +210,11 @@ class Layout:
     @property
     def log_gates(self) -> bool:
         return self.gate_space != "linear"
+
+    @property
+    def prescales_q(self) -> bool:
+        """fla with its default scale and q as refmem gives it: ``q`` is sent times ``sqrt(K)`` (module docstring)."""
+        return self.name == "fla" and self.scale is None and not self.use_qk_l2norm_in_kernel
 
     def read_out_scale(self, d_k: int) -> float:
         """The factor the expected read-out carries: the option, else 1 (refmem) or ``d_k^{-1/2}`` (fla)."""
@@ -293,8 +306,11 @@ def build_call(case, layout: Layout, cast, accepts: Callable[[str], bool]) -> Ca
         return Call([inv], lambda outs: outs[0], expected)
     if layout.use_qk_l2norm_in_kernel:
         inputs["q"], inputs["k"] = _raw_qk(case, inputs["q"], inputs["k"])
-    if "o" in expected:
-        expected["o"] = expected["o"] * layout.read_out_scale(case.inputs["k"].shape[-1])
+    K = case.inputs["k"].shape[-1]
+    if layout.prescales_q:  # fla's default scale 1/sqrt(K) cancels: the kernel's read-out is refmem's M_t q_t
+        inputs["q"] = inputs["q"] * math.sqrt(K)
+    elif "o" in expected:
+        expected["o"] = expected["o"] * layout.read_out_scale(K)
     params = dict(case.params)
     if layout.name == "refmem":
         return _refmem_call(case.spec, inputs, params, layout, cast, expected)
@@ -489,6 +505,6 @@ def gate_table() -> list[tuple]:
             elif m.meaning == "forgotten":
                 sent = f"g = log(1 - {gate}) (gk per key channel)"
             else:
-                sent = f"{m.fla_name} = {gate}"
-            rows.append((spec, gate, m.meaning, m.fla_name, sent))
+                sent = f"{gate} (as it is)"
+            rows.append((spec, gate, m.meaning, fla_gate_name(spec, gate, False), sent))
     return rows

@@ -81,8 +81,8 @@ def fla_gated_delta(q, k, v, g=None, beta=None, scale=None, initial_state=None, 
     return o, (finals if output_final_state else None)
 
 
-def fla_titans(q, k, v, g, eta, beta, scale=None, initial_state=None, output_final_state=False, g_is_forget=False):
-    """Titans (linear memory), fla layout: P = eta P - beta k (S^T k - v)^T; S = a S + P, a = exp(g) the fraction kept.
+def fla_titans(q, k, v, g, eta, theta, scale=None, initial_state=None, output_final_state=False, g_is_forget=False):
+    """Titans (linear memory), fla layout: P = eta P - theta k (S^T k - v)^T; S = a S + P, a = exp(g) the fraction kept.
 
     ``g_is_forget``: the planted bug of reading ``g`` as the log of the forgetting rate.
     """
@@ -96,7 +96,7 @@ def fla_titans(q, k, v, g, eta, beta, scale=None, initial_state=None, output_fin
     for t in range(T):
         kt = k[:, t]  # (B, H, K)
         r = np.einsum("bhk,bhkv->bhv", kt, S) - v[:, t]  # S^T k - v: (B, H, V)
-        P = eta[:, t, :, None, None] * P - beta[:, t, :, None, None] * kt[..., :, None] * r[..., None, :]
+        P = eta[:, t, :, None, None] * P - theta[:, t, :, None, None] * kt[..., :, None] * r[..., None, :]
         S = kept[:, t, :, None, None] * S + P
         o[:, t] = np.einsum("bhk,bhkv->bhv", scale * q[:, t], S)
     return o, (S if output_final_state else None)
@@ -153,13 +153,21 @@ def test_titans_forgetting_rate_reaches_fla_as_log_of_what_is_kept(vec_dir):
     assert not bad.passed and set(bad.failing_outputs()) == {"o", "state"}
 
 
+def test_forget_gates_agree_with_the_gradient_names():
+    # refmem.backward.fla_names maps gradients to fla's names; where it names a forget gate, it means the same
+    from refmem.backward.fla_names import FORGET_GATES
+
+    for spec, (gate, meaning) in FORGET_GATES.items():
+        assert gate_meaning(spec, gate).meaning == meaning, spec
+
+
 def test_gate_table_names_every_gate_once():
     rows = gate_table()
     assert len(rows) == sum(len(g) for g in GATE_MEANINGS.values())
     titans = {r[1]: r for r in rows if r[0] == "titans"}
     assert titans["alpha"][3] == "g" and "log(1 - alpha)" in titans["alpha"][4]
-    assert titans["theta"][3] == "beta"
-    assert conform.kernel_gates()["titans"] == (["alpha", "eta", "theta"], ["g", "eta", "beta"])
+    assert titans["theta"][2] == "step" and titans["theta"][3] == "theta"  # fla names only the forget gate anew
+    assert conform.kernel_gates()["titans"] == (["alpha", "eta", "theta"], ["g", "eta", "theta"])
     assert conform.kernel_gates()["gated_delta_rule"] == (["alpha", "beta"], ["g", "beta"])
 
 
