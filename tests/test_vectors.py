@@ -62,8 +62,8 @@ def test_manifest_contents(generated):
     assert m["format"] == V.FORMAT_NAME and m["format_version"] == V.FORMAT_VERSION
     assert m["refmem_version"]
     names = {c["name"] for c in m["specs"]["delta_rule"]["cases"]}
-    # the edge shapes kernels get wrong are all there for a gated memory
-    assert names == {c.name for c in V.CASES}
+    # the edge shapes kernels get wrong are all there for a gated memory (the delta rule's step is one per token)
+    assert names == {c.name for c in V.CASES} - {"per_channel_gates"}
     Ts = {c["T"] for c in m["specs"]["delta_rule"]["cases"]}
     assert {1, 63, 100} <= Ts
     assert any(c["d_k"] == 60 for c in m["specs"]["delta_rule"]["cases"])
@@ -73,7 +73,8 @@ def test_manifest_contents(generated):
         assert set(c["inputs"]) >= {"q", "k", "v", "beta"} and set(c["outputs"]) == {"o", "state"}
     # a memory without gates lists the gate cases as skipped, with the reason
     skipped = {s["case"]: s["reason"] for s in m["specs"]["linear_attention"]["skipped"]}
-    assert set(skipped) == {"zero_gates", "unit_gates"} and "no gates" in skipped["zero_gates"]
+    assert set(skipped) == {"zero_gates", "unit_gates", "per_channel_gates"} and "no gates" in skipped["zero_gates"]
+    assert "no per-channel gates" in skipped["per_channel_gates"]
 
 
 def test_edge_cases_are_what_they_claim(generated):
@@ -90,17 +91,26 @@ def test_edge_cases_are_what_they_claim(generated):
 
 def test_expected_outputs_match_an_independent_recurrence(generated):
     # Not refmem: the delta rule written out directly (MATH.md 5) in the refmem layout.
+    # A packed case (varlen) is its sequences one after the other, each from its own initial state.
     for c in V.load(generated, "delta_rule"):
         q, k, v, b = (c.inputs[n] for n in ("q", "k", "v", "beta"))
-        M = c.inputs.get("initial_state", np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1])))
-        outs = []
-        for t in range(k.shape[-2]):
-            r = np.einsum("...vk,...k->...v", M, k[..., t, :]) - v[..., t, :]
-            M = M - b[..., t, None, None] * r[..., :, None] * k[..., t, None, :]
-            outs.append(np.einsum("...vk,...k->...v", M, q[..., t, :]))
+        T = k.shape[-2]
+        cu = [int(x) for x in c.inputs["cu_seqlens"]] if "cu_seqlens" in c.inputs else [0, T]
+        outs, finals = [], []
+        for i, (s, e) in enumerate(zip(cu[:-1], cu[1:])):
+            if "cu_seqlens" in c.inputs:
+                M = c.inputs["initial_state"][i]  # (H, d_v, d_k): sequence i's own
+            else:
+                M = c.inputs.get("initial_state", np.zeros(k.shape[:-2] + (v.shape[-1], k.shape[-1])))
+            for t in range(s, e):
+                r = np.einsum("...vk,...k->...v", M, k[..., t, :]) - v[..., t, :]
+                M = M - b[..., t, None, None] * r[..., :, None] * k[..., t, None, :]
+                outs.append(np.einsum("...vk,...k->...v", M, q[..., t, :]))
+            finals.append(M)
+        state = np.stack(finals)[:, 0] if "cu_seqlens" in c.inputs else M  # (N, 1, H, ..) -> (N, H, ..)
         tol = c.tolerance["float64"]
         assert np.max(np.abs(np.stack(outs, -2) - c.outputs["o"])) <= tol * np.max(np.abs(c.outputs["o"])), c.name
-        assert np.max(np.abs(M - c.outputs["state"])) <= tol * np.max(np.abs(c.outputs["state"])), c.name
+        assert np.max(np.abs(state - c.outputs["state"])) <= tol * np.max(np.abs(c.outputs["state"])), c.name
 
 
 def test_verify_passes(generated, capsys):
@@ -211,7 +221,7 @@ def test_unknown_spec_rejected(tmp_path):
 
 def test_cli_generate(tmp_path, capsys):
     assert main(["vectors", "generate", "--out", str(tmp_path), "--spec", "delta_rule"]) == 0
-    assert "wrote 10 cases" in capsys.readouterr().out
+    assert "wrote 13 cases" in capsys.readouterr().out  # every case but per_channel_gates
     assert main(["vectors", "verify", str(tmp_path)]) == 0
 
 
@@ -264,9 +274,11 @@ def test_skip_rules(tmp_path, monkeypatch):
     entry = V.generate(str(tmp_path), ["toy"])["specs"]["toy"]
     reasons = {s["case"]: s["reason"] for s in entry["skipped"]}
     assert "not applicable: beta must be > 0" in reasons["zero_gates"]
-    # 10^(T/5) > 1e6 from T = 31 on: T = 33, 40, 63, 100 diverge; T <= 24 are written
-    assert {c for c, r in reasons.items() if "diverges" in r} == {"T63_heads3", "T100_d60", "dk60_dv24", "initial_state"}
-    assert {c["name"] for c in entry["cases"]} == {"T1", "unit_gates", "large_keys", "batch4_heads4", "no_batch"}
+    # 10^(T/5) > 1e6 from T = 31 on: T = 33, 40, 63, 100 (and varlen's sequence of 70) diverge; T <= 24 are written
+    assert {c for c, r in reasons.items() if "diverges" in r} == {"T63_heads3", "T100_d60", "dk60_dv24", "initial_state",
+                                                                  "varlen"}
+    assert {c["name"] for c in entry["cases"]} == {"T1", "unit_gates", "large_keys", "batch4_heads4", "no_batch",
+                                                   "grouped_heads", "unit_qk"}
 
 
 # ---------------------------------------------------------------- tampered vector sets: confined, complete, schema-checked
