@@ -353,8 +353,9 @@ def kernel_gates() -> dict:
     """``{spec: (gates in the refmem layout, gates in the fla layout)}`` for every memory with test vectors.
 
     The fla layout maps every gate by its meaning (:data:`refmem.kernel_layouts.GATE_MEANINGS`):
-    the fraction of the state kept per step arrives as ``g = log(kept)``, or
-    ``gk`` when it is per key channel (``[..., T, d_k]``); a step size as ``beta``.
+    the fraction of the state kept per step (the forget gate) arrives as
+    ``g = log(kept)``, or ``gk`` when it is per key channel (``[..., T, d_k]``);
+    other gates keep their names.
     """
     from .memories import MEMORIES
 

@@ -343,6 +343,8 @@ def _merge(parts: list[dict], packed: bool) -> dict:
 
 
 def _refmem_call(spec, inputs, params, layout, cast, expected) -> Call:
+    if not layout.v_first and any(n.startswith("state_") for n in expected):
+        raise NotApplicable("state_v_first=False transposes a single matrix state; this memory's state has several parts")
     packed = CU_SEQLENS in inputs
     invocations = []
     for one in _per_sequence(inputs):
@@ -351,9 +353,6 @@ def _refmem_call(spec, inputs, params, layout, cast, expected) -> Call:
             if n in ("q", "k", "v"):
                 continue
             if n == "initial_state" and not layout.v_first:
-                if isinstance(a, tuple):
-                    raise NotApplicable("state_v_first=False transposes a single matrix state; this memory's state has "
-                                        "several parts")
                 a = np.swapaxes(a, -1, -2)  # M0^T: (..., d_k, d_v)
             kw[n] = cast(a)
         kw.update(params)
@@ -367,15 +366,7 @@ def _refmem_unpack(layout):
     def unpack(outs):
         if layout.v_first:
             return outs
-        res = {}
-        for n, a in outs.items():
-            if n == "state":
-                res[n] = np.swapaxes(a, -1, -2)  # S^T = M
-            elif n.startswith("state_"):
-                res[n] = OutputShapeError(n, "state_v_first=False transposes a single matrix state")
-            else:
-                res[n] = a
-        return res
+        return {n: (np.swapaxes(a, -1, -2) if n == "state" else a) for n, a in outs.items()}  # S^T = M
 
     return unpack
 
@@ -409,7 +400,7 @@ def _fla_call(spec, inputs, params, layout, cast, accepts, expected) -> Call:
         bh[CU_SEQLENS] = np.arange(0, B * T + 1, T, dtype=np.float64)  # (B + 1,)
     if layout.cu_seqlens:
         n_seq = len(sequence_bounds(bh[CU_SEQLENS]))
-        inv = _fla_invocation(spec, bh, layout, cast, accepts, packed=True)
+        inv = _fla_invocation(spec, bh, params, layout, cast, accepts, packed=True)
 
         def merge(parts):
             out = _fla_outputs(parts[0], (1, H, bh["v"].shape[-2], V), state_bh and (n_seq,) + (H,) + state_bh, layout)
@@ -419,7 +410,7 @@ def _fla_call(spec, inputs, params, layout, cast, accepts, expected) -> Call:
 
         return Call([inv], merge, expected)
     pieces = _per_sequence(bh)
-    invs = [_fla_invocation(spec, one, layout, cast, accepts, packed=False) for one in pieces]
+    invs = [_fla_invocation(spec, one, params, layout, cast, accepts, packed=False) for one in pieces]
     n_each = 1 if packed_case else B  # states per call: one per sequence (a packed case, one call each) or per row
 
     def merge_each(parts):
@@ -441,7 +432,7 @@ def _to_case_shapes(out: dict, expected: dict) -> dict:
     return res
 
 
-def _fla_invocation(spec, bh, layout, cast, accepts, packed) -> Invocation:
+def _fla_invocation(spec, bh, params, layout, cast, accepts, packed) -> Invocation:
     """One fla call from inputs with leading dims ``(B, H)`` (or a packed batch with ``cu_seqlens``)."""
     G = layout.value_heads_per_qk
     seq = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731  (B, H, T, ...) -> (B, T, H, ...)
@@ -463,6 +454,7 @@ def _fla_invocation(spec, bh, layout, cast, accepts, packed) -> Invocation:
     if packed:
         sequence_bounds(bh[CU_SEQLENS])  # validated: integers from 0, increasing
         kw[CU_SEQLENS] = cast.offsets(np.asarray(bh[CU_SEQLENS]).astype(np.int64))  # (N + 1,)
+    kw.update(params)  # the memory's non-array parameters (a window length, ...), as they are
     kw.update(_extra_kwargs(layout, accepts))
     return Invocation(args, kw, lambda outs: outs)
 

@@ -79,7 +79,13 @@ def _rank_after_token(ref: np.ndarray, lead_rank: int) -> int:
 
 
 def compare_stages(case, layout: Layout, chunk_size: int, returned: dict) -> list:
-    """``(name, got, want)`` comparing every stage in ``returned`` (the kernel's dict, its own layout) with refmem's; unknown names fail."""
+    """``(name, got, want)`` for every stage in ``returned`` (the kernel's dict, its own layout).
+
+    ``got`` and ``want`` in refmem's orientation, cut to token rows; ``got`` is an
+    :class:`~refmem.kernel_layouts.OutputShapeError` for a misshapen stage, and
+    ``None`` (``want`` then says why) for a stage the memory does not have.
+    Names that are not stages are left to the caller.
+    """
     from .chunked.stages import STAGES
     from .memories import MEMORIES
 
@@ -139,7 +145,8 @@ def _from_fla(a, ours, r, lead, T, rank, layout, chunk_size):
     if a.shape != fla_shape:
         return OutputShapeError(name, f"shape {a.shape}, but stage {name!r} is {fla_shape} = [B, T, H{', ...' if rest else ''}]")
     if ours == "decay":
-        a = np.exp(a)  # g_cumsum = log gamma
+        with np.errstate(over="ignore"):  # a wrong g_cumsum > 709 gives inf: a failing, non-finite row
+            a = np.exp(a)  # g_cumsum = log gamma
     x = np.moveaxis(a, 2, 1)  # (B, H, T, *rest)
     return x.reshape(lead + (T,) + rest)
 

@@ -17,7 +17,7 @@ from refmem.vectors import generate
 @pytest.fixture(scope="module")
 def vec_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("stage_vectors")
-    generate(str(d), ["gated_delta_rule", "delta_rule", "linear_attention"])
+    generate(str(d), ["gated_delta_rule", "delta_rule", "linear_attention", "gated_linear_attention"])
     return str(d)
 
 
@@ -82,6 +82,42 @@ def refmem_chunk_linear_attention_staged(q, k, v, *, initial_state=None, chunk_s
         n = L - 1 if off_by_one else L  # BUG: the carried state drops the last token of each chunk
         M = M + np.swapaxes(Vc[..., :n, :], -1, -2) @ Kc[..., :n, :]  # (.., d_v, n) @ (.., n, d_k)
     return {"start_states": np.stack(starts, axis=-3), "o": np.concatenate(outs, axis=-2), "state": M}
+
+
+def fla_chunk_gla_staged(q, k, v, g=None, gk=None, scale=None, initial_state=None, output_final_state=False,
+                         chunk_size=64, cumsum_from_start=False):
+    """GLA in fla's layout returning ``h`` (chunk start states) and ``g_cumsum`` (chunk-local cumulative log gates).
+
+    ``cumsum_from_start``: the planted bug of a cumulative sum that runs over the whole sequence, not per chunk.
+    """
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    gates = gk if gk is not None else g[..., None]  # (B, T, H, K or 1)
+    S = np.zeros((B, H, K, V)) if initial_state is None else np.array(initial_state, dtype=np.float64)
+    N = math.ceil(T / chunk_size)
+    h, gc, o = np.zeros((B, N, H, K, V)), np.zeros(gates.shape), np.zeros((B, T, H, V))
+    run = np.zeros(gates.shape[:1] + gates.shape[2:])  # (B, H, K or 1): the sum since the sequence start
+    for n in range(N):
+        h[:, n] = S
+        local = np.zeros_like(run)  # (B, H, K or 1): the sum since the chunk start
+        for t in range(n * chunk_size, min(T, (n + 1) * chunk_size)):
+            local, run = local + gates[:, t], run + gates[:, t]
+            gc[:, t] = run if cumsum_from_start else local
+            S = np.exp(gates[:, t])[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+            o[:, t] = np.einsum("bhk,bhkv->bhv", scale * q[:, t], S)
+    return {"h": h, "g_cumsum": gc if gk is not None else gc[..., 0], "o": o, "state": S}
+
+
+def test_staged_gla_decays_per_key_channel(vec_dir):
+    res = conform.check(fla_chunk_gla_staged, spec="gated_linear_attention", vectors=vec_dir, layout="fla",
+                        stages=True, chunk_size=16)
+    assert res.passed, str(res)
+    assert {r.output for r in res.rows} == {"h", "g_cumsum", "o", "state"}
+    assert any(r.case == "per_channel_gates" and r.output == "g_cumsum" for r in res.rows)  # [B, T, H, K] decays
+    bad = conform.check(_bug(fla_chunk_gla_staged, cumsum_from_start=True), spec="gated_linear_attention",
+                        vectors=vec_dir, layout="fla", stages=True, chunk_size=16)
+    assert bad.first_differing_stage() == "g_cumsum" and bad.failing_outputs() == ["g_cumsum"]
 
 
 def _bug(fn, **flags):

@@ -429,3 +429,18 @@ def test_cli_layout_options(vec_dir, tmp_path, monkeypatch, capsys):
     assert main(["conform", "layout_kernels:fla_gated_delta", "--spec", "gated_delta_rule", "--cu-seqlens"]) == 2
     assert "--cu-seqlens applies to --layout fla only" in capsys.readouterr().err
     assert main(base[:1] + ["layout_kernels:fla_gated_delta"] + base[1:] + ["--value-heads-per-qk", "0"]) == 2
+
+
+def test_fla_layout_passes_the_memory_parameters(tmp_path):
+    # a memory's non-array parameters (sliding-window attention's window) reach an fla kernel as they are
+    generate(str(tmp_path), ["sliding_window_attention"])
+    seen = []
+
+    def spy(q, k, v, **kw):
+        seen.append(kw.get("window"))
+        raise RuntimeError("only the call is looked at")
+
+    res = conform.check(spy, spec="sliding_window_attention", vectors=str(tmp_path), layout="fla", outputs="o",
+                        cases=["T1", "T63_heads3"])
+    assert not res.passed and len(seen) == 2
+    assert all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in seen)
