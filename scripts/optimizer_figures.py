@@ -20,6 +20,7 @@ from optim_problems import NoisyQuadratic, max_rel, run  # noqa: E402
 from test_optim_moments import CASES  # noqa: E402
 from test_optim_sgd import textbook_sgd  # noqa: E402
 
+from refmem.metrics import rel_error  # noqa: E402
 from refmem.optimizers import make  # noqa: E402
 from refmem.optimizers import orthogonalization as orth  # noqa: E402
 
@@ -109,7 +110,7 @@ def others(T=1000):
         g1, g2 = central_difference(lambda a: f(a, A2), A1), central_difference(lambda a: f(A1, a), A2)
         A1, A2 = 0.9 * A1 - 0.05 * g1, 0.9 * A2 - 0.05 * g2
         Wr = Wr + np.tanh(u @ A1.T) @ A2.T
-        err = max(err, float(np.abs(W - Wr).max() / np.abs(Wr).max()))
+        err = max(err, rel_error(W, Wr, np))
     print(f"| deep_momentum (vs finite-difference gradients) | 30 | {err:.1e} | iterative only |")
 
 

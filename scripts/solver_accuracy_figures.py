@@ -23,6 +23,7 @@ from test_windowed_stability import SHAPES, _window, windowed_step_exact  # noqa
 
 from refmem import Level, solve  # noqa: E402
 from refmem.level import ClosedFormUnavailable  # noqa: E402
+from refmem.metrics import rel_error  # noqa: E402
 from refmem.objectives import L2  # noqa: E402
 from refmem.objectives.windowed_l2 import WindowedL2  # noqa: E402
 from refmem.retentions import ForgetGate, LocalL2  # noqa: E402
@@ -40,7 +41,7 @@ def worst_against_exact(make_level, center, c, d_k, d_v, seeds=4):
             else:
                 got, _ = solve(make_level(eta, g), C, K, V)
             want = windowed_step_exact(center(C), eta, K, V, g)
-            worst = max(worst, float(np.max(np.abs(got - want)) / np.max(np.abs(want))))
+            worst = max(worst, rel_error(got, want, np))
     return worst
 
 

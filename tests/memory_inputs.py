@@ -14,6 +14,7 @@ import numpy as np
 import refmem
 from conftest import to_numpy
 from refmem.memories import MEMORIES
+from refmem.metrics import rel_error
 
 EPS = float(np.finfo(np.float64).eps)
 CLOSED_VS_ITERATIVE = 1e-10
@@ -48,10 +49,8 @@ def as_numpy(inputs):
 
 
 def rel(a, b):
-    """Max-abs error of ``a`` against ``b``, relative to ``max |b|``."""
-    a, b = to_numpy(a), np.asarray(b)
-    scale = np.max(np.abs(b))
-    return float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0))
+    """:func:`refmem.metrics.rel_error` of ``a`` (any backend) against ``b`` on NumPy."""
+    return rel_error(to_numpy(a), np.asarray(b), np)
 
 
 def assert_check_passes(xp, spec, name_start):

@@ -8,6 +8,8 @@ vanishing gradient.
 
 import numpy as np
 
+from refmem.metrics import rel_error
+
 
 class NoisyQuadratic:
     def __init__(self, seed, shape, T, noise=0.5):
@@ -39,4 +41,4 @@ def run(opt, problem, xp, method="closed", T=None):
 
 def max_rel(a, b):
     """Largest relative difference of two trajectories: max_t max|a_t - b_t| / max|b_t|."""
-    return float(max(np.abs(x - y).max() / np.abs(y).max() for x, y in zip(a, b)))
+    return max(rel_error(x, y, np) for x, y in zip(a, b))

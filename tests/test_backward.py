@@ -48,6 +48,7 @@ from hypothesis import strategies as st
 import refmem
 from refmem import memories
 from refmem.backward import backward_passes
+from refmem.metrics import rel_error
 from refmem.validation import DivergenceError
 
 MEMORIES = memories.MEMORIES
@@ -261,7 +262,7 @@ def assert_same_gradients(got, want, tol, what):
     for key, part, b in leaves(want):
         a, b = to_numpy(leaf(got, key, part)), np.asarray(b)
         assert a.shape == b.shape, f"{what}: d{key} shape {a.shape} vs {b.shape}"
-        err = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)) if b.size else 0.0
+        err = rel_error(a, b, np)
         assert err <= tol, f"{what}: d{key} relative error {err:.2e} > {tol:.2e}"
         worst = max(worst, err)
     return worst

@@ -23,6 +23,7 @@ import pytest
 import refmem
 from refmem.backward.fla_names import FORGET_GATES, to_fla
 from refmem.memories import MEMORIES
+from refmem.metrics import rel_error
 
 U64 = np.finfo(np.float64).eps / 2
 B, H, T, K, V = 2, 2, 6, 3, 4
@@ -137,7 +138,7 @@ def test_fla_names_and_spaces_equal_autodiff_of_an_fla_kernel(witness, case):
     tol = 64 * (T + K + V) * U64
     for key in want:
         assert got[key].shape == want[key].shape, f"{case} {key}: {got[key].shape} vs {want[key].shape}"
-        err = float(np.max(np.abs(got[key] - want[key])) / max(np.max(np.abs(want[key])), 1e-300))
+        err = rel_error(got[key], want[key], np)
         assert err <= tol, f"{case} {key}: relative error {err:.2e} > {tol:.2e}"
 
 

@@ -60,7 +60,11 @@ def _lp_kappa(p, eta, k, v, M_closed, M_t):
 
 
 def _scaled_error(it, closed, M_t):
-    """``max|it - closed|`` over the solvers' scale ``max(|M*|, |M_t|)`` (refmem.solvers.Problem.scale)."""
+    """``max|it - closed|`` over the solvers' scale ``max(|M*|, |M_t|)`` (refmem.solvers.Problem.scale).
+
+    Deliberately not :func:`refmem.metrics.rel_error`: the iterative solver's
+    tolerance is stated relative to this scale, so the test measures in it.
+    """
     a, b, c = to_numpy(it), to_numpy(closed), to_numpy(M_t)
     return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), np.max(np.abs(c)))
 

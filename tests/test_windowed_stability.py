@@ -19,6 +19,7 @@ import pytest
 
 from refmem import Level, solve
 from refmem.memories.omega import omega_implicit_recurrent
+from refmem.metrics import rel_error
 from refmem.objectives.windowed_l2 import WindowedL2
 from refmem.retentions import LocalL2
 
@@ -84,7 +85,7 @@ def test_windowed_implicit_step_matches_exact_arithmetic_over_the_grid(c, d_k, d
         C, K, V, gamma = _window(100 * c + i, c, d_k, d_v, scale, zero_weight)
         want = windowed_step_exact(C, eta, K, V, gamma)
         got, _ = solve(Level(WindowedL2(gamma), LocalL2(eta)), C, K, V)
-        err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+        err = rel_error(got, want, np)
         assert err <= 64 * EPS * (2 + _cond(K, gamma)), (eta, scale, err)
 
 
