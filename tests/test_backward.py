@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 
 import refmem
 from refmem import memories
-from refmem.backward import backward_passes
+from refmem.memories import backward_passes
 from refmem.metrics import rel_error
 from refmem.validation import DivergenceError
 

@@ -16,7 +16,8 @@ spec, section "Backward".
 
 Each registered memory names its backward passes in its ``MemorySpec.backward``
 (:data:`refmem.memories.MEMORIES`, the one table of what exists);
-:func:`backward_passes` lists them.
+:func:`refmem.memories.backward_passes` lists them. This package imports the
+memory modules it differentiates, never the table (the table imports it).
 """
 
 from __future__ import annotations
@@ -39,10 +40,3 @@ class BackwardSpec:
 
     recurrent: Callable
     chunked: Callable | None = None
-
-
-def backward_passes() -> dict[str, BackwardSpec]:
-    """``{memory name: BackwardSpec}`` for every registered memory that has backward passes."""
-    from ..memories import MEMORIES
-
-    return {name: spec.backward for name, spec in MEMORIES.items() if spec.backward is not None}

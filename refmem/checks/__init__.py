@@ -16,35 +16,8 @@ complete on import. A new family adds its module to that list
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable
 
-
-@dataclass(frozen=True)
-class Check:
-    spec: str
-    name: str
-    tolerance: float | None
-    fn: Callable
-
-
-CHECKS: list[Check] = []
-
-
-def register_check(spec: str, name: str, tolerance: float | None = None):
-    """Decorator: register ``fn(xp)`` as a check of ``spec`` named ``name``.
-
-    ``tolerance`` is required unless ``fn`` returns ``(max_error, tolerance)``.
-    """
-
-    def deco(fn):
-        if any(c.spec == spec and c.name == name for c in CHECKS):
-            raise ValueError(f"check {spec!r} / {name!r} registered twice")
-        CHECKS.append(Check(spec, name, tolerance, fn))
-        return fn
-
-    return deco
-
+from .registry import CHECKS, Check, register_check
 
 # The check modules, one per family of specs, in the order ``refmem verify`` runs them.
 MODULES = (
@@ -68,3 +41,5 @@ MODULES = (
 
 for _module in MODULES:
     importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["CHECKS", "Check", "MODULES", "register_check"]

@@ -12,7 +12,7 @@ import math
 from ..memories.softmax_attention import (attention_iterative, make_initial_state as kv_cache,
                                           sliding_window_attention_recurrent, softmax_attention_recurrent)
 from ..metrics import rel_error
-from . import register_check
+from .registry import register_check
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, SCAN_SHAPE, memory_inputs, rounding_tol
 
 @register_check("softmax_attention", "closed (stable softmax) == CG on the weighted least squares")

@@ -16,7 +16,7 @@ import numpy as np  # randomness only: inputs drawn in NumPy, moved to xp
 from ..backends import get_backend
 from ..memories import MEMORIES
 from ..metrics import rel_error
-from . import register_check
+from .registry import register_check
 
 CHUNKED_TOL = 1e-10
 _ZERO_ALLOWED = {"alpha", "beta", "eta", "theta"}  # gates for which 0 is a valid value (lam must be > 0)

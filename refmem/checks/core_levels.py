@@ -11,7 +11,7 @@ from ..metrics import rel_error
 from ..objectives import L2, Dot, Inner
 from ..problems import level_problem, to_backend
 from ..retentions import ForgetGate, LocalL2
-from . import register_check
+from .registry import register_check
 
 CORE_OBJECTIVES = {"dot": Dot, "inner": Inner, "l2": L2}
 CORE_RETENTIONS = {"local_l2": lambda: LocalL2(eta=0.7), "forget_gate": lambda: ForgetGate(eta=0.7, alpha=0.85)}

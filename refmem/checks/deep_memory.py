@@ -17,7 +17,7 @@ from ..memories.residual_mlp import ResidualLoss, deep_loss, deep_loss_grad, mak
 from ..metrics import rel_error
 from ..problems import rng, to_backend
 from ..retentions import ForgetGate
-from . import register_check
+from .registry import register_check
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, rounding_tol
 
 DEEP_LOSSES = {"l2": ResidualLoss("l2"), "lp(p=3)": ResidualLoss("lp", p=3.0), "huber": ResidualLoss("huber", delta=0.5)}

@@ -20,7 +20,7 @@ from ..memories.residual_mlp import ResidualLoss, deep_loss_grad
 from ..metrics import rel_error
 from ..retentions import ForgetGate
 from .deep_memory import deep_problem
-from . import register_check
+from .registry import register_check
 
 
 def lbfgs_deep_implicit(W1t, W2t, k, v, loss, eta, alpha):

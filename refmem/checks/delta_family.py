@@ -15,7 +15,7 @@ from ..level import solve
 from ..memories import MEMORIES
 from ..metrics import rel_error
 from ..problems import rng, to_backend
-from . import register_check
+from .registry import register_check
 from .scan_steps import SHAPE, register_step_checks, rounding_tol, slice_step
 
 # --- gated linear attention

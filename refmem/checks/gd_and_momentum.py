@@ -36,7 +36,7 @@ from ..optimizers import momentum as mo
 from ..optimizers import momentum_errata as me
 from ..optimizers import momentum_horizon as mh
 from ..problems import to_backend
-from . import register_check
+from .registry import register_check
 
 CLOSED_VS_ITERATIVE_TOL = 1e-10  # solvers stop at relative optimality 1e-12, condition number 1: factor 100 margin
 EPS = float(np.finfo(np.float64).eps)

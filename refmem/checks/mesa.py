@@ -15,7 +15,7 @@ from ..memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
 from ..metrics import rel_error
 from ..problems import rng, to_backend
 from ..solvers import default_rtol
-from . import register_check
+from .registry import register_check
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, SCAN_SHAPE, memory_inputs
 
 def _mesa_bound(inp, xp):

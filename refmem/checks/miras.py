@@ -16,7 +16,7 @@ from ..linalg import sign
 from ..memories.deep_memory import deep_step
 from ..memories.residual_mlp import ResidualLoss
 from ..metrics import rel_error
-from . import register_check
+from .registry import register_check
 from .deep_memory import deep_problem
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, SCAN_SHAPE, cached_step_errors, memory_inputs, rounding_tol
 

@@ -27,7 +27,7 @@ import array_api_compat.numpy as npx
 from ..level import problem, solve
 from ..metrics import rel_error
 from ..problems import rng
-from . import register_check
+from .registry import register_check
 
 
 def _polish(fun_grad, x0, scale):

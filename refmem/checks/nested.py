@@ -33,7 +33,7 @@ from ..nested.hope import hope_chunked, hope_recurrent
 from ..nested.momentum_mlp import train_momentum_mlp
 from ..nested.self_modifying_titans import (printed_snapshot_step, random_memories, self_modifying_titans_chunked,
                                             self_modifying_titans_recurrent, snapshot_step)
-from . import register_check
+from .registry import register_check
 
 EPS = float(np.finfo(np.float64).eps)
 

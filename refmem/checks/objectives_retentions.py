@@ -16,7 +16,7 @@ from ..objectives import L2, Huber, Lp
 from ..problems import level_problem, rng, to_backend
 from ..retentions import ElasticNet, ForgetGate, KLSimplex, LocalL2, LqMoneta, WeightDecay
 from ..retentions.lq_moneta import lq_link, lq_mirror
-from . import register_check
+from .registry import register_check
 
 TOL = 1e-10
 

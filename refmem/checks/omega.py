@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..memories import MEMORIES
 from ..metrics import rel_error
 from ..problems import rng, to_backend
-from . import register_check
+from .registry import register_check
 from .scan_steps import SHAPE, register_step_checks, rounding_tol
 
 def _omega_shared_gamma_inputs(xp):

@@ -14,7 +14,7 @@ from ..metrics import max_abs_error, rel_error
 from ..optimizers import make
 from ..optimizers import moment_memory as mm
 from ..problems import to_backend
-from . import register_check
+from .registry import register_check
 
 EPS = float(np.finfo(np.float64).eps)
 STEPS = 40

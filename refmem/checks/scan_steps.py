@@ -25,7 +25,7 @@ from ..level import solve
 from ..memories import MEMORIES
 from ..metrics import rel_error
 from ..problems import rng, to_backend
-from . import register_check
+from .registry import register_check
 
 CLOSED_VS_ITERATIVE_TOL = 1e-10
 SHAPE = dict(batch=(2,), T=6, d_k=4, d_v=3)  # per-step checks

@@ -13,7 +13,7 @@ from ..level import solve
 from ..memories import MEMORIES
 from ..metrics import rel_error
 from ..problems import rng, to_backend
-from . import register_check
+from .registry import register_check
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, SHAPE, memory_inputs, rounding_tol, slice_step
 
 def titans_step_errors(xp, *, seed: int = 0, shape=None, inputs=None):

@@ -28,7 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-# The memory modules first: the chunked modules below read their input checks.
+# The table imports the memory modules, their chunked forms and their backward passes. Those import
+# leaf modules of this package (``refmem.memories.delta_rule``, ...), never this table: no import cycle
+# between modules (tests/test_imports.py).
 from . import (deep_memory, delta_rule, dgd, gated_delta_rule, gated_linear_attention, linear_attention, longhorn,
                memora, mesa, moneta, omega, softmax_attention, titans, titans_deep, yaad)
 from ..chunked import delta_rule as delta_rule_chunked
@@ -318,4 +320,10 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
     ),
 )
 
-__all__ = ["MemorySpec", "MEMORIES"]
+
+def backward_passes() -> dict[str, BackwardSpec]:
+    """``{memory name: BackwardSpec}`` for every registered memory that has backward passes."""
+    return {name: spec.backward for name, spec in MEMORIES.items() if spec.backward is not None}
+
+
+__all__ = ["MemorySpec", "MEMORIES", "backward_passes"]
