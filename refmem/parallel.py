@@ -17,15 +17,17 @@ on the whole batch may take a different (equally accurate) path for some gate da
 The pool (:func:`worker_pool`) is loky's persistent
 :class:`concurrent.futures.ProcessPoolExecutor` of fresh interpreters (worker
 processes escape the GIL: the sequence forms are many small NumPy calls, which a
-thread pool serialises). The slices travel through shared memory
+thread pool serialises). ``workers=N`` is this process and ``N - 1`` pool
+processes: the pool takes slices from the front, this process from the back
+while they run. The slices sent to the pool travel through shared memory
 (:class:`multiprocessing.shared_memory.SharedMemory`), not through the pool's
-pipes: the caller copies the sliced inputs into one shared block (kept between
-calls, freed by :func:`shutdown_pool` or at exit), a worker reads its slice in
-place, computes, and hands its outputs back in blocks of its own that the
-caller copies into the stacked result and frees. Only names, offsets, shapes
-and the small arguments are pickled. Extra memory while the pool runs: one
-copy of the sliced inputs and of the outputs, besides what each worker's form
-needs for its slice.
+pipes: the caller copies a slice's inputs into its region of one shared block
+(kept between calls, freed by :func:`shutdown_pool` or at exit) when it sends
+it, a worker reads them in place, computes, and hands its outputs back in blocks
+of its own that the caller copies into the stacked result and frees. Only
+names, offsets, shapes and the small arguments are pickled. Extra memory while
+the pool runs: one copy of the sliced inputs and of the outputs, besides what
+each form needs for its slice.
 
 Public sequence forms take ``workers=`` (:func:`workers_option`); the default
 (``workers=None`` and ``refmem.options(workers=None)``) is the pool on every
@@ -266,23 +268,43 @@ def _layout(x, offset: int):
     return ("array", None, start, x.shape, x.dtype.str), start + x.nbytes
 
 
-def _fill(x, desc, block):
-    """Copy ``x`` into its place ``desc`` of ``block``; returns ``desc`` with the block's name."""
+def _placed(desc, name: str, shift: int):
+    """``desc`` with the block's name and its offsets moved by ``shift`` bytes."""
     if desc[0] == "tuple":
-        return ("tuple", tuple(_fill(e, d, block) for e, d in zip(x, desc[1])))
+        return ("tuple", tuple(_placed(d, name, shift) for d in desc[1]))
+    _, _, start, shape, dtype = desc
+    return ("array", name, start + shift, shape, dtype)
+
+
+def _fill(x, desc, block):
+    """Copy ``x`` (an array or a tuple of arrays) into its place ``desc`` of ``block``."""
+    if desc[0] == "tuple":
+        for e, d in zip(x, desc[1]):
+            _fill(e, d, block)
+        return
     _, _, start, shape, dtype = desc
     np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)[...] = x
-    return ("array", block.name, start, shape, dtype)
 
 
-def _share_inputs(inputs: dict, plan: dict) -> dict:
-    """The sliced inputs copied into the caller's arena; returns their descriptions by name."""
-    layouts, end = {}, 0
-    for k, x in inputs.items():
-        if plan[k]:
-            layouts[k], end = _layout(x, end)
-    block = _input_arena(end)
-    return {k: _fill(inputs[k], d, block) for k, d in layouts.items()}
+class _SliceArena:
+    """The caller's shared block cut into one region per slice; a region is filled just before its slice is sent."""
+
+    def __init__(self, inputs: dict, plan: dict, indices: list):
+        self.inputs, self.plan, self.indices = inputs, plan, indices
+        first = {k: _cut(x, indices[0]) for k, x in inputs.items() if plan[k]}
+        self.layout, end = {}, 0
+        for k, x in first.items():
+            self.layout[k], end = _layout(x, end)  # every slice has the same shapes
+        self.stride = -(-end // _ALIGN) * _ALIGN
+        self.block = _input_arena(self.stride * len(indices))
+
+    def region(self, i: int) -> dict:
+        """Copy slice ``i``'s inputs into its region; returns their descriptions by name."""
+        shift = i * self.stride
+        placed = {k: _placed(d, self.block.name, shift) for k, d in self.layout.items()}
+        for k, d in placed.items():
+            _fill(_cut(self.inputs[k], self.indices[i]), d, self.block)
+        return placed
 
 
 def _attached(name: str):
@@ -296,13 +318,12 @@ def _attached(name: str):
     return block
 
 
-def _arena_view(desc, index: tuple):
-    """In a worker: the slice ``index`` of the input ``desc`` describes, a view of the arena (tuples element by element)."""
+def _arena_view(desc):
+    """In a worker: the input ``desc`` describes, a view of the caller's arena (tuples element by element)."""
     if desc[0] == "tuple":
-        return tuple(_arena_view(d, index) for d in desc[1])
+        return tuple(_arena_view(d) for d in desc[1])
     _, name, start, shape, dtype = desc
-    view = np.ndarray(shape, np.dtype(dtype), buffer=_attached(name).buf, offset=start)
-    return _cut(view, index)
+    return np.ndarray(shape, np.dtype(dtype), buffer=_attached(name).buf, offset=start)
 
 
 def _hand_back(out):
@@ -319,9 +340,9 @@ def _hand_back(out):
     return ("array", block.name, 0, out.shape, out.dtype.str)
 
 
-def _run_slice(fn, shared: dict, whole: dict, index: tuple):
-    """In a worker: ``fn`` on the slice ``index`` of the shared inputs; the outputs handed back in shared blocks."""
-    inputs = {k: _arena_view(d, index) for k, d in shared.items()}
+def _run_slice(fn, shared: dict, whole: dict):
+    """In a worker: ``fn`` on one slice, its inputs read in place from the caller's arena; the outputs handed back."""
+    inputs = {k: _arena_view(d) for k, d in shared.items()}
     inputs.update(whole)
     with options(workers=1):  # no pool inside a pool
         out = fn(**inputs)
@@ -340,36 +361,36 @@ def _free(desc):
         block.unlink()
 
 
-def _handed_back(desc):
-    """A copy of what a worker handed back (``desc``)."""
-    if desc[0] == "tuple":
-        return tuple(_handed_back(d) for d in desc[1])
-    if desc[0] == "value":
-        return desc[1]
-    _, name, start, shape, dtype = desc
-    block = SharedMemory(name=name)
-    try:
-        view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
-        out = np.array(view, copy=True)
-        del view  # no exported pointer left: the block can close
-    finally:
-        block.close()
-    return out
-
-
-def _stack_into(outs, desc, i: int, n: int):
-    """Copy slice ``i``'s outputs (``desc``) into the stacked outputs ``outs`` (allocated at the first slice); returns ``outs``.
+def _place(outs, value, i: int, n: int):
+    """Put slice ``i``'s outputs ``value`` into the stacked outputs ``outs`` (allocated at the first one placed); returns ``outs``.
 
     Arrays go to ``[n_slices, ...]`` arrays, tuples element by element, anything
     else to a list in slice order.
     """
-    if desc[0] == "tuple":
-        outs = outs if outs is not None else (None,) * len(desc[1])
-        return tuple(_stack_into(o, d, i, n) for o, d in zip(outs, desc[1]))
-    value = _handed_back(desc)
+    if isinstance(value, tuple):
+        outs = outs if outs is not None else (None,) * len(value)
+        return tuple(_place(o, v, i, n) for o, v in zip(outs, value))
     if outs is None:
         outs = np.empty((n,) + value.shape, dtype=value.dtype) if isinstance(value, np.ndarray) else [None] * n
-    outs[i] = value  # (.., ) into (n_slices, ..)
+    outs[i] = value  # (..) into (n_slices, ..)
+    return outs
+
+
+def _place_handed_back(outs, desc, i: int, n: int):
+    """:func:`_place` for what a worker handed back (``desc``), copied straight from its blocks."""
+    if desc[0] == "tuple":
+        outs = outs if outs is not None else (None,) * len(desc[1])
+        return tuple(_place_handed_back(o, d, i, n) for o, d in zip(outs, desc[1]))
+    if desc[0] == "value":
+        return _place(outs, desc[1], i, n)
+    _, name, start, shape, dtype = desc
+    block = SharedMemory(name=name)
+    try:
+        view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
+        outs = _place(outs, view, i, n)
+        del view  # no exported pointer left: the block can close
+    finally:
+        block.close()
     return outs
 
 
@@ -383,7 +404,13 @@ def _finish(outs, lead: tuple):
 
 
 def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_workers: int):
-    """Every slice computed on the pool, at most ``n_workers`` at a time; the outputs stacked over ``lead``."""
+    """Every slice computed by ``n_workers``: this process and ``n_workers - 1`` pool processes.
+
+    The pool takes slices from the front (two per pool process in flight), this
+    process from the back while they run; each slice's inputs are copied
+    into the arena only when it is sent, and this process's slices need no
+    transfer at all. Every slice is computed by the same code with one BLAS thread.
+    """
     try:
         pickle.dumps(fn)
     except Exception as exc:
@@ -392,22 +419,28 @@ def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_work
     running = {}
     _CALL.acquire()  # one pooled call at a time: they share the arena
     try:
-        shared = _share_inputs(inputs, plan)
+        arena = _SliceArena(inputs, plan, indices)
         whole = {k: x for k, x in inputs.items() if not plan[k]}
-        pool = worker_pool(n_workers)
+        pool = worker_pool(n_workers - 1)
         n = len(indices)
-        outs = None
-        for i in range(n):
-            running[i] = pool.submit(_run_slice, fn, shared, whole, indices[i])
-            if len(running) < n_workers and i < n - 1:
-                continue
-            while running and (len(running) >= n_workers or i == n - 1):
-                first = min(running)  # in slice order: the stacked outputs are filled in order
-                desc = running.pop(first).result()
-                try:
-                    outs = _stack_into(outs, desc, first, n)
-                finally:
-                    _free(desc)
+        # two slices per pool process in flight (one queued: no wait between slices), one each if the
+        # pool is larger than asked for (at most n_workers - 1 of its processes busy)
+        depth = 2 * (n_workers - 1) if _POOL["size"] == n_workers - 1 else n_workers - 1
+        lo, hi, outs = 0, n, None
+        with pinned_blas(), options(workers=1):
+            while lo < hi or running:
+                while lo < hi and len(running) < depth:
+                    running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole)
+                    lo += 1
+                if lo < hi:  # this process takes a slice from the back
+                    hi -= 1
+                    outs = _place(outs, fn(**_slice_inputs(inputs, plan, indices[hi])), hi, n)
+                for i in [i for i, f in running.items() if f.done()] or ([min(running)] if lo >= hi and running else []):
+                    desc = running.pop(i).result()
+                    try:
+                        outs = _place_handed_back(outs, desc, i, n)
+                    finally:
+                        _free(desc)
         return _finish(outs, lead)
     except Exception:
         if _POOL["executor"] is not None and getattr(_POOL["executor"], "_broken", False):
