@@ -122,7 +122,7 @@ def _stack(results: list, lead: tuple):
     first = results[0]
     if isinstance(first, tuple):
         return tuple(_stack([r[j] for r in results], lead) for j in range(len(first)))
-    if not is_array(first):
+    if not is_array(first) and not isinstance(first, np.generic):  # NumPy scalars stack as arrays
         return list(results)  # not an array: the values in slice order
     xp = array_namespace(first)  # NumPy here; CuPy for slices computed on GPU workers
     stacked = xp.stack(results, axis=0)  # (n_slices, ...)
@@ -371,7 +371,8 @@ def _place(outs, value, i: int, n: int):
         outs = outs if outs is not None else (None,) * len(value)
         return tuple(_place(o, v, i, n) for o, v in zip(outs, value))
     if outs is None:
-        outs = np.empty((n,) + value.shape, dtype=value.dtype) if isinstance(value, np.ndarray) else [None] * n
+        array = isinstance(value, (np.ndarray, np.generic))  # NumPy scalars stack as arrays, as in stack_slices
+        outs = np.empty((n,) + value.shape, dtype=value.dtype) if array else [None] * n
     outs[i] = value  # (..) into (n_slices, ..)
     return outs
 

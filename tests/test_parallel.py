@@ -205,3 +205,19 @@ def test_option_one_worker_is_the_plain_call(monkeypatch):
     assert calls == ([min(usable_cores(), 6)] if usable_cores() > 1 else [])
     for a, b in zip(plain, pooled):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(a))))
+
+
+def _sum_and_first_row(q):
+    """A module-level form (picklable by name) returning a NumPy scalar and an array."""
+    return np.sum(q), q[..., 0, :]
+
+
+def test_scalar_outputs_stack_the_same_in_this_process_and_on_the_pool():
+    q = np.random.default_rng(13).standard_normal((2, 3, 5, 4))
+    one = heads_in_parallel(_sum_and_first_row, workers=1, q=q)
+    two = heads_in_parallel(_sum_and_first_row, workers=2, q=q)
+    expected = (q.sum(axis=(-2, -1)), q[..., 0, :])  # written here: per (batch, head) sum and first row
+    for a, b, e in zip(one, two, expected):
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+        assert a.shape == b.shape == e.shape and np.array_equal(a, b)
+        np.testing.assert_allclose(a, e, rtol=1e-14)
