@@ -286,10 +286,23 @@ def _conform_epilog() -> str:
         lines.append(f"  {name:<{w}}  {', '.join(ours) or '-'} | {', '.join(sent) or '-'}")
     lines += ["", "outputs: 'o' (the read-outs) and 'state' (or state_0, state_1, ...); --outputs o checks only the",
               "read-out, for a kernel that returns no final state.", "",
+              "gradients (--backward): after the forward check, the gradients of <do, o> + <dM_T, M_T> in every",
+              "input, against refmem's VJP (vectors format version 2), one tolerance per gradient. The kernel's",
+              "gradients come from --vjp MODULE:FUNCTION, called with the kernel's arguments plus the cotangents",
+              "  refmem  vjp(q, k, v, **gates, initial_state=M0, do=do, dM_T=dM_T) -> {'q': dq, 'k': dk, ...,",
+              "          'initial_state': dM0} (the argument names, as refmem.backward returns them)",
+              "  fla     vjp(q, k, v, **gates, initial_state=h0, output_final_state=True, do=do, dht=dht)",
+              "          -> {'dq', 'dk', 'dv', 'dbeta', 'dg' (or 'dgk'), 'dh0'}: fla's names and spaces",
+              "          (dg = a da for g = log a, dh0 = dM_0^T, dq for the q it received)",
+              "or, without --vjp, from torch autograd through the kernel (its outputs must be torch tensors that",
+              "require grad; torch is imported only then). A failing kernel is told which gradient differs.", "",
               _examples("refmem conform my_kernels:delta_rule_fla --spec delta_rule --layout fla --dtype float32",
                         "refmem conform my_kernels:gla --spec gated_linear_attention --vectors vectors --outputs o",
                         "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy",
-                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first")]
+                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first",
+                        "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward",
+                        "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward "
+                        "--vjp my_kernels:delta_fla_bwd")]
     return "\n".join(lines)
 
 
@@ -328,6 +341,9 @@ def _add_conform(sub):
     st.add_argument("--chunk-size", type=int, default=64, metavar="C", help="chunk size of a staged check (default 64)")
     g.add_argument("--scale", type=float, default=None, metavar="S",
                    help="read-out scale passed as scale=S, expected o = S M q (default: not passed; refmem 1, fla K^-1/2)")
+    p.add_argument("--backward", action="store_true",
+                   help="also check the gradients (from --vjp, or torch autograd through the kernel)")
+    p.add_argument("--vjp", metavar="MODULE:FUNCTION", help="the kernel's backward, returning its gradients (with --backward)")
 
     def run(args):
         from .conform import main as conform_main
@@ -346,6 +362,8 @@ def _add_conform(sub):
                              ("--cu-seqlens", args.cu_seqlens)):
                 if on:
                     raise UsageError(f"{flag} applies to --layout fla only")
+        if args.vjp is not None and not args.backward:
+            raise UsageError("--vjp is the kernel's backward: it needs --backward")
         return conform_main(args)
 
     p.set_defaults(func=run)

@@ -167,6 +167,7 @@ class ConformResult:
     dtype: str
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (case, reason): cases the layout cannot express
+    noun: str = "output"  # what a row compares: "output", or "gradient" (refmem.conform_backward)
     stage_order: tuple = ()  # a staged check: the stage names in the order a chunked kernel computes them
 
     def first_differing_stage(self) -> str | None:
@@ -198,22 +199,22 @@ class ConformResult:
             bad = [r for r in rs if not r.passed]
             if bad:
                 first = bad[0]
-                lines.append(f"output {o!r} DIFFERS in {len(bad)} of {len(rs)} cases "
+                lines.append(f"{self.noun} {o!r} DIFFERS in {len(bad)} of {len(rs)} cases "
                              f"(first: case {first.case}: {first.message or _numbers(first)})")
             else:
-                lines.append(f"output {o!r} matches in all {len(rs)} cases")
+                lines.append(f"{self.noun} {o!r} matches in all {len(rs)} cases")
         for case, reason in self.skipped:
             lines.append(f"case {case} skipped: {reason}")
         first = self.first_differing_stage()
         if first is not None:
             lines.append(f"first stage that differs, in the order of the computation ({', '.join(self.stage_order)}): "
                          f"{first!r}")
-        verdict = "PASS" if self.passed else f"FAIL: output(s) {', '.join(repr(o) for o in self.failing_outputs()) or '(none compared)'} differ"
+        verdict = "PASS" if self.passed else f"FAIL: {self.noun}(s) {', '.join(repr(o) for o in self.failing_outputs()) or '(none compared)'} differ"
         lines.append(f"{verdict} ({self.target}, spec {self.spec}, layout {self.layout}, {self.dtype})")
         return "\n".join(lines)
 
     def table(self) -> str:
-        head = ("case", "output", "max-abs", "rms-rel", "max-rel", "tolerance", "status")
+        head = ("case", self.noun, "max-abs", "rms-rel", "max-rel", "tolerance", "status")
         body = [(r.case, r.output, f"{r.max_abs:.2e}", f"{r.rms_rel:.2e}", f"{r.max_rel:.2e}", f"{r.tolerance:.1e}",
                  "pass" if r.passed else "FAIL") for r in self.rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -597,6 +598,10 @@ def resolve(target: str, what: str = "target"):
 
 
 def main(args) -> int:
+    if getattr(args, "backward", False):  # gradients too: refmem.conform_backward
+        from .conform_backward import main as backward_main
+
+        return backward_main(args)
     try:
         fn = resolve(args.target, "MODULE:FUNCTION")
         convert = resolve(args.convert, "--convert") if args.convert else None

@@ -11,8 +11,12 @@ schema
     finite positive numbers, shapes are lists of non-negative ints, and the
     shapes of ``q, k, v, o`` agree with the case's ``batch``, ``T``, ``d_k``,
     ``d_v``. The tables :data:`TOP_FIELDS`, :data:`SPEC_FIELDS` and
-    :data:`CASE_FIELDS` are the schema of format version 1, listed in
-    :data:`SCHEMAS`; a later format version adds its own tables there.
+    :data:`CASE_FIELDS` are the schema of format version 1; version 2 adds the
+    gradients (:data:`TOP_FIELDS_V2`, :data:`SPEC_FIELDS_V2`,
+    :data:`CASE_FIELDS_V2`, and :data:`BACKWARD_FIELDS` for a case's
+    ``backward`` object: cotangents shaped like the outputs, gradients shaped
+    like the inputs they differentiate, a condition estimate and a tolerance
+    pair per gradient). :data:`SCHEMAS` lists both.
 confinement
     every path the set names (``manifest.json``, each spec folder, each case
     file) resolves, symlinks followed (``os.path.realpath``), to a path strictly
@@ -33,7 +37,7 @@ import re
 from dataclasses import dataclass
 
 FORMAT_NAME = "refmem-vectors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the version `refmem vectors generate` writes; SCHEMAS lists every version read
 MANIFEST = "manifest.json"
 
 # A spec or case name is one plain path component (it names a folder and a file).
@@ -187,6 +191,46 @@ CASE_FIELDS = {
 }
 
 
+# ---------------------------------------------------------------- the schema of format version 2 (gradients)
+
+
+def number_table(x):
+    if isinstance(x, dict) and all(isinstance(n, str) and _is_number(v) and v > 0 for n, v in x.items()):
+        return None
+    return "an object {gradient name: finite positive number}"
+
+
+def tolerance_tables(x):
+    if not isinstance(x, dict) or not all(isinstance(n, str) for n in x):
+        return "an object {gradient name: {'float64': tol, 'float32': tol}}"
+    for n, t in x.items():
+        problem = tolerance_table(t)
+        if problem:
+            return f"{{gradient name: tolerance pair}} (entry {n!r}: expected {problem})"
+    return None
+
+
+def backward_case(x):
+    """A case's ``backward``: ``{"skipped": reason}`` or the four tables of :data:`BACKWARD_FIELDS`."""
+    if isinstance(x, dict) and set(x) == {"skipped"} and isinstance(x["skipped"], str):
+        return None
+    if isinstance(x, dict) and set(x) == set(BACKWARD_FIELDS):
+        return None  # the tables themselves are checked field by field (check_fields)
+    return f"{{'skipped': reason}} or an object with exactly {sorted(BACKWARD_FIELDS)}"
+
+
+TOP_FIELDS_V2 = {**TOP_FIELDS, "gradient_tolerance_rule": string}
+# backward: the VJP the expected gradients come from ("module:function"), "" for a memory without one
+SPEC_FIELDS_V2 = {**SPEC_FIELDS, "backward": string}
+CASE_FIELDS_V2 = {**CASE_FIELDS, "backward": backward_case}
+BACKWARD_FIELDS = {
+    "cotangents": array_table,  # do (shaped like o), dM_T (or dM_T.0, dM_T.1, ...: shaped like the state output(s))
+    "gradients": array_table,  # one per stored input, same name and shape (initial_state.0, ... for a state of parts)
+    "kappa": number_table,  # the estimated relative condition number of each gradient
+    "tolerance": tolerance_tables,  # per gradient, per dtype
+}
+
+
 @dataclass(frozen=True)
 class Schema:
     """The fields a manifest of one format version must hold, at each of its three levels."""
@@ -197,7 +241,8 @@ class Schema:
 
 
 # format_version -> its schema (the integer must be exactly one of these keys: never true, never 1.0)
-SCHEMAS: dict[int, Schema] = {1: Schema(TOP_FIELDS, SPEC_FIELDS, CASE_FIELDS)}
+SCHEMAS: dict[int, Schema] = {1: Schema(TOP_FIELDS, SPEC_FIELDS, CASE_FIELDS),
+                              2: Schema(TOP_FIELDS_V2, SPEC_FIELDS_V2, CASE_FIELDS_V2)}
 
 
 def check_fields(path: str, where: str, obj, fields: dict) -> None:
@@ -241,6 +286,41 @@ def _check_case_shapes(path: str, where: str, case: dict) -> None:
     if case["outputs"]["o"]["shape"] != case["inputs"][like]["shape"]:
         raise VectorError(path, "schema", f"shape {case['outputs']['o']['shape']}, but {like} is "
                           f"{case['inputs'][like]['shape']}", f"{where}.outputs.o")
+
+
+def _check_backward(path: str, where: str, case: dict) -> None:
+    """The tables of a case's ``backward`` (format version 2) and how they tie to its inputs and outputs.
+
+    ``do`` is shaped like ``o``; ``dM_T`` (or ``dM_T.0, dM_T.1, ...``) like the
+    state output(s) in order; each gradient like the input of the same name;
+    ``kappa`` and ``tolerance`` name exactly the gradients.
+    """
+    bw = case["backward"]
+    check_fields(path, where, bw, BACKWARD_FIELDS)
+    cot, grads = bw["cotangents"], bw["gradients"]
+    states = [n for n in case["outputs"] if n != "o"]
+    want = {"do": case["outputs"]["o"]["shape"]}
+    if len(states) == 1:
+        want["dM_T"] = case["outputs"][states[0]]["shape"]
+    else:
+        want.update({f"dM_T.{i}": case["outputs"][n]["shape"] for i, n in enumerate(states)})
+    if set(cot) != set(want):
+        raise VectorError(path, "schema", f"cotangents {sorted(cot)}, but the outputs {sorted(case['outputs'])} "
+                          f"give {sorted(want)}", f"{where}.cotangents")
+    for n, s in want.items():
+        if cot[n]["shape"] != s:
+            raise VectorError(path, "schema", f"shape {cot[n]['shape']}, but its output is {s}", f"{where}.cotangents.{n}")
+    for n, a in grads.items():
+        if n not in case["inputs"]:
+            raise VectorError(path, "schema", f"gradient {n!r} of no stored input ({sorted(case['inputs'])})",
+                              f"{where}.gradients")
+        if a["shape"] != case["inputs"][n]["shape"]:
+            raise VectorError(path, "schema", f"shape {a['shape']}, but input {n!r} is {case['inputs'][n]['shape']}",
+                              f"{where}.gradients.{n}")
+    for table in ("kappa", "tolerance"):
+        if set(bw[table]) != set(grads):
+            raise VectorError(path, "schema", f"names {sorted(bw[table])}, but the gradients are {sorted(grads)}",
+                              f"{where}.{table}")
 
 
 # ---------------------------------------------------------------- confinement
@@ -319,6 +399,8 @@ def _check_spec(root: str, path: str, spec: str, entry, case_names: tuple, schem
         cw = f"{where}.cases[{i}]"
         check_fields(path, cw, case, schema.case)
         _check_case_shapes(path, cw, case)
+        if "backward" in schema.case and "skipped" not in case["backward"]:
+            _check_backward(path, f"{cw}.backward", case)
         confined(root, case["file"], path, f"{cw}.file")
         if case["file"] != f"{spec}/{case['name']}.npz":
             raise VectorError(path, "schema", f"{case['file']!r}, expected '{spec}/{case['name']}.npz'", f"{cw}.file")

@@ -5,10 +5,15 @@ inputs with NumPy, runs refmem's float64 reference on NumPy arrays, and writes
 and reads the files. Other implementations (PyTorch, JAX, Triton kernels) are
 checked against these files by :mod:`refmem.conform`.
 
-Layout of a vector directory (format version 1, documented in ``specs/README.md``)::
+Layout of a vector directory (format version 2, documented in ``specs/README.md``)::
 
     DIR/manifest.json            what is there, with sha256 and size of every file
-    DIR/<spec>/<case>.npz        arrays ``in.<name>`` (inputs) and ``out.<name>`` (expected outputs)
+    DIR/<spec>/<case>.npz        arrays ``in.<name>`` (inputs) and ``out.<name>`` (expected outputs),
+                                 and for a memory with a backward pass ``cot.<name>`` (the cotangents
+                                 ``do``, ``dM_T``) and ``grad.<input>`` (the expected gradients)
+
+Format version 2 adds the gradients (:mod:`refmem.vector_gradients`, where their
+tolerances are derived); a version 1 set (forward only) is still read and verified.
 
 The ``.npz`` files are zip archives written here with a fixed timestamp, fixed
 member order and no compression, and ``manifest.json`` is sorted JSON, so that
@@ -53,7 +58,8 @@ import numpy as np
 from .metrics import rel_error
 from .packed_sequences import CU_SEQLENS, merge_packed, split_packed
 from .validation import DivergenceError
-from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, VectorError, confined, unlisted_files
+from .vector_gradients import backward_arrays, run_vjp, vjp_name
+from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SCHEMAS, VectorError, confined, unlisted_files
 from .vector_manifest import read_manifest as _read_checked_manifest
 
 __all__ = ["CASES", "Case", "CaseDef", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "VectorError", "generate",
@@ -120,7 +126,13 @@ CASES: tuple[CaseDef, ...] = (
 
 @dataclass
 class Case:
-    """One loaded test vector: inputs, expected outputs, tolerance."""
+    """One loaded test vector: inputs, expected outputs, tolerance; in format version 2 also the gradients.
+
+    ``cotangents`` (``do``, ``dM_T``; a tuple for a state of several parts),
+    ``gradients`` (``{input name: expected gradient}``, a state of several parts
+    as ``initial_state.0, ...``) and ``gradient_tolerance`` (``{input name:
+    {dtype: tol}}``) are empty for a case without gradients.
+    """
 
     spec: str
     name: str
@@ -130,6 +142,9 @@ class Case:
     outputs: dict
     tolerance: dict
     meta: dict = field(default_factory=dict)
+    cotangents: dict = field(default_factory=dict)
+    gradients: dict = field(default_factory=dict)
+    gradient_tolerance: dict = field(default_factory=dict)
 
     def call_kwargs(self) -> dict:
         """The keyword inputs after the positional ones (gates, parameters, ``initial_state``)."""
@@ -381,7 +396,7 @@ def _sha256(path: str) -> str:
 def generate_spec(spec: str, out_dir: str) -> dict:
     """Write the cases of memory ``spec`` under ``out_dir/spec/``; return its manifest entry."""
     mem = registry()[spec]
-    entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": []}
+    entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": [], "backward": vjp_name(mem)}
     if mem.make_inputs is None:
         entry["skipped"].append({"case": "*", "reason": "the memory registers no make_inputs"})
         return entry
@@ -413,6 +428,8 @@ def generate_spec(spec: str, out_dir: str) -> dict:
             continue
         arrays = {f"in.{n}": a for n, a in _flatten(inputs).items()}
         arrays.update({f"out.{n}": a for n, a in ref.items()})
+        grad_arrays, backward = backward_arrays(mem, seed, inputs, params, ref, cd)
+        arrays.update(grad_arrays)
         arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
         rel = f"{spec}/{cd.name}.npz"
         path = os.path.join(out_dir, rel)
@@ -435,6 +452,7 @@ def generate_spec(spec: str, out_dir: str) -> dict:
             "outputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
             "kappa": _round_up(max(kappa, 1.0)),
             "tolerance": tolerance(cd.T, cd.d_k, cd.d_v, kappa),
+            "backward": backward,
         })
     return entry
 
@@ -461,6 +479,8 @@ def generate(out_dir: str, specs=None) -> dict:
         "refmem_version": __version__,
         "dtype": "float64",
         "tolerance_rule": "8 * eps(dtype) * (T + d_k + d_v) * max(1, kappa), rounded up to 2 digits",
+        "gradient_tolerance_rule": "per gradient: 8 * eps(dtype) * 2 * (T + d_k + d_v) * max(1, kappa of that gradient), "
+                                   "rounded up to 2 digits",
         "specs": {s: generate_spec(s, out_dir) for s in sorted(names)},
     }
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8", newline="\n") as fh:
@@ -476,8 +496,8 @@ def read_manifest(vec_dir: str) -> dict:
     return _read_checked_manifest(vec_dir, [cd.name for cd in CASES])
 
 
-def _load_case(vec_dir: str, spec: str, meta: dict) -> Case:
-    """Read one case file; every check that can fail names the file (the manifest is already checked)."""
+def _load_case(vec_dir: str, spec: str, meta: dict, version: int = FORMAT_VERSION) -> Case:
+    """Read one case file of format ``version`` (the manifest's, already checked); every check that can fail names the file."""
     root = os.path.realpath(vec_dir)
     path = os.path.join(vec_dir, meta["file"])
     real = confined(root, meta["file"], path)  # checked with the manifest; again here, just before the read
@@ -494,16 +514,27 @@ def _load_case(vec_dir: str, spec: str, meta: dict) -> Case:
             arrays = {n: npz[n] for n in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise VectorError(path, "load", f"not a readable npz without pickle ({type(exc).__name__}: {exc})") from None
-    version = arrays.pop("format_version", None)
-    if version is None or version.shape != () or version.dtype != np.int64 or int(version) != FORMAT_VERSION:
-        shown = None if version is None else f"{version.tolist()!r} ({version.dtype})"
-        raise VectorError(path, "format_version", f"file format_version {shown}, this refmem reads int64 {FORMAT_VERSION}")
+    file_version = arrays.pop("format_version", None)
+    if (file_version is None or file_version.shape != () or file_version.dtype != np.int64
+            or int(file_version) != version):
+        shown = None if file_version is None else f"{file_version.tolist()!r} ({file_version.dtype})"
+        raise VectorError(path, "format_version", f"file format_version {shown}, but manifest.json is format version "
+                          f"int64 {version} (this refmem reads {', '.join(map(str, sorted(SCHEMAS)))})")
+    prefixes = ("in.", "out.", "cot.", "grad.") if version >= 2 else ("in.", "out.")
     inputs = {n[3:]: a for n, a in arrays.items() if n.startswith("in.")}
     outputs = {n[4:]: a for n, a in arrays.items() if n.startswith("out.")}
-    other = sorted(n for n in arrays if not n.startswith(("in.", "out.")))
+    cotangents = {n[4:]: a for n, a in arrays.items() if n.startswith("cot.")}
+    gradients = {n[5:]: a for n, a in arrays.items() if n.startswith("grad.")}
+    other = sorted(n for n in arrays if not n.startswith(prefixes))
     if other:
         raise VectorError(path, "arrays", f"unexpected member(s) {other}")
-    for role, got, want in (("inputs", inputs, meta["inputs"]), ("outputs", outputs, meta["outputs"])):
+    backward = meta.get("backward", {"skipped": "format version 1"})
+    tables = [("inputs", inputs, meta["inputs"]), ("outputs", outputs, meta["outputs"])]
+    if "skipped" in backward:
+        tables += [("cotangents", cotangents, {}), ("gradients", gradients, {})]
+    else:
+        tables += [("cotangents", cotangents, backward["cotangents"]), ("gradients", gradients, backward["gradients"])]
+    for role, got, want in tables:
         if set(got) != set(want):
             raise VectorError(path, "arrays", f"{role} {sorted(got)} but manifest.json lists {sorted(want)}")
         for n, a in got.items():
@@ -511,7 +542,8 @@ def _load_case(vec_dir: str, spec: str, meta: dict) -> Case:
                 raise VectorError(path, "arrays", f"{role[:-1]} {n!r} is {a.dtype}{list(a.shape)}, manifest.json says {want[n]['dtype']}{want[n]['shape']}")
             if not np.all(np.isfinite(a)):
                 raise VectorError(path, "finite", f"{role[:-1]} {n!r} holds {int(np.sum(~np.isfinite(a)))} non-finite value(s)")
-    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta["params"]), outputs, dict(meta["tolerance"]), meta)
+    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta["params"]), outputs, dict(meta["tolerance"]), meta,
+                _unflatten(cotangents), gradients, dict(backward.get("tolerance", {})))
 
 
 def load(vec_dir: str, spec: str | None = None) -> list[Case]:
@@ -531,15 +563,19 @@ def load(vec_dir: str, spec: str | None = None) -> list[Case]:
     extra = unlisted_files(vec_dir, manifest, names)
     if extra:
         raise VectorError(path, "unlisted", f"file(s) {extra} are in the vector directory but not listed in manifest.json")
-    return [_load_case(vec_dir, s, meta) for s in names for meta in manifest["specs"][s]["cases"]]
+    version = manifest["format_version"]
+    return [_load_case(vec_dir, s, meta, version) for s in names for meta in manifest["specs"][s]["cases"]]
 
 
 def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
     """Integrity-check every file, recompute every case with the current refmem and compare.
 
     Returns one row per (case, output) with ``rel_error`` (``max|a - b| / max|b|``)
-    and the case's float64 tolerance. Integrity failures raise :class:`VectorError`,
-    and so do inputs the memory's own input checks refuse (check ``inputs``).
+    and the case's float64 tolerance, then (format version 2) one row per
+    (case, gradient), the output named ``d<input>`` (``dq``, ``dbeta``,
+    ``dinitial_state``), with that gradient's float64 tolerance. Integrity
+    failures raise :class:`VectorError`, and so do inputs the memory's own
+    input checks refuse (check ``inputs``).
     """
     known = registry()
     rows = []
@@ -561,17 +597,48 @@ def verify(vec_dir: str, spec: str | None = None) -> list[dict]:
             err = rel_error(got[n], want, np)
             rows.append({"spec": case.spec, "case": case.name, "output": n, "rel_error": err, "tolerance": tol,
                          "ok": err <= tol, "file": case.file})
+        rows += _verify_gradients(known[case.spec], case)
+    return rows
+
+
+def _verify_gradients(mem, case: Case) -> list[dict]:
+    """One row per stored gradient: refmem's VJP now against the file (none for a case without gradients)."""
+    if not case.gradients:
+        return []
+    if getattr(mem, "backward", None) is None:
+        raise VectorError(case.file, "spec", f"the file holds gradients but {case.spec} has no backward pass in this refmem")
+    try:
+        got = run_vjp(mem, case.inputs, case.params, case.cotangents)
+    except DivergenceError as exc:
+        raise VectorError(case.file, "inputs", f"the {case.spec} VJP overflows on the stored inputs ({exc})") from None
+    except (ValueError, TypeError) as exc:
+        raise VectorError(case.file, "cotangents", f"the stored cotangents fail {case.spec}'s VJP checks ({exc})") from None
+    rows = []
+    for n, want in case.gradients.items():
+        tol = case.gradient_tolerance[n]["float64"]
+        err = rel_error(got[n], want, np) if n in got and got[n].shape == want.shape else math.inf
+        rows.append({"spec": case.spec, "case": case.name, "output": f"d{n}", "rel_error": err, "tolerance": tol,
+                     "ok": err <= tol, "file": case.file})
     return rows
 
 
 def main_generate(args) -> int:
     manifest = generate(args.out, args.spec)
     n = sum(len(e["cases"]) for e in manifest["specs"].values())
-    print(f"wrote {n} cases for {len(manifest['specs'])} spec(s) to {args.out}")
+    g = sum("skipped" not in c["backward"] for e in manifest["specs"].values() for c in e["cases"])
+    print(f"wrote {n} cases ({g} with gradients) for {len(manifest['specs'])} spec(s) to {args.out}")
     for s, e in manifest["specs"].items():
         for sk in e["skipped"]:
             print(f"  skipped {s}/{sk['case']}: {sk['reason']}")
+        for c in e["cases"]:
+            if e["backward"] and "skipped" in c["backward"]:  # a memory with a backward pass, this case without gradients
+                print(f"  no gradients in {s}/{c['name']}: {c['backward']['skipped']}")
     return 0
+
+
+def _is_gradient_row(row: dict) -> bool:
+    """A row of :func:`verify` that compares a gradient (``d<input>``), not a forward output."""
+    return row["output"] not in ("o", "state") and not row["output"].startswith("state_")
 
 
 def main_verify(args) -> int:
@@ -583,6 +650,8 @@ def main_verify(args) -> int:
     bad = [r for r in rows if not r["ok"]]
     for r in bad:
         print(f"FAIL {r['spec']}/{r['case']} output {r['output']}: rel error {r['rel_error']:.2e} > tol {r['tolerance']:.1e} ({r['file']})")
-    worst = max((r["rel_error"] for r in rows), default=0.0)
-    print(f"{len(rows) - len(bad)} of {len(rows)} outputs match (largest relative error {worst:.2e})")
+    for kind, part in (("outputs", [r for r in rows if not _is_gradient_row(r)]), ("gradients", [r for r in rows if _is_gradient_row(r)])):
+        if part or kind == "outputs":
+            worst = max((r["rel_error"] for r in part), default=0.0)
+            print(f"{sum(r['ok'] for r in part)} of {len(part)} {kind} match (largest relative error {worst:.2e})")
     return 1 if bad or not rows else 0

@@ -154,11 +154,12 @@ def test_unknown_file_version_named(copy):
     path = os.path.join(copy, rel)
     with np.load(path, allow_pickle=False) as z:
         arrays = {n: z[n] for n in z.files}
-    arrays["format_version"] = np.asarray(2, dtype=np.int64)
-    V.write_npz(path, arrays)
-    _resign(copy, rel)
-    with pytest.raises(V.VectorError, match=r"T1.npz: format_version check failed"):
-        V.load(copy)
+    for other in (99, 1):  # unknown, and a known version that is not the manifest's
+        arrays["format_version"] = np.asarray(other, dtype=np.int64)
+        V.write_npz(path, arrays)
+        _resign(copy, rel)
+        with pytest.raises(V.VectorError, match=r"T1.npz: format_version check failed.*manifest.json is format version"):
+            V.load(copy)
 
 
 def _resign(d, rel):
@@ -233,8 +234,13 @@ def test_every_registered_memory_generates_and_verifies(tmp_path):
         e = m["specs"][name]
         assert e["cases"], f"{name}: no case could be generated: {e['skipped']}"
         assert len(e["cases"]) + len(e["skipped"]) == len(V.CASES)
+        if MEMORIES[name].backward is not None:  # format version 2: gradients in every case of a memory with a backward
+            without = [(c["name"], c["backward"]["skipped"]) for c in e["cases"] if "skipped" in c["backward"]]
+            assert not without, f"{name}: cases without gradients {without}"
     rows = V.verify(str(tmp_path))
     assert all(r["ok"] for r in rows)
+    with_backward = {n for n in names if MEMORIES[n].backward is not None}
+    assert with_backward and {r["spec"] for r in rows if r["output"].startswith("d")} == with_backward
     # and every memory's vectors regenerate byte for byte (iterative solvers included)
     V.generate(str(tmp_path / "again"), names)
     first = {n: b for n, b in _files(str(tmp_path)).items() if not n.startswith("again")}
