@@ -311,7 +311,8 @@ def _add_conform(sub):
         "conform", help="check an external implementation (MODULE:FUNCTION) against a spec's test vectors",
         description=_describe("Run MODULE:FUNCTION on the test vectors of a spec and compare every output with refmem's "
                     "float64 reference under the dtype's derived tolerance; one row per case and output, then a "
-                    "verdict per output. The current directory is importable."),
+                    "verdict per output; with --backward, then every gradient, each named. The current directory "
+                    "is importable."),
         epilog_fn=_conform_epilog)
     p.add_argument("target", metavar="MODULE:FUNCTION", help="the implementation under test")
     p.add_argument("--spec", required=True, metavar="NAME", help="registered memory name (specs/<spec>.md)")

@@ -13,7 +13,7 @@ Command line::
 (the forward outputs are checked first, as without ``--backward``, then every gradient).
 
 Where the kernel's gradients come from
--------------------------------------
+--------------------------------------
 ``vjp`` given (``--vjp MODULE:FUNCTION``)
     called with the kernel's own arguments (the layout's, :mod:`refmem.conform`)
     plus the cotangents of its outputs as keywords, and returns a mapping

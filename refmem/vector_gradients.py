@@ -2,7 +2,7 @@ r"""Expected gradients in the test vectors (format version 2; NumPy-only module:
 
 For every case of a memory with a backward pass (``MemorySpec.backward``,
 :mod:`refmem.backward`), ``refmem vectors generate`` draws cotangents from a
-seeded normal (the seed is the case's, so they are deterministic),
+seeded normal (seeded by the case's seed, so they are deterministic),
 
 * ``do`` shaped like the read-outs ``o``,
 * ``dM_T`` shaped like the final state (``dM_T.0, dM_T.1, ...`` when the state
