@@ -302,7 +302,7 @@ def _conform_epilog() -> str:
                         "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first",
                         "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward",
                         "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward "
-                        "--vjp my_kernels:delta_fla_bwd")]
+                        "--vjp my_kernels:bwd")]
     return "\n".join(lines)
 
 
