@@ -39,7 +39,8 @@ cotangents: their own rounding adds at most ``eps`` relative, covered by the 8.)
 A case in which some gradient is worse conditioned than ``1e4``, whose VJP
 overflows, or whose float32 tolerance would not stay below 1 keeps its forward
 arrays and lists the reason under ``backward.skipped``: no float32 kernel can be
-held to its gradients.
+held to its gradients. So does a case whose inputs the VJP refuses (an input
+only the forward takes), with the VJP's message.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def backward_arrays(mem, seed: int, inputs: dict, params: dict, outputs: dict, c
         ref = run_vjp(mem, inputs, params, cot)
     except DivergenceError as exc:
         return {}, {"skipped": f"the reference gradients are not finite ({exc})"}
+    except (ValueError, TypeError) as exc:  # an input the VJP does not take (e.g. a case shape only the forward has)
+        return {}, {"skipped": f"the VJP refuses these inputs ({type(exc).__name__}: {exc})"}
     try:
         kappa = _gradient_condition(mem, inputs, params, cot, ref, seed)
     except DivergenceError:  # a perturbation of 1e-7 makes the VJP overflow: as ill-conditioned as it gets
