@@ -365,6 +365,18 @@ def _add_conform(sub):
                     raise UsageError(f"{flag} applies to --layout fla only")
         if args.vjp is not None and not args.backward:
             raise UsageError("--vjp is the kernel's backward: it needs --backward")
+        if args.backward:  # the forward check, then the gradients (in the default refmem and fla layouts)
+            options = (("--state-v-first/--state-k-first", args.state_v_first is not None),
+                       ("--gate-space", args.gate_space is not None), ("--value-heads-per-qk", args.value_heads_per_qk != 1),
+                       ("--cu-seqlens", args.cu_seqlens), ("--use-qk-l2norm-in-kernel", args.use_qk_l2norm_in_kernel),
+                       ("--scale", args.scale is not None), ("--stages", args.stages))
+            on = [flag for flag, given in options if given]
+            if on:
+                raise UsageError(f"{on[0]} is a forward layout option; --backward checks gradients in the default "
+                                 f"{args.layout} layout only")
+            from .conform_backward import main as backward_main
+
+            return backward_main(args)
         return conform_main(args)
 
     p.set_defaults(func=run)

@@ -598,10 +598,6 @@ def resolve(target: str, what: str = "target"):
 
 
 def main(args) -> int:
-    if getattr(args, "backward", False):  # gradients too: refmem.conform_backward
-        from .conform_backward import main as backward_main
-
-        return backward_main(args)
     try:
         fn = resolve(args.target, "MODULE:FUNCTION")
         convert = resolve(args.convert, "--convert") if args.convert else None

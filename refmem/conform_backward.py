@@ -74,6 +74,7 @@ from .backward.fla_names import FORGET_GATES, to_fla
 from .conform import (ConformResult, ConvertError, Row, TargetError, _accepts, _Cast, _check_arguments, _fla_call,
                       _lead_to_bh, _log_gate, _names, _NotApplicable, _refmem_call, _seq_to_fla, _gate_to_fla, compare,
                       resolve, to_numpy)
+from .vector_manifest import unflatten
 from .vectors import Case, VectorError, generate, load, registry
 
 __all__ = ["assert_backward_conforms", "check_backward", "expected_gradients"]
@@ -93,9 +94,7 @@ def _grad_label(name: str) -> str:
 
 def _unflatten_grads(case: Case) -> dict:
     """The case's gradients with a state of several parts back as one tuple (the VJP's own form)."""
-    from .vectors import _unflatten
-
-    return _unflatten(case.gradients)
+    return unflatten(case.gradients)
 
 
 def expected_gradients(case: Case, layout: str, dtype: str) -> dict:

@@ -39,8 +39,9 @@ cotangents: their own rounding adds at most ``eps`` relative, covered by the 8.)
 A case in which some gradient is worse conditioned than ``1e4``, whose VJP
 overflows, or whose float32 tolerance would not stay below 1 keeps its forward
 arrays and lists the reason under ``backward.skipped``: no float32 kernel can be
-held to its gradients. So does a case whose inputs the VJP refuses (an input
-only the forward takes), with the VJP's message.
+held to its gradients. So does a packed variable-length case (``cu_seqlens``:
+gradients are stored for unpacked cases only) and a case whose inputs the VJP
+refuses, with the VJP's message.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ import math
 import numpy as np
 
 from .metrics import rel_error
+from .packed_sequences import CU_SEQLENS
 from .validation import DivergenceError
+from .vector_condition import DELTA, perturb, round_up
+from .vector_manifest import flatten, positional_names, unflatten
 
 __all__ = ["backward_arrays", "cotangent_kwargs", "gradient_tolerance", "run_vjp", "vjp_name"]
 
-# Relative size of the input perturbation that estimates a gradient's condition number (as for the forward).
-_DELTA = 1e-7
 # Gradients worse conditioned than this are not stored (float32 tolerance would be >~ 0.1).
 _KAPPA_MAX = 1e4
 
@@ -71,10 +73,8 @@ def vjp_name(mem) -> str:
 
 def gradient_tolerance(T: int, d_k: int, d_v: int, kappa: float) -> dict:
     """Per-dtype tolerance of one gradient: ``8 eps 2 (T + d_k + d_v) max(1, kappa)`` (module docstring)."""
-    from .vectors import _round_up
-
     n = 2 * (T + d_k + d_v)
-    return {dt: _round_up(8 * float(np.finfo(dt).eps) * n * max(1.0, kappa)) for dt in ("float64", "float32")}
+    return {dt: round_up(8 * float(np.finfo(dt).eps) * n * max(1.0, kappa)) for dt in ("float64", "float32")}
 
 
 def draw_cotangents(seed: int, outputs: dict) -> dict:
@@ -89,40 +89,34 @@ def draw_cotangents(seed: int, outputs: dict) -> dict:
 
 def cotangent_kwargs(cotangents: dict) -> dict:
     """The stored cotangents as the VJP's keywords (``dM_T.0, dM_T.1`` back to one tuple)."""
-    from .vectors import _unflatten
-
-    return _unflatten(cotangents)
+    return unflatten(cotangents)
 
 
 def run_vjp(mem, inputs: dict, params: dict, cotangents: dict) -> dict:
     """refmem's recurrent VJP on the case's inputs: the gradients of the stored inputs, flattened (``name.i``)."""
-    from .vectors import _flatten, positional_names
-
     first = positional_names(inputs)
     rest = {n: a for n, a in inputs.items() if n not in first}
     grads = mem.backward.recurrent(*(inputs[n] for n in first), **rest, **params, **cotangent_kwargs(cotangents))
     kept = {n: (tuple(np.asarray(x) for x in g) if isinstance(g, tuple) else np.asarray(g))
             for n, g in grads.items() if n in inputs}  # e.g. no initial_state gradient when the case has none
-    return _flatten(kept)
+    return flatten(kept)
 
 
 def _gradient_condition(mem, inputs, params, cotangents, ref, seed) -> dict:
     """Relative condition number of every gradient: two random relative input perturbations of 1e-7."""
-    from .vectors import _perturb
-
     rng = np.random.default_rng(seed + 4)
     kappa = dict.fromkeys(ref, 0.0)
     for _ in range(2):
         for fixed in ((), ("initial_state",), ("initial_state",) + tuple(set(inputs) - {"q", "k", "v", "initial_state"})):
             try:
-                got = run_vjp(mem, _perturb(inputs, rng, fixed), params, cotangents)
+                got = run_vjp(mem, perturb(inputs, rng, fixed), params, cotangents)
                 break
             except (ValueError, TypeError):  # a perturbed input the memory refuses (a constrained state): hold it
                 continue
         else:
             raise ValueError("no perturbation of the inputs is accepted by the memory")
         for n in ref:
-            kappa[n] = max(kappa[n], rel_error(got[n], ref[n], np) / _DELTA)
+            kappa[n] = max(kappa[n], rel_error(got[n], ref[n], np) / DELTA)
     return kappa
 
 
@@ -132,10 +126,10 @@ def backward_arrays(mem, seed: int, inputs: dict, params: dict, outputs: dict, c
     Returns ``({}, {"skipped": reason})`` when the memory has no backward pass
     or the case's gradients cannot be held to a tolerance (module docstring).
     """
-    from .vectors import _flatten, _round_up
-
     if getattr(mem, "backward", None) is None:
         return {}, {"skipped": "the memory registers no backward pass"}
+    if CU_SEQLENS in inputs:
+        return {}, {"skipped": "a packed variable-length case: gradients are stored for unpacked cases only"}
     cot = draw_cotangents(seed, outputs)
     try:
         ref = run_vjp(mem, inputs, params, cot)
@@ -153,13 +147,13 @@ def backward_arrays(mem, seed: int, inputs: dict, params: dict, outputs: dict, c
     tol = {n: gradient_tolerance(cd.T, cd.d_k, cd.d_v, k) for n, k in kappa.items()}
     if any(t["float32"] >= 1 for t in tol.values()):
         return {}, {"skipped": "a gradient's float32 tolerance would not stay below 1"}
-    flat_cot = _flatten(cot)
+    flat_cot = flatten(cot)
     arrays = {f"cot.{n}": a for n, a in flat_cot.items()}
     arrays.update({f"grad.{n}": a for n, a in ref.items()})
     entry = {
         "cotangents": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in flat_cot.items()},
         "gradients": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
-        "kappa": {n: _round_up(max(k, 1.0)) for n, k in kappa.items()},
+        "kappa": {n: round_up(max(k, 1.0)) for n, k in kappa.items()},
         "tolerance": tol,
     }
     return arrays, entry

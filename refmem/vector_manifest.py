@@ -323,6 +323,39 @@ def _check_backward(path: str, where: str, case: dict) -> None:
                               f"{where}.{table}")
 
 
+# ---------------------------------------------------------------- array names of a case
+
+
+def positional_names(inputs) -> tuple:
+    """``("q", "k", "v")`` for a memory; ``("x",)`` for a reference in the flat convention (:mod:`refmem.flat_vectors`)."""
+    return ("x",) if "x" in inputs and "q" not in inputs else ("q", "k", "v")
+
+
+def flatten(inputs: dict) -> dict:
+    """Tuple-valued inputs (a state made of several arrays) as ``name.0, name.1, ...`` (their names in a file)."""
+    flat = {}
+    for n, a in inputs.items():
+        if isinstance(a, tuple):
+            flat.update({f"{n}.{i}": x for i, x in enumerate(a)})
+        else:
+            flat[n] = a
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """Inverse of :func:`flatten`."""
+    out, parts = {}, {}
+    for n, a in flat.items():
+        base, _, idx = n.rpartition(".")
+        if base and idx.isdigit():
+            parts.setdefault(base, {})[int(idx)] = a
+        else:
+            out[n] = a
+    for base, d in parts.items():
+        out[base] = tuple(d[i] for i in range(len(d)))
+    return out
+
+
 # ---------------------------------------------------------------- confinement
 
 

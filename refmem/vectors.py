@@ -59,7 +59,9 @@ from .metrics import rel_error
 from .packed_sequences import CU_SEQLENS, merge_packed, split_packed
 from .validation import DivergenceError
 from .vector_gradients import backward_arrays, run_vjp, vjp_name
-from .vector_manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST, SCHEMAS, VectorError, confined, unlisted_files
+from .vector_condition import DELTA, perturb, round_up
+from .vector_manifest import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SCHEMAS, VectorError, confined, flatten,
+                              positional_names, unflatten, unlisted_files)
 from .vector_manifest import read_manifest as _read_checked_manifest
 
 __all__ = ["CASES", "Case", "CaseDef", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "VectorError", "generate",
@@ -67,8 +69,6 @@ __all__ = ["CASES", "Case", "CaseDef", "FORMAT_NAME", "FORMAT_VERSION", "MANIFES
 
 # The fixed zip timestamp (the zip epoch): np.savez would embed the current time.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-# Relative size of the input perturbation that estimates the condition number.
-_DELTA = 1e-7
 # Outputs larger than this (inputs are O(1)) mean the scan diverges: not a useful vector.
 _GROWTH_MAX = 1e6
 # Cases worse conditioned than this are skipped (float32 tolerance would be >~ 0.1).
@@ -153,11 +153,6 @@ class Case:
         return kw
 
 
-def positional_names(inputs) -> tuple:
-    """``("q", "k", "v")`` for a memory; ``("x",)`` for a reference in the flat convention (:mod:`refmem.flat_vectors`)."""
-    return ("x",) if "x" in inputs and "q" not in inputs else ("q", "k", "v")
-
-
 def registry() -> dict:
     """Every spec with vectors: the memories, then the references in the flat convention (nested systems, optimisers)."""
     from .memories import MEMORIES
@@ -207,23 +202,6 @@ def _accepts_initial_state(fn) -> bool:
         return False
 
 
-def _perturb(inputs, rng, fixed=()):
-    """Every input times ``1 + O(1e-7)`` in a random direction, except the names in ``fixed``."""
-    gates = set(inputs) - set(positional_names(inputs)) - {"initial_state"}
-    pert = {}
-    for n, a in inputs.items():
-        if n in fixed or n == CU_SEQLENS:  # sequence boundaries are not perturbed
-            pert[n] = a
-        elif isinstance(a, tuple):
-            # one factor per array: a structured state (symmetric H_0) must keep its structure
-            pert[n] = tuple(x * (1 + _DELTA * rng.uniform(-1, 1)) for x in a)
-        elif n in gates:  # shrink toward 0: a gate in [0, 1] stays in [0, 1], a zero gate stays 0
-            pert[n] = a * (1 - _DELTA * rng.uniform(0, 1, a.shape))
-        else:
-            pert[n] = a * (1 + _DELTA * rng.uniform(-1, 1, a.shape))
-    return pert
-
-
 def _condition(mem, inputs, params, ref, seed) -> float:
     """Relative condition number of the outputs, estimated by two random relative input perturbations of 1e-7.
 
@@ -237,29 +215,20 @@ def _condition(mem, inputs, params, ref, seed) -> float:
     for _ in range(2):
         for fixed in ((), ("initial_state",), ("initial_state",) + gates):
             try:
-                out = _run(mem, _perturb(inputs, rng, fixed), params)
+                out = _run(mem, perturb(inputs, rng, fixed), params)
                 break
             except (ValueError, TypeError):
                 continue
         else:
             raise ValueError("no perturbation of the inputs is accepted by the memory")
-        kappa = max(kappa, *(rel_error(out[n], ref[n], np) / _DELTA for n in ref))
+        kappa = max(kappa, *(rel_error(out[n], ref[n], np) / DELTA for n in ref))
     return kappa
-
-
-def _round_up(x: float) -> float:
-    """``x`` rounded up to two significant digits (stable under last-bit differences)."""
-    if x <= 0:
-        return 0.0
-    e = math.floor(math.log10(x)) - 1
-    r = math.ceil(x / 10.0**e - 1e-9) * 10.0**e
-    return float(f"{r:.1e}")
 
 
 def tolerance(T: int, d_k: int, d_v: int, kappa: float) -> dict:
     """Per-dtype tolerance of a case: ``8 eps (T + d_k + d_v) max(1, kappa)`` (module docstring)."""
     n = T + d_k + d_v
-    return {dt: _round_up(8 * float(np.finfo(dt).eps) * n * max(1.0, kappa)) for dt in ("float64", "float32")}
+    return {dt: round_up(8 * float(np.finfo(dt).eps) * n * max(1.0, kappa)) for dt in ("float64", "float32")}
 
 
 def _build_inputs(mem, spec: str, cd: CaseDef):
@@ -343,31 +312,6 @@ def _shape_qk(inputs: dict, cd: CaseDef) -> None:
         inputs[CU_SEQLENS] = np.concatenate([[0.0], np.cumsum(cd.lengths, dtype=np.float64)])  # (N + 1,)
 
 
-def _flatten(inputs: dict) -> dict:
-    """Tuple-valued inputs (a state made of several arrays) as ``name.0, name.1, ...``."""
-    flat = {}
-    for n, a in inputs.items():
-        if isinstance(a, tuple):
-            flat.update({f"{n}.{i}": x for i, x in enumerate(a)})
-        else:
-            flat[n] = a
-    return flat
-
-
-def _unflatten(flat: dict) -> dict:
-    """Inverse of :func:`_flatten`."""
-    out, parts = {}, {}
-    for n, a in flat.items():
-        base, _, idx = n.rpartition(".")
-        if base and idx.isdigit():
-            parts.setdefault(base, {})[int(idx)] = a
-        else:
-            out[n] = a
-    for base, d in parts.items():
-        out[base] = tuple(d[i] for i in range(len(d)))
-    return out
-
-
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)  # keeps 0-d arrays 0-d
@@ -426,7 +370,7 @@ def generate_spec(spec: str, out_dir: str) -> dict:
         if not math.isfinite(kappa) or kappa > _KAPPA_MAX:
             entry["skipped"].append({"case": cd.name, "reason": f"ill-conditioned (kappa about {kappa:.1e} > {_KAPPA_MAX:.0e})"})
             continue
-        arrays = {f"in.{n}": a for n, a in _flatten(inputs).items()}
+        arrays = {f"in.{n}": a for n, a in flatten(inputs).items()}
         arrays.update({f"out.{n}": a for n, a in ref.items()})
         grad_arrays, backward = backward_arrays(mem, seed, inputs, params, ref, cd)
         arrays.update(grad_arrays)
@@ -448,9 +392,9 @@ def generate_spec(spec: str, out_dir: str) -> dict:
             "gates": cd.gates,
             "key_scale": cd.key_scale,
             "params": params,
-            "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in _flatten(inputs).items()},
+            "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in flatten(inputs).items()},
             "outputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
-            "kappa": _round_up(max(kappa, 1.0)),
+            "kappa": round_up(max(kappa, 1.0)),
             "tolerance": tolerance(cd.T, cd.d_k, cd.d_v, kappa),
             "backward": backward,
         })
@@ -542,8 +486,8 @@ def _load_case(vec_dir: str, spec: str, meta: dict, version: int = FORMAT_VERSIO
                 raise VectorError(path, "arrays", f"{role[:-1]} {n!r} is {a.dtype}{list(a.shape)}, manifest.json says {want[n]['dtype']}{want[n]['shape']}")
             if not np.all(np.isfinite(a)):
                 raise VectorError(path, "finite", f"{role[:-1]} {n!r} holds {int(np.sum(~np.isfinite(a)))} non-finite value(s)")
-    return Case(spec, meta["name"], path, _unflatten(inputs), dict(meta["params"]), outputs, dict(meta["tolerance"]), meta,
-                _unflatten(cotangents), gradients, dict(backward.get("tolerance", {})))
+    return Case(spec, meta["name"], path, unflatten(inputs), dict(meta["params"]), outputs, dict(meta["tolerance"]), meta,
+                unflatten(cotangents), gradients, dict(backward.get("tolerance", {})))
 
 
 def load(vec_dir: str, spec: str | None = None) -> list[Case]:

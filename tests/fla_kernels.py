@@ -2,7 +2,7 @@ r"""Kernels written in flash-linear-attention's conventions, forward and backwar
 
 Used by ``tests/test_conform_backward.py`` (in-process and as ``MODULE:FUNCTION``
 targets of the command line). Layout: ``q, k, v [B, T, H, d]``, gates
-``[B, T, H]``, state ``S = M^T [B, H, K, V]``, ``g`` the log of the decay,
+``[B, T, H]`` (``gk [B, T, H, K]`` per key channel), state ``S = M^T [B, H, K, V]``, ``g`` the log of the decay,
 ``beta`` after the sigmoid, ``o_t = S_t^T (scale q_t)`` with ``scale = 1/sqrt(K)``.
 Per step (the gated delta rule; ``g = 0`` without a gate, ``beta`` absent: a
 plain write of ``v``)::
@@ -28,21 +28,23 @@ import numpy as np
 BUGS = ("none", "dbeta_missing_term", "dh0_dropped", "dg_linear_space")
 
 
-def _defaults(q, k, v, g, beta, initial_state):
+def _defaults(q, k, v, g, gk, beta, initial_state):
+    """The log decay as ``[B, T, H, K]`` (``g`` per step broadcast over the key channels, or ``gk``), ``S_0``, the scale."""
     B, T, H, K = k.shape
     V = v.shape[-1]
-    g = np.zeros((B, T, H), dtype=k.dtype) if g is None else g
+    if gk is None:
+        gk = np.zeros((B, T, H, K), dtype=k.dtype) if g is None else np.repeat(g[..., None], K, axis=-1)
     S0 = np.zeros((B, H, K, V), dtype=k.dtype) if initial_state is None else initial_state
-    return g, S0, K ** -0.5
+    return gk, S0, K ** -0.5
 
 
-def forward(q, k, v, g=None, beta=None, initial_state=None, output_final_state=True, scale=None):
+def forward(q, k, v, g=None, gk=None, beta=None, initial_state=None, output_final_state=True, scale=None):
     """The gated delta rule (or GLA without ``beta``, or the delta rule without ``g``) in fla's layout."""
-    g, S, default_scale = _defaults(q, k, v, g, beta, initial_state)
+    gk, S, default_scale = _defaults(q, k, v, g, gk, beta, initial_state)
     scale = default_scale if scale is None else scale
     outs = []
     for t in range(k.shape[1]):
-        S = np.exp(g[:, t])[..., None, None] * S  # (B, H, K, V)
+        S = np.exp(gk[:, t])[..., :, None] * S  # rows of S = M^T decay per key channel, (B, H, K, V)
         kt = k[:, t]  # (B, H, K)
         w = v[:, t]
         if beta is not None:
@@ -53,18 +55,18 @@ def forward(q, k, v, g=None, beta=None, initial_state=None, output_final_state=T
     return np.stack(outs, axis=1), (S if output_final_state else None)
 
 
-def backward(q, k, v, g=None, beta=None, initial_state=None, output_final_state=True, scale=None, *, do, dht=None,
-             bug="none"):
+def backward(q, k, v, g=None, gk=None, beta=None, initial_state=None, output_final_state=True, scale=None, *, do,
+             dht=None, bug="none"):
     """The hand-written adjoint of :func:`forward` (module docstring); ``bug`` plants one of :data:`BUGS`."""
-    has_g = g is not None
-    g, S0, default_scale = _defaults(q, k, v, g, beta, initial_state)
+    gate = "g" if g is not None else ("gk" if gk is not None else None)
+    g, S0, default_scale = _defaults(q, k, v, g, gk, beta, initial_state)
     scale = default_scale if scale is None else scale
     B, T, H, K = k.shape
     states = [S0]  # S_0 .. S_T
     decayed, us, ws = [], [], []
     S = S0
     for t in range(T):
-        Sd = np.exp(g[:, t])[..., None, None] * S
+        Sd = np.exp(g[:, t])[..., :, None] * S
         u = np.einsum("bhkv,bhk->bhv", Sd, k[:, t])
         w = v[:, t] if beta is None else beta[:, t][..., None] * (v[:, t] - u)
         S = Sd + k[:, t][..., :, None] * w[..., None, :]
@@ -89,15 +91,17 @@ def backward(q, k, v, g=None, beta=None, initial_state=None, output_final_state=
             du = -beta[:, t][..., None] * dw
             dSd = dS + kt[..., :, None] * du[..., None, :]
             dk[:, t] += np.einsum("bhkv,bhv->bhk", decayed[t], du)
-        a = np.exp(g[:, t])
-        da = np.sum(dSd * states[t], axis=(-2, -1))  # <dS', S_{t-1}>
+        a = np.exp(g[:, t])  # (B, H, K)
+        da = np.sum(dSd * states[t], axis=-1)  # <dS', S_{t-1}> per key channel, (B, H, K)
         dg[:, t] = da if bug == "dg_linear_space" else a * da  # g = log a: dL/dg = a dL/da
-        dS = a[..., None, None] * dSd
+        dS = a[..., :, None] * dSd
     grads = {"dq": dq, "dk": dk, "dv": dv}
     if beta is not None:
         grads["dbeta"] = dbeta
-    if has_g:
-        grads["dg"] = dg
+    if gate == "g":  # one gate per step: the sum of its per-channel parts
+        grads["dg"] = np.sum(dg, axis=-1)
+    elif gate == "gk":
+        grads["dgk"] = dg
     if initial_state is not None:
         grads["dh0"] = np.zeros_like(dS) if bug == "dh0_dropped" else dS
     return grads
@@ -122,7 +126,7 @@ def backward_returns_a_tuple(*args, **kwargs):
 # ---------------------------------------------------------------- the same forward in torch (autograd's route)
 
 
-def torch_forward(q, k, v, g=None, beta=None, initial_state=None, output_final_state=True, scale=None,
+def torch_forward(q, k, v, g=None, gk=None, beta=None, initial_state=None, output_final_state=True, scale=None,
                   detach_h0=False):
     """:func:`forward` in torch ops, differentiable by torch autograd; ``detach_h0`` cuts the initial state's gradient."""
     import torch
@@ -135,6 +139,8 @@ def torch_forward(q, k, v, g=None, beta=None, initial_state=None, output_final_s
     for t in range(T):
         if g is not None:
             S = torch.exp(g[:, t])[..., None, None] * S
+        if gk is not None:
+            S = torch.exp(gk[:, t])[..., :, None] * S
         kt = k[:, t]
         w = v[:, t]
         if beta is not None:

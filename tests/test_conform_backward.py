@@ -19,7 +19,7 @@ import pytest
 import fla_kernels as F
 from refmem import vectors as V
 from refmem.backward.delta_rule import delta_rule_vjp
-from refmem.conform_backward import NoGradientsError, check_backward, expected_gradients
+from refmem.conform_backward import NoGradientsError, _fla_gate_consistent, check_backward, expected_gradients
 from refmem.memories.delta_rule import delta_rule_recurrent
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -43,8 +43,9 @@ def test_correct_fla_kernel_passes_through_its_vjp(vec, spec, dtype):
     assert res.passed, str(res)
     names = {r.output for r in res.rows}
     want = {"dq", "dk", "dv", "dh0"} | ({"dbeta"} if "delta" in spec else set()) | ({"dg"} if "gated" in spec else set())
+    want |= {"dgk"} if spec == "gated_linear_attention" else set()  # the per-channel case: fla's gk
     assert names == want
-    assert not res.skipped
+    assert [c for c, _ in res.skipped] == ["varlen"]  # packed sequences: no gradients stored (one call per sequence)
 
 
 @pytest.mark.parametrize("bug, spec, gradient", [
@@ -104,9 +105,14 @@ def test_refmem_layout_takes_refmem_vjps(vec):
 
 def test_titans_gate_not_sent_by_meaning_is_skipped_not_passed(vec):
     # fla's g is the log of what the state keeps (1 - alpha for Titans); a layout sending log(alpha) has no fla dg
-    res = check_backward(F.forward, spec="titans", vectors=vec, layout="fla", vjp=F.backward)
-    if res.skipped:
-        assert not res.passed and all("what the state keeps" in why for _, why in res.skipped)
+    case = next(c for c in V.load(vec, "titans") if c.name == "T1")
+    alpha = case.inputs["alpha"].reshape(2, 1, 1)  # batch (2,), T = 1: [B, T] -> fla [B, T, H = 1]
+    assert _fla_gate_consistent(case, {"g": np.log(1 - alpha)}, np.dtype("float64")) is None
+    why = _fla_gate_consistent(case, {"g": np.log(alpha)}, np.dtype("float64"))
+    assert "log(1 - alpha)" in why and "what the state keeps" in why
+    # and the layout itself sends Titans' gate by meaning, so no case is skipped for that reason
+    res = check_backward(F.forward, spec="titans", vectors=vec, layout="fla", vjp=F.backward, cases=["T1"])
+    assert not any("what the state keeps" in w for _, w in res.skipped)
 
 
 def test_crashing_or_misshapen_vjp_is_a_failing_row(vec):
@@ -223,6 +229,8 @@ BAD = [  # (argv, the message must contain)
     ("fla_kernels:forward --spec deep_memory --backward --vjp fla_kernels:backward", ["deep_memory", "no backward pass"]),
     ("fla_kernels:forward --spec delta_rule --backward --vjp fla_kernels:backward --vectors {v1}",
      ["hold no gradients", "regenerate"]),
+    ("fla_kernels:forward --spec delta_rule --layout fla --cu-seqlens --backward --vjp fla_kernels:backward",
+     ["--cu-seqlens", "--backward", "default fla layout"]),
 ]
 
 
