@@ -167,7 +167,20 @@ def fla_gate_name(spec: str, gate: str, per_channel: bool) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """A layout and its options (module docstring); bad values raise ``TypeError`` / ``ValueError`` naming the option."""
+    """A layout and its options (module docstring); bad values raise ``TypeError`` / ``ValueError`` naming the option.
+
+    Examples
+    --------
+    >>> from refmem.kernel_layouts import Layout
+    >>> Layout("fla", state_v_first=True, cu_seqlens=True).describe()
+    'fla (state_v_first=True, cu_seqlens=True)'
+    >>> Layout("fla").v_first, Layout("refmem").v_first
+    (False, True)
+    >>> Layout("refmem", cu_seqlens=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: option cu_seqlens applies to layout 'fla' only (the refmem layout sends refmem's own gates, heads and batches)
+    """
 
     name: str = "refmem"
     state_v_first: bool | None = None
