@@ -20,13 +20,15 @@ Layouts
     mapped *by meaning* (:data:`GATE_MEANINGS`): the fraction of the state
     *kept* per step arrives as ``g = log(kept)`` (``gk`` per key channel),
     whatever the memory calls it (Titans' forgetting rate ``alpha`` as
-    ``g = log(1 - alpha)``); other gates (``beta``, ...) keep their names. refmem's leading dims become ``(B, H)``: none ->
-    ``(1, 1)``, one -> ``(B, 1)``, two -> ``(B, H)``, more -> all but the last
-    folded into ``B``.
+    ``g = log(1 - alpha)``); other gates (``beta``, ...) keep their names.
+    refmem's leading dims become ``(B, H)``: none -> ``(1, 1)``, one ->
+    ``(B, 1)``, two -> ``(B, H)``, more -> all but the last folded into ``B``.
 
-Options (every one orthogonal to the others; a case an option cannot express
-is skipped with the reason, never passed)
----------------------------------------------------------------------------
+Options
+-------
+Every option is orthogonal to the others; a case an option cannot express is
+skipped with the reason, never passed.
+
 ``state_v_first``
     ``True``: states ``[..., V, K]`` (refmem's ``M``; fla's ``state_v_first``);
     ``False``: ``[..., K, V]`` (``S = M^T``). Default: the layout's own
