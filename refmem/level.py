@@ -29,7 +29,9 @@ from .solvers import Problem, SolveReport
 from .solvers.dispatch import default_solver, minimize
 from .solvers.options import check_count, check_rtol
 from .solvers.residual_dual import ResidualDual
-from .validation import check_arrays, check_ndim, check_nonempty, require
+from .solvers import ConvergenceError
+from .validation import (DivergenceError, check_arrays, check_ndim, check_nonempty, get_option, magnitudes,
+                         overflow_raises, require)
 
 STEPS = ("explicit", "implicit")
 LINEARIZE_AT = ("state", "retained")
@@ -254,8 +256,12 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     ClosedFormUnavailable
         ``method="closed"`` for a combination without a closed form.
     ConvergenceError
-        The iterative solver did not meet its tolerance, or the tolerance cannot be
-        certified at the problem's conditioning (the message gives the condition estimate).
+        The iterative solver did not meet its tolerance, the tolerance cannot be
+        certified at the problem's conditioning (the message gives the condition estimate),
+        or the stated objective overflows for these inputs.
+    DivergenceError
+        The closed form overflows the floating-point range for these inputs (an
+        intermediate or the result; the message gives the inputs' magnitudes).
 
     Examples
     --------
@@ -292,8 +298,25 @@ def solve(level: Level, M_t, k, v, *, method: str = "closed", solver: str | None
     if max_iter is not None:
         check_count(max_iter, "max_iter")
     xp, ret = _check_inputs(level, M_t, k, v)
+    name = f"{level.objective.name}/{ret.name}/{level.step}"
     if method == "closed":
-        M = _closed(level, ret, M_t, k, v, xp)
-        return M, SolveReport("closed", f"{level.objective.name}/{ret.name}/{level.step}")
-    prob = problem(level, M_t, k, v, bound_retention=ret, xp=xp)
-    return minimize(prob, solver=solver, rtol=rtol, max_iter=max_iter)
+        with overflow_raises(lambda: _closed_form_overflow(name, M_t, k, v)):
+            M = _closed(level, ret, M_t, k, v, xp)
+        if get_option("check_finite") and not bool(xp.all(xp.isfinite(M))):  # backends that do not signal it
+            raise _closed_form_overflow(name, M_t, k, v)
+        return M, SolveReport("closed", name)
+    with overflow_raises(lambda: _iterative_overflow(name, solver, M_t, k, v)):
+        prob = problem(level, M_t, k, v, bound_retention=ret, xp=xp)
+        return minimize(prob, solver=solver, rtol=rtol, max_iter=max_iter)
+
+
+def _closed_form_overflow(name, M_t, k, v) -> DivergenceError:
+    return DivergenceError(f"solve: the closed form {name} overflows the floating-point range for these inputs "
+                           f"({magnitudes(M_t=M_t, k=k, v=v)}); rescale M_t, k or v; no result is returned")
+
+
+def _iterative_overflow(name, solver, M_t, k, v) -> ConvergenceError:
+    report = SolveReport("iterative", solver or "any", 0, float("inf"), float("nan"), False)
+    return ConvergenceError(report, f"the stated objective of {name} (its value, gradient or curvature) overflows "
+                                    f"the floating-point range for these inputs ({magnitudes(M_t=M_t, k=k, v=v)}); "
+                                    "rescale M_t, k or v")

@@ -13,6 +13,8 @@ fallback for the other backends.
   the array-API blocked forward substitution.
 - :func:`errors_ignored`: NumPy's floating-point warnings off, for code that
   checks its results for nan / inf itself (other backends do not warn).
+- :func:`errors_raised`: NumPy's overflow / invalid / divide warnings raised as
+  ``FloatingPointError`` at the operation, for code that turns them into its own error.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ import numpy as np
 def errors_ignored():
     """``numpy.errstate(all="ignore")``: no overflow / invalid / divide / underflow warnings inside."""
     with np.errstate(all="ignore"):
+        yield
+
+
+@contextlib.contextmanager
+def errors_raised():
+    """``numpy.errstate(over=, invalid=, divide="raise")``: the first overflow / nan / division by 0 raises
+    ``FloatingPointError`` (underflow to 0 stays silent: it loses nothing the result can show)."""
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
         yield
 
 

@@ -426,3 +426,43 @@ def floating_point_warnings_silenced():
 
     with errors_ignored():
         yield
+
+
+@contextlib.contextmanager
+def overflow_raises(make_error):
+    """Inside, an overflow, an invalid operation (nan) or a division by 0 raises ``make_error()``, not a warning.
+
+    For code whose every intermediate must be finite for its result to be right:
+    a silent overflow can come back as a finite *wrong* number (``1 / inf = 0``),
+    so checking the result alone is not enough. NumPy's floating-point errors are
+    raised at the operation (:func:`refmem.numpy_extras.errors_raised`) and
+    replaced by ``make_error()`` (a documented refmem error); a
+    :class:`DivergenceError` raised inside passes through. Other backends do not
+    signal overflow: their callers check the result for nan / inf. Switched off
+    with the other checks by ``refmem.options(check_finite=False)``.
+    """
+    if not _OPTIONS["check_finite"]:
+        yield
+        return
+    from .numpy_extras import errors_raised
+
+    try:
+        with errors_raised():
+            yield
+    except DivergenceError:
+        raise
+    except FloatingPointError as exc:
+        raise make_error() from exc
+
+
+def magnitudes(**arrays) -> str:
+    """``"max |name| = 1.0e+300, ..."`` for the arrays given (None skipped): what an overflow message names."""
+    parts = []
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        xp = namespace_of(a)
+        with floating_point_warnings_silenced():
+            m = float(xp.max(xp.abs(a))) if math.prod(a.shape) else 0.0
+        parts.append(f"max |{name}| = {m:.1e}")
+    return ", ".join(parts)

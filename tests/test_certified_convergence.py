@@ -15,6 +15,7 @@ is added. Never both "converged" and wrong.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from refmem.objectives import L2, Dot, Huber, Inner, Lp
 from refmem.objectives.windowed_l2 import WindowedL2
 from refmem.retentions import ElasticNet, ForgetGate, LocalL2, WeightDecay
 from refmem.solvers import ConvergenceError
+from refmem.validation import DivergenceError
 
 EPS = float(np.finfo(np.float64).eps)
 ETAS = [1e-12, 1e-6, 1.0, 1e6, 1e12]
@@ -105,13 +107,17 @@ def test_explicit_linear_step_converges_at_any_step_size(eta):
     assert np.linalg.norm(it - want) <= 2 * rep.tolerance * max(np.linalg.norm(want), np.linalg.norm(M_t - want))
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # asserts the outcome only; the overflow warnings are not yet avoided
 def test_huge_inputs_raise_instead_of_returning_inf():
-    # issue reproducer: inputs of 1e200 returned inf with converged=True
+    # issue reproducer: inputs of 1e200 returned inf with converged=True (and, later, raised after NumPy warnings)
     g = np.random.default_rng(2)
     M_t, k, v = 1e200 * g.standard_normal((4, 3)), 1e200 * g.standard_normal(3), 1e200 * g.standard_normal(4)
-    with pytest.raises(ConvergenceError, match="did not converge"):
-        solve(Level(L2(), LocalL2(0.5)), M_t, k, v, method="iterative")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test, whatever the suite's filters
+        with pytest.raises(ConvergenceError, match=r"did not converge.*overflows the floating-point range.*max \|k\| = "):
+            solve(Level(L2(), LocalL2(0.5)), M_t, k, v, method="iterative")
+        # the closed form: M k = 1e400 cannot be formed, so it is an error too (never inf, never a warning)
+        with pytest.raises(DivergenceError, match="closed form l2/local_l2/implicit overflows"):
+            solve(Level(L2(), LocalL2(0.5)), M_t, k, v)
 
 
 def test_refusal_is_immediate_and_names_what_would_help():

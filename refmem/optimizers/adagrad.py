@@ -30,6 +30,7 @@ from .optimizer import (
     closed_report,
     descent_step,
     divide_by_denominator,
+    overflow_checked_step,
     real_hyperparameter,
 )
 
@@ -72,6 +73,7 @@ class Adagrad(Optimizer):
         G0 = xp.zeros_like(W) + self.hyperparameters["initial_accumulator_value"]  # (.., d_out, d_in)
         return AdagradState(step=0, sum=G0, sq_history=() if keep_history else None)
 
+    @overflow_checked_step
     def step(self, W, g, state: AdagradState, *, method="closed"):
         """One step. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, AdagradState, method, "sum")

@@ -36,6 +36,7 @@ from .optimizer import (
     closed_report,
     descent_step,
     divide_by_denominator,
+    overflow_checked_step,
     pair_of_betas,
     real_hyperparameter,
 )
@@ -128,6 +129,7 @@ class Adam(Optimizer):
         kept = () if keep_history else None
         return AdamState(step=0, exp_avg=zero, exp_avg_sq=zero, history=kept, sq_history=kept)
 
+    @overflow_checked_step
     def step(self, W, g, state: AdamState, *, method="closed"):
         """One step: both moment levels, then the weights. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, AdamState, method, "exp_avg", "exp_avg_sq")

@@ -31,6 +31,7 @@ paper states it); ``method="closed"`` raises
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np  # drawing the memory's initial weights only
@@ -42,6 +43,7 @@ from .optimizer import (
     Optimizer,
     check_weights,
     int_hyperparameter,
+    overflow_checked_step,
     real_hyperparameter,
 )
 
@@ -78,6 +80,23 @@ class DeepMomentumState:
     A2: object
 
 
+def check_memory_fits(batch: tuple, hidden: int, d_in: int, itemsize: int) -> None:
+    """Refuse, before allocating, a memory MLP whose weights would not fit in the memory this process has.
+
+    ``A1 [.., hidden, d_in]`` and ``A2 [.., d_in, hidden]`` in ``W``'s dtype, each drawn
+    first in float64 by NumPy: ``2 B hidden d_in (itemsize + 8)`` bytes. The available
+    memory is :func:`refmem.bench.available_memory_bytes` (no check where it is unknown).
+    """
+    from ..bench import available_memory_bytes
+
+    need = 2 * math.prod(batch) * hidden * d_in * (itemsize + 8)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(f"hidden = {hidden} would need {need / 2**30:.3g} GiB for the memory's weights A1 "
+                         f"[.., hidden, d_in] and A2 [.., d_in, hidden] of W (d_in = {d_in}, batch {batch}); "
+                         f"{have / 2**30:.3g} GiB are available: use a smaller hidden")
+
+
 class DeepMomentum(Optimizer):
     r"""DMGD (NL-23): an MLP momentum trained by one gradient step per step on its own objective.
 
@@ -107,6 +126,7 @@ class DeepMomentum(Optimizer):
         xp = check_weights(W)
         hp = self.hyperparameters
         batch, d_in, h = tuple(W.shape[:-2]), W.shape[-1], hp["hidden"]
+        check_memory_fits(batch, h, d_in, xp.finfo(W.dtype).bits // 8)
         rng = np.random.default_rng(hp["seed"])
         A1 = xp.asarray(hp["init_scale"] * rng.standard_normal(batch + (h, d_in)), dtype=W.dtype)  # (.., h, d_in)
         A2 = xp.asarray(hp["init_scale"] * rng.standard_normal(batch + (d_in, h)), dtype=W.dtype)  # (.., d_in, h)
@@ -120,6 +140,7 @@ class DeepMomentum(Optimizer):
         A2 = hp["momentum"] * A2 - hp["lr"] * dA2  # (.., d_in, h)
         return A1, A2, SolveReport(method="iterative", solver="gd (one step, NL-23)", iterations=1)
 
+    @overflow_checked_step
     def step(self, W, g, state: DeepMomentumState, *, method="closed"):
         """One step (iterative only): the MLP memory's gradient step, then ``W + m(u)``. Returns ``(W, state, reports)``."""
         if method == "closed":

@@ -36,6 +36,7 @@ from ..linalg import broadcast_like, inner
 from ..solvers import Problem, SolveReport, conjugate_gradient, default_rtol
 from ..validation import check_arrays
 from .momentum import weight_level
+from .optimizer import overflow_checked_step
 from .preconditioned_momentum import MomentumState, PreconditionedMomentum
 
 STEPS = ("explicit", "implicit")
@@ -124,6 +125,7 @@ class DeltaMomentum(PreconditionedMomentum):
         super().__init__(lr=lr, momentum=momentum)
         self.hyperparameters["step"] = step
 
+    @overflow_checked_step
     def step(self, W, g, state: MomentumState, *, method="closed"):
         """One step: the delta-momentum level, then ``W - m``. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, MomentumState, method, "momentum")

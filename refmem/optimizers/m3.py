@@ -48,6 +48,7 @@ from .optimizer import (
     divide_by_denominator,
     fixed_map_report,
     int_hyperparameter,
+    overflow_checked_step,
     real_hyperparameter,
 )
 from .orthogonalization import nearest_orthogonal, newton_schulz_cubic, newton_schulz_quintic
@@ -152,6 +153,7 @@ class M3(Optimizer):
 
     # ---------------------------------------------------------------- the whole step
 
+    @overflow_checked_step
     def step(self, W, g, state: M3State, *, method="closed"):
         """One step of Algorithm 1's inner loop, and the slow level at the end of a chunk. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, M3State, method,

@@ -41,6 +41,7 @@ from .optimizer import (
     descent_step,
     fixed_map_report,
     int_hyperparameter,
+    overflow_checked_step,
     real_hyperparameter,
 )
 from .orthogonalization import nearest_orthogonal, newton_schulz_quintic
@@ -121,6 +122,7 @@ class Muon(Optimizer):
         O = newton_schulz_quintic(B, steps=hp["ns_steps"], coefficients=hp["ns_coefficients"], eps=hp["eps"])
         return O, fixed_map_report(f"quintic newton-schulz ({hp['ns_steps']} steps)")
 
+    @overflow_checked_step
     def step(self, W, g, state: MuonState, *, method="closed"):
         """One step: momentum, orthogonalisation, weights. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, MuonState, method, "momentum_buffer")

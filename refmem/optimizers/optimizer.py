@@ -18,11 +18,14 @@ numbers with torch.optim's names, defaults and conventions.
 
 A step whose result is not finite raises :class:`~refmem.validation.DivergenceError`
 (one device read, switched off with the other reads by
-``refmem.options(check_finite=False)``).
+``refmem.options(check_finite=False)``); so does a step whose intermediates overflow
+(:func:`overflow_checked_step`: e.g. a second moment ``g * g`` of gradients above
+``1e154``, which no state of the format can hold), instead of a NumPy warning.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 
@@ -30,7 +33,8 @@ from ..level import Level, solve
 from ..objectives import Inner
 from ..retentions import ForgetGate
 from ..solvers import SolveReport
-from ..validation import DivergenceError, check_arrays, check_ndim, check_nonempty, get_option, require, same_dtype
+from ..validation import (DivergenceError, check_arrays, check_ndim, check_nonempty, get_option, magnitudes,
+                          overflow_raises, require, same_dtype)
 
 METHODS = ("closed", "iterative")
 
@@ -107,6 +111,26 @@ def check_state_shape(state_array, W, what: str) -> None:
     if tuple(state_array.shape) != tuple(W.shape) or not same_dtype(state_array.dtype, W.dtype):
         raise ValueError(f"state.{what} has shape {tuple(state_array.shape)} and dtype {state_array.dtype}, "
                          f"but W has shape {tuple(W.shape)} and dtype {W.dtype}: make the state with init(W)")
+
+
+def overflow_checked_step(step):
+    """Decorator for an optimiser's ``step``: an overflow inside is a :class:`DivergenceError`, not a warning.
+
+    The error names the optimiser and the sizes of ``W`` and ``g``
+    (:func:`refmem.validation.overflow_raises`); the state is left as it was.
+    """
+
+    @functools.wraps(step)
+    def checked(self, W, g, state, *, method="closed"):
+        def overflow():
+            return DivergenceError(f"{self.name}: the step overflows the floating-point range for these inputs "
+                                   f"({magnitudes(W=W, g=g)}); rescale the gradient or the weights; "
+                                   "no result is returned")
+
+        with overflow_raises(overflow):
+            return step(self, W, g, state, method=method)
+
+    return checked
 
 
 def check_finite_result(name: str, xp, **arrays) -> None:

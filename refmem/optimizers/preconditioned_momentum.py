@@ -27,6 +27,7 @@ from .momentum import weight_level
 from .optimizer import (
     Optimizer,
     check_weights,
+    overflow_checked_step,
     real_hyperparameter,
 )
 
@@ -107,6 +108,7 @@ class PreconditionedMomentum(Optimizer):
         xp = check_weights(W)
         return MomentumState(step=0, momentum=xp.zeros_like(W), preconditioner=preconditioner_for(preconditioner, W))
 
+    @overflow_checked_step
     def step(self, W, g, state: MomentumState, *, method="closed"):
         """One step: the momentum level, then ``W + m``. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, MomentumState, method, "momentum")

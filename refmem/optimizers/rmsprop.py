@@ -34,6 +34,7 @@ from .optimizer import (
     closed_report,
     descent_step,
     divide_by_denominator,
+    overflow_checked_step,
     real_hyperparameter,
 )
 
@@ -93,6 +94,7 @@ class RMSprop(Optimizer):
         kept = () if keep_history else None
         return RMSpropState(step=0, square_avg=zero, grad_avg=zero, momentum_buffer=zero, history=kept, sq_history=kept)
 
+    @overflow_checked_step
     def step(self, W, g, state: RMSpropState, *, method="closed"):
         """One step. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, RMSpropState, method, "square_avg", "grad_avg", "momentum_buffer")

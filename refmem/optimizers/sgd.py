@@ -37,6 +37,7 @@ from .optimizer import (
     check_state_shape,
     check_weights,
     descent_step,
+    overflow_checked_step,
     real_hyperparameter,
 )
 
@@ -80,6 +81,7 @@ class SGD(Optimizer):
         check_weights(W)
         return SGDState(step=0, momentum_buffer=None)
 
+    @overflow_checked_step
     def step(self, W, g, state: SGDState, *, method="closed"):
         """One step: the momentum level (if any), then the weights. Returns ``(W, state, reports)``."""
         xp = self.check_step(W, g, state, SGDState, method)

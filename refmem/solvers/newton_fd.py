@@ -17,6 +17,12 @@ where a Newton step barely reduces the gradient (a poor model, e.g. at an entry
 of :math:`|x|^q`, ``q < 2``, that has to cross zero, where Newton's step
 overshoots to :math:`-x`) a backtracking gradient step is tried as well and the
 better of the two is kept.
+
+Trial points are speculative: where the curvature vanishes (``q > 2`` at a zero
+entry) a full Newton step can land where ``f`` or its gradient overflows. Such a
+trial is *rejected* (the step is halved), silently: its value is never used. The
+finite-difference Hessian is probed the same way (a non-finite model falls back to
+the gradient direction). Every accepted iterate has a finite value and gradient.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import math
 
 from ..linalg import fro_norm, inner
-from ..validation import expand_matrix
+from ..validation import expand_matrix, floating_point_warnings_silenced
 from .problem import Problem, max_float
 from .options import check_count, check_rtol
 from .report import ConvergenceError, SolveReport
@@ -43,12 +49,23 @@ def _fd_hessian(problem: Problem, X, xp):
     # would straddle the kink of |x|^{q-1} at 0 for entries smaller than itself
     h_entry = eps ** (1 / 3) * xp.maximum(xp.abs(X), 1e-8 * scale)  # (.., a, b)
     h = xp.sum(E * h_entry, axis=(-2, -1), keepdims=True)  # (n, .., 1, 1): step along direction j
-    Gp = problem.grad(X + h * E)  # (n, .., a, b)
-    Gm = problem.grad(X - h * E)
-    cols = (Gp - Gm) / (2 * h)  # (n, .., a, b): column j = H e_j
+    with floating_point_warnings_silenced():  # probes past the overflow edge give a non-finite model: not used
+        Gp = problem.grad(X + h * E)  # (n, .., a, b)
+        Gm = problem.grad(X - h * E)
+        cols = (Gp - Gm) / (2 * h)  # (n, .., a, b): column j = H e_j
     H = xp.reshape(cols, (n,) + tuple(cols.shape[1:-2]) + (n,))  # (n, .., n)
     H = xp.moveaxis(H, 0, -1)  # (.., n, n)
     return 0.5 * (H + xp.matrix_transpose(H))
+
+
+def _trial(problem: Problem, X, xp):
+    """``(f(X), grad f(X), finite)`` at a trial point; ``finite`` is False (per problem) where either overflowed."""
+    with floating_point_warnings_silenced():  # a trial that overflows is rejected, never used
+        f = problem.value(X)  # (..,)
+        G = problem.grad(X)  # (.., a, b)
+        finite = xp.isfinite(f) & xp.all(xp.isfinite(G), axis=(-2, -1))
+        gnorm = fro_norm(xp.where(expand_matrix(finite, xp), G, xp.zeros_like(G)), xp)
+    return f, G, gnorm, finite
 
 
 def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halvings: int = 60):
@@ -93,28 +110,30 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
         g = xp.reshape(G, tuple(shape[:-2]) + (n, 1))
         # a tiny Levenberg shift keeps the model invertible where the curvature vanishes
         # (|M_ij|^{q-2} at zero entries for q > 2); it changes the step, not the fixed point
-        shift = 1e-10 * xp.max(xp.abs(H), axis=(-2, -1), keepdims=True) + 1e-300
-        H = H + shift * xp.eye(n, dtype=X.dtype)
         ok_H = bool(xp.all(xp.isfinite(H)))
         d = -g
         if ok_H:
+            shift = 1e-10 * xp.max(xp.abs(H), axis=(-2, -1), keepdims=True) + 1e-300
+            H = H + shift * xp.eye(n, dtype=X.dtype)
             try:
                 d = -xp.linalg.solve(H, g)  # (.., n, 1)
             except Exception:  # numerically singular even after the shift: gradient direction
                 d = -g
         d = xp.where(xp.isfinite(d), d, -g)
         D = xp.reshape(d, shape)
-        slope = inner(G, D, xp)  # (..,)
+        with floating_point_warnings_silenced():  # a huge Newton step: slope -inf, the halvings shorten it
+            slope = inner(G, D, xp)  # (..,)
         descent = slope < 0
         D = xp.where(expand_matrix(descent, xp), D, -G)
-        slope = inner(G, D, xp)
+        with floating_point_warnings_silenced():
+            slope = inner(G, D, xp)
         fX = problem.value(X)
         s = xp.ones_like(slope)
         for _ in range(max_halvings):
-            Xn = X + expand_matrix(s, xp) * D
-            fn = problem.value(Xn)
-            Gn = problem.grad(Xn)
-            ok = (fn <= fX + 1e-4 * s * slope + 8 * eps * xp.abs(fX)) | (fro_norm(Gn, xp) <= 0.5 * gnorm)
+            with floating_point_warnings_silenced():  # s D may overflow: such a trial is not finite, so rejected
+                Xn = X + expand_matrix(s, xp) * D
+            fn, Gn, gn, finite = _trial(problem, Xn, xp)
+            ok = finite & ((fn <= fX + 1e-4 * s * slope + 8 * eps * xp.abs(fX)) | (gn <= 0.5 * gnorm))
             if bool(xp.all(ok)):
                 break
             s = xp.where(ok, s, 0.5 * s)
@@ -123,20 +142,22 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
                                    "line search failed; is the objective smooth and convex here?")
         # Where the Newton step barely reduced the gradient (the model is poor, e.g. at an entry of
         # |x|^q, q < 2, that must cross 0), also try a backtracking gradient step and keep the better.
-        poor = fro_norm(Gn, xp) > 0.5 * gnorm
+        poor = gn > 0.5 * gnorm
         if bool(xp.any(poor)):
-            tg = 1.0 / xp.maximum(fro_norm(H, xp), xp.asarray(1e-300, dtype=X.dtype))  # 1/||H||_F <= 1/lambda_max
+            with floating_point_warnings_silenced():  # ||H|| may overflow (then tg = 0: no gradient step)
+                tg = 1.0 / xp.maximum(fro_norm(H, xp), xp.asarray(1e-300, dtype=X.dtype))  # 1/||H||_F <= 1/lambda_max
             for _ in range(max_halvings):
-                Xg = X - expand_matrix(tg, xp) * G
-                fg = problem.value(Xg)
-                okg = fg <= fX - 0.5 * tg * gnorm * gnorm + 8 * eps * xp.abs(fX)
+                with floating_point_warnings_silenced():  # tg G may overflow: such a trial is rejected
+                    Xg = X - expand_matrix(tg, xp) * G
+                    fg, Gg, _, finite_g = _trial(problem, Xg, xp)
+                    okg = finite_g & (fg <= fX - 0.5 * tg * gnorm * gnorm + 8 * eps * xp.abs(fX))
                 if bool(xp.all(okg | ~poor)):
                     break
                 tg = xp.where(okg, tg, 0.5 * tg)
-            better = poor & (fg < problem.value(Xn))
+            better = poor & okg & (fg < fn)
             if bool(xp.any(better)):
                 Xn = xp.where(expand_matrix(better, xp), Xg, Xn)
-                Gn = problem.grad(Xn)
+                Gn = xp.where(expand_matrix(better, xp), Gg, Gn)
         X, G = Xn, Gn
     raise ConvergenceError(SolveReport("iterative", "newton_fd", max_iter, rel, rtol, False),
                            "raise max_iter or check the problem's conditioning")
