@@ -26,7 +26,7 @@ from refmem.objectives import L2, Dot, Huber, Inner, Lp
 from refmem.objectives.windowed_l2 import WindowedL2
 from refmem.retentions import ElasticNet, ForgetGate, LocalL2, WeightDecay
 from refmem.solvers import ConvergenceError
-from refmem.validation import DivergenceError
+from test_windowed_stability import windowed_step_exact
 
 EPS = float(np.finfo(np.float64).eps)
 ETAS = [1e-12, 1e-6, 1.0, 1e6, 1e12]
@@ -115,9 +115,10 @@ def test_huge_inputs_raise_instead_of_returning_inf():
         warnings.simplefilter("error")  # any warning fails the test, whatever the suite's filters
         with pytest.raises(ConvergenceError, match=r"did not converge.*overflows the floating-point range.*max \|k\| = "):
             solve(Level(L2(), LocalL2(0.5)), M_t, k, v, method="iterative")
-        # the closed form: M k = 1e400 cannot be formed, so it is an error too (never inf, never a warning)
-        with pytest.raises(DivergenceError, match="closed form l2/local_l2/implicit overflows"):
-            solve(Level(L2(), LocalL2(0.5)), M_t, k, v)
+        # the closed form scales the key (M k = 1e400 is never formed) and is exact
+        M, _ = solve(Level(L2(), LocalL2(0.5)), M_t, k, v)
+    want = windowed_step_exact(M_t, 0.5, k[None], v[None], np.ones(1))  # normal equations in exact rationals
+    assert np.max(np.abs(M - want)) <= 16 * EPS * np.max(np.abs(want))
 
 
 def test_refusal_is_immediate_and_names_what_would_help():
@@ -127,3 +128,31 @@ def test_refusal_is_immediate_and_names_what_would_help():
         solve(Level(L2(), ForgetGate(1e6, 0.9)), M_t, k, v, method="iterative")
     assert info.value.report.iterations == 0 and not info.value.report.converged
     assert math.isinf(info.value.report.residual)
+
+
+def test_default_rtol_never_passes_the_ceiling():
+    # the tolerance derived from a condition number is capped at sqrt(eps); past it the caller is refused
+    from refmem.solvers import default_rtol
+
+    assert default_rtol(np.float64, np) == 1e-12
+    assert default_rtol(np.float64, np, condition=1e6) == pytest.approx(32 * EPS * 1e6, rel=1e-15)  # 7.1e-9
+    assert default_rtol(np.float64, np, condition=2e6) <= math.sqrt(EPS)
+    with pytest.raises(ValueError, match=r"condition = 1\.000e\+08 needs a tolerance of .* past the ceiling"):
+        default_rtol(np.float64, np, condition=1e8)  # 32 eps 1e8 = 7e-7 > sqrt(eps) = 1.5e-8
+    with pytest.raises(ValueError, match="past the ceiling"):
+        default_rtol(np.float32, np, condition=1e5)  # 32 * 1.2e-7 * 1e5 = 0.38 > sqrt(eps32) = 3.5e-4
+
+
+def test_a_check_at_a_conditioning_past_the_ceiling_is_refused_not_loosened():
+    # Mesa's closed-vs-CG check derived its bound 4 rtol kappa from kappa with no ceiling
+    from refmem.checks.mesa import closed_vs_cg
+    from refmem.checks.scan_steps import memory_inputs
+
+    inp = memory_inputs("mesa", np)
+    err, bound = closed_vs_cg(inp, np)
+    assert err <= bound <= 1e-8  # the registered inputs: kappa < 40
+    # kappa ~ sum ||k_i||^2 / lam ~ 1e4: CG certifies 1e-12 (32 eps kappa = 7e-11 ... raised to that), but the
+    # comparison's bound 4 rtol kappa ~ 3e-6 would pass half the digits: refused
+    inp["lam"] = np.full_like(inp["lam"], 3e-3)
+    with pytest.raises(ValueError, match=r"condition kappa = .* past the ceiling .* too ill-conditioned"):
+        closed_vs_cg(inp, np)

@@ -162,6 +162,58 @@ def test_memora_explicit_equals_written_out_rule(seed, a, c):
     assert np.all(np.asarray(M) > 0) and np.allclose(np.asarray(M).sum(-1), c, rtol=16 * 4 * EPS, atol=0)
 
 
+def memora_reference_decimal(q, k, v, eta, a, c, M0, digits=60):
+    """Miras' softmax rule M = c exp(Z) / sum exp(Z) written out in 60-digit decimals (no max shift needed:
+    Decimal's exponent range holds exp(+-1e12)); the read-outs rounded to float64 at the end."""
+    import decimal
+
+    with decimal.localcontext(decimal.Context(prec=digits, Emin=decimal.MIN_EMIN, Emax=decimal.MAX_EMAX)):
+        return _memora_decimal_steps(decimal.Decimal, q.tolist(), k.tolist(), v.tolist(), eta.tolist(), a, c,
+                                     M0.tolist())
+
+
+def _memora_decimal_steps(D, q, k, v, eta, a, c, M0):
+    M = [[D(x) for x in row] for row in M0]
+    outs = []
+    for t in range(len(k)):
+        kt, vt = [D(x) for x in k[t]], [D(x) for x in v[t]]
+        ep = 1 / (1 / D(a) + 1 / D(eta[t]))  # eta' = 1/(1/a + 1/eta)
+        lam = ep / D(a)
+        r = [sum(m * x for m, x in zip(row, kt)) - vi for row, vi in zip(M, vt)]
+        new = []
+        for row, ri in zip(M, r):
+            E = [((1 - lam) * m.ln() - ep * ri * kj).exp() for m, kj in zip(row, kt)]
+            total = sum(E)
+            new.append([D(c) * e / total for e in E])
+        M = new
+        outs.append([float(sum(m * D(x) for m, x in zip(row, q[t]))) for row in M])
+    return np.array(outs), np.array([[float(m) for m in row] for row in M])
+
+
+@pytest.mark.parametrize("key_scale", [1.0, 1e3, 1e6])
+def test_memora_with_large_keys_equals_the_rule_in_decimals(key_scale):
+    # keys of 1e3 drove rows to entries of exp(-1e6): 0 in float64, and log 0 = -inf at the next step
+    import warnings
+
+    from refmem.memories.memora import make_initial_state as simplex_state
+    from refmem.memories.memora import memora_recurrent
+
+    with refmem.backend("numpy") as xp:
+        inp = draw("memora", 3, batch=(), T=5, xp=xp)
+        inp["k"] = key_scale * inp["k"]
+        M0 = simplex_state(4, (), 4, 3, xp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            o, M = memora_recurrent(**inp, a=2.0, initial_state=M0)
+    o_ref, M_ref = memora_reference_decimal(*(to_numpy(inp[n]) for n in ("q", "k", "v", "eta")), 2.0, 1.0,
+                                            to_numpy(M0))
+    # logits of size |eta' r k| ~ key_scale^2 lose ~eps of that in float64: entries whose log differs from
+    # the row maximum by more than ~745 are 0 either way; the rest agree to rounding of the softmax
+    assert np.all(np.isfinite(o))
+    assert np.max(np.abs(np.asarray(o) - o_ref)) <= 1e-12 * max(1.0, np.max(np.abs(o_ref)))
+    assert np.max(np.abs(np.asarray(M) - M_ref)) <= 1e-12
+
+
 def test_memora_closed_equals_mirror_descent(xp):
     from refmem.memories.memora import make_initial_state as simplex_state
     from refmem.memories.memora import memora_recurrent

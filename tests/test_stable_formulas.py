@@ -9,6 +9,8 @@ from refmem import Level, solve
 from refmem.linalg import fro_norm
 from refmem.objectives import Dot, L2, Lp
 from refmem.retentions import KLSimplex, LocalL2
+from refmem.validation import DivergenceError
+from test_windowed_stability import windowed_step_exact  # the normal equations in exact rationals
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +67,23 @@ def test_lq_norm_scaled_and_silent():
     assert lq_norm(M, 2.0, np) == pytest.approx(5e300, rel=1e-15)  # 3-4-5: |M|^2 would overflow unscaled
     # an overflowed iterate (inf entry) gives inf, not nan from inf/inf and a RuntimeWarning
     assert lq_norm(np.array([[np.inf, 1.0]]), 3.0, np) == np.inf
+
+
+@pytest.mark.parametrize("eta", [1e-12, 1.0, 1e12])
+@pytest.mark.parametrize(("key_scale", "value_scale"), [(1e-300, 1.0), (1e200, 1.0), (1e200, 1e200), (1e300, 1e300)])
+def test_sherman_morrison_step_at_extreme_key_scales(eta, key_scale, value_scale):
+    # ||k||^2 and C k overflowed for keys above 1e154 although M stays of the size of C and v / k
+    g = np.random.default_rng(7)
+    C, k, v = g.standard_normal((3, 4)), key_scale * g.standard_normal(4), value_scale * g.standard_normal(3)
+    M, _ = solve(Level(L2(), LocalL2(eta)), C, k, v)
+    want = windowed_step_exact(C, eta, k[None], v[None], np.ones(1))  # one sample, weight 1
+    # a few roundings of O(1) operations on each entry, relative to the largest entry
+    assert np.max(np.abs(M - want)) <= 16 * np.finfo(float).eps * np.max(np.abs(want))
+
+
+def test_closed_form_of_an_overflowing_residual_is_an_error_not_inf():
+    # M_t k - v is out of range (M_t of 1e300, keys of 1e10: the answer would be too): a DivergenceError, silent
+    g = np.random.default_rng(2)
+    C, k, v = 1e300 * g.standard_normal((4, 3)), 1e10 * g.standard_normal(3), g.standard_normal(4)
+    with pytest.raises(DivergenceError, match=r"closed form lp/local_l2/explicit overflows.*max \|M_t\| = .*e\+300"):
+        solve(Level(Lp(3.0), LocalL2(0.5), step="explicit"), C, k, v)

@@ -5,7 +5,7 @@ stated objective, per-step or per-channel regulariser; scanning in two parts
 from the sufficient statistics == one scan. Closed vs iterative: the error in
 the solution is at most ``rtol kappa`` relative with
 ``kappa <= (sum ||k_i||^2 + lam_max)/lam_min < 40`` here (checked and returned
-as the bound ``max(1e-10, 4 rtol kappa)``).
+as the bound ``max(1e-10, 4 rtol kappa)``, refused past ``sqrt(eps)``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,22 @@ from ..memories.mesa import mesa_iterative, mesa_objective, mesa_recurrent
 from ..metrics import rel_error
 from ..problems import rng, to_backend
 from ..solvers import default_rtol
+from ..solvers.problem import rtol_ceiling
 from .registry import register_check
 from .scan_steps import CLOSED_VS_ITERATIVE_TOL, SCAN_SHAPE, memory_inputs
 
 def _mesa_bound(inp, xp):
+    """``max(1e-10, 4 rtol kappa)``, refused (ValueError) past the ceiling ``sqrt(eps)``: a bound looser than
+    that would pass a comparison with fewer than half the digits right (``default_rtol`` refuses a ``kappa``
+    whose own tolerance would pass the ceiling)."""
     _, kappa = mesa_objective(inp["q"], inp["k"], inp["v"], inp["lam"], initial_state=inp.get("initial_state"))
-    return max(CLOSED_VS_ITERATIVE_TOL, 4 * default_rtol(inp["k"].dtype, xp, condition=kappa) * kappa)
+    dtype = inp["k"].dtype
+    bound = max(CLOSED_VS_ITERATIVE_TOL, 4 * default_rtol(dtype, xp, condition=kappa) * kappa)
+    if bound > rtol_ceiling(dtype, xp):
+        raise ValueError(f"condition kappa = {kappa:.3e} makes the closed-vs-iterative bound 4 rtol kappa = "
+                         f"{bound:.1e}, past the ceiling sqrt(eps) = {rtol_ceiling(dtype, xp):.1e}: "
+                         "these inputs are too ill-conditioned to compare (raise lam)")
+    return bound
 
 
 def closed_vs_cg(inp, xp):

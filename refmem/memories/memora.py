@@ -30,11 +30,12 @@ weight matrices (rows of ``W1`` sum to ``c`` over the hidden units, rows of
 from __future__ import annotations
 
 from ..level import Level
+from ..linalg import matvec
 from ..objectives import L2
 from ..retentions.kl_simplex import KLSimplex
-from ..validation import as_param, finite_outputs
+from ..validation import as_param, check_scan_state, finite_outputs
 from ._inputs import check_sequence, check_step_gate, random_inputs
-from ._level_scan import level_scan
+from ._level_scan import level_scan, state_step
 from .deep_memory import deep_scan
 from .residual_mlp import ResidualLoss
 
@@ -62,7 +63,7 @@ def uniform_state(batch, d_v, d_k, c, xp, dtype):
 
 @finite_outputs
 def memora_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="closed", initial_state=None):
-    """Recurrent Memora with a linear memory.
+    r"""Recurrent Memora with a linear memory.
 
     Parameters
     ----------
@@ -83,6 +84,10 @@ def memora_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="clo
     Returns
     -------
     o : array ``[..., T, d_v]``, M : array ``[..., d_v, d_k]``
+        The explicit closed-form scan carries :math:`\log M` (:func:`_log_state_scan`): with
+        large keys entries of ``M`` below the smallest float are returned as 0 (their
+        logarithm stayed finite inside the scan); such an ``M`` is not a valid
+        ``initial_state`` (the KL retention needs positive entries).
     """
     xp = check_sequence(q, k, v, initial_state, eta=eta)
     _check_eta(eta, k, xp)
@@ -94,7 +99,35 @@ def memora_recurrent(q, k, v, eta, *, a=1.0, c=1.0, step="explicit", method="clo
     def level_at(t):
         return Level(obj, KLSimplex(eta=eta[..., t], a=a, c=c), step=step, name="memora")
 
+    if step == "explicit" and method == "closed":
+        return _log_state_scan(q, k, v, level_at, M0, xp)
     return level_scan(q, k, v, level_at, M0, xp, method=method)
+
+
+def _log_state_scan(q, k, v, level_at, M0, xp):
+    r"""The explicit closed-form scan with the state carried as :math:`\log M` (softmax as log-softmax).
+
+    The same steps as :func:`~refmem.memories._level_scan.level_scan` (each the level's
+    closed form, :meth:`KLSimplex.explicit_log_step`), but an entry that underflows to 0 in
+    ``M`` (keys of norm 1e3 already push rows to :math:`e^{-10^6}`) keeps its finite logarithm,
+    which the next step reads; ``M`` itself is used only in ``M k`` and ``M q``, where those
+    entries are 0 to rounding.
+    """
+    ret0 = level_at(0).retention.bind(xp, k.dtype)
+    state_step(lambda M: ret0.check_state(M, xp), 0, ("M_t",), M0)  # the caller's initial_state: ValueError
+    log_M = xp.log(M0)  # (.., d_v, d_k)
+    M = M0
+    outs = []
+    for t in range(k.shape[-2]):
+        level = level_at(t)
+        ret = level.retention.bind(xp, k.dtype)
+        g = level.objective.grad(M, k[..., t, :], v[..., t, :], xp)  # (.., d_v, d_k) at M_{t-1}
+        log_M = ret.explicit_log_step(log_M, g, xp)
+        check_scan_state(log_M, t, xp)  # an overflow in g is a DivergenceError at step t
+        M = xp.exp(log_M)  # (.., d_v, d_k)
+        outs.append(matvec(M, q[..., t, :]))  # (.., d_v, d_k) @ (.., d_k) -> (.., d_v)
+    o = xp.stack(outs, axis=-2) if outs else xp.zeros(tuple(v.shape), dtype=v.dtype)
+    return o, M
 
 
 @finite_outputs

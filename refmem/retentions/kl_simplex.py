@@ -28,6 +28,16 @@ def softmax_rows(Z, xp):
     return E / xp.sum(E, axis=-1, keepdims=True)
 
 
+def log_softmax_rows(Z, xp):
+    r"""Row-wise (last axis) :math:`\log\operatorname{softmax}(Z) = Z - \operatorname{logsumexp}(Z)`, by the row maximum.
+
+    Finite wherever ``Z`` is: the softmax itself underflows to 0 for entries more
+    than about 745 below their row's maximum, its logarithm does not.
+    """
+    Z = Z - xp.max(Z, axis=-1, keepdims=True)  # (.., d_v, d_k), row maximum 0
+    return Z - xp.log(xp.sum(xp.exp(Z), axis=-1, keepdims=True))  # the sum is in [1, d_k]
+
+
 @dataclass(frozen=True)
 class KLSimplex(Retention):
     r"""KL retention towards ``M_t`` and towards uniform, on rows summing to ``c``.
@@ -127,6 +137,17 @@ class KLSimplex(Retention):
     def explicit_step(self, M_t, g, xp):
         Z = expand_matrix(1.0 - self.lam, xp) * xp.log(M_t) - expand_matrix(self.eta_prime, xp) * g  # (.., d_v, d_k)
         return expand_matrix(self.c, xp) * softmax_rows(Z, xp)
+
+    def explicit_log_step(self, log_M_t, g, xp):
+        r""":math:`\log M` of :meth:`explicit_step` from :math:`\log M_t`: :math:`\log c + \log\operatorname{softmax}(Z)`.
+
+        The same step with the state kept as its logarithm, for scans whose
+        entries fall below the smallest float (large keys drive a row towards a
+        vertex of the simplex: entries of :math:`e^{-10^6}` are 0 in float64, and
+        their logarithm, which the next step needs, would be ``-inf``).
+        """
+        Z = expand_matrix(1.0 - self.lam, xp) * log_M_t - expand_matrix(self.eta_prime, xp) * g  # (.., d_v, d_k)
+        return xp.log(expand_matrix(self.c, xp)) + log_softmax_rows(Z, xp)
 
     def retained(self, M_t, xp):
         return self.explicit_step(M_t, 0 * M_t, xp)  # with no new input: c softmax((1 - lam) log M_t)

@@ -30,17 +30,8 @@ from __future__ import annotations
 import math
 
 from .options import check_count, check_rtol
-from .problem import Problem, default_rtol, max_float
+from .problem import Problem, default_rtol, max_float, rtol_ceiling
 from .report import ConvergenceError, SolveReport
-
-
-def rtol_ceiling(dtype, xp) -> float:
-    r"""The loosest tolerance conditioning may push a solve to: :math:`\sqrt{\varepsilon}`.
-
-    ``1.5e-8`` in float64, ``3.5e-4`` in float32: at least half the digits of
-    the format are certified, whatever the problem.
-    """
-    return math.sqrt(float(xp.finfo(dtype).eps))
 
 
 def condition_estimate(prob: Problem) -> float:

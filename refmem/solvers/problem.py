@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,6 +77,15 @@ class Problem:
         return xp.where(s > 0, s, xp.ones_like(s))
 
 
+def rtol_ceiling(dtype, xp) -> float:
+    r"""The loosest tolerance conditioning may push a solve or a check to: :math:`\sqrt{\varepsilon}`.
+
+    ``1.5e-8`` in float64, ``3.5e-4`` in float32: at least half the digits of
+    the format are certified, whatever the problem.
+    """
+    return math.sqrt(float(xp.finfo(dtype).eps))
+
+
 def default_rtol(dtype, xp, condition=None) -> float:
     """The relative tolerance a solve aims for: ``1e-12`` in float64, ``1e-5`` in float32.
 
@@ -83,12 +93,25 @@ def default_rtol(dtype, xp, condition=None) -> float:
     gradient at the exact minimiser has size about ``eps * L * ||X||``, i.e.
     ``eps * kappa`` relative to ``mu ||X||``. The tolerance is therefore
     raised to ``32 * eps * kappa`` when the condition number ``kappa = L/mu``
-    demands it.
+    (``condition``) demands it, but never past :func:`rtol_ceiling`
+    (``sqrt(eps)``): a ``condition`` that would need more is refused.
+
+    Raises
+    ------
+    ValueError
+        ``32 eps condition > sqrt(eps)`` (``condition > 2.1e6`` in float64): no
+        tolerance within the ceiling can be certified at that conditioning.
     """
     eps = float(xp.finfo(dtype).eps)
     base = 1e-12 if eps < 1e-10 else 1e-5
     if condition is not None and condition == condition and condition != float("inf"):
-        base = max(base, 32 * eps * condition)
+        floor = 32 * eps * condition
+        ceiling = rtol_ceiling(dtype, xp)
+        if floor > ceiling:
+            raise ValueError(f"condition = {condition:.3e} needs a tolerance of 32 eps condition = {floor:.1e}, past "
+                             f"the ceiling sqrt(eps) = {ceiling:.1e}: nothing can be certified to half the digits "
+                             "at this conditioning (better conditioned inputs, e.g. a larger regulariser, would help)")
+        base = max(base, floor)
     return base
 
 
