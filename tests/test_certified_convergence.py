@@ -156,3 +156,59 @@ def test_a_check_at_a_conditioning_past_the_ceiling_is_refused_not_loosened():
     inp["lam"] = np.full_like(inp["lam"], 3e-3)
     with pytest.raises(ValueError, match=r"condition kappa = .* past the ceiling .* too ill-conditioned"):
         closed_vs_cg(inp, np)
+
+
+def _lq_mirror(M, q):
+    """grad psi for psi = 1/2 ||M||_q^2 (entrywise), written out: sign(M) |M|^{q-1} ||M||_q^{2-q}."""
+    n = np.max(np.abs(M)) * np.sum((np.abs(M) / np.max(np.abs(M))) ** q) ** (1 / q)
+    return np.sign(M) * (np.abs(M) / n) ** (q - 1) * n
+
+
+LQ_OBJECTIVES = ["dot", "l2", "lp3", "huber", "windowed_l2"]
+
+
+def _lq_objective_grad(objective, M, k, v):
+    """grad l at M, written out (windowed l2 with unit weights, Huber with delta = 1)."""
+    if objective == "windowed_l2":
+        return (M @ k.T - v.T) @ k  # sum_i (M k_i - v_i) k_i^T
+    if objective == "dot":
+        return -np.outer(v, k)
+    r = M @ k - v
+    if objective == "l2":
+        return np.outer(r, k)
+    if objective == "lp3":
+        return np.outer(3 * np.sign(r) * r**2, k)
+    return np.outer(np.clip(r, -1.0, 1.0), k)  # huber
+
+
+@pytest.mark.parametrize("objective", LQ_OBJECTIVES)
+@pytest.mark.parametrize("step", ["explicit", "implicit"])
+def test_lq_retention_over_the_grid_is_silent_and_never_converged_and_wrong(objective, step):
+    # Newton's trial points at eta >= 1e6 with large keys overflowed with NumPy warnings (lq_moneta's psi)
+    from refmem.retentions import LqMoneta
+
+    q, alpha = 3.0, 0.9
+    outcomes = []
+    for i, (eta, scale) in enumerate((e, s) for e in ETAS for s in KEY_SCALES):
+        M_t, k, v = _inputs(objective, scale, seed=i)
+        level = Level(OBJECTIVES[objective], LqMoneta(q, alpha, eta), step=step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # any warning fails, whatever the suite's filters
+            try:
+                M, report = solve(level, M_t, k, v, method="iterative", max_iter=200)
+            except ConvergenceError:
+                outcomes.append("raised")
+                continue
+        outcomes.append("converged")
+        assert np.all(np.isfinite(M)) and report.converged
+        # stationarity of psi(M) - alpha <grad psi(M_t), M> + eta l, by hand: grad psi(M) + eta grad l = alpha A
+        A = alpha * _lq_mirror(M_t, q)
+        grad_l = _lq_objective_grad(objective, M_t if step == "explicit" else M, k, v)
+        res = np.linalg.norm(_lq_mirror(M, q) + eta * grad_l - A)
+        res0 = np.linalg.norm(_lq_mirror(M_t, q) + eta * _lq_objective_grad(objective, M_t, k, v) - A)
+        # what "converged" certifies for q > 2 (mu = 0, no strong convexity): the gradient of the stated
+        # objective (eta times this residual) reduced to rtol of its start, plus the hand formula's rounding
+        # (a few eps of the largest term); a wrong answer leaves a residual of the terms' own size
+        rounding = 64 * EPS * max(np.linalg.norm(_lq_mirror(M, q)), np.linalg.norm(eta * grad_l), np.linalg.norm(A))
+        assert res <= 4 * report.tolerance * res0 + rounding, (eta, scale, res, res0)
+    assert outcomes.count("converged") >= 9, outcomes
