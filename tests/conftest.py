@@ -15,6 +15,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CPU_BACKENDS = ["numpy", "array_api_strict"]
 
+# How many bad-input calls the guard (tests/test_bad_input.py) made in this session, by family; printed in
+# the terminal summary (the figure the guard reports).
+BAD_INPUT_CALLS: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BAD_INPUT_CALLS:
+        parts = ", ".join(f"{family} {n}" for family, n in sorted(BAD_INPUT_CALLS.items()))
+        terminalreporter.write_line(f"bad-input calls made: {sum(BAD_INPUT_CALLS.values())} ({parts})")
+
 
 @pytest.fixture(params=CPU_BACKENDS)
 def xp(request):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
 
 import array_api_strict
@@ -30,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import BAD_INPUT_CALLS
 from refmem.memories import MEMORIES
 from refmem.solvers import ConvergenceError, SolveReport
 from refmem.validation import DivergenceError
@@ -157,6 +159,9 @@ def check_call(call, name, mutation, *, optional=False, table=MUTATIONS):
     ``"raised"`` or ``"returned"``.
     """
     kind, _ = table[mutation]
+    test = os.environ.get("PYTEST_CURRENT_TEST", "::outside a test").split("::")[-1]
+    family = test.split("[")[0].split(" ")[0]  # the test function: one entry family, sweep or random details
+    BAD_INPUT_CALLS[family] = BAD_INPUT_CALLS.get(family, 0) + 1
     if optional and mutation == "None":
         kind = "accept"
     with warnings.catch_warnings():
