@@ -212,3 +212,18 @@ def test_lq_retention_over_the_grid_is_silent_and_never_converged_and_wrong(obje
         rounding = 64 * EPS * max(np.linalg.norm(_lq_mirror(M, q)), np.linalg.norm(eta * grad_l), np.linalg.norm(A))
         assert res <= 4 * report.tolerance * res0 + rounding, (eta, scale, res, res0)
     assert outcomes.count("converged") >= 9, outcomes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lp1_implicit_step_at_large_step_and_keys_is_bounded(seed):
+    # issue reproducer: lp(p=1) iterative at eta = 1e12, keys x1e3 reached 35x ||M_t|| + ||v|| / ||k||.
+    # The minimiser is M_t - c k^T with |c_i| <= |r0_i| / ||k||^2 (the soft threshold), r0 = M_t k - v, so
+    # ||M|| <= ||M_t|| + ||r0|| / ||k|| <= 2 ||M_t|| + ||v|| / ||k||.
+    g = np.random.default_rng(seed)
+    M_t, k, v = g.standard_normal((4, 3)), 1e3 * g.standard_normal(3), g.standard_normal(4)
+    bound = 2 * np.linalg.norm(M_t) + np.linalg.norm(v) / np.linalg.norm(k)
+    try:
+        M, _ = solve(Level(Lp(1.0), LocalL2(1e12)), M_t, k, v, method="iterative")
+    except ConvergenceError:
+        return
+    assert np.linalg.norm(M) <= bound
