@@ -97,6 +97,31 @@ def test_deep_implicit_step_fixed_point_and_no_closed_form(xp, loss):
     assert rel_error(B, 0.9 * W2 - 0.25 * g2, xp) <= 1e-10
 
 
+@pytest.mark.parametrize(("eta", "key_scale"), [(1.0, 1e3), (1e6, 1e3), (1e12, 1e3)])
+def test_deep_implicit_step_at_large_keys_is_a_fixed_point_or_refused(eta, key_scale):
+    # issue reproducer: the implicit deep step reached 427x ||W_t|| + ||v|| / ||k||. That is no bound for the
+    # residual MLP: M(k) = k + W1 sigma(W2 k) with |sigma| <= 1 needs ||W1|| >= ||v - k|| / sqrt(h) to fit v.
+    # What holds: a converged answer is the step's fixed point (checked by hand), or ConvergenceError.
+    from refmem.retentions import LocalL2
+    from refmem.solvers import ConvergenceError
+
+    W1, W2, k, v = deep_checks.deep_problem(np, seed=12, batch=(3,))
+    k = key_scale * k
+    try:
+        (A, B), rep = deep_step((W1, W2), k, v, retention=LocalL2(eta), step="implicit", method="iterative",
+                                max_iter=2000)
+    except ConvergenceError as exc:
+        assert "did not converge" in str(exc)
+        return
+    assert rep.converged and np.all(np.isfinite(A)) and np.all(np.isfinite(B))
+    _, g1, g2 = deep_loss_grad(A, B, k, v, ResidualLoss("l2"), np)
+    # stationarity of l(W) + ||W - W_t||^2 / (2 eta): W = W_t - eta grad l(W), to the certified 1e-12 of the
+    # solver's scale max(||W|| / eta, r0) (times eta: relative to ||W|| + eta r0, r0 = ||grad l(W_t)||)
+    _, r1, r2 = deep_loss_grad(W1, W2, k, v, ResidualLoss("l2"), np)
+    scale = np.linalg.norm(A) + np.linalg.norm(B) + eta * (np.linalg.norm(r1) + np.linalg.norm(r2))
+    assert np.linalg.norm(A - (W1 - eta * g1)) + np.linalg.norm(B - (W2 - eta * g2)) <= 1e-9 * scale
+
+
 def test_deep_implicit_step_equals_scipy():
     from refmem.checks.deep_memory_scipy import lbfgs_deep_implicit
 
