@@ -20,9 +20,16 @@ def state_step(step_fn, t, state_names, /, *args, **kwargs):
     solve's ``M_t``) is about the state: at ``t = 0`` it is the caller's
     ``initial_state``; later it is a state the scan made (an entry that
     underflowed out of the retention's domain): a :class:`DivergenceError`.
+    A :class:`DivergenceError` of the step itself (an overflow inside it) is given
+    the step ``t``, so the scan reports the step and the inputs that drove it.
     """
     try:
         return step_fn(*args, **kwargs)
+    except DivergenceError as exc:
+        if exc.step is not None:
+            raise
+        # a step that overflowed (e.g. solve's closed form): the scan's error names step t and its inputs
+        raise DivergenceError(str(exc), step=t) from None
     except ValueError as exc:
         if not any(name in str(exc) for name in state_names):
             raise
