@@ -295,12 +295,13 @@ def _conform_epilog() -> str:
               "          -> {'dq', 'dk', 'dv', 'dbeta', 'dg' (or 'dgk'), 'dh0'}: fla's names and spaces",
               "          (dg = a da for g = log a, dh0 = dM_0^T, dq for the q it received)",
               "or, without --vjp, from torch autograd through the kernel (its outputs must be torch tensors that",
-              "require grad; torch is imported only then). A failing kernel is told which gradient differs.", "",
+              "require grad; torch is imported only then; --convert torch:from_numpy gives the forward check torch",
+              "inputs too). A failing kernel is told which gradient differs.", "",
               _examples("refmem conform my_kernels:delta_rule_fla --spec delta_rule --layout fla --dtype float32",
                         "refmem conform my_kernels:gla --spec gated_linear_attention --vectors vectors --outputs o",
                         "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy",
                         "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first",
-                        "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward",
+                        "refmem conform k:torch_fla --spec delta_rule --layout fla --backward --convert torch:from_numpy",
                         "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward "
                         "--vjp my_kernels:bwd")]
     return "\n".join(lines)
