@@ -220,14 +220,25 @@ def scan_chunks(M0, N: int, chunk_terms, xp):
     return xp.stack(outs, axis=-3), M
 
 
-def scan_blocks(T: int, C: int, block_tokens: int, M0, block, xp):
+def block_steps(T: int, C: int, *, block_tokens: int = 256, share: int = 8) -> int:
+    """Steps per block of a blocked chunked form: whole chunks, at most ``min(block_tokens, T / share)``, at least one chunk.
+
+    A blocked form forms one block's chunk pieces at a time, so its temporaries
+    are a fixed fraction of the sequence's (``1 / share`` once ``T >= share C``),
+    never a copy per chunk of the whole sequence.
+    """
+    return max(1, min(int(block_tokens), int(T) // int(share)) // C) * C
+
+
+def scan_blocks(T: int, C: int, block_tokens: int, M0, block, xp, *, share: int = 8):
     """Run ``block(lo, hi, M) -> (o [..., hi - lo, d_v], M)`` over the steps in blocks of whole chunks.
 
-    A block holds ``max(1, min(block_tokens, T / 8) // C)`` chunks (chunk
-    boundaries unchanged, so each chunk sees the numbers of the whole-sequence
-    computation). Returns the outputs ``[..., T, d_v]`` and the final state.
+    A block holds :func:`block_steps` steps, at most ``min(block_tokens, T / share)``
+    (chunk boundaries unchanged, so each chunk sees the numbers of the
+    whole-sequence computation); ``M`` is whatever state the blocks carry.
+    Returns the outputs ``[..., T, d_v]`` and the final state.
     """
-    per_block = max(1, min(int(block_tokens), T // 8) // C) * C  # whole chunks per block, at most an eighth of T
+    per_block = block_steps(T, C, block_tokens=block_tokens, share=share)
     M = M0
     outs = []
     for lo in range(0, max(T, 1), per_block):

@@ -15,7 +15,10 @@ statistics :math:`(G_0, H_0)`, write :math:`y_t = (H_t + \Lambda_t)^{-1} q_t`; t
 so the ``C`` systems of a chunk (and of all chunks at once, given each chunk's
 start statistics, which are prefix sums of :math:`K^T K` and :math:`V^T K`) are
 solved together by conjugate gradient whose operator is three matrix
-products. The final state :math:`M_T = G_T (H_T + \Lambda_T)^{-1}` is solved by
+products. The chunks are taken a block at a time
+(:func:`~refmem.chunked.chunks.scan_blocks`): each chunk's start statistics continue
+the running sums of the blocks before it, and the CG of a block's rows runs on its
+own (each row is its own system, so its iterates do not depend on the block). The final state :math:`M_T = G_T (H_T + \Lambda_T)^{-1}` is solved by
 CG too (rows :math:`m_i (H_T + \Lambda_T) = g_i`).
 
 CG stops per system when :math:`\|r\| \le \mathrm{rtol}\,\|b\|`; the error of
@@ -32,7 +35,7 @@ from ..memories.mesa import _scan_setup
 from ..parallel import workers_option
 from ..solvers import ConvergenceError, SolveReport
 from ..validation import finite_outputs
-from .chunks import check_chunk_size, from_chunks, lower_mask, mT, prepare_chunks, to_chunks
+from .chunks import check_chunk_size, from_chunks, lower_mask, mT, prepare_chunks, scan_blocks, to_chunks
 
 
 def _default_rtol(dtype, xp) -> float:
@@ -121,40 +124,57 @@ def mesa_chunked(q, k, v, lam, *, chunk_size=64, initial_state=None, return_stat
         raise ValueError("q, k, v must have at least one step (T >= 1)")
     rtol = _default_rtol(k.dtype, xp) if rtol is None else float(rtol)
     max_iter = 10 * d_k + 10 if max_iter is None else int(max_iter)
-    Q, K, V, _ = prepare_chunks(q, k, v, C, xp)  # (.., N, C, d)
     if lam.ndim == 0:
-        lam_rows = lam
         lam_end = lam
     elif per_channel:
-        lam_rows = to_chunks(lam, C, xp, fill=1.0)  # (.., N, C, d_k): padding rows have q = 0, any lam > 0 works
         lam_end = lam[..., T - 1, :][..., None, :]  # (.., 1, d_k)
     else:
-        lam_rows = to_chunks(lam, C, xp, fill=1.0, time_axis=-1)[..., None]  # (.., N, C, 1)
         lam_end = lam[..., T - 1][..., None, None]  # (.., 1, 1)
-    KtK = mT(K, xp) @ K  # per-chunk sum k k^T, (.., N, d_k, C) @ (.., N, C, d_k)
-    VtK = mT(V, xp) @ K  # per-chunk sum v k^T, (.., N, d_v, d_k)
-    H_start = H0[..., None, :, :] + _exclusive_cumsum(KtK, xp)  # (.., N, d_k, d_k)
-    G_start = G0[..., None, :, :] + _exclusive_cumsum(VtK, xp)  # (.., N, d_v, d_k)
+    # carried from block to block: the sums of k k^T and v k^T so far (without H_0, G_0), and H, G
+
+    def block(lo, hi, state):
+        lam_rows = lam if lam.ndim == 0 else (to_chunks(lam[..., lo:hi, :], C, xp, fill=1.0) if per_channel else
+                                              to_chunks(lam[..., lo:hi], C, xp, fill=1.0, time_axis=-1)[..., None])
+        return _mesa_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], lam_rows, C, G0, H0, state[0],
+                           state[1], xp, rtol=rtol, max_iter=max_iter)
+
+    o, (_, _, H_T, G_T) = scan_blocks(T, C, 256, (xp.zeros_like(H0), xp.zeros_like(G0), H0, G0), block, xp, share=16)
+    M, _ = row_cg(lambda Mr: Mr @ H_T + lam_end * Mr, G_T, xp, rtol=rtol, max_iter=max_iter)  # m_i (H_T + L_T) = g_i
+    return (o, M, (G_T, H_T)) if return_stats else (o, M)
+
+
+def _mesa_block(q, k, v, lam_rows, C: int, G0, H0, sum_KK, sum_VK, xp, *, rtol: float, max_iter: int):
+    """One block of whole chunks: outputs ``[..., t, d_v]`` and ``(sum k k^T, sum v k^T, H, G)`` after it.
+
+    ``lam_rows`` is ``lam`` (a scalar) or its block's rows ``[..., n, C, 1 or d_k]``
+    (padding rows have ``q = 0``: any ``lam > 0`` works). ``sum_KK, sum_VK`` are the
+    sums of ``k k^T`` and ``v k^T`` over the chunks before the block; each chunk's
+    start statistics are ``H_0 +`` (that sum continued over the block's earlier
+    chunks), summed in sequence order.
+    """
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+    KtK = mT(K, xp) @ K  # per-chunk sum k k^T, (.., n, d_k, C) @ (.., n, C, d_k)
+    VtK = mT(V, xp) @ K  # per-chunk sum v k^T, (.., n, d_v, d_k)
+    KK_before = _running_sums(sum_KK, KtK, xp)  # (.., n + 1, d_k, d_k): before each chunk, and after the block
+    VK_before = _running_sums(sum_VK, VtK, xp)  # (.., n + 1, d_v, d_k)
+    H_start = H0[..., None, :, :] + KK_before[..., :-1, :, :]  # (.., n, d_k, d_k)
+    G_start = G0[..., None, :, :] + VK_before[..., :-1, :, :]  # (.., n, d_v, d_k)
     incl = lower_mask(C, xp, device_of(k))
     zeros = xp.zeros((C, C), dtype=k.dtype, device=device_of(k))
 
     def tril_scores(Y):
-        return xp.where(incl, Y @ mT(K, xp), zeros)  # tril(Y K^T), (.., N, C, C)
+        return xp.where(incl, Y @ mT(K, xp), zeros)  # tril(Y K^T), (.., n, C, C)
 
     def apply(Y):  # (H_t + Lambda_t) y_t for every step t of every chunk, rows of Y
-        return Y @ H_start + tril_scores(Y) @ K + lam_rows * Y  # (.., N, C, d_k)
+        return Y @ H_start + tril_scores(Y) @ K + lam_rows * Y  # (.., n, C, d_k)
 
     Y, _ = row_cg(apply, Q, xp, rtol=rtol, max_iter=max_iter)
-    O = Y @ mT(G_start, xp) + tril_scores(Y) @ V  # (.., N, C, d_v)
-    H_T = H_start[..., -1, :, :] + KtK[..., -1, :, :]  # (.., d_k, d_k)
-    G_T = G_start[..., -1, :, :] + VtK[..., -1, :, :]  # (.., d_v, d_k)
-    M, _ = row_cg(lambda Mr: Mr @ H_T + lam_end * Mr, G_T, xp, rtol=rtol, max_iter=max_iter)  # m_i (H_T + L_T) = g_i
-    o = from_chunks(O, T, xp)
-    return (o, M, (G_T, H_T)) if return_stats else (o, M)
+    O = Y @ mT(G_start, xp) + tril_scores(Y) @ V  # (.., n, C, d_v)
+    H_end = H_start[..., -1, :, :] + KtK[..., -1, :, :]  # (.., d_k, d_k)
+    G_end = G_start[..., -1, :, :] + VtK[..., -1, :, :]  # (.., d_v, d_k)
+    return from_chunks(O, T, xp), (KK_before[..., -1, :, :], VK_before[..., -1, :, :], H_end, G_end)
 
 
-def _exclusive_cumsum(x, xp):
-    """``y_n = sum_{m < n} x_m`` along the chunk axis ``-3`` of ``[..., N, a, b]``."""
-    first = xp.zeros_like(x[..., :1, :, :])
-    total = xp.cumulative_sum(x, axis=-3)
-    return xp.concat([first, total[..., :-1, :, :]], axis=-3)
+def _running_sums(before, x, xp):
+    """``[s, s + x_0, (s + x_0) + x_1, ...]`` along the chunk axis ``-3`` of ``x [..., n, a, b]``: ``n + 1`` sums."""
+    return xp.cumulative_sum(xp.concat([before[..., None, :, :], x], axis=-3), axis=-3)

@@ -38,8 +38,11 @@ the delta rule (UT form) with the *shifted* coefficients :math:`c_{t-1,s}`:
     = \mathrm{diag}(\theta)(V - \mathrm{diag}(\gamma^{a-}) K M_0^T - \mathrm{diag}(p^{-}) K S_0^T),
 
 (:math:`x^-_t = x_{t-1}`, :math:`\gamma^{a-}_0 = 1`, :math:`p^-_0 = 0`). Everything is
-affine in :math:`[M_0, S_0]`, so the chunk-to-chunk pass carries the pair
-(``d_v x 2 d_k``) through one ``2 d_k x 2 d_k`` matrix per chunk.
+affine in :math:`[M_0, S_0]`: with :math:`U = \tilde U - W X_0^T` (:math:`X_0 = [M_0, S_0]`),
+:math:`O = P U + [\mathrm{diag}(\gamma^a) Q, \mathrm{diag}(p) Q] X_0^T` and
+:math:`X_C = [\gamma^a_C M_0 + p_C S_0,\ \gamma^\eta_C S_0] + U^T [\mathrm{diag}(c_{C\cdot}) K, \mathrm{diag}(D^\eta_{C\cdot}) K]`,
+so the chunk-to-chunk pass carries only the pair (``d_v x 2 d_k``), a few
+``C x 2 d_k`` products per chunk.
 
 Mini-batch form (Titans' own parallel training): every gradient of the chunk at
 the chunk-start state, :math:`u_t = \theta_t (v_t - M_0 k_t)`: the same formulas
@@ -53,8 +56,9 @@ from ..linalg import device_of
 from ..memories.titans import check_titans_inputs, titans_gates
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import (check_chunk_size, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
-                     lower_mask, mT, prepare_chunks, scan_chunks, shift_right, solve_unit_lower, to_chunks)
+from .chunks import (broadcast_lead, check_chunk_size, chunk, concat_last, decay_from_start, decay_matrix,
+                     from_chunks, log_gate_cumsum, lower_mask, mT, prepare_chunks, scalar_chunk, scan_blocks,
+                     shift_right, solve_unit_lower, to_chunks)
 
 
 def _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size):
@@ -62,89 +66,160 @@ def _checked(q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_
     return xp, check_chunk_size(chunk_size, k.shape[-2]), M0, S0
 
 
-def titans_terms(Q, K, V, a, eta, theta, xp, *, exact: bool = True):
-    """Chunk terms of Titans (module docstring) for chunks ``Q, K [..., C, d_k]``, ``V``, gates ``[..., C]``.
+def titans_pieces(Q, K, V, a, eta, theta, xp, *, exact: bool = True):
+    r"""The ``[M0, S0]``-independent pieces of Titans chunks (module docstring for the algebra).
 
-    Returns ``PU [..., C, d_v]``, ``Qt [..., C, 2 d_k]``, ``H [..., d_v, 2 d_k]``,
-    ``F [..., 2 d_k, 2 d_k]`` with ``O = PU + Qt X0^T`` and ``X_C = X0 F + H`` for
-    the pair ``X = [M, S]``.
+    Parameters
+    ----------
+    Q, K : array ``[..., C, d_k]``
+    V : array ``[..., C, d_v]``
+    a, eta, theta : array ``[..., C]``
+        Memory retention ``1 - alpha``, momentum decay and step size.
+    exact : bool
+        ``True``: the per-token recurrence (triangular solve). ``False``: the
+        mini-batch form, every gradient at the chunk-start memory.
+
+    Returns
+    -------
+    Ut : ``[..., C, d_v]``, W : ``[..., C, w]``
+        ``U = Ut - W X0^T[:w]``: ``w = 2 d_k`` (exact, ``X0 = [M0, S0]``) or ``d_k``
+        (mini-batch, ``M0`` only).
+    P : ``[..., C, C]``
+        ``tril(c o Q K^T)``.
+    Qg : ``[..., C, 2 d_k]``
+        ``[diag(gamma^a) Q, diag(p) Q]``: ``O = P U + Qg X0^T``.
+    Kt : ``[..., C, 2 d_k]``
+        ``[diag(c_{C.}) K, diag(D^eta_{C.}) K]``: ``X_C = X0 Gamma + U^T Kt``.
+    g_a, g_e, p_C : ``[...]``
+        ``Gamma = [[g_a I, 0], [p_C I, g_e I]]``: the chunk's gates on the pair.
     """
-    C, d_k = K.shape[-2], K.shape[-1]
-    d_v = V.shape[-1]
+    C = K.shape[-2]
     dev = device_of(K)
     incl = lower_mask(C, xp, dev)
-    strict = lower_mask(C, xp, dev, strict=True)
     La, Za = log_gate_cumsum(a, xp)
     Le, Ze = log_gate_cumsum(eta, xp)
     Da = decay_matrix(La, Za, La, Za, incl, xp)  # prod_{s<r<=t} a_r, (.., C, C)
     De = decay_matrix(Le, Ze, Le, Ze, incl, xp)  # prod_{s<r<=t} eta_r, (.., C, C)
     ga, ge = decay_from_start(La, Za, xp), decay_from_start(Le, Ze, xp)  # (.., C)
-    P = Da @ xp.where(strict, De, xp.zeros_like(De))  # momentum -> memory weights, (.., C, C) @ (.., C, C)
-    c = Da + P  # coefficient of u_s k_s^T in M_t, (.., C, C)
+    strict = lower_mask(C, xp, dev, strict=True)
+    c = Da + Da @ xp.where(strict, De, xp.zeros_like(De))  # c = D^a + P: coefficient of u_s k_s^T in M_t, (.., C, C)
     p = (Da @ ge[..., None])[..., 0]  # coefficient of S_0 in M_t, (.., C, C) @ (.., C, 1) -> (.., C)
-    zeros_k = xp.zeros_like(K)
+    Kt = concat_last(c[..., C - 1, :][..., None] * K, De[..., C - 1, :][..., None] * K, xp=xp)  # (.., C, 2 d_k)
+    del Da
     if exact:
         c_prev = shift_right(c, xp, axis=-2)  # c_{t-1, s}: strictly lower, (.., C, C)
         ga_prev = shift_right(ga, xp, fill=1.0)  # gamma^a_{t-1}, gamma^a_{-1} = 1
         p_prev = shift_right(p, xp)  # p_{t-1}, p_{-1} = 0
-        rhs = theta[..., None] * concat_last(V, ga_prev[..., None] * K, p_prev[..., None] * K, xp=xp)
+        rhs = theta[..., None] * concat_last(V, ga_prev[..., None] * K, p_prev[..., None] * K, xp=xp)  # (.., C, d_v + 2 d_k)
         A_low = theta[..., :, None] * (c_prev * (K @ mT(K, xp)))  # (.., C, C); strict lower triangle read
-        X = solve_unit_lower(A_low, rhs, xp)  # [U~, W_M, W_S], (.., C, d_v + 2 d_k)
-        del A_low, rhs, c_prev
+        del c_prev
+        lead = tuple(A_low.shape[:-2])
+        X = solve_unit_lower(A_low, xp.broadcast_to(rhs, lead + tuple(rhs.shape[-2:])), xp)  # [U~, W_M, W_S]
+        del A_low, rhs
     else:  # gradients at M_0: u_t = theta_t (v_t - M_0 k_t)
-        X = theta[..., None] * concat_last(V, K, zeros_k, xp=xp)
-    Pq = c * (Q @ mT(K, xp))  # tril(c o Q K^T), (.., C, C)
-    PX = Pq @ X  # (.., C, d_v + 2 d_k)
-    PU = PX[..., :d_v]
-    Qt = concat_last(ga[..., None] * Q, p[..., None] * Q, xp=xp) - PX[..., d_v:]  # (.., C, 2 d_k)
-    Kt = concat_last(c[..., C - 1, :][..., None] * K, De[..., C - 1, :][..., None] * K, xp=xp)  # (.., C, 2 d_k)
-    HG = mT(X, xp) @ Kt  # (.., d_v + 2 d_k, C) @ (.., C, 2 d_k) -> (.., d_v + 2 d_k, 2 d_k)
-    H, G = HG[..., :d_v, :], HG[..., d_v:, :]
-    eye = xp.eye(d_k, dtype=K.dtype, device=dev)
+        X = theta[..., None] * concat_last(V, K, xp=xp)  # [U~, W_M], (.., C, d_v + d_k)
+    d_v = V.shape[-1]
+    P = c * (Q @ mT(K, xp))  # tril(c o Q K^T) (c is lower triangular), (.., C, C)
+    Qg = concat_last(ga[..., None] * Q, p[..., None] * Q, xp=xp)  # (.., C, 2 d_k)
+    return X[..., :d_v], X[..., d_v:], P, Qg, Kt, ga[..., C - 1], ge[..., C - 1], p[..., C - 1]
+
+
+def titans_terms(Q, K, V, a, eta, theta, xp, *, exact: bool = True):
+    """Chunk terms of Titans (module docstring) for chunks ``Q, K [..., C, d_k]``, ``V``, gates ``[..., C]``.
+
+    Returns ``PU [..., C, d_v]``, ``Qt [..., C, 2 d_k]``, ``H [..., d_v, 2 d_k]``,
+    ``F [..., 2 d_k, 2 d_k]`` with ``O = PU + Qt X0^T`` and ``X_C = X0 F + H`` for
+    the pair ``X = [M, S]`` (built from :func:`titans_pieces`; the chunked forms
+    use the pieces directly and never form ``F``).
+    """
+    d_k = K.shape[-1]
+    Ut, W, P, Qg, Kt, g_a, g_e, p_C = titans_pieces(Q, K, V, a, eta, theta, xp, exact=exact)
+    W = W if W.shape[-1] == 2 * d_k else concat_last(W, xp.zeros_like(W), xp=xp)  # mini-batch: no S_0 term in U
+    PU = P @ Ut  # (.., C, C) @ (.., C, d_v)
+    Qt = Qg - P @ W  # (.., C, 2 d_k)
+    H = mT(Ut, xp) @ Kt  # (.., d_v, C) @ (.., C, 2 d_k)
+    G = mT(W, xp) @ Kt  # (.., 2 d_k, C) @ (.., C, 2 d_k)
+    eye = xp.eye(d_k, dtype=K.dtype, device=device_of(K))
     zero = xp.zeros_like(eye)
-    g_a, g_e, p_C = ga[..., C - 1, None, None], ge[..., C - 1, None, None], p[..., C - 1, None, None]
-    # [M, S] <- [M, S] [[g_a I, 0], [p_C I, g_e I]] - [M, S] G + H
+    g_a, g_e, p_C = g_a[..., None, None], g_e[..., None, None], p_C[..., None, None]
     top = concat_last(g_a * eye, zero * g_e, xp=xp)  # (.., d_k, 2 d_k)
     bottom = concat_last(p_C * eye, g_e * eye, xp=xp)  # (.., d_k, 2 d_k)
-    F = xp.concat([top, bottom], axis=-2) - G  # (.., 2 d_k, 2 d_k)
-    return PU, Qt, H, F
+    return PU, Qt, H, xp.concat([top, bottom], axis=-2) - G  # F: (.., 2 d_k, 2 d_k)
 
 
-def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum):
-    """Full chunks batched, then the last partial chunk on its own.
+def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum, block_tokens=256):
+    """Blocks of whole chunks, then the last partial chunk on its own.
 
     Padding is not a no-op here (a padded step with ``a = 1`` still moves
     momentum into the memory, and ``eta = 0`` would erase the momentum), so a
     sequence with ``T`` not a multiple of ``C`` ends with a chunk of ``T mod C`` steps.
+    The whole chunks go in blocks of at most a sixteenth of the sequence
+    (:func:`~refmem.chunked.chunks.scan_blocks`), so the temporaries are sized by
+    the block, not by ``T``.
     """
     T = k.shape[-2]
     if T == 0:
         raise ValueError("q, k, v must have at least one step (T >= 1)")
-    n_full = T // C
-    pieces = [(0, n_full * C, C)] if n_full else []
-    if T - n_full * C:
-        pieces.append((n_full * C, T, T - n_full * C))
     kept, momentum_decay, step = titans_gates(alpha, eta, theta)  # the paper's names -> what they are
+
+    def block(lo, hi, X):
+        return _titans_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], kept[..., lo:hi],
+                             momentum_decay[..., lo:hi], step[..., lo:hi], min(C, hi - lo), X, xp, exact=exact)
+
     X = xp.concat([M0, S0], axis=-1)  # (.., d_v, 2 d_k): the pair [M, S]
+    full = (T // C) * C
     outs = []
-    for lo, hi, size in pieces:
-        Q, K, V, _ = prepare_chunks(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], size, xp)
-        a = to_chunks(kept[..., lo:hi], size, xp, time_axis=-1)  # memory retention a_t = 1 - alpha_t
-        e = to_chunks(momentum_decay[..., lo:hi], size, xp, time_axis=-1)
-        th = to_chunks(step[..., lo:hi], size, xp, time_axis=-1)
-        PU, Qt, H, F = titans_terms(Q, K, V, a, e, th, xp, exact=exact)
-        del Q, K, V
-
-        def terms(n, PU=PU, Qt=Qt, H=H, F=F):
-            Fn, Hn = chunk(F, n), chunk(H, n)
-            return chunk(PU, n), chunk(Qt, n), lambda X: X @ Fn + Hn  # (.., d_v, 2 d_k) @ (.., 2 d_k, 2 d_k)
-
-        O, X = scan_chunks(X, PU.shape[-3], terms, xp)
-        outs.append(from_chunks(O, hi - lo, xp))
+    if full:
+        o, X = scan_blocks(full, C, block_tokens, X, block, xp, share=16)
+        outs.append(o)
+    if T - full:
+        o, X = block(full, T, X)
+        outs.append(o)
     d_k = k.shape[-1]
     o = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)  # (.., T, d_v)
     M = X[..., :d_k]
     return (o, M, X[..., d_k:]) if return_momentum else (o, M)
+
+
+def _titans_block(q, k, v, a, eta, theta, C: int, X, xp, *, exact: bool):
+    r"""Outputs ``[..., t, d_v]`` of ``t / C`` whole chunks from the pair ``X = [M, S]``, and the pair after them.
+
+    Per chunk, one product for both right factors ``X^T`` (exact form),
+
+    .. math::
+
+        [W; Q_g]\, X^T, \qquad U = \tilde U - W X^T, \qquad
+        X_C = [g_a M + p_C S,\ g_e S] + U^T \tilde K,
+
+    and the block's outputs :math:`O = Q_g X^T + P U` in one batched product.
+    """
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+    a, eta, theta = (to_chunks(g, C, xp, time_axis=-1) for g in (a, eta, theta))  # (.., n, C)
+    Ut, W, P, Qg, Kt, g_a, g_e, p_C = titans_pieces(Q, K, V, a, eta, theta, xp, exact=exact)
+    del Q, K, V
+    d_k, w, n = Kt.shape[-1] // 2, W.shape[-1], Ut.shape[-3]
+    merged = w == Qg.shape[-1]  # exact form: W and Q_g both multiply X^T
+    if merged:
+        lead = broadcast_lead(tuple(W.shape[:-2]), tuple(Qg.shape[:-2]))
+        WQ = xp.concat([xp.broadcast_to(W, lead + tuple(W.shape[-2:])),
+                        xp.broadcast_to(Qg, lead + tuple(Qg.shape[-2:]))], axis=-2)  # [W; Qg], (.., n, 2C, 2 d_k)
+        del W, Qg
+    us, qxs = [], []
+    for i in range(n):
+        if merged:
+            WQX = chunk(WQ, i) @ mT(X, xp)  # [W X^T; Qg X^T], (.., 2C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., 2C, d_v)
+            U = chunk(Ut, i) - WQX[..., :C, :]  # (.., C, d_v)
+            qxs.append(WQX[..., C:, :])
+        else:
+            U = chunk(Ut, i) - chunk(W, i) @ mT(X[..., :d_k], xp)  # u_t = theta_t (v_t - M_0 k_t), (.., C, d_v)
+            qxs.append(chunk(Qg, i) @ mT(X, xp))  # (.., C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., C, d_v)
+        us.append(U)
+        M, S = X[..., :d_k], X[..., d_k:]
+        ga, ge, pc = (scalar_chunk(g, i)[..., None, None] for g in (g_a, g_e, p_C))
+        gated = concat_last(ga * M + pc * S, ge * S, xp=xp)  # X Gamma, (.., d_v, 2 d_k)
+        X = gated + mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, 2 d_k) -> (.., d_v, 2 d_k)
+    O = xp.stack(qxs, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
+    return from_chunks(O, T, xp), X
 
 
 @workers_option
