@@ -63,6 +63,15 @@ def tril_product_flops(C: int, m: int, *, strict: bool = False) -> int:
     return 2 * entries * m
 
 
+def titans_chunk_flops(C: int, d: int, form: str) -> int:
+    """Useful FLOPs of one chunked Titans chunk of ``C`` steps, ``d_k = d_v = d`` (:func:`form_flops`, Notes)."""
+    gates = 2 * ((C - 1) * C * (C + 1) // 6) + C * (C + 1)  # D^a strict(D^eta): t - s terms per t > s; D^a gamma^eta
+    outputs = 2 * tril_product_flops(C, d) + (8 if form == "chunked" else 6) * C * d * d + 4 * C * d * d
+    if form != "chunked":
+        return gates + outputs
+    return gates + outputs + tril_product_flops(C, d, strict=True) + tril_product_flops(C, 3 * d, strict=True)
+
+
 def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> float:
     r"""Useful FLOPs of one call: the matrix products, structural zeros not counted (multiply-add = 2).
 
@@ -87,10 +96,15 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
       right-hand sides ``2 d C (C - 1)``, ``P U`` ``C (C + 1) d``; ``W M^T``,
       ``U^T K~``, ``Q M^T`` (``6 C d^2``): ``(5 C^2 - C) d + 6 C d^2`` per chunk.
       Mini-batch: no ``K K^T`` and no solve, ``2 C (C + 1) d + 6 C d^2``.
-    - chunked Titans (pair state ``d x 2d``): the dense terms ``16 C d^2 + 8 d^3``;
-      its ``13`` in-chunk ``C x C`` products (``8`` mini-batch) counted as strict
-      triangles (``13 C (C - 1) d``) and the ``C x C x C`` product of two
-      triangles as ``C (C - 1) (C - 2) / 3``: a lower bound.
+    - chunked Titans (pair state ``[M, S]``, ``d x 2d``; :func:`titans_chunk_flops`):
+      the gate products ``D^a strict(D^eta)`` (two triangles: ``(C - 1) C (C + 1) / 3``)
+      and ``D^a gamma^eta`` (``C (C + 1)``), ``tril(Q K^T)`` and ``P U``
+      (``C (C + 1) d`` each), ``[W; Q_g] X^T`` (``8 C d^2``) and ``U^T K~``
+      (``4 C d^2``); the exact form adds strict ``tril(K K^T)`` ``C (C - 1) d``
+      and the unit triangular solve with ``3 d`` right-hand sides ``3 d C (C - 1)``;
+      the mini-batch form multiplies only ``M`` by ``W`` (``[C, d] @ [d, d]``,
+      ``2 C d^2`` instead of ``4 C d^2``). The last chunk has ``T mod C`` steps
+      when ``C`` does not divide ``T`` (Titans does not pad).
     - chunked Mesa: per chunk the statistics ``K^T K``, ``V^T K`` (``4 C d^2``),
       the outputs ``Y G^T`` and ``tril(Y K^T) V`` (``2 C d^2 + 2 C (C + 1) d``),
       and ONE conjugate-gradient iteration (``2 C d^2 + 2 C (C + 1) d``), plus one
@@ -114,8 +128,8 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
         if form == "chunked":
             per_chunk += tril_product_flops(C, d, strict=True) + tril_product_flops(C, 2 * d, strict=True)
     elif name == "titans":
-        per_chunk = ((13 if form == "chunked" else 8) * tril_product_flops(C, d, strict=True)
-                     + 2 * (C * (C - 1) * (C - 2) // 6) + 8 * dense + 8 * d**3)
+        full, rest = divmod(T, C)
+        return heads * (full * titans_chunk_flops(C, d, form) + (titans_chunk_flops(rest, d, form) if rest else 0))
     elif name == "mesa":
         per_chunk = 4 * dense + 4 * tril_product_flops(C, d)
         return heads * (N * per_chunk + 2 * d**3)
