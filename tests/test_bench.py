@@ -251,30 +251,38 @@ def test_peak_fraction_is_against_the_large_product():
                                                         rel=1e-12)
 
 
-# every chunked and mini-batch form of the memory table
-BLOCKED_FORMS = [(name, form) for name, spec in sorted(MEMORIES.items()) for form in ("chunked", "minibatch")
-                 if getattr(spec, form) is not None]
+def _takes_per_channel(spec):
+    import inspect
+
+    return "per_channel" in inspect.signature(spec.make_inputs).parameters
 
 
-def test_blocked_forms_cover_titans_and_mesa():
-    assert {("titans", "chunked"), ("titans", "minibatch"), ("mesa", "chunked")} <= set(BLOCKED_FORMS)
+# every chunked and mini-batch form of the memory table, with per-channel gates where the memory has them
+BLOCKED_FORMS = [(name, form, per_channel) for name, spec in sorted(MEMORIES.items()) for form in ("chunked", "minibatch")
+                 if getattr(spec, form) is not None
+                 for per_channel in ((False, True) if _takes_per_channel(spec) else (False,))]
 
 
-@pytest.mark.parametrize("name, form", BLOCKED_FORMS)
+def test_blocked_forms_cover_titans_mesa_and_per_channel_gates():
+    assert {("titans", "chunked", False), ("titans", "minibatch", False), ("mesa", "chunked", False),
+            ("gated_linear_attention", "chunked", True), ("longhorn", "chunked", True)} <= set(BLOCKED_FORMS)
+
+
+@pytest.mark.parametrize("name, form, per_channel", BLOCKED_FORMS)
 @pytest.mark.parametrize("T, d, C", [(1024, 32, 32), (600, 16, 16)])
-def test_blocked_forms_peak_extra_memory(name, form, T, d, C):
+def test_blocked_forms_peak_extra_memory(name, form, per_channel, T, d, C):
     """Every chunked and mini-batch form holds at most 3 B H T d values above its inputs, outputs included (tracemalloc), C <= d.
 
     The outputs alone are B H T d values (two while the blocks' outputs are joined); the per-block temporaries
     are a bounded fraction of T (a block is at most an eighth or a sixteenth of the sequence), so 3 is a bound
-    that a form materialising every chunk's pieces (measured 3.9 to 30 before blocking) fails."""
+    that a form materialising every chunk's pieces (measured 3.9 to 39 before blocking) fails."""
     import tracemalloc
 
     import numpy as np
 
     B, H = 2, 2
     spec = MEMORIES[name]
-    inputs = spec.make_inputs(0, (B, H), T, d, d, np, "float64")
+    inputs = spec.make_inputs(0, (B, H), T, d, d, np, "float64", **({"per_channel": True} if per_channel else {}))
     fn = getattr(spec, form)
     fn(**inputs, chunk_size=C)
     tracemalloc.start()

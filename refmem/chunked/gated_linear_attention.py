@@ -18,8 +18,9 @@ the same with one decay per channel ``c``,
 
 The decays are formed from cumulative log-gates with an explicit zero count
 (:mod:`refmem.chunked.chunks`), never as ratios ``gamma_t / gamma_s`` (which
-overflow or divide by zero). The per-channel score tensor is ``C x C x d_k`` per
-chunk, so that path is computed one chunk at a time.
+overflow or divide by zero). The per-channel decays are ``d_k x C x C`` values per
+chunk, so that path takes a block of chunks at a time, one chunk at a time within
+it, and forms each chunk's scores a few rows at a time.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from ..linalg import device_of
 from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import (check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum, lower_mask,
-                     mT, prepare_chunks, scan_chunks, to_chunks)
+from .chunks import (block_steps, check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
+                     lower_mask, mT, prepare_chunks, scan_blocks, scan_chunks, to_chunks)
 from .linear_family import linear_family
 
 
@@ -50,24 +51,57 @@ def gated_linear_attention_chunked(q, k, v, alpha, *, chunk_size=64, initial_sta
     return _per_channel(q, k, v, alpha, C, M0, xp)
 
 
-def _per_channel(q, k, v, alpha, C, M0, xp):
-    """Per-key-channel gates, one chunk at a time."""
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
-    L, Z = log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0), xp, axis=-2)  # (.., N, C, d_k), along the step axis
+def _per_channel(q, k, v, alpha, C, M0, xp, *, block_tokens: int = 256):
+    """Per-key-channel gates: a block of chunks at a time (:func:`~refmem.chunked.chunks.scan_blocks`)."""
+    T = k.shape[-2]
+    rows = max(1, block_steps(T, C, block_tokens=block_tokens, share=16) // C)  # score rows at a time: d_k x rows x C
+
+    def block(lo, hi, M):
+        return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], alpha[..., lo:hi, :], C, M, xp,
+                                  rows=rows)
+
+    return scan_blocks(T, C, block_tokens, M0, block, xp, share=16)
+
+
+def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int):
+    """Outputs ``[..., t, d_v]`` of one block from the state ``M``, and the state after it; one chunk at a time.
+
+    A chunk's per-channel decays ``D_c[t, s]`` are ``d_k x C x C`` values, so its
+    scores are formed ``rows`` rows at a time (:func:`channel_scores`).
+    """
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+    L, Z = log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0), xp, axis=-2)  # (.., n, C, d_k), along the step axis
     incl = lower_mask(C, xp, device_of(k))
 
     def terms(n):
         Qn, Kn, Vn, Ln = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n)
         Zn = None if Z is None else chunk(Z, n)  # None: no zero gate anywhere
+        S = channel_scores(Qn, Kn, Ln, Zn, incl, xp, rows=rows)  # (.., C, C)
         Lc, Zc = mT(Ln, xp), None if Zn is None else mT(Zn, xp)  # (.., d_k, C): channel-major
-        D = decay_matrix(Lc, Zc, Lc, Zc, incl, xp)  # (.., d_k, C, C): D[c, t, s]
-        Qc, Kc = mT(Qn, xp), mT(Kn, xp)  # (.., d_k, C)
-        S = xp.sum(Qc[..., :, :, None] * Kc[..., :, None, :] * D, axis=-3)  # sum_c q_tc k_sc D_c[t,s] -> (.., C, C)
+        D_end = decay_matrix(Lc[..., C - 1:], None if Zc is None else Zc[..., C - 1:], Lc, Zc, incl[C - 1:, :], xp)
         gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
-        K_end = Kn * mT(D[..., :, C - 1, :], xp)  # k_sc D_c[C, s] -> (.., C, d_k)
+        K_end = Kn * mT(D_end[..., 0, :], xp)  # k_sc D_c[C, s] -> (.., C, d_k)
         H = mT(Vn, xp) @ K_end  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
         g_end = gamma[..., C - 1, :][..., None, :]  # (.., 1, d_k)
         return S @ Vn, gamma * Qn, lambda M: M * g_end + H  # M diag(gamma_C) + H
 
-    O, M = scan_chunks(M0, Q.shape[-3], terms, xp)
+    O, M = scan_chunks(M, Q.shape[-3], terms, xp)
     return from_chunks(O, T, xp), M
+
+
+def channel_scores(Qn, Kn, Ln, Zn, incl, xp, *, rows: int):
+    """``S[t, s] = sum_c q_tc k_sc D_c[t, s]`` for ``s <= t`` (0 above), ``rows`` rows of ``t`` at a time.
+
+    ``Qn, Kn [..., C, d_k]``; ``Ln, Zn [..., C, d_k]`` the cumulative log-gates and
+    zero counts per channel (``Zn = None``: no zero gate). Holds ``d_k x rows x C``
+    decays at a time instead of ``d_k x C x C``.
+    """
+    C = Kn.shape[-2]
+    Lc, Zc = mT(Ln, xp), None if Zn is None else mT(Zn, xp)  # (.., d_k, C): channel-major
+    Qc, Kc = mT(Qn, xp), mT(Kn, xp)  # (.., d_k, C)
+    parts = []
+    for r0 in range(0, C, rows):
+        r1 = min(C, r0 + rows)
+        D = decay_matrix(Lc[..., r0:r1], None if Zc is None else Zc[..., r0:r1], Lc, Zc, incl[r0:r1, :], xp)  # (.., d_k, r, C)
+        parts.append(xp.sum(Qc[..., r0:r1, None] * Kc[..., None, :] * D, axis=-3))  # sum_c q_tc k_sc D_c[t,s], (.., r, C)
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)  # (.., C, C)

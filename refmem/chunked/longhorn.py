@@ -8,20 +8,21 @@ Scalar ``b_t``: the chunked delta rule (:func:`refmem.chunked.delta_family.delta
 UT form) with ``beta = e``. Per value channel ``b_t in R^{d_v}``: row ``i`` of
 ``M`` follows its own delta rule with step ``e_{t,i}``, so each row has its own
 unit lower-triangular system
-:math:`(I + \mathrm{diag}(e_{\cdot i}) \mathrm{strict\_tril}(K K^T)) u_{\cdot i} = \ldots`;
-the rows are an extra batch axis, solved one chunk at a time (the per-row
-``W`` matrices are ``d_v`` times larger than in the scalar case).
+:math:`(I + \mathrm{diag}(e_{\cdot i}) \mathrm{strict\_tril}(K K^T)) u_{\cdot i} = \ldots`,
+solved once the chunk-start state is known (one right-hand side per row, a
+group of rows at a time), a block of chunks at a time.
 """
 
 from __future__ import annotations
 
-from ..linalg import sq_norm
+from ..linalg import device_of, sq_norm
 from ..memories._inputs import initial
 from ..memories.longhorn import check_longhorn_inputs
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import check_chunk_size, chunk, from_chunks, mT, prepare_chunks, to_chunks
-from .delta_family import delta_family, delta_terms
+from .chunks import (block_steps, check_chunk_size, chunk, from_chunks, lower_mask, mT, prepare_chunks, scan_blocks,
+                     solve_unit_lower, to_chunks)
+from .delta_family import delta_family
 
 
 def _checked(q, k, v, beta, initial_state, chunk_size):
@@ -47,29 +48,71 @@ def longhorn_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     """
     xp, C, per_channel = _checked(q, k, v, beta, initial_state, chunk_size)
     M0 = initial(initial_state, k, v, xp)
-    e = longhorn_step_sizes(k, beta, xp)
     if not per_channel:
-        return delta_family(q, k, v, e, None, C, M0, xp, exact=True)
-    return _per_channel(q, k, v, e, C, M0, xp)
+        return delta_family(q, k, v, longhorn_step_sizes(k, beta, xp), None, C, M0, xp, exact=True)
+    return _per_channel(q, k, v, beta, C, M0, xp)
 
 
-def _per_channel(q, k, v, e, C, M0, xp):
-    """One delta rule per row of ``M`` (value channel), rows as a batch axis, chunk by chunk.
+def _per_channel(q, k, v, beta, C, M0, xp, *, block_tokens: int = 256):
+    r"""One delta rule per row of ``M`` (value channel ``i``, step sizes ``e_{t,i}``), a block of chunks at a time.
 
-    Row ``i``, ``m_i = M[i, :]`` held as ``[..., d_v, 1, d_k]``, is a delta rule with
-    ``d_v = 1``: :func:`~refmem.chunked.delta_family.delta_terms` on values ``V[:, i]`` and step
-    sizes ``e[:, i]`` gives ``o_{t,i} = PU_i + Qt_i m_i^T`` and ``m_i <- m_i F_i + H_i``.
+    Notes
+    -----
+    Inside a chunk from ``M_0``, :math:`M_{t-1} k_t = M_0 k_t + \sum_{s<t} u_s (k_s^T k_t)`, so
+    channel ``i`` of :math:`u_t = e_t \odot (v_t - M_{t-1} k_t)` solves its own unit
+    lower-triangular system
+
+    .. math::
+
+        (I + \mathrm{diag}(e_{\cdot i})\,\mathrm{strict\_tril}(K K^T))\, u_{\cdot i}
+        = e_{\cdot i} \odot (V - K M_0^T)_{\cdot i},
+
+    one right-hand side per channel, formed once ``M_0`` is known. Then
+    :math:`O = Q M_0^T + \mathrm{tril}(Q K^T) U` and :math:`M_C = M_0 + U^T K`.
+    The step sizes ``e [..., T, d_v]`` are formed a block at a time from ``beta``.
     """
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)
-    E = to_chunks(e, C, xp, fill=0.0)  # (.., N, C, d_v); padding steps write nothing
-    Mr = M0[..., :, None, :]  # (.., d_v, 1, d_k)
-    outs = []
-    for n in range(Q.shape[-3]):
-        Qn, Kn = chunk(Q, n)[..., None, :, :], chunk(K, n)[..., None, :, :]  # (.., 1, C, d_k), shared by all rows
-        Vn = mT(chunk(V, n), xp)[..., :, :, None]  # (.., d_v, C, 1): row i's values
-        En = mT(chunk(E, n), xp)  # (.., d_v, C): row i's step sizes
-        PU, Qt, H, F = delta_terms(Qn, Kn, Vn, En, None, None, xp, exact=True)
-        o_rows = (PU + Qt @ mT(Mr, xp))[..., 0]  # (.., d_v, C, 1) -> (.., d_v, C)
-        outs.append(mT(o_rows, xp))  # (.., C, d_v)
-        Mr = Mr @ F + H  # (.., d_v, 1, d_k) @ (.., d_v, d_k, d_k) + (.., d_v, 1, d_k)
-    return from_chunks(xp.stack(outs, axis=-3), T, xp), Mr[..., :, 0, :]
+    T = k.shape[-2]
+    group = max(1, (block_steps(T, C, block_tokens=block_tokens, share=16) * v.shape[-1]) // (C * C))  # channels per solve
+
+    def block(lo, hi, M):
+        e = longhorn_step_sizes(k[..., lo:hi, :], beta[..., lo:hi, :], xp)  # (.., t, d_v)
+        return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], e, C, M, xp, group=group)
+
+    return scan_blocks(T, C, block_tokens, M0, block, xp, share=16)
+
+
+def _per_channel_block(q, k, v, e, C: int, M, xp, *, group: int):
+    """Outputs ``[..., t, d_v]`` of one block from the state ``M``, and the state after it."""
+    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+    E = to_chunks(e, C, xp, fill=0.0)  # (.., n, C, d_v); padding steps write nothing
+    incl = lower_mask(C, xp, device_of(k))
+    QK = xp.concat([Q, K], axis=-2)  # [Q; K] per chunk, (.., n, 2C, d_k)
+    S = QK @ mT(K, xp)  # [Q K^T; K K^T], (.., n, 2C, d_k) @ (.., n, d_k, C) -> (.., n, 2C, C)
+    P = xp.where(incl, S[..., :C, :], xp.zeros_like(S[..., :C, :]))  # tril(Q K^T), (.., n, C, C)
+    KK = S[..., C:, :]  # K K^T: only its strict lower triangle is read, (.., n, C, C)
+    del Q, S
+    us, qms = [], []
+    for i in range(QK.shape[-3]):
+        XM = chunk(QK, i) @ mT(M, xp)  # [Q M^T; K M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
+        En = chunk(E, i)  # (.., C, d_v)
+        U = channel_solves(chunk(KK, i), En, En * (chunk(V, i) - XM[..., C:, :]), xp, group=group)  # (.., C, d_v)
+        us.append(U)
+        qms.append(XM[..., :C, :])
+        M = M + mT(U, xp) @ chunk(K, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+    O = xp.stack(qms, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
+    return from_chunks(O, T, xp), M
+
+
+def channel_solves(KK, E, R, xp, *, group: int):
+    """``U[:, i]`` solving ``(I + diag(E[:, i]) strict_tril(KK)) U[:, i] = R[:, i]`` for every channel ``i``.
+
+    ``KK [..., C, C]`` (strict lower triangle read), ``E, R [..., C, d_v]``; the
+    channels' ``C x C`` matrices are formed ``group`` channels at a time.
+    """
+    Et, Rt = mT(E, xp), mT(R, xp)  # (.., d_v, C)
+    parts = []
+    for g0 in range(0, Et.shape[-2], group):
+        g1 = min(Et.shape[-2], g0 + group)
+        A_low = Et[..., g0:g1, :, None] * KK[..., None, :, :]  # diag(e_i) K K^T, (.., g, C, C)
+        parts.append(solve_unit_lower(A_low, Rt[..., g0:g1, :, None], xp)[..., 0])  # (.., g, C)
+    return mT(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2), xp)  # (.., C, d_v)
