@@ -182,6 +182,19 @@ def test_titans_flop_model_hand_count(C, d, rest):
         assert form_flops("titans", form, B, H, T, d, C) == want, form
 
 
+@pytest.mark.parametrize("C, d", [(1, 3), (4, 4), (8, 5), (16, 16)])
+def test_mesa_flop_model_hand_count(C, d):
+    """Chunked Mesa: per chunk the statistics K^T K and V^T K ([d, C] @ [C, d] each), one conjugate-gradient
+    iteration (Y H_start [C, d] @ [d, d], tril(Y K^T) and its product with K, a triangle times d each) and the
+    outputs (Y G_start^T, tril(Y K^T) and its product with V); once, one iteration of the final state's solve
+    ([d, d] @ [d, d])."""
+    tri = _tril_nonzeros(C, False)
+    product = 2 * C * d * d  # [C, d] @ [d, d] or [d, C] @ [C, d]
+    per_chunk = 2 * product + (product + 2 * (2 * tri * d)) + (product + 2 * (2 * tri * d))
+    B, H, N = 2, 3, 5
+    assert form_flops("mesa", "chunked", B, H, N * C, d, C) == B * H * (N * per_chunk + 2 * d**3)
+
+
 def _count_products(monkeypatch):
     """Count the multiply-adds of every ``@`` on array_api_strict arrays (2 FLOPs each, every entry, zeros included)."""
     import math
@@ -249,6 +262,20 @@ def test_peak_fraction_is_against_the_large_product():
     assert r["peak_fraction"] == pytest.approx(r["flops"] / r["seconds"] / r["peak_flops_per_s"], rel=1e-12)
     assert r["peak_one_core_fraction"] == pytest.approx(r["flops"] / r["seconds"] / r["peak_one_core_flops_per_s"],
                                                         rel=1e-12)
+
+
+def test_peak_is_the_best_of_the_measurements_before_and_after_the_rows(monkeypatch):
+    """A peak measured while the machine was busy (here: the first, made low on purpose) is replaced by the later one."""
+    import refmem.bench as bench
+
+    measured = iter([1e9, 0.5e9, 4e9, 2e9])  # all cores, one core (before the rows); again after them
+    monkeypatch.setattr(bench, "machine_peak", lambda *args, **kwargs: next(measured))
+    rows = run_bench(["linear_attention"], batch=1, seq_len=16, heads=1, dim=4, chunk=8, dtypes=("float64",),
+                     repeat=1, forms=("recurrent", "chunked"), peak_size=32)
+    for r in rows:
+        assert r["peak_flops_per_s"] == 4e9 and r["peak_one_core_flops_per_s"] == 2e9
+        assert r["peak_fraction"] == pytest.approx(r["flops"] / r["seconds"] / 4e9, rel=1e-12)
+        assert r["peak_one_core_fraction"] == pytest.approx(r["flops"] / r["seconds"] / 2e9, rel=1e-12)
 
 
 def _takes_per_channel(spec):

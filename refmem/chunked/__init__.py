@@ -14,9 +14,12 @@ The linear and delta families (and Titans, on the pair ``[M, S]``) reduce one ch
     O = P_U + \tilde Q M_0^T, \qquad M_C = \mathrm{step}(M_0),
 
 where ``P_U [..., C, d_v]`` and ``Q~ [..., C, d_k]`` do not depend on ``M0`` and
-``step`` is affine in ``M0``. Everything that does not depend on ``M0`` is computed
-for all chunks at once (batched matrix products); the chunk-to-chunk pass
-is the only sequential part, a few small matrix products per chunk, and
-carries only the current state (no per-step history). The table
+``step`` is affine in ``M0``. The sequence is taken a block of chunks at a time
+(:func:`~refmem.chunked.chunks.scan_blocks`, a block is at most an eighth or a
+sixteenth of it): everything in a block that does not depend on ``M0`` is computed
+for its chunks at once (batched matrix products), then the chunk-to-chunk pass,
+the only sequential part, a few small matrix products per chunk, carries only
+the current state (no per-step history). Temporaries are sized by the block, so
+a form's peak extra memory stays a small multiple of its outputs. The table
 :data:`refmem.memories.MEMORIES` lists each form beside its recurrent scan.
 """

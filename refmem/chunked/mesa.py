@@ -12,7 +12,7 @@ statistics :math:`(G_0, H_0)`, write :math:`y_t = (H_t + \Lambda_t)^{-1} q_t`; t
 
     O = Y G_0^T + \mathrm{tril}(Y K^T) V,
 
-so the ``C`` systems of a chunk (and of all chunks at once, given each chunk's
+so the ``C`` systems of a chunk (and of all a block's chunks at once, given each chunk's
 start statistics, which are prefix sums of :math:`K^T K` and :math:`V^T K`) are
 solved together by conjugate gradient whose operator is three matrix
 products. The chunks are taken a block at a time
