@@ -23,8 +23,10 @@ while they run. The slices sent to the pool travel through shared memory
 (:class:`multiprocessing.shared_memory.SharedMemory`), not through the pool's
 pipes: the caller copies a slice's inputs into its region of one shared block
 (kept between calls, freed by :func:`shutdown_pool` or at exit) when it sends
-it, a worker reads them in place, computes, and hands its outputs back in blocks
-of its own that the caller copies into the stacked result and frees. Only
+it, a worker reads them in place, computes, and writes its outputs into the
+slice's region of a second persistent block (once the caller's own first slice
+has told the size; the first slices sent hand theirs back in new blocks that
+the caller frees), from which the caller copies them into the stacked result. Only
 names, offsets, shapes and the small arguments are pickled. Extra memory while
 the pool runs: one copy of the sliced inputs and of the outputs, besides what
 each form needs for its slice.
@@ -230,26 +232,29 @@ def _slice_inputs(inputs: dict, plan: dict, index: tuple) -> dict:
 
 
 _ARENA = {"block": None}  # the caller's persistent shared block for the sliced inputs
-_ATTACHED = {}  # in a worker: the caller's arena, attached once (name -> SharedMemory)
+_OUT_ARENA = {"block": None}  # the caller's persistent shared block the workers write their outputs into
+_ATTACHED = {}  # in a worker: the caller's two arenas, attached once (role -> (name, SharedMemory))
 _ALIGN = 64  # bytes: every array in the arena starts on a cache line
 
 
-def _input_arena(nbytes: int):
-    """The caller's shared block for the sliced inputs, at least ``nbytes`` long (kept between calls: no page faults)."""
-    block = _ARENA["block"]
+def _input_arena(nbytes: int, store=_ARENA):
+    """The caller's shared block for the sliced inputs (or ``store``'s), at least ``nbytes`` long (kept between calls: no page faults)."""
+    block = store["block"]
     if block is None or block.size < nbytes:
-        _free_arena()
+        _free_arena(store)
         block = SharedMemory(create=True, size=max(nbytes, 1))
-        _ARENA["block"] = block
+        store["block"] = block
     return block
 
 
-def _free_arena():
-    block = _ARENA["block"]
-    _ARENA["block"] = None
-    if block is not None:
-        block.close()
-        block.unlink()
+def _free_arena(store=None):
+    """Free the caller's shared blocks (``store``'s only, if given)."""
+    for one in (_ARENA, _OUT_ARENA) if store is None else (store,):
+        block = one["block"]
+        one["block"] = None
+        if block is not None:
+            block.close()
+            block.unlink()
 
 
 atexit.register(_free_arena)
@@ -307,15 +312,14 @@ class _SliceArena:
         return placed
 
 
-def _attached(name: str):
-    """In a worker: the caller's arena ``name`` (attached on first use; an older arena is closed)."""
-    block = _ATTACHED.get(name)
-    if block is None:
-        for old in _ATTACHED.values():
-            old.close()
-        _ATTACHED.clear()
-        block = _ATTACHED[name] = SharedMemory(name=name)
-    return block
+def _attached(name: str, role: str = "in"):
+    """In a worker: the caller's arena ``name`` for ``role`` (attached on first use; an older one is closed)."""
+    held = _ATTACHED.get(role)
+    if held is None or held[0] != name:
+        if held is not None:
+            held[1].close()
+        held = _ATTACHED[role] = (name, SharedMemory(name=name))
+    return held[1]
 
 
 def _arena_view(desc):
@@ -324,6 +328,32 @@ def _arena_view(desc):
         return tuple(_arena_view(d) for d in desc[1])
     _, name, start, shape, dtype = desc
     return np.ndarray(shape, np.dtype(dtype), buffer=_attached(name).buf, offset=start)
+
+
+def _arrays_only(out) -> bool:
+    return isinstance(out, np.ndarray) or isinstance(out, tuple) and all(_arrays_only(o) for o in out)
+
+
+def _into_slot(out, slot):
+    """A worker's outputs (arrays) written into its slot ``(name, offset, size)`` of the caller's output arena; their
+    description, or ``None`` when they do not fit (then :func:`_hand_back` uses new blocks)."""
+    name, offset, size = slot
+    if not _arrays_only(out):
+        return None
+    layout, end = _layout(out, 0)
+    if end > size:
+        return None
+    block = _attached(name, "out")
+    placed = _placed(layout, name, offset)
+    _fill(out, placed, block)
+    return _as_arena(placed)
+
+
+def _as_arena(desc):
+    """``desc`` marked as lying in the caller's output arena (read there, never unlinked by :func:`_free`)."""
+    if desc[0] == "tuple":
+        return ("tuple", tuple(_as_arena(d) for d in desc[1]))
+    return ("arena",) + tuple(desc[1:])
 
 
 def _hand_back(out):
@@ -340,14 +370,16 @@ def _hand_back(out):
     return ("array", block.name, 0, out.shape, out.dtype.str)
 
 
-def _run_slice(fn, shared: dict, whole: dict):
-    """In a worker: ``fn`` on one slice, its inputs read in place from the caller's arena; the outputs handed back."""
+def _run_slice(fn, shared: dict, whole: dict, slot=None):
+    """In a worker: ``fn`` on one slice, its inputs read in place from the caller's arena; the outputs written
+    into ``slot`` of the caller's output arena when given and large enough, else handed back in new blocks."""
     inputs = {k: _arena_view(d) for k, d in shared.items()}
     inputs.update(whole)
     with options(workers=1):  # no pool inside a pool
         out = fn(**inputs)
     del inputs
-    return _hand_back(out)
+    desc = None if slot is None else _into_slot(out, slot)
+    return _hand_back(out) if desc is None else desc
 
 
 def _free(desc):
@@ -384,6 +416,9 @@ def _place_handed_back(outs, desc, i: int, n: int):
         return tuple(_place_handed_back(o, d, i, n) for o, d in zip(outs, desc[1]))
     if desc[0] == "value":
         return _place(outs, desc[1], i, n)
+    if desc[0] == "arena":  # in this process's own output arena
+        _, name, start, shape, dtype = desc
+        return _place(outs, np.ndarray(shape, np.dtype(dtype), buffer=_OUT_ARENA["block"].buf, offset=start), i, n)
     _, name, start, shape, dtype = desc
     block = SharedMemory(name=name)
     try:
@@ -427,15 +462,20 @@ def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_work
         # two slices per pool process in flight (one queued: no wait between slices), one each if the
         # pool is larger than asked for (at most n_workers - 1 of its processes busy)
         depth = 2 * (n_workers - 1) if _POOL["size"] == n_workers - 1 else n_workers - 1
-        lo, hi, outs = 0, n, None
+        lo, hi, outs, stride = 0, n, None, None
         with pinned_blas(), options(workers=1):
             while lo < hi or running:
                 while lo < hi and len(running) < depth:
-                    running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole)
+                    slot = None if stride is None else (_OUT_ARENA["block"].name, lo * stride, stride)
+                    running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole, slot)
                     lo += 1
                 if lo < hi:  # this process takes a slice from the back
                     hi -= 1
-                    outs = _place(outs, fn(**_slice_inputs(inputs, plan, indices[hi])), hi, n)
+                    own = fn(**_slice_inputs(inputs, plan, indices[hi]))
+                    if stride is None and _arrays_only(own):  # the slices' output size is known now: later
+                        stride = -(-_layout(own, 0)[1] // _ALIGN) * _ALIGN  # slices write into the output arena
+                        _input_arena(stride * n, _OUT_ARENA)
+                    outs = _place(outs, own, hi, n)
                 for i in [i for i, f in running.items() if f.done()] or ([min(running)] if lo >= hi and running else []):
                     desc = running.pop(i).result()
                     try:
