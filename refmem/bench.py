@@ -268,8 +268,20 @@ def _threads() -> str:
 
 
 def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
-              backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None, peak_size=2048) -> list[dict]:
-    """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form)."""
+              backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None, peak_size=2048,
+              client=None) -> list[dict]:
+    """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form).
+
+    ``progress``: called with each row when it is done. ``client``: a
+    :class:`dask.distributed.Client`; every form then runs as one task per
+    (batch, head) slice on its cluster (:func:`refmem.distributed.heads_on_cluster`,
+    transfers included in the time) and the peak memory is not measured (it is
+    spent on the workers).
+    """
+    if client is not None:
+        from .distributed import check_client, heads_on_cluster
+
+        check_client(client)
     registry = MEMORIES
     if not memories:
         memories = sorted(n for n, s in registry.items() if s.chunked is not None)
@@ -301,10 +313,16 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                 if fn is None:
                     continue
                 kw = {} if form == "recurrent" else {"chunk_size": C}
-                call = lambda fn=fn, kw=kw: fn(**inputs, **kw)  # noqa: E731
+                if client is None:
+                    call = lambda fn=fn, kw=kw: fn(**inputs, **kw)  # noqa: E731
+                else:
+                    call = lambda fn=fn, kw=kw: heads_on_cluster(fn, client=client, **inputs, **kw)  # noqa: E731
                 with options(check_finite=False):
                     seconds = _best_time(call, xp, repeat)
-                    extra_bytes, method = peak_extra_bytes(call, xp, backend)
+                    if client is None:
+                        extra_bytes, method = peak_extra_bytes(call, xp, backend)
+                    else:
+                        extra_bytes, method = None, "not measured (spent on the Dask cluster's workers)"
                 rate = B * H * T / seconds
                 flops = form_flops(name, form, B, H, T, d, C)
                 itemsize = 8 if dtype == "float64" else 4
@@ -323,6 +341,7 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                     "memory_method": method,
                     "speedup_vs_recurrent": None,
                     "threads": _threads(),
+                    "scheduler": None if client is None else client.scheduler.address,
                 }
                 if form == "recurrent":
                     base_rate = rate
@@ -380,6 +399,9 @@ def format_table(rows: list[dict]) -> str:
                    + ", ".join(f"{dt} {rate / 1e9:.2f} GFLOP/s" for dt, rate in ceilings)
                    + f"; backend {rows[0]['backend']}; BLAS threads {rows[0]['threads']}; "
                    + f"memory: {rows[0]['memory_method']}")
+        if rows[0].get("scheduler"):
+            out.append(f"every form ran as one Dask task per (batch, head) slice on the cluster at "
+                       f"{rows[0]['scheduler']} (transfers included)")
     return "\n".join(out)
 
 
@@ -414,22 +436,43 @@ def _rerun_with_threads(args) -> int:
         argv += ["--dtype", dt]
     if args.json:
         argv += ["--json", args.json]
+    if getattr(args, "scheduler", None):
+        argv += ["--scheduler", args.scheduler]
     return subprocess.run(argv, env=env, check=False).returncode
 
 
-def main(args) -> int:
+def needs_threads_rerun(args) -> bool:
+    """Whether ``--threads N`` asks for BLAS threads this process did not start with (then :func:`main` re-runs itself)."""
     threads = getattr(args, "threads", None)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1; got {threads}")
-        if any(os.environ.get(var) != str(threads) for var in THREAD_VARS):
-            return _rerun_with_threads(args)
+    if threads is None:
+        return False
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    return any(os.environ.get(var) != str(threads) for var in THREAD_VARS)
+
+
+def count_rows(memories, dtypes, forms=FORMS) -> int:
+    """How many rows :func:`run_bench` will print (for the progress bar)."""
+    names = memories or [n for n, s in MEMORIES.items() if s.chunked is not None]
+    per_dtype = sum(1 for n in names for f in forms
+                    if (MEMORIES[n].recurrent if f == "recurrent" else getattr(MEMORIES[n], f)) is not None)
+    return per_dtype * len(dtypes)
+
+
+def main(args, client=None) -> int:
+    from .progress import progress_bar
+
+    if needs_threads_rerun(args):
+        return _rerun_with_threads(args)
     dtypes = []
     for dt in args.dtype or ["all"]:
         dtypes.extend(["float64", "float32"] if dt == "all" else [dt])
-    rows = run_bench(args.memory, batch=args.batch, seq_len=args.seq_len, heads=args.heads, dim=args.dim,
-                     chunk=args.chunk, dtypes=tuple(dict.fromkeys(dtypes)), backend=args.backend,
-                     repeat=args.repeat, peak_size=getattr(args, "peak_size", 2048))
+    dtypes = tuple(dict.fromkeys(dtypes))
+    with progress_bar(count_rows(args.memory, dtypes), "bench") as bar:
+        rows = run_bench(args.memory, batch=args.batch, seq_len=args.seq_len, heads=args.heads, dim=args.dim,
+                         chunk=args.chunk, dtypes=dtypes, backend=args.backend, repeat=args.repeat,
+                         peak_size=getattr(args, "peak_size", 2048), client=client,
+                         progress=lambda row: bar.update(1))
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as fh:

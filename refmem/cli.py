@@ -11,6 +11,7 @@ exits 0. No user error shows a Python traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -68,6 +69,37 @@ def check_writable(path: str, option: str) -> None:
         os.remove(path)
 
 
+def _add_pool_options(p, *, workers: bool = True) -> None:
+    """``--workers N`` (independent tasks on N processes) and ``--scheduler ADDRESS`` (on a Dask cluster)."""
+    if workers:
+        p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                       help="run the independent tasks on N worker processes (default 1: here); same results")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786; needs "
+                        "pip install 'refmem[dask]' here and the same refmem on the workers); same results")
+
+
+@contextlib.contextmanager
+def _dask_client(args):
+    """A client of ``--scheduler`` (closed afterwards), or ``None``; a scheduler that does not answer is a UsageError."""
+    address = getattr(args, "scheduler", None)
+    if address is None:
+        yield None
+        return
+    if getattr(args, "workers", 1) != 1:
+        raise UsageError("--workers and --scheduler exclude each other (the cluster's workers run the tasks)")
+    from .distributed import connect
+
+    try:
+        client = connect(address)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise UsageError(f"--scheduler: {exc}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _unknown(option: str, given, known) -> UsageError:
     return UsageError(f"{option} {given!r}: no such {option.lstrip('-')}; known: {', '.join(sorted(known))}")
 
@@ -112,7 +144,8 @@ def _add_verify(sub):
                     "check: its spec, its name, the largest error found, the tolerance it must stay under, and "
                     "the time it took."),
         epilog=_examples("refmem verify", "refmem verify --spec delta_rule --spec l2",
-                         "refmem verify --backend array_api_strict --json rows.json"))
+                         "refmem verify --backend array_api_strict --json rows.json", "refmem verify --workers 2"))
+    _add_pool_options(p)
     p.add_argument("--spec", action="append", metavar="NAME", help="only the checks of this spec (exact name; repeatable)")
 
     def run(args):
@@ -123,7 +156,8 @@ def _add_verify(sub):
         for s in args.spec or []:
             if s not in known:
                 raise _unknown("--spec", s, known)
-        return verify_main(args)
+        with _dask_client(args) as client:
+            return verify_main(args, client=client)
 
     p.set_defaults(func=run)
 
@@ -196,11 +230,15 @@ def _add_vectors(sub):
     g = vsub.add_parser(
         "generate", help="write DIR/manifest.json and DIR/<spec>/<case>.npz",
         description=_describe("Write the cases of every registered memory (or those named) under DIR; byte-identical when "
-                    "run again on the same machine."),
-        epilog=_examples("refmem vectors generate --out vectors", "refmem vectors generate --out v --spec titans"))
+                    "run again on the same machine, with any --workers or on a Dask cluster (--scheduler: the cases are "
+                    "computed by the cluster's workers, the files written here)."),
+        epilog=_examples("refmem vectors generate --out vectors", "refmem vectors generate --out v --spec titans",
+                         "refmem vectors generate --out vectors --workers 2",
+                         "refmem vectors generate --out vectors --scheduler tcp://10.0.0.5:8786"))
     g.add_argument("--out", required=True, metavar="DIR", help="directory to write (created if missing)")
     g.add_argument("--spec", action="append", metavar="NAME",
                    help="only this memory (repeatable; default every registered memory)")
+    _add_pool_options(g)
     v = vsub.add_parser(
         "verify", help="check the manifest and every file, recompute every case, compare",
         description=_describe("Check the manifest (schema, every path inside DIR, the complete case list), every file "
@@ -220,7 +258,8 @@ def _add_vectors(sub):
                 raise _unknown("--spec", s, known)
         if args.vectors_command == "generate":
             _check_out_dir(args.out)
-            return vectors.main_generate(args)
+            with _dask_client(args) as client:
+                return vectors.main_generate(args, client=client)
         if not os.path.isdir(args.dir):
             raise UsageError(f"DIR {args.dir!r} is not a directory")
         return vectors.main_verify(args)
@@ -398,10 +437,13 @@ def _add_bench(sub):
                     "(as a fraction of batched small products of comparable shape), peak extra (the most memory one call allocates), "
                     "/BHTd (peak extra in units of one [B, H, T, d] array: about d for a form that keeps every "
                     "step's state, a constant for one that does not). The memory the run needs is estimated "
-                    "first; a run that cannot fit is refused with the figure."),
+                    "first; a run that cannot fit is refused with the figure. With "
+                    "--scheduler every form runs as one Dask task per (batch, head) slice on that cluster (the "
+                    "time includes the transfers; peak extra is then not measured)."),
         epilog=_examples("refmem bench --memory delta_rule --seq-len 256 --dtype float64",
                          "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 \\\n"
-                         "               --dim 64 --chunk 64 --threads 1 --json bench.json"))
+                         "               --dim 64 --chunk 64 --threads 1 --json bench.json",
+                         "refmem bench --memory gated_delta_rule --dtype float64 --scheduler tcp://10.0.0.5:8786"))
     p.add_argument("--memory", action="append", metavar="NAME",
                    help="memory to benchmark (repeatable; default every memory with a chunked form)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size B (default 1)")
@@ -416,6 +458,7 @@ def _add_bench(sub):
     p.add_argument("--threads", type=_positive_int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
     p.add_argument("--peak-size", type=_positive_int, default=2048,
                    help="n of the [n, n] @ [n, n] product that measures the machine's peak (default 2048)")
+    _add_pool_options(p, workers=False)
 
     def run(args):
         from . import bench
@@ -433,7 +476,10 @@ def _add_bench(sub):
                     f"--batch {args.batch} --seq-len {args.seq_len} --heads {args.heads} --dim {args.dim} "
                     f"--chunk {args.chunk} needs about {_gib(need)} of memory, more than the {_gib(have)} available; "
                     f"use smaller sizes")
-        return bench.main(args)
+        if bench.needs_threads_rerun(args):
+            return bench.main(args)  # a child process with the BLAS thread variables set (it connects itself)
+        with _dask_client(args) as client:
+            return bench.main(args, client=client)
 
     p.set_defaults(func=run)
 

@@ -319,15 +319,23 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_npz(path: str, arrays: dict) -> None:
-    """Write ``arrays`` as an ``.npz`` that is byte-identical for identical arrays (fixed timestamp, sorted, stored)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+def npz_bytes(arrays: dict) -> bytes:
+    """``arrays`` as the bytes of an ``.npz``, identical for identical arrays (fixed timestamp, sorted, stored)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_STORED
             info.create_system = 3  # unix, whatever the host: the header bytes must not depend on it
             info.external_attr = 0o644 << 16
             zf.writestr(info, _npy_bytes(arrays[name]))
+    return buf.getvalue()
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """Write ``arrays`` as an ``.npz`` that is byte-identical for identical arrays (:func:`npz_bytes`)."""
+    with open(path, "wb") as fh:
+        fh.write(npz_bytes(arrays))
 
 
 def _sha256(path: str) -> str:
@@ -338,73 +346,102 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def generate_spec(spec: str, out_dir: str) -> dict:
-    """Write the cases of memory ``spec`` under ``out_dir/spec/``; return its manifest entry."""
+def build_case(spec: str, cd: CaseDef) -> dict:
+    """One case of memory ``spec``, computed but not written: ``{"skipped": reason}`` or ``{"case": entry, "npz": bytes}``.
+
+    ``entry`` is the case's manifest entry (its ``sha256`` and ``bytes`` those of
+    ``npz``). Nothing here touches the disk, so the case can be computed on
+    another process or machine and written by the caller (:func:`generate`).
+    """
+    mem = registry()[spec]
+    try:
+        inputs, params = _build_inputs(mem, spec, cd)
+        ref = _run(mem, inputs, params)
+    except (ValueError, TypeError) as exc:  # e.g. a gate of 0 outside the memory's range: not applicable
+        return {"skipped": f"not applicable: {exc}"}
+    except DivergenceError:  # the scan refuses to return nan/inf
+        return {"skipped": "the reference output is not finite"}
+    if not all(np.all(np.isfinite(a)) for a in ref.values()):
+        return {"skipped": "the reference output is not finite"}
+    growth = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in ref.values())
+    if growth > _GROWTH_MAX:  # inputs are O(1) (keys O(8)): outputs this large mean the scan diverges
+        return {"skipped": f"the reference diverges (max |output| {growth:.1e} > {_GROWTH_MAX:.0e})"}
+    seed = case_seed(spec, cd.name)
+    try:
+        kappa = _condition(mem, inputs, params, ref, seed)
+    except DivergenceError:  # a perturbation of 1e-7 makes the scan diverge: as ill-conditioned as it gets
+        kappa = math.inf
+    if not math.isfinite(kappa) or kappa > _KAPPA_MAX:
+        return {"skipped": f"ill-conditioned (kappa about {kappa:.1e} > {_KAPPA_MAX:.0e})"}
+    arrays = {f"in.{n}": a for n, a in flatten(inputs).items()}
+    arrays.update({f"out.{n}": a for n, a in ref.items()})
+    grad_arrays, backward = backward_arrays(mem, seed, inputs, params, ref, cd)
+    arrays.update(grad_arrays)
+    arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
+    data = npz_bytes(arrays)
+    entry = {
+        "name": cd.name,
+        "why": cd.why,
+        "file": f"{spec}/{cd.name}.npz",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "seed": seed,
+        "batch": list(cd.batch),
+        "T": cd.T,
+        "d_k": cd.d_k,
+        "d_v": cd.d_v,
+        "gates": cd.gates,
+        "key_scale": cd.key_scale,
+        "params": params,
+        "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in flatten(inputs).items()},
+        "outputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
+        "kappa": round_up(max(kappa, 1.0)),
+        "tolerance": tolerance(cd.T, cd.d_k, cd.d_v, kappa),
+        "backward": backward,
+    }
+    return {"case": entry, "npz": data}
+
+
+def _build_case_task(item: tuple) -> dict:
+    """:func:`build_case` of one ``(spec, CaseDef)`` pair: a task of :func:`refmem.pool.run_tasks`."""
+    return build_case(*item)
+
+
+def _spec_entry(spec: str, out_dir: str, built: list) -> dict:
+    """Write the built cases of ``spec`` (in :data:`CASES` order) under ``out_dir/spec/``; return its manifest entry."""
     mem = registry()[spec]
     entry = {"description": mem.description, "gates": list(mem.gates), "cases": [], "skipped": [], "backward": vjp_name(mem)}
     if mem.make_inputs is None:
         entry["skipped"].append({"case": "*", "reason": "the memory registers no make_inputs"})
         return entry
     os.makedirs(os.path.join(out_dir, spec), exist_ok=True)
-    for cd in CASES:
-        try:
-            inputs, params = _build_inputs(mem, spec, cd)
-            ref = _run(mem, inputs, params)
-        except (ValueError, TypeError) as exc:  # e.g. a gate of 0 outside the memory's range: not applicable
-            entry["skipped"].append({"case": cd.name, "reason": f"not applicable: {exc}"})
+    for cd, result in zip(CASES, built):
+        if "skipped" in result:
+            entry["skipped"].append({"case": cd.name, "reason": result["skipped"]})
             continue
-        except DivergenceError:  # the scan refuses to return nan/inf
-            entry["skipped"].append({"case": cd.name, "reason": "the reference output is not finite"})
-            continue
-        if not all(np.all(np.isfinite(a)) for a in ref.values()):
-            entry["skipped"].append({"case": cd.name, "reason": "the reference output is not finite"})
-            continue
-        growth = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in ref.values())
-        if growth > _GROWTH_MAX:  # inputs are O(1) (keys O(8)): outputs this large mean the scan diverges
-            entry["skipped"].append({"case": cd.name, "reason": f"the reference diverges (max |output| {growth:.1e} > {_GROWTH_MAX:.0e})"})
-            continue
-        seed = case_seed(spec, cd.name)
-        try:
-            kappa = _condition(mem, inputs, params, ref, seed)
-        except DivergenceError:  # a perturbation of 1e-7 makes the scan diverge: as ill-conditioned as it gets
-            kappa = math.inf
-        if not math.isfinite(kappa) or kappa > _KAPPA_MAX:
-            entry["skipped"].append({"case": cd.name, "reason": f"ill-conditioned (kappa about {kappa:.1e} > {_KAPPA_MAX:.0e})"})
-            continue
-        arrays = {f"in.{n}": a for n, a in flatten(inputs).items()}
-        arrays.update({f"out.{n}": a for n, a in ref.items()})
-        grad_arrays, backward = backward_arrays(mem, seed, inputs, params, ref, cd)
-        arrays.update(grad_arrays)
-        arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
-        rel = f"{spec}/{cd.name}.npz"
-        path = os.path.join(out_dir, rel)
-        write_npz(path, arrays)
-        entry["cases"].append({
-            "name": cd.name,
-            "why": cd.why,
-            "file": rel,
-            "sha256": _sha256(path),
-            "bytes": os.path.getsize(path),
-            "seed": seed,
-            "batch": list(cd.batch),
-            "T": cd.T,
-            "d_k": cd.d_k,
-            "d_v": cd.d_v,
-            "gates": cd.gates,
-            "key_scale": cd.key_scale,
-            "params": params,
-            "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in flatten(inputs).items()},
-            "outputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in ref.items()},
-            "kappa": round_up(max(kappa, 1.0)),
-            "tolerance": tolerance(cd.T, cd.d_k, cd.d_v, kappa),
-            "backward": backward,
-        })
+        with open(os.path.join(out_dir, result["case"]["file"]), "wb") as fh:
+            fh.write(result["npz"])
+        entry["cases"].append(result["case"])
     return entry
 
 
-def generate(out_dir: str, specs=None) -> dict:
-    """Write vectors for ``specs`` (default: every registered memory) and ``manifest.json``; return the manifest."""
+def generate_spec(spec: str, out_dir: str) -> dict:
+    """Write the cases of memory ``spec`` under ``out_dir/spec/`` (in this process); return its manifest entry."""
+    built = [build_case(spec, cd) for cd in CASES] if registry()[spec].make_inputs is not None else []
+    return _spec_entry(spec, out_dir, built)
+
+
+def generate(out_dir: str, specs=None, *, workers: int = 1, client=None, desc: str | None = None) -> dict:
+    """Write vectors for ``specs`` (default: every registered memory) and ``manifest.json``; return the manifest.
+
+    Every (spec, case) is an independent task of :func:`refmem.pool.run_tasks`
+    (``workers`` processes, default 1: here; or a Dask ``client``), computed with
+    one BLAS thread; this process writes every file, so the directory is
+    byte-identical whatever ran the cases. ``desc`` labels a progress bar (shown
+    on a terminal only).
+    """
     from . import __version__
+    from .pool import check_workers, run_tasks
 
     known = registry()
     if not isinstance(out_dir, (str, os.PathLike)):
@@ -417,7 +454,15 @@ def generate(out_dir: str, specs=None) -> dict:
     unknown = [s for s in names if s not in known]
     if unknown:
         raise ValueError(f"unknown spec(s) {unknown}; specs with vectors: {sorted(known)}")
+    check_workers(workers)
+    names = sorted(set(names))
+    items = [(s, cd) for s in names if known[s].make_inputs is not None for cd in CASES]
+    results = iter(run_tasks(_build_case_task, items, workers=workers, client=client, desc=desc))
     os.makedirs(out_dir, exist_ok=True)
+    entries = {}
+    for s in names:
+        built = [next(results) for _ in CASES] if known[s].make_inputs is not None else []
+        entries[s] = _spec_entry(s, out_dir, built)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -426,7 +471,7 @@ def generate(out_dir: str, specs=None) -> dict:
         "tolerance_rule": "8 * eps(dtype) * (T + d_k + d_v) * max(1, kappa), rounded up to 2 digits",
         "gradient_tolerance_rule": "per gradient: 8 * eps(dtype) * 2 * (T + d_k + d_v) * max(1, kappa of that gradient), "
                                    "rounded up to 2 digits",
-        "specs": {s: generate_spec(s, out_dir) for s in sorted(names)},
+        "specs": entries,
     }
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8", newline="\n") as fh:
         fh.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -567,8 +612,8 @@ def _verify_gradients(mem, case: Case) -> list[dict]:
     return rows
 
 
-def main_generate(args) -> int:
-    manifest = generate(args.out, args.spec)
+def main_generate(args, client=None) -> int:
+    manifest = generate(args.out, args.spec, workers=args.workers, client=client, desc="vectors")
     n = sum(len(e["cases"]) for e in manifest["specs"].values())
     g = sum("skipped" not in c["backward"] for e in manifest["specs"].values() for c in e["cases"])
     print(f"wrote {n} cases ({g} with gradients) for {len(manifest['specs'])} spec(s) to {args.out}")

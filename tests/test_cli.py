@@ -221,7 +221,7 @@ def test_a_write_that_fails_at_the_end_is_one_line(monkeypatch, capsys):
     import refmem.verify
     from refmem.cli import main
 
-    def disk_full(args):
+    def disk_full(args, client=None):
         raise OSError(28, "No space left on device", "rows.json")
 
     monkeypatch.setattr(refmem.verify, "main", disk_full)

@@ -1,0 +1,90 @@
+r"""The pool that runs independent tasks: ``refmem verify``'s checks, ``refmem vectors generate``'s cases.
+
+NumPy (host) only. A task is ``fn(item)`` for one item of a list; the tasks
+share nothing, so they can run in this process one after another
+(``workers=1``), on ``workers`` worker processes
+(:class:`concurrent.futures.ProcessPoolExecutor`), or as tasks of a Dask cluster
+(``client=``, a :class:`dask.distributed.Client`: :mod:`refmem.distributed`).
+The results come back in the order of the items, whichever finished first.
+
+Every task runs with BLAS pinned to one thread (:mod:`threadpoolctl`) and
+``refmem.options(workers=1)`` (no pool inside a pool), in this process too: a
+task's result is then computed by the same code with the same threads wherever it
+runs, so the results are identical for every ``workers`` and on a cluster
+(``tests/test_pool.py``, ``tests/test_distributed.py``). Worker processes are
+started with ``spawn`` (a fresh interpreter: safe in a process that already
+runs threads); ``fn`` and the items must be picklable (module-level functions).
+
+A progress bar (:func:`refmem.progress.progress_bar`) counts the finished tasks
+when ``desc`` is given and standard error is a terminal.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from numbers import Integral
+
+from .progress import progress_bar
+from .validation import options
+
+
+def check_workers(workers) -> int:
+    """``workers`` as an int ``>= 1``, or a ``ValueError`` naming it."""
+    if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+    return int(workers)
+
+
+def run_pinned(fn, item):
+    """``fn(item)`` with BLAS pinned to one thread and no heads-in-parallel pool inside (module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), options(workers=1):
+        return fn(item)
+
+
+def run_tasks(fn, items, *, workers: int = 1, client=None, desc: str | None = None) -> list:
+    """``[fn(item) for item in items]``, each task pinned (module docstring), on ``workers`` processes or a cluster.
+
+    Parameters
+    ----------
+    fn : callable
+        A picklable function of one item (a module-level function or a
+        :func:`functools.partial` of one).
+    items : iterable
+        The tasks' arguments (picklable).
+    workers : int
+        ``1`` runs the tasks here one after another; more starts that many
+        worker processes (never more than there are items).
+    client : dask.distributed.Client or None
+        Run the tasks on this Dask cluster instead (``workers`` is then unused).
+    desc : str or None
+        The progress bar's label; ``None`` shows no bar.
+
+    Returns
+    -------
+    list
+        The results in the order of ``items``. A task that raises raises here.
+    """
+    items = list(items)
+    workers = check_workers(workers)
+    if client is not None:
+        from .distributed import map_on_cluster
+
+        return map_on_cluster(fn, items, client=client, desc=desc)
+    with progress_bar(len(items), desc) as bar:
+        if workers == 1 or len(items) <= 1:
+            results = []
+            for item in items:
+                results.append(run_pinned(fn, item))
+                bar.update(1)
+            return results
+        results = [None] * len(items)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
+            futures = {pool.submit(run_pinned, fn, item): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(1)
+        return results
