@@ -5,7 +5,8 @@
 # 2. the working tree's table with refmem's defaults (the process pool on every core for problems big enough);
 # 3. every memory at the default sizes, one process;
 # 4. workers 1 -> 2 (refmem's process pool) for the chunked and the recurrent gated delta rule, wall and CPU seconds;
-# 5. the chunk size study (C = 32, 64, 128: FLOP model, measured rate, the small-product bound).
+# 5. the chunk size study (C = 32, 64, 128: FLOP model, measured rate, the small-product bound);
+# 6. the same problem on a two-worker Dask LocalCluster against the in-process pool: both times and the ratio.
 set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 base=${1:-1d2d936}
@@ -34,3 +35,5 @@ echo "== workers 1 -> 2 (refmem's process pool), gated delta rule B=2 T=4096 H=8
 "$py" scripts/parallel_scaling.py
 echo "== chunk size C = 32, 64, 128 (one process, one BLAS thread)"
 "${one_thread[@]}" "$py" scripts/chunk_size_study.py
+echo "== the same problem on a two-worker Dask LocalCluster against the in-process pool (needs refmem[dask])"
+"$py" scripts/dask_overhead.py
