@@ -73,3 +73,20 @@ def test_cli_bar_on_a_terminal_and_silent_on_a_pipe(tmp_path):
     piped = _generate(tmp_path / "pipe", subprocess.PIPE)
     assert piped.returncode == 0 and piped.stderr == b""
     assert piped.stdout == stdout.replace(b"tty", b"pipe")  # the report itself is the same
+
+
+def test_verify_and_bench_draw_their_bars_on_a_terminal_only(monkeypatch, capsys):
+    from refmem.cli import main
+
+    for argv, label in ((["verify", "--spec", "l2"], "verify:"),
+                        (["bench", "--memory", "delta_rule", "--seq-len", "8", "--heads", "1", "--dim", "4",
+                          "--chunk", "4", "--dtype", "float64", "--repeat", "1", "--peak-size", "32"], "bench:")):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(argv) == 0
+        table = capsys.readouterr().out
+        assert label in terminal.getvalue()
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        assert main(argv) == 0
+        assert sys.stderr.getvalue() == ""
+        assert capsys.readouterr().out.splitlines()[0] == table.splitlines()[0]  # the same table either way
