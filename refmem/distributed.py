@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from .parallel import head_slices, stack_slices
+import numpy as np
+from array_api_compat import array_namespace
+
+from .parallel import head_slices, is_array, stack_slices
 from .pool import run_pinned
 from .progress import progress_bar
 
@@ -83,9 +86,18 @@ def connect(address: str, *, timeout=None):
         raise ValueError(f"no Dask scheduler at {address!r} ({exc})") from None
 
 
+def _fresh(x):
+    """``x`` as a new array (tuples element by element): the slice has the layout of the in-process pool's copies."""
+    if isinstance(x, tuple):
+        return tuple(_fresh(e) for e in x)
+    if isinstance(x, np.ndarray):
+        return np.array(x, order="C", copy=True)
+    return array_namespace(x).asarray(x, copy=True) if is_array(x) else x
+
+
 def _slice_task(fn, inputs: dict):
-    """One slice's form, run on a worker with BLAS pinned (:func:`refmem.pool.run_pinned`)."""
-    return run_pinned(lambda kw: fn(**kw), inputs)
+    """One slice's form, run on a worker with BLAS pinned (:func:`refmem.pool.run_pinned`) on fresh copies."""
+    return run_pinned(lambda kw: fn(**{k: _fresh(x) for k, x in kw.items()}), inputs)
 
 
 def heads_on_cluster(fn, *, client, **inputs):

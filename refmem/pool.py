@@ -2,18 +2,18 @@ r"""The pool that runs independent tasks: ``refmem verify``'s checks, ``refmem v
 
 NumPy (host) only. A task is ``fn(item)`` for one item of a list; the tasks
 share nothing, so they can run in this process one after another
-(``workers=1``), on ``workers`` worker processes
-(:class:`concurrent.futures.ProcessPoolExecutor`), or as tasks of a Dask cluster
+(``workers=1``), on ``workers`` worker processes (the persistent pool of
+:func:`refmem.parallel.worker_pool`), or as tasks of a Dask cluster
 (``client=``, a :class:`dask.distributed.Client`: :mod:`refmem.distributed`).
 The results come back in the order of the items, whichever finished first.
 
-Every task runs with BLAS pinned to one thread (:mod:`threadpoolctl`) and
-``refmem.options(workers=1)`` (no pool inside a pool), in this process too: a
-task's result is then computed by the same code with the same threads wherever it
-runs, so the results are identical for every ``workers`` and on a cluster
-(``tests/test_pool.py``, ``tests/test_distributed.py``). Worker processes are
-started with ``spawn`` (a fresh interpreter: safe in a process that already
-runs threads); ``fn`` and the items must be picklable (module-level functions).
+Every task runs with BLAS pinned to one thread (:func:`refmem.parallel.pinned_blas`)
+and ``refmem.options(workers=1)`` (no pool inside a pool), in this process too:
+a task's result is then computed by the same code with the same threads
+wherever it runs, so the results are identical for every ``workers`` and on a
+cluster (``tests/test_pool.py``, ``tests/test_distributed.py``). At most
+``workers`` tasks are in flight at a time; ``fn`` and the items must be
+picklable (module-level functions are).
 
 A progress bar (:func:`refmem.progress.progress_bar`) counts the finished tasks
 when ``desc`` is given and standard error is a terminal.
@@ -21,10 +21,10 @@ when ``desc`` is given and standard error is a terminal.
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, wait
 from numbers import Integral
 
+from .parallel import pinned_blas, worker_pool
 from .progress import progress_bar
 from .validation import options
 
@@ -38,9 +38,7 @@ def check_workers(workers) -> int:
 
 def run_pinned(fn, item):
     """``fn(item)`` with BLAS pinned to one thread and no heads-in-parallel pool inside (module docstring)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), options(workers=1):
+    with pinned_blas(), options(workers=1):
         return fn(item)
 
 
@@ -55,8 +53,8 @@ def run_tasks(fn, items, *, workers: int = 1, client=None, desc: str | None = No
     items : iterable
         The tasks' arguments (picklable).
     workers : int
-        ``1`` runs the tasks here one after another; more starts that many
-        worker processes (never more than there are items).
+        ``1`` runs the tasks here one after another; more runs them on that
+        many worker processes.
     client : dask.distributed.Client or None
         Run the tasks on this Dask cluster instead (``workers`` is then unused).
     desc : str or None
@@ -81,10 +79,21 @@ def run_tasks(fn, items, *, workers: int = 1, client=None, desc: str | None = No
                 bar.update(1)
             return results
         results = [None] * len(items)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
-            futures = {pool.submit(run_pinned, fn, item): i for i, item in enumerate(items)}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
+        pool = worker_pool(workers)  # may hold more processes than asked: at most `workers` tasks in flight
+        queue = iter(enumerate(items))
+        running = {}
+
+        def submit_next():
+            for i, item in queue:
+                running[pool.submit(run_pinned, fn, item)] = i
+                return
+
+        for _ in range(workers):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
                 bar.update(1)
+                submit_next()
         return results

@@ -1,5 +1,5 @@
 """The Dask overhead: the chunked gated delta rule (B=2 T=4096 H=8 d=64 C=64 float64) on the in-process pool
-(refmem.parallel.heads_in_parallel, 2 worker threads) and on a two-worker LocalCluster (refmem.distributed,
+(refmem.parallel.heads_in_parallel, 2 worker processes) and on a two-worker LocalCluster (refmem.distributed,
 2 single-threaded worker processes), BLAS pinned to one thread per worker in both; prints both times (best of
 --repeat after a warm-up call), their ratio, and whether the outputs are bitwise equal. Run on an idle machine:
     .venv/bin/python scripts/dask_overhead.py [--repeat 3] [--seq-len 4096]
@@ -54,7 +54,7 @@ def main():
         cluster.close()
     same = all(np.array_equal(a, b) for a, b in zip(pooled, remote))
     print(f"chunked gated delta rule B={B} T={T} H={H} d={d} C={C} float64, {B * H} slices, best of {args.repeat}")
-    print(f"in-process pool, 2 worker threads:           {pool_s:.3f} s")
+    print(f"in-process pool, 2 worker processes:         {pool_s:.3f} s")
     print(f"LocalCluster, 2 worker processes (1 thread): {dask_s:.3f} s  (cluster start {start_s:.1f} s, not counted)")
     print(f"Dask / in-process: {dask_s / pool_s:.2f}x; outputs bitwise equal: {same}")
 
