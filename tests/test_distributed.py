@@ -110,6 +110,14 @@ def test_bench_on_the_cluster(client):
     assert all(r["scheduler"] == client.scheduler.address and r["peak_extra_bytes"] is None for r in rows)
 
 
+def test_cli_bench_on_the_cluster(client, capsys):
+    argv = ["bench", "--memory", "delta_rule", "--seq-len", "16", "--heads", "2", "--dim", "4", "--chunk", "8",
+            "--dtype", "float64", "--repeat", "1", "--peak-size", "32", "--scheduler", client.scheduler.address]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"on the cluster at {client.scheduler.address}" in out and "delta_rule" in out
+
+
 @pytest.mark.parametrize("bad", [None, "tcp://127.0.0.1:8786", object(), 3])
 def test_a_client_of_the_wrong_type_is_a_type_error(bad, tmp_path):
     spec = MEMORIES["delta_rule"]
