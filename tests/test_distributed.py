@@ -189,3 +189,12 @@ def test_cupy_slices_on_gpu_workers(client):
     for j in range(len(remote)):
         want = cupy.stack([r[j] for r in local]).reshape(remote[j].shape)
         assert bool(cupy.all(remote[j] == want))  # each GPU slice computed by the same code: bitwise equal
+
+
+def test_without_dask_the_cli_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now raises ImportError
+    assert main(["vectors", "generate", "--out", str(tmp_path), "--scheduler", DEAD]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'refmem[dask]'" in err
+    with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
+        check_client(object())
