@@ -72,17 +72,8 @@ def surprise_vjp(loss, y, target, w, xp):
 def dgd_vjp(q, k, v, beta, *, do, dM_T=None, loss="squared_error", initial_state=None):
     """Gradients of recurrent DGD (module docstring, adjoint recurrence).
 
-    Parameters
-    ----------
-    q, k, v, beta, loss, initial_state
-        As :func:`~refmem.memories.dgd.dgd_recurrent` (``loss`` one of :data:`SURPRISE_VJPS`).
-    do, dM_T : arrays ``[..., T, d_v]`` and ``[..., d_v, d_k]`` (optional)
-        Cotangents of ``o`` and of the final state, as :mod:`~refmem.backward.cotangents` states them.
-
-    Returns
-    -------
-    dict
-        ``q, k, v, beta`` and ``initial_state``.
+    Parameters and returns are those of :func:`~refmem.backward.longhorn.longhorn_vjp`,
+    plus ``loss`` as in :func:`~refmem.memories.dgd.dgd_recurrent` (one of :data:`SURPRISE_VJPS`).
     """
     loss = get_loss(loss)
     xp, M0, dM_T, _ = forward_and_cotangents(dgd_recurrent, (q, k, v, beta), do=do, dM_T=dM_T,

@@ -295,7 +295,7 @@ def _m3_slow_terms(xp):
     g_np = np.random.default_rng(42)
     W = to_backend(g_np.standard_normal((3, 3)), xp)
     state = opt.init(W)
-    ones = 0 * W + 1.0
+    ones = xp.ones_like(W)
     for t in range(f):
         W, state, _ = opt.step(W, ones + to_backend(np.eye(3) * (t + 1), xp), state)  # gradient 1 + (t+1) I
     # M2 = sum of the f gradients ones + (t+1) I, t = 0 .. f-1: f ones + f(f+1)/2 I, written out
