@@ -119,7 +119,7 @@ class KLSimplex(Retention):
                 + (logM - self._log_uniform(M, xp) + 1) / expand_matrix(self.a, xp))  # (.., d_v, d_k)
 
     def lipschitz(self, xp):
-        return xp.full_like(1.0 / self.eta + 0 * self.a + 0 * self.c, math.inf)
+        return xp.full_like(self.mu(xp), math.inf)  # no Lipschitz bound; the batch shape of eta, a and c
 
     def mu(self, xp):
         return (1.0 / self.eta + 1.0 / self.a) / self.c
