@@ -15,7 +15,7 @@ and the bookkeeping (no scheduler, queue or RPC of refmem's own):
   is bitwise identical to :func:`refmem.parallel.heads_in_parallel` for every
   number of workers.
 - :func:`map_on_cluster`: independent tasks (``refmem verify``'s checks,
-  ``refmem vectors generate``'s cases) run by :func:`refmem.pool.run_pinned` on
+  ``refmem vectors generate``'s cases) run by :func:`refmem.parallel.run_pinned` on
   the workers; the results come back in order, and the vector files are written
   by the calling process, so they are byte-identical to a serial run's.
 
@@ -37,8 +37,7 @@ from functools import partial
 import numpy as np
 from array_api_compat import array_namespace
 
-from .parallel import head_slices, is_array, stack_slices
-from .pool import run_pinned
+from .parallel import head_slices, is_array, run_pinned, stack_slices
 from .progress import progress_bar
 
 DASK_MISSING = "Dask is not installed: pip install 'refmem[dask]' (dask[distributed])"
@@ -96,7 +95,7 @@ def _fresh(x):
 
 
 def _slice_task(fn, inputs: dict):
-    """One slice's form, run on a worker with BLAS pinned (:func:`refmem.pool.run_pinned`) on fresh copies."""
+    """One slice's form, run on a worker with BLAS pinned (:func:`refmem.parallel.run_pinned`) on fresh copies."""
     return run_pinned(lambda kw: fn(**{k: _fresh(x) for k, x in kw.items()}), inputs)
 
 
@@ -133,7 +132,7 @@ def heads_on_cluster(fn, *, client, **inputs):
 
 
 def map_on_cluster(fn, items: list, *, client, desc: str | None = None) -> list:
-    """``[fn(item) for item in items]`` as Dask tasks, each pinned (:func:`refmem.pool.run_pinned`), results in order.
+    """``[fn(item) for item in items]`` as Dask tasks, each pinned (:func:`refmem.parallel.run_pinned`), results in order.
 
     ``desc``: the progress bar's label (:func:`refmem.progress.progress_bar`;
     ``None`` shows none). A task that raises raises here.

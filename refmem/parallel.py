@@ -178,6 +178,12 @@ def pinned_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def run_pinned(fn, item):
+    """``fn(item)`` with BLAS pinned to one thread and no heads-in-parallel pool inside (one task of a pool)."""
+    with pinned_blas(), options(workers=1):
+        return fn(item)
+
+
 # --- the pool of worker processes -------------------------------------------------------------------
 
 _POOL = {"size": 0, "executor": None}

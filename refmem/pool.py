@@ -24,9 +24,8 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, wait
 from numbers import Integral
 
-from .parallel import pinned_blas, worker_pool
+from .parallel import run_pinned, worker_pool
 from .progress import progress_bar
-from .validation import options
 
 
 def check_workers(workers) -> int:
@@ -34,12 +33,6 @@ def check_workers(workers) -> int:
     if isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
     return int(workers)
-
-
-def run_pinned(fn, item):
-    """``fn(item)`` with BLAS pinned to one thread and no heads-in-parallel pool inside (module docstring)."""
-    with pinned_blas(), options(workers=1):
-        return fn(item)
 
 
 def run_tasks(fn, items, *, workers: int = 1, client=None, desc: str | None = None) -> list:
