@@ -36,7 +36,19 @@ class BackwardSpec:
         ``recurrent(q, k, v, *gates, do, dM_T=None, initial_state=None) -> dict``.
     chunked : callable or None
         The same plus ``chunk_size``; equal to ``recurrent``.
+    minibatch : callable or None
+        The backward of the mini-batch form (``MemorySpec.minibatch``, a different
+        forward): the same plus ``chunk_size``.
+    deep : callable or None
+        The backward of the memory on the deep memory (``MemorySpec.deep``); its
+        state and ``dM_T`` are the weight pair ``(W1, W2)``.
     """
 
     recurrent: Callable
     chunked: Callable | None = None
+    minibatch: Callable | None = None
+    deep: Callable | None = None
+
+
+#: The forms of a registered memory (``MemorySpec`` fields) and the ``BackwardSpec`` field holding each one's backward.
+FORMS = ("recurrent", "chunked", "minibatch", "deep")

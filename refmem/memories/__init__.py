@@ -42,10 +42,12 @@ from ..chunked import mesa as mesa_chunked
 from ..chunked import titans as titans_chunked
 from ..backward import BackwardSpec
 from ..backward import attention as attention_backward
+from ..backward import deep_memory as deep_memory_backward
 from ..backward import delta_rule as delta_rule_backward
 from ..backward import dgd as dgd_backward
 from ..backward import linear_attention as linear_attention_backward
 from ..backward import longhorn as longhorn_backward
+from ..backward import miras as miras_backward
 from ..backward import mesa as mesa_backward
 from ..backward import omega as omega_backward
 from ..backward import titans as titans_backward
@@ -209,7 +211,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         minibatch=titans_chunked.titans_minibatch,
         levels=titans.titans_levels,
         deep=titans_deep.titans_deep_recurrent,
-        backward=BackwardSpec(titans_backward.titans_vjp),
+        backward=BackwardSpec(titans_backward.titans_vjp, deep=deep_memory_backward.titans_deep_vjp),
     ),
     # --- Omega: a window of the last c tokens ---
     MemorySpec(
@@ -284,6 +286,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         step_gates=("eta",),
         state="MLP weights (W1 [..., d, h], W2 [..., h, d]); d_v = d_k",
         make_initial_state=deep_memory.make_deep_initial_state,
+        backward=BackwardSpec(deep_memory_backward.deep_memory_vjp),
     ),
     MemorySpec(
         name="yaad",
@@ -294,6 +297,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         step_gates=("eta",),
         step_level=yaad.yaad_level,
         deep=yaad.yaad_deep_recurrent,
+        backward=BackwardSpec(miras_backward.yaad_vjp, deep=deep_memory_backward.yaad_deep_vjp),
     ),
     MemorySpec(
         name="moneta",
@@ -304,6 +308,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         step_gates=("eta",),
         step_level=moneta.moneta_level,
         deep=moneta.moneta_deep_recurrent,
+        backward=BackwardSpec(miras_backward.moneta_vjp, deep=deep_memory_backward.moneta_deep_vjp),
     ),
     MemorySpec(
         name="memora",
@@ -317,6 +322,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         make_initial_state=memora.make_initial_state,
         step_level=memora.memora_level,
         deep=memora.memora_deep_recurrent,
+        backward=BackwardSpec(miras_backward.memora_vjp, deep=deep_memory_backward.memora_deep_vjp),
     ),
 )
 

@@ -53,6 +53,19 @@ def _dsilu(z, xp):
     return s + z * s * (1 - s)
 
 
+def _d2tanh(z, xp):
+    t = xp.tanh(z)
+    return -2 * t * (1 - t * t)
+
+
+def _d2silu(z, xp):
+    s = 1 / (1 + xp.exp(-z))
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+# name -> sigma'': the Hessian-vector products of the deep memory's backward pass read it
+SECOND_DERIVATIVES = {"tanh": _d2tanh, "silu": _d2silu}
+
 # name -> (sigma, sigma', sup|sigma'|, sup|sigma''|): the bounds size the finite-difference
 # tolerance and the solvers' Lipschitz estimates (tanh'' peaks at 4/(3 sqrt 3); silu' <= 1.1, silu'' <= 1/2).
 ACTIVATIONS = {
@@ -131,6 +144,25 @@ class ResidualLoss:
             return self.p * sign(r, xp) * xp.abs(r) ** (self.p - 1)
         return clip(r, -self.delta, self.delta, xp)
 
+    def grad_derivative(self, r, xp):
+        r"""``d u_i / d r_i``, the diagonal Hessian of ``ell``: ``[..., d]``.
+
+        ``l2``: 1; ``lp``: :math:`p(p-1)|r|^{p-2}` (``p = 1``: 0 away from the kink;
+        ``1 < p < 2``: infinite at ``r_i = 0``); ``huber``: 1 inside ``|r_i| <= delta``, 0 outside.
+        """
+        one = xp.ones_like(r)
+        if self.name == "l2":
+            return one
+        if self.name == "huber":
+            return xp.where(xp.abs(r) <= self.delta, one, 0 * one)
+        if self.p == 1:
+            return 0 * one
+        a = xp.abs(r)
+        if self.p >= 2:
+            return self.p * (self.p - 1) * a ** (self.p - 2)
+        safe = xp.where(a > 0, a, one)  # |r|^{p-2} at r = 0 is infinite for p < 2
+        return xp.where(a > 0, self.p * (self.p - 1) * safe ** (self.p - 2), math.inf * one)
+
     def curvature(self, r_max: float) -> float:
         """Bound on the Hessian of ``ell`` for residual entries up to ``r_max`` in size."""
         if self.name == "lp":
@@ -188,6 +220,71 @@ def mlp_forward(W1, W2, x, xp, activation="tanh"):
         return gW1, gW2, gx
 
     return y, backward
+
+
+def deep_loss_grad_vjp(W1, W2, k, v, loss, G1, G2, xp, activation="tanh"):
+    r"""Second derivatives of the deep loss: the gradient of :math:`\langle G, \nabla_W l(W; k, v)\rangle` in ``W, k, v``.
+
+    The backward pass of the map :math:`(W, k, v) \mapsto \nabla_W l`: what the
+    deep memory's own backward needs, since its step reads :math:`\nabla_W l`.
+
+    Parameters
+    ----------
+    W1 : array ``[..., d, h]``
+    W2 : array ``[..., h, d]``
+    k, v : array ``[..., d]``
+    loss : ResidualLoss
+    G1 : array ``[..., d, h]``
+    G2 : array ``[..., h, d]``
+        The cotangent ``G = (G1, G2)`` of :math:`\nabla_W l`.
+
+    Returns
+    -------
+    dW1 [..., d, h], dW2 [..., h, d], dk [..., d], dv [..., d]
+        ``(dW1, dW2)`` is the Hessian-vector product :math:`\nabla^2_{WW} l\, G`.
+
+    Notes
+    -----
+    Forward over reverse, written out: the backward pass of :func:`mlp_forward`
+    (module docstring) differentiated along the weight direction ``G``
+    (a tangent, marked with a dot; :math:`\dot W = G`, :math:`\dot k = \dot v = 0`):
+
+    .. math::
+
+        \dot z = G_2 k,\quad \dot a = \sigma'(z)\dot z,\quad \dot r = G_1 a + W_1 \dot a,\quad
+        \dot u = \ell''(r)\,\dot r,
+
+        \dot{g}_{W_1} = \dot u\, a^T + u\, \dot a^T,\quad
+        \dot{g}_a = G_1^T u + W_1^T \dot u,\quad
+        \dot{g}_z = \dot g_a \odot \sigma'(z) + g_a \odot \sigma''(z) \odot \dot z,\quad
+        \dot{g}_{W_2} = \dot g_z\, k^T,
+
+        \dot g_k = \dot u + G_2^T g_z + W_2^T \dot g_z, \qquad \dot g_v = -\dot u .
+
+    :math:`(\dot g_{W_1}, \dot g_{W_2}) = \nabla^2_{WW} l\, G` (a Hessian-vector
+    product), and by the symmetry of mixed second derivatives
+    :math:`\dot g_k = \nabla_k \langle G, \nabla_W l\rangle`, :math:`\dot g_v = \nabla_v \langle G, \nabla_W l\rangle`.
+    ``ell''`` is :meth:`ResidualLoss.grad_derivative` (diagonal: every bias here is per coordinate).
+    """
+    sigma, dsigma, _, _ = activation_of(activation)
+    d2sigma = SECOND_DERIVATIVES[activation]
+    mT = xp.matrix_transpose
+    z = matvec(W2, k)  # (.., h)
+    a = sigma(z, xp)  # (.., h)
+    r = k + matvec(W1, a) - v  # the residual M(k) - v: (.., d)
+    u = loss.grad(r, xp)  # (.., d)
+    ga = matvec(mT(W1), u)  # (.., h)
+    s1, s2 = dsigma(z, xp), d2sigma(z, xp)  # (.., h)
+    gz = ga * s1  # (.., h)
+    z_dot = matvec(G2, k)  # (.., h)
+    a_dot = s1 * z_dot  # (.., h)
+    u_dot = loss.grad_derivative(r, xp) * (matvec(G1, a) + matvec(W1, a_dot))  # (.., d)
+    dW1 = outer(u_dot, a) + outer(u, a_dot)  # (.., d, h)
+    ga_dot = matvec(mT(G1), u) + matvec(mT(W1), u_dot)  # (.., h)
+    gz_dot = ga_dot * s1 + ga * s2 * z_dot  # (.., h)
+    dW2 = outer(gz_dot, k)  # (.., h, d)
+    dk = u_dot + matvec(mT(G2), gz) + matvec(mT(W2), gz_dot)  # (.., d)
+    return dW1, dW2, dk, -u_dot
 
 
 def deep_loss(W1, W2, k, v, loss, xp, activation="tanh"):
