@@ -37,6 +37,7 @@ the forward in ``tests/test_cupy.py``); floor ``1e-12``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 
@@ -47,7 +48,9 @@ from hypothesis import strategies as st
 
 import refmem
 from refmem import memories
+from refmem.backward import FORMS
 from refmem.memories import backward_passes
+from refmem.memories.residual_mlp import ResidualLoss
 from refmem.metrics import rel_error
 from refmem.validation import DivergenceError
 
@@ -87,17 +90,54 @@ VARIANTS = {
     "omega": {"": ({}, {}, None), "shared_weights": ({}, {}, shared_window_weights)},
     "omega_implicit": {"": ({}, {}, None), "shared_weights": ({}, {}, shared_window_weights)},
     "mesa": {"": ({}, {}, None), "per_channel": ({}, {}, per_key_channel_regulariser)},
+    "yaad": {"": ({}, {}, None), "norm": ({}, {"mode": "norm"}, None), "implicit": ({}, {"step": "implicit"}, None),
+             "implicit_norm": ({}, {"step": "implicit", "mode": "norm", "delta": 0.5}, None)},
+    "deep_memory": {"": ({}, {}, None),
+                    "huber_silu": ({}, {"loss": ResidualLoss("huber", delta=0.5), "activation": "silu"}, None)},
 }
 EXTRA_STATES = {"titans": ("initial_momentum",)}  # start states beyond M_0, each with its gradient
+# a state that lives on a manifold (Memora's rows on the simplex): a difference step leaves it, so the
+# state check is off for the difference quotients (the forward's formula is defined off the manifold)
+OFF_MANIFOLD_STATES = {"memora"}
+# inputs whose difference step is relative to their size: Moneta's step sizes are 1e-3..1e-2 (its make_inputs)
+# and the lq link's curvature in them grows like 1/eta^2, so an absolute step 1e-5 (1% of the smallest eta)
+# leaves a truncation error above the ceiling; H times the largest entry keeps the relative step at H
+RELATIVE_STEPS = {("moneta", "eta")}
+# memories whose forward has a much larger third derivative than O(1): Moneta's lq link (q* = 4/3) has the
+# curvature (|A_ij| / ||A||_q*)^(q* - 2) = (...)^(-2/3), large at the accumulator's small entries (the square of a
+# small residual entry, with p = 3), so the truncation error (h^2 / 6 times the third derivative) of H leaves the ceiling; a step
+# ten times smaller cuts it a hundredfold and lets rounding (delta / h) grow tenfold, still far below it
+FD_STEPS = {"moneta": 1e-6}
 CASES = [(name, form, var)
          for name in sorted(BACKWARD)
-         for form in ("recurrent", "chunked") if getattr(BACKWARD[name], form) is not None
-         for var in VARIANTS.get(name, {"": None})]
+         for form in FORMS if getattr(BACKWARD[name], form) is not None
+         for var in (VARIANTS.get(name, {"": None}) if form != "deep" else {"": None})]
 IDS = [f"{n}-{f}" + (f"-{v}" if v else "") for n, f, v in CASES]
 
 
 def options(name, var):
     return VARIANTS[name][var][1] if name in VARIANTS else {}
+
+
+def forward(name, form, C=None):
+    """The forward a form's backward differentiates: recurrent (the chunked form's too), mini-batch, deep."""
+    spec = MEMORIES[name]
+    if form == "deep":
+        return spec.deep
+    if form == "minibatch":
+        return functools.partial(spec.minibatch, chunk_size=C)
+    return spec.recurrent
+
+
+def deep_state(name, seed, batch, d):
+    """A random start ``(W1, W2)`` of the deep memory (rows on the simplex for Memora's KL retention)."""
+    if name == "memora":
+        from refmem.memories.memora import make_initial_state as simplex_point
+
+        return simplex_point(seed, batch, d, d, np), simplex_point(seed + 1, batch, d, d, np)
+    from refmem.memories.residual_mlp import make_initial_state
+
+    return make_initial_state(seed, batch, d, np)
 
 
 shapes = st.tuples(
@@ -140,34 +180,40 @@ def tree_map(f, a):
     return tuple(f(x) for x in a) if isinstance(a, tuple) else f(a)
 
 
-def problem(name, var, seed, batch, T, d_k, d_v, with_state):
+def problem(name, var, seed, batch, T, d_k, d_v, with_state, form="recurrent", C=None):
     """Inputs (NumPy float64), cotangents ``do, dM_T`` (``dM_T`` shaped like the final state, tuple or matrix)."""
     spec = MEMORIES[name]
     make_kw, opts, transform = VARIANTS[name][var] if name in VARIANTS else ({}, {}, None)
+    if form == "deep" or name == "deep_memory":
+        d_v = d_k  # the deep memory maps d to d
     inp = dict(spec.make_inputs(seed, batch, T, d_k, d_v, np, "float64", **make_kw))
     g = np.random.default_rng(seed + 7)
     if transform is not None:
         transform(inp, g)
     if with_state:
-        if spec.make_initial_state is not None:  # a state that is not a matrix (a key-value cache)
+        if form == "deep":
+            for i, key in enumerate(("initial_state",) + EXTRA_STATES.get(name, ())):
+                inp[key] = deep_state(name, seed + i, batch, d_k)
+        elif spec.make_initial_state is not None:  # a state that is not a matrix (a key-value cache)
             inp["initial_state"] = spec.make_initial_state(seed, batch, d_k, d_v, np)
         else:
             for key in ("initial_state",) + EXTRA_STATES.get(name, ()):
                 inp[key] = g.standard_normal(tuple(batch) + (d_v, d_k)) / np.sqrt(d_k)
     do = g.standard_normal(tuple(batch) + (T, d_v))
-    _, M = spec.recurrent(**inp, **opts)
+    _, M = forward(name, form, C)(**inp, **opts)
     dM_T = tree_map(lambda x: g.standard_normal(x.shape), M)
     return inp, do, dM_T
 
 
 def vjp(name, form, inp, do, dM_T, C, var=""):
     f = getattr(BACKWARD[name], form)
-    return f(**inp, do=do, dM_T=dM_T, **options(name, var), **({"chunk_size": C} if form == "chunked" else {}))
+    return f(**inp, do=do, dM_T=dM_T, **options(name, var),
+             **({"chunk_size": C} if form in ("chunked", "minibatch") else {}))
 
 
-def loss(name, inp, do, dM_T, var=""):
+def loss(name, inp, do, dM_T, var="", form="recurrent", C=None):
     """``L = <do, o> + <dM_T, M_T>`` per leading perturbation index, and ``L_abs`` (rounding scale)."""
-    o, M = MEMORIES[name].recurrent(**inp, **options(name, var))
+    o, M = forward(name, form, C)(**inp, **options(name, var))
     axes = lambda d: tuple(range(-d.ndim, 0))  # noqa: E731 (a leading perturbation axis stays)
     pairs = [(do, o)] + (list(zip(dM_T, M)) if isinstance(M, tuple) else [(dM_T, M)])
     L = sum(np.sum(d * x, axis=axes(d)) for d, x in pairs)
@@ -175,7 +221,7 @@ def loss(name, inp, do, dM_T, var=""):
     return L, L_abs
 
 
-def central(name, inp, do, dM_T, key, h, var="", part=None):
+def central(name, inp, do, dM_T, key, h, var="", part=None, form="recurrent", C=None):
     """Central differences of ``L`` in every entry of leaf ``(key, part)`` (all entries at once, on a leading axis)."""
     x = inp[key] if part is None else inp[key][part]
     n = x.size
@@ -189,9 +235,10 @@ def central(name, inp, do, dM_T, key, h, var="", part=None):
             steps = tuple(inp["k"].shape[:-1])
             pert["gamma"] = np.broadcast_to(pert["gamma"].reshape((n,) + (1,) * len(steps) + (-1,)),
                                             (n,) + steps + (inp["gamma"].shape[-1],))
-        # Mesa's H_0 is checked for symmetry; a difference step moves one entry, so the check is off here
-        with refmem.options(check_finite=part is None):
-            out.append(loss(name, pert, do, dM_T, var)[0])
+        # Mesa's H_0 is checked for symmetry, Memora's state for its simplex rows; a difference step moves one
+        # entry, so the check is off here
+        with refmem.options(check_finite=part is None and not (key == "initial_state" and name in OFF_MANIFOLD_STATES)):
+            out.append(loss(name, pert, do, dM_T, var, form, C)[0])
     return ((out[0] - out[1]) / (2 * h)).reshape(x.shape)
 
 
@@ -205,17 +252,19 @@ def test_vjp_equals_central_differences(name, form, var):
     @given(shapes)
     def check(shape):
         seed, batch, T, d_k, d_v, C, with_state = shape
-        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state)
+        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state, form, C)
+        d_v = inp["v"].shape[-1]
         grads = vjp(name, form, inp, do, dM_T, C, var)
         want_keys = {key for key, _, _ in leaves(inp)} | {"initial_state", *EXTRA_STATES.get(name, ())}
         assert set(grads) == want_keys, f"gradients {sorted(grads)} vs inputs {sorted(want_keys)}"
-        _, L_abs = loss(name, inp, do, dM_T, var)
+        _, L_abs = loss(name, inp, do, dM_T, var, form, C)
         delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
-        for key, part, _ in leaves(inp):
-            fd_h = central(name, inp, do, dM_T, key, H, var, part)
-            fd_2h = central(name, inp, do, dM_T, key, 2 * H, var, part)
+        for key, part, x in leaves(inp):
+            h = FD_STEPS.get(name, H) * (float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else 1.0)
+            fd_h = central(name, inp, do, dM_T, key, h, var, part, form, C)
+            fd_2h = central(name, inp, do, dM_T, key, 2 * h, var, part, form, C)
             trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
-            tol = 2 * trunc + 2 * delta / H + FLOOR
+            tol = 2 * trunc + 2 * delta / h + FLOOR
             scale = max(1.0, float(np.max(np.abs(fd_h))))
             assert float(np.max(tol)) <= FD_CEILING * scale, f"{key}: FD tolerance {np.max(tol):.1e} is too loose"
             got = np.asarray(leaf(grads, key, part))
@@ -224,31 +273,35 @@ def test_vjp_equals_central_differences(name, form, var):
             assert np.all(err <= tol), (f"{name}/{form} d{key}{list(worst)}: {got[worst]:.12e} vs FD "
                                         f"{fd_h[worst]:.12e} (err {err[worst]:.1e} > tol {tol[worst]:.1e}), {shape}")
         # dM_0 when no initial state was given: the gradient in the zero start
-        if not with_state and MEMORIES[name].make_initial_state is None:
+        if not with_state and MEMORIES[name].make_initial_state is None and form != "deep":
             for key in ("initial_state",) + EXTRA_STATES.get(name, ()):
                 state = np.zeros(tuple(batch) + (d_v, d_k))
-                fd = central(name, dict(inp, **{key: state}), do, dM_T, key, H, var)
-                assert np.max(np.abs(np.asarray(grads[key]) - fd)) <= 2 * delta / H + 1e-9, key
+                h = FD_STEPS.get(name, H)
+                fd = central(name, dict(inp, **{key: state}), do, dM_T, key, h, var, form=form, C=C)
+                fd_2h = central(name, dict(inp, **{key: state}), do, dM_T, key, 2 * h, var, form=form, C=C)
+                tol = 2 * np.abs(fd_2h - fd) / 3 + 2 * delta / h + 1e-9  # as above: measured truncation + rounding
+                assert np.all(np.abs(np.asarray(grads[key]) - fd) <= tol), key
 
     check()
 
 
-def condition(name, var, seed, batch, T, d_k, d_v, with_state, C):
+def condition(name, var, seed, batch, T, d_k, d_v, with_state, C, form="recurrent"):
     """Measured relative condition number of the gradients w.r.t. the data (two relative perturbations 1e-6)."""
-    inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state)
-    return condition_of(name, inp, do, dM_T, seed, var=var)
+    inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state, form, C)
+    return condition_of(name, inp, do, dM_T, seed, C=C, var=var, form=form)
 
 
-def condition_of(name, inp, do, dM_T, seed, C=1, var=""):
-    """:func:`condition` for given inputs."""
-    base = vjp(name, "recurrent", inp, do, dM_T, C, var)
+def condition_of(name, inp, do, dM_T, seed, C=1, var="", form="recurrent"):
+    """:func:`condition` for given inputs (of the recurrent backward, or of the mini-batch or deep one)."""
+    form = form if form in ("minibatch", "deep") else "recurrent"
+    base = vjp(name, form, inp, do, dM_T, C, var)
     g = np.random.default_rng(seed)
     kappa = 0.0
     for _ in range(2):
         pert = {k: (tree_map(lambda a: a * (1 + 1e-6 * g.uniform(-1, 1, a.shape)), x)
                     if k in ("q", "k", "v", "initial_state") else x) for k, x in inp.items()}
         with refmem.options(check_finite=False):  # a perturbed Mesa H_0 is no longer exactly symmetric
-            out = vjp(name, "recurrent", pert, do, dM_T, C, var)
+            out = vjp(name, form, pert, do, dM_T, C, var)
         for key, part, b in leaves(base):
             scale = np.max(np.abs(b)) if b.size else 0.0
             if scale > 0:
@@ -311,6 +364,10 @@ def test_zero_gates_have_exact_gradients_in_both_forms(name):
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 AUTODIFF_SHAPES = [(0, (2,), 5, 3, 2, 2, True), (1, (1,), 7, 2, 3, 3, False), (2, (2,), 4, 4, 4, 4, True)]
+# forwards that solve every step through refmem.level.solve or the deep memory's step (hundreds of small
+# operations per step, measured 10-50 s per shape under JAX's op-by-op dispatch on 2 busy cores): their autodiff
+# witness checks the first shape only, to keep the suite in its budget; finite differences cover the shape space
+LEVEL_SOLVE_FORWARDS = {"yaad", "moneta", "memora", "deep_memory"}
 
 
 def textbook_omega_implicit(q, k, v, alpha, gamma, *, initial_state=None):
@@ -347,8 +404,10 @@ def textbook_omega_implicit(q, k, v, alpha, gamma, *, initial_state=None):
 WITNESS_FORWARDS = {"omega_implicit": textbook_omega_implicit}
 
 
-def witness_forward(name):
-    return WITNESS_FORWARDS.get(name, MEMORIES[name].recurrent)
+def witness_forward(name, form="recurrent", C=None):
+    if form in ("recurrent", "chunked"):
+        return WITNESS_FORWARDS.get(name, MEMORIES[name].recurrent)
+    return forward(name, form, C)
 
 
 def split(inp):
@@ -365,12 +424,12 @@ def rebuild(ls, values):
     return out
 
 
-def autodiff_jax(name, inp, do, dM_T, opts):
+def autodiff_jax(name, inp, do, dM_T, opts, form="recurrent", C=None):
     import jax
 
     jnp = refmem.backends.get_backend("jax").namespace()  # switches on 64-bit mode
     ls, rest = split(inp)
-    fwd = witness_forward(name)
+    fwd = witness_forward(name, form, C)
 
     def f(*xs):
         return fwd(**rebuild(ls, xs), **rest, **opts)
@@ -381,14 +440,14 @@ def autodiff_jax(name, inp, do, dM_T, opts):
     return rebuild(ls, [np.asarray(g) for g in grads])
 
 
-def autodiff_torch(name, inp, do, dM_T, opts):
+def autodiff_torch(name, inp, do, dM_T, opts, form="recurrent", C=None):
     import torch
 
     ls, rest = split(inp)
     ts = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for _, _, x in ls]
     with warnings.catch_warnings():  # Mesa's input check reads H_0's asymmetry as a float: torch warns, harmlessly
         warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-        o, M = witness_forward(name)(**rebuild(ls, ts), **rest, **opts)
+        o, M = witness_forward(name, form, C)(**rebuild(ls, ts), **rest, **opts)
     pairs = [(o, do)] + (list(zip(M, dM_T)) if isinstance(M, tuple) else [(M, dM_T)])
     sum((x * torch.tensor(d)).sum() for x, d in pairs).backward()
     return rebuild(ls, [t.grad.numpy() for t in ts])
@@ -405,11 +464,11 @@ WITNESSES = [
 @pytest.mark.parametrize("witness", WITNESSES)
 @pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
 def test_vjp_equals_autodiff_through_the_forward(witness, name, form, var):
-    for shape in AUTODIFF_SHAPES:
+    for shape in AUTODIFF_SHAPES[:1] if (name in LEVEL_SOLVE_FORWARDS or form == "deep") else AUTODIFF_SHAPES:
         seed, batch, T, d_k, d_v, C, with_state = shape
-        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True)
-        want = witness(name, inp, do, dM_T, options(name, var))
-        tol = max(FLOOR, 8 * max(condition(name, var, seed, batch, T, d_k, d_v, True, C), 1.0)
+        inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True, form, C)
+        want = witness(name, inp, do, dM_T, options(name, var), form, C)
+        tol = max(FLOOR, 8 * max(condition(name, var, seed, batch, T, d_k, d_v, True, C, form), 1.0)
                   * growth(T, d_k, d_v) * U64)
         assert_same_gradients(vjp(name, form, inp, do, dM_T, C, var), want, tol, f"{name}/{form} vs autodiff {shape}")
 
@@ -437,14 +496,14 @@ def test_delta_rule_adjoint_is_a_delta_rule_run_backward():
 def test_array_api_strict_equals_numpy(name, form, var):
     import array_api_strict as xps
 
-    inp, do, dM_T = problem(name, var, 5, (2,), 6, 3, 2, True)
+    inp, do, dM_T = problem(name, var, 5, (2,), 6, 3, 2, True, form, 4)
     want = vjp(name, form, inp, do, dM_T, 4, var)
     ls, rest = split(inp)
     conv = dict(rebuild(ls, [xps.asarray(x) for _, _, x in ls]), **rest)
     got = vjp(name, form, conv, xps.asarray(do), tree_map(xps.asarray, dM_T), 4, var)
     for key, part, g in leaves(got):
         assert type(g).__module__.startswith("array_api_strict"), f"d{key} left the backend"
-    tol = max(FLOOR, 8 * max(condition(name, var, 5, (2,), 6, 3, 2, True, 4), 1.0) * growth(6, 3, 2) * U64)
+    tol = max(FLOOR, 8 * max(condition(name, var, 5, (2,), 6, 3, 2, True, 4, form), 1.0) * growth(6, 3, 2) * U64)
     gl = leaves(got)
     assert_same_gradients(rebuild(gl, [np.asarray(g) for _, _, g in gl]), want, tol, f"{name}/{form} strict")
 
