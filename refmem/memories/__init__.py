@@ -47,6 +47,7 @@ from ..backward import delta_rule as delta_rule_backward
 from ..backward import dgd as dgd_backward
 from ..backward import linear_attention as linear_attention_backward
 from ..backward import longhorn as longhorn_backward
+from ..backward import minibatch as minibatch_backward
 from ..backward import miras as miras_backward
 from ..backward import mesa as mesa_backward
 from ..backward import omega as omega_backward
@@ -161,7 +162,8 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         chunked=delta_rule_chunked.delta_rule_chunked,
         minibatch=delta_rule_chunked.delta_rule_minibatch,
         step_level=delta_rule.delta_rule_level,
-        backward=BackwardSpec(delta_rule_backward.delta_rule_vjp, delta_rule_backward.delta_rule_chunked_vjp),
+        backward=BackwardSpec(delta_rule_backward.delta_rule_vjp, delta_rule_backward.delta_rule_chunked_vjp,
+                              minibatch=minibatch_backward.delta_rule_minibatch_vjp),
     ),
     MemorySpec(
         name="gated_delta_rule",
@@ -174,7 +176,8 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         minibatch=gated_delta_rule_chunked.gated_delta_rule_minibatch,
         step_level=gated_delta_rule.gated_delta_rule_level,
         backward=BackwardSpec(delta_rule_backward.gated_delta_rule_vjp,
-                              delta_rule_backward.gated_delta_rule_chunked_vjp),
+                              delta_rule_backward.gated_delta_rule_chunked_vjp,
+                              minibatch=minibatch_backward.gated_delta_rule_minibatch_vjp),
     ),
     MemorySpec(
         name="longhorn",
@@ -211,7 +214,8 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         minibatch=titans_chunked.titans_minibatch,
         levels=titans.titans_levels,
         deep=titans_deep.titans_deep_recurrent,
-        backward=BackwardSpec(titans_backward.titans_vjp, deep=deep_memory_backward.titans_deep_vjp),
+        backward=BackwardSpec(titans_backward.titans_vjp, minibatch=minibatch_backward.titans_minibatch_vjp,
+                              deep=deep_memory_backward.titans_deep_vjp),
     ),
     # --- Omega: a window of the last c tokens ---
     MemorySpec(
