@@ -50,6 +50,7 @@ from ..backward import longhorn as longhorn_backward
 from ..backward import minibatch as minibatch_backward
 from ..backward import miras as miras_backward
 from ..backward import mesa as mesa_backward
+from ..backward import mesa_chunked as mesa_chunked_backward
 from ..backward import omega as omega_backward
 from ..backward import titans as titans_backward
 from ..tables import table_by_name
@@ -255,7 +256,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         iterative=mesa.mesa_iterative,
         # the chunked form is conjugate gradient: its stopping test reads the device once per iteration
         device_reads={"chunked": "conjugate gradient stopping test, one read per iteration"},
-        backward=BackwardSpec(mesa_backward.mesa_vjp),
+        backward=BackwardSpec(mesa_backward.mesa_vjp, mesa_chunked_backward.mesa_chunked_vjp),
     ),
     # --- softmax attention: a non-parametric memory ---
     MemorySpec(
