@@ -572,3 +572,38 @@ def test_dgd_backward_names_a_loss_it_cannot_differentiate():
     inp, do, _ = problem("dgd", "", 0, (1,), 3, 2, 2, False)
     with pytest.raises(ValueError, match="loss 'cubic' has no backward pass"):
         BACKWARD["dgd"].recurrent(**inp, do=do, loss=Cubic())
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+@pytest.mark.parametrize("bias", [ResidualLoss("l2"), ResidualLoss("huber", delta=0.5), ResidualLoss("lp", p=3.0)],
+                         ids=["l2", "huber", "lp3"])
+def test_mlp_hessian_vector_product_equals_central_differences(bias, activation):
+    """``deep_loss_grad_vjp`` (second derivatives of the deep memory's loss, by hand) against central differences
+    of ``phi = <G, grad_W l(W; k, v)>`` computed by the MLP's first-order backward; tolerance as above (measured
+    Richardson truncation plus rounding ``growth u |phi|_abs / h``)."""
+    from refmem.memories.residual_mlp import deep_loss_grad, deep_loss_grad_vjp
+
+    g = np.random.default_rng(4)
+    d, h = 3, 4
+    args = [g.standard_normal((2, d, h)) / 2, g.standard_normal((2, h, d)) / 2, g.standard_normal((2, d)),
+            g.standard_normal((2, d))]  # W1, W2, k, v
+    G1, G2 = g.standard_normal((2, d, h)), g.standard_normal((2, h, d))
+    got = deep_loss_grad_vjp(*args, bias, G1, G2, np, activation)
+
+    def phi(W1, W2, k, v):
+        _, g1, g2 = deep_loss_grad(W1, W2, k, v, bias, np, activation)
+        return np.sum(G1 * g1) + np.sum(G2 * g2), np.sum(np.abs(G1 * g1)) + np.sum(np.abs(G2 * g2))
+
+    delta = growth(1, d, h) * U64 * phi(*args)[1]
+    for i, x in enumerate(args):
+        def diff(step):
+            fd = np.zeros_like(x)
+            for idx in np.ndindex(x.shape):
+                e = np.zeros_like(x)
+                e[idx] = step
+                fd[idx] = (phi(*[y + e if j == i else y for j, y in enumerate(args)])[0]
+                           - phi(*[y - e if j == i else y for j, y in enumerate(args)])[0]) / (2 * step)
+            return fd
+        fd_h, fd_2h = diff(H), diff(2 * H)
+        tol = 2 * np.abs(fd_2h - fd_h) / 3 + 2 * delta / H + FLOOR
+        assert np.all(np.abs(got[i] - fd_h) <= tol), f"argument {i}: {np.max(np.abs(got[i] - fd_h)):.1e}"

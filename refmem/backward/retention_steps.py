@@ -80,8 +80,9 @@ def lq_mirror_jacobian_product(X, Y, q, xp):
     at_zero = 0.0 if q > 2 else (1.0 if q == 2 else math.inf)  # R^{q-2} at R = 0
     curv = xp.where(positive, (q - 1) * safe_R ** (q - 2), xp.full_like(R, (q - 1) * at_zero))  # (.., m, n)
     P = sign(X, xp) * R ** (q - 1)  # (.., m, n)
-    inf_entry = xp.isinf(curv) & (Y != 0)  # an infinite derivative that Y reaches
-    diag = xp.where(inf_entry, xp.full_like(Y, math.inf), xp.where(xp.isinf(curv), 0 * Y, curv * Y))
+    infinite = xp.isinf(curv)
+    finite_curv = xp.where(infinite, xp.zeros_like(curv), curv)  # no inf * 0 below
+    diag = xp.where(infinite & (Y != 0), xp.full_like(Y, math.inf), finite_curv * Y)  # an infinite derivative Y reaches
     out = diag + (2 - q) * P * expand_matrix(inner(P, Y, xp), xp)  # (.., m, n)
     return xp.where(zero, Y, out)
 
