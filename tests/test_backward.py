@@ -109,6 +109,10 @@ RELATIVE_STEPS = {("moneta", "eta")}
 # small residual entry, with p = 3), so the truncation error (h^2 / 6 times the third derivative) of H leaves the ceiling; a step
 # ten times smaller cuts it a hundredfold and lets rounding (delta / h) grow tenfold, still far below it
 FD_STEPS = {"moneta": 1e-6}
+# forms whose default start is a point without a gradient: Moneta on the deep memory starts at W1 = 0, so W2's
+# gradient and the off-diagonal entries of W2 = I are 0, and the lq link (q* = 4/3) has an infinite slope at a
+# zero accumulator entry; these cases always get a random start (test_moneta_deep_default_start_has_no_gradient)
+NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}
 CASES = [(name, form, var)
          for name in sorted(BACKWARD)
          for form in FORMS if getattr(BACKWARD[name], form) is not None
@@ -191,7 +195,7 @@ def problem(name, var, seed, batch, T, d_k, d_v, with_state, form="recurrent", C
     g = np.random.default_rng(seed + 7)
     if transform is not None:
         transform(inp, g)
-    if with_state:
+    if with_state or (name, form) in NO_GRADIENT_AT_DEFAULT_START:
         if form == "deep":
             for i, key in enumerate(("initial_state",) + EXTRA_STATES.get(name, ())):
                 inp[key] = deep_state(name, seed + i, batch, d_k)
@@ -261,7 +265,7 @@ def test_vjp_equals_central_differences(name, form, var):
         _, L_abs = loss(name, inp, do, dM_T, var, form, C)
         delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
         for key, part, x in leaves(inp):
-            h = FD_STEPS.get(name, H) * (float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else 1.0)
+            h = H * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else FD_STEPS.get(name, H)
             fd_h = central(name, inp, do, dM_T, key, h, var, part, form, C)
             fd_2h = central(name, inp, do, dM_T, key, 2 * h, var, part, form, C)
             trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
@@ -607,3 +611,27 @@ def test_mlp_hessian_vector_product_equals_central_differences(bias, activation)
         fd_h, fd_2h = diff(H), diff(2 * H)
         tol = 2 * np.abs(fd_2h - fd_h) / 3 + 2 * delta / H + FLOOR
         assert np.all(np.abs(got[i] - fd_h) <= tol), f"argument {i}: {np.max(np.abs(got[i] - fd_h)):.1e}"
+
+
+def test_moneta_deep_default_start_has_no_gradient():
+    """At Moneta's deep default start (``W1 = 0``, ``W2 = I``) an accumulator entry is exactly 0 where the lq link
+    has an infinite slope: the backward refuses with the reason rather than return inf or nan; a central difference
+    in an off-diagonal entry of ``W1``'s start grows without bound as the step shrinks (a cube root)."""
+    spec = MEMORIES["moneta"]
+    inp = dict(spec.make_inputs(0, (1,), 2, 2, 2, np, "float64"))
+    o, (W1, W2) = spec.deep(**inp)
+    do = np.random.default_rng(0).standard_normal(o.shape)
+    with pytest.raises(ValueError, match="infinite slope"):
+        BACKWARD["moneta"].deep(**inp, do=do)
+    from refmem.memories.residual_mlp import default_params
+
+    start = default_params((1,), 2, 2, np, np.float64)
+
+    def fd(step):
+        plus, minus = start[0].copy(), start[0].copy()
+        plus[0, 0, 1] += step
+        minus[0, 0, 1] -= step
+        L = lambda W: float(np.sum(do * spec.deep(**inp, initial_state=(W, start[1]))[0]))  # noqa: E731
+        return abs(L(plus) - L(minus)) / (2 * step)
+
+    assert fd(1e-9) > 10 * fd(1e-5)  # no finite slope: the quotient keeps growing

@@ -98,6 +98,11 @@ def lq_step_vjp(S, M, g, alpha, eta, q, xp):
     P = lq_mirror(M, q, xp)  # grad psi_q(M), (.., m, n)
     A = expand_matrix(alpha, xp) * P - expand_matrix(eta, xp) * g  # (.., m, n)
     dA = lq_mirror_jacobian_product(A, S, dual_exponent(q), xp)  # (.., m, n)
+    if q > 2 and bool(xp.any(xp.isinf(dA))):
+        raise ValueError("the lq step has no derivative here: an accumulator entry is exactly 0 (the state entry and "
+                         "its gradient both 0), where the link grad psi_q* (q* < 2) has an infinite slope; e.g. "
+                         "the deep memory's default start W1 = 0 makes W2's gradient 0; start from a state "
+                         "without zero entries")
     dM = expand_matrix(alpha, xp) * lq_mirror_jacobian_product(M, dA, q, xp)
     return dM, -expand_matrix(eta, xp) * dA, {"alpha": inner(dA, P, xp), "eta": -inner(dA, g, xp)}
 
