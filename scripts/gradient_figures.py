@@ -26,17 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_backward import (AUTODIFF_SHAPES, CASES, FD_STEPS, H, LEVEL_SOLVE_FORWARDS, RELATIVE_STEPS,  # noqa: E402
                            autodiff_jax, autodiff_torch, central, leaf, leaves, options, problem, to_numpy, vjp)
 
+from refmem.metrics import rel_error  # noqa: E402
+
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def relative_error(got, want):
-    """Largest ``max |got - want| / max |want|`` over the gradients of ``want``."""
+    """Largest :func:`refmem.metrics.rel_error` (``max |got - want| / max |want|``) over the gradients of ``want``."""
     worst = 0.0
     for key, part, b in leaves(want):
         a, b = to_numpy(leaf(got, key, part)), np.asarray(b)
         if b.size:
-            worst = max(worst, float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300)))
+            worst = max(worst, rel_error(a, b, np))
     return worst
 
 
