@@ -46,7 +46,8 @@ def fd_error(name, form, var, inp, do, dM_T, C, grads):
     """Largest ``max |vjp - fd| / max(1, max |fd|)`` over the differentiable inputs."""
     worst = 0.0
     for key, part, x in leaves(inp):
-        h = FD_STEPS.get(name, H) * (float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else 1.0)
+        h = (RELATIVE_STEPS[name, key][form] * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS
+             else FD_STEPS.get(name, H))
         fd = central(name, inp, do, dM_T, key, h, var, part, form, C)
         got = np.asarray(leaf(grads, key, part))
         worst = max(worst, float(np.max(np.abs(got - fd))) / max(1.0, float(np.max(np.abs(fd)))))

@@ -103,16 +103,21 @@ OFF_MANIFOLD_STATES = {"memora"}
 # inputs whose difference step is relative to their size: Moneta's step sizes are 1e-3..1e-2 (its make_inputs)
 # and the lq link's curvature in them grows like 1/eta^2, so an absolute step 1e-5 (1% of the smallest eta)
 # leaves a truncation error above the ceiling; H times the largest entry keeps the relative step at H
-RELATIVE_STEPS = {("moneta", "eta")}
+RELATIVE_STEPS = {("moneta", "eta"): {"recurrent": H}}
 # memories whose forward has a much larger third derivative than O(1): Moneta's lq link (q* = 4/3) has the
 # curvature (|A_ij| / ||A||_q*)^(q* - 2) = (...)^(-2/3), large at the accumulator's small entries (the square of a
-# small residual entry, with p = 3), so the truncation error (h^2 / 6 times the third derivative) of H leaves the ceiling; a step
-# ten times smaller cuts it a hundredfold and lets rounding (delta / h) grow tenfold, still far below it
-FD_STEPS = {"moneta": 1e-6}
+# small residual entry, with p = 3), so the truncation error (h^2 / 6 times the third derivative) of H leaves the
+# ceiling (measured: 5.6e-5 against a ceiling 2.8e-5 at 1e-6); a step 3e-7 cuts it elevenfold and lets rounding
+# (delta / h) grow 33-fold, to ~2e-5 L_abs at most, below the ceiling for these sizes
+FD_STEPS = {"moneta": 3e-7}
+# Moneta from the zero state: its first accumulator is eta u k^T with eta ~ 1e-2, entries down to ~1e-4, where the
+# lq link's curvature (|A|^(-2/3)) is so large that a step 1e-6 in M_0 is far from the asymptotic regime Richardson
+# assumes (measured on one case: error 2e-1 at h = 1e-5, 4e-3 at 1e-7, quadratic below); a step 1e-8 is in it
+ZERO_START_STEPS = {"moneta": 1e-8}
 # forms whose default start is a point without a gradient: Moneta on the deep memory starts at W1 = 0, so W2's
 # gradient and the off-diagonal entries of W2 = I are 0, and the lq link (q* = 4/3) has an infinite slope at a
 # zero accumulator entry; these cases always get a random start (test_moneta_deep_default_start_has_no_gradient)
-NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}
+NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}  # kept for when its backward is registered
 CASES = [(name, form, var)
          for name in sorted(BACKWARD)
          for form in FORMS if getattr(BACKWARD[name], form) is not None
@@ -265,7 +270,8 @@ def test_vjp_equals_central_differences(name, form, var):
         _, L_abs = loss(name, inp, do, dM_T, var, form, C)
         delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
         for key, part, x in leaves(inp):
-            h = H * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else FD_STEPS.get(name, H)
+            h = (RELATIVE_STEPS[name, key][form] * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS
+                 else FD_STEPS.get(name, H))
             fd_h = central(name, inp, do, dM_T, key, h, var, part, form, C)
             fd_2h = central(name, inp, do, dM_T, key, 2 * h, var, part, form, C)
             trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
@@ -281,7 +287,7 @@ def test_vjp_equals_central_differences(name, form, var):
         if not with_state and MEMORIES[name].make_initial_state is None and form != "deep":
             for key in ("initial_state",) + EXTRA_STATES.get(name, ()):
                 state = np.zeros(tuple(batch) + (d_v, d_k))
-                h = FD_STEPS.get(name, H)
+                h = ZERO_START_STEPS.get(name, FD_STEPS.get(name, H))
                 fd = central(name, dict(inp, **{key: state}), do, dM_T, key, h, var, form=form, C=C)
                 fd_2h = central(name, dict(inp, **{key: state}), do, dM_T, key, 2 * h, var, form=form, C=C)
                 tol = 2 * np.abs(fd_2h - fd) / 3 + 2 * delta / h + 1e-9  # as above: measured truncation + rounding
@@ -547,6 +553,8 @@ def test_overflowing_gradient_is_a_divergence_error():
 # forms of the registry whose backward is not written yet: (memory, form) -> what there is instead
 BACKWARD_MISSING = {
     ("titans", "chunked"): "the recurrent backward (the chunked forward's gradients are the recurrence's)",
+    ("moneta", "deep"): "refmem.backward.deep_memory.moneta_deep_vjp, written but not registered: its central-"
+                        "difference check is not yet reliable (the lq link's curvature in eta on the deep memory)",
 }
 
 
@@ -617,12 +625,14 @@ def test_moneta_deep_default_start_has_no_gradient():
     """At Moneta's deep default start (``W1 = 0``, ``W2 = I``) an accumulator entry is exactly 0 where the lq link
     has an infinite slope: the backward refuses with the reason rather than return inf or nan; a central difference
     in an off-diagonal entry of ``W1``'s start grows without bound as the step shrinks (a cube root)."""
+    from refmem.backward.deep_memory import moneta_deep_vjp
+
     spec = MEMORIES["moneta"]
     inp = dict(spec.make_inputs(0, (1,), 2, 2, 2, np, "float64"))
     o, (W1, W2) = spec.deep(**inp)
     do = np.random.default_rng(0).standard_normal(o.shape)
     with pytest.raises(ValueError, match="infinite slope"):
-        BACKWARD["moneta"].deep(**inp, do=do)
+        moneta_deep_vjp(**inp, do=do)
     from refmem.memories.residual_mlp import default_params
 
     start = default_params((1,), 2, 2, np, np.float64)
