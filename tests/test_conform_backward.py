@@ -132,8 +132,8 @@ def test_crashing_or_misshapen_vjp_is_a_failing_row(vec):
 
 
 def test_bad_arguments_named(vec, tmp_path):
-    with pytest.raises(NoGradientsError, match="deep_memory.*no backward pass.*delta_rule"):
-        check_backward(F.forward, spec="deep_memory", vectors=vec, vjp=F.backward)
+    with pytest.raises(NoGradientsError, match="adam.*no backward pass.*delta_rule"):  # every memory has one
+        check_backward(F.forward, spec="adam", vectors=vec, vjp=F.backward)
     with pytest.raises(TypeError, match="vjp must be callable"):
         check_backward(F.forward, spec="delta_rule", vectors=vec, vjp=3)
     with pytest.raises(ValueError, match="layout"):
@@ -228,7 +228,7 @@ BAD = [  # (argv, the message must contain)
     ("fla_kernels:forward --spec delta_rule --layout fla --backward --vjp fla_kernels:BUGS", ["--vjp", "not callable"]),
     ("fla_kernels:forward --spec delta_rule --layout fla --backward --vjp nocolon", ["--vjp", "MODULE:FUNCTION"]),
     ("fla_kernels:forward --spec delta_rule --vjp fla_kernels:backward", ["--vjp", "--backward"]),
-    ("fla_kernels:forward --spec deep_memory --backward --vjp fla_kernels:backward", ["deep_memory", "no backward pass"]),
+    ("fla_kernels:forward --spec adam --backward --vjp fla_kernels:backward", ["adam", "no backward pass"]),
     ("fla_kernels:forward --spec delta_rule --backward --vjp fla_kernels:backward --vectors {v1}",
      ["hold no gradients", "regenerate"]),
     ("fla_kernels:forward --spec delta_rule --layout fla --cu-seqlens --backward --vjp fla_kernels:backward",
