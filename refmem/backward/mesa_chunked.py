@@ -42,10 +42,15 @@ agree to about :math:`\kappa\,\mathrm{rtol}` relative (the forward's accuracy),
 from __future__ import annotations
 
 from ..chunked.chunks import check_chunk_size, from_chunks, lower_mask, mT, prepare_chunks, to_chunks
-from ..chunked.mesa import _default_rtol, _exclusive_cumsum, mesa_chunked, row_cg
+from ..chunked.mesa import _default_rtol, mesa_chunked, row_cg
 from ..linalg import device_of
 from ..memories.mesa import _scan_setup
 from .cotangents import check_cotangents, finite_gradients
+
+
+def _prefix_sum_before(x, xp):
+    """``y_n = sum_{m < n} x_m`` along the chunk axis ``-3`` of ``[..., N, a, b]``."""
+    return xp.cumulative_sum(x, axis=-3) - x
 
 
 def _suffix_sum_after(x, xp):
@@ -91,8 +96,8 @@ def mesa_chunked_vjp(q, k, v, lam, *, do, dM_T=None, initial_state=None, chunk_s
         lam_end = lam[..., T - 1][..., None, None]  # (.., 1, 1)
     KtK = mT(K, xp) @ K  # (.., N, d_k, d_k)
     VtK = mT(V, xp) @ K  # (.., N, d_v, d_k)
-    H_start = H0[..., None, :, :] + _exclusive_cumsum(KtK, xp)  # (.., N, d_k, d_k)
-    G_start = G0[..., None, :, :] + _exclusive_cumsum(VtK, xp)  # (.., N, d_v, d_k)
+    H_start = H0[..., None, :, :] + _prefix_sum_before(KtK, xp)  # (.., N, d_k, d_k)
+    G_start = G0[..., None, :, :] + _prefix_sum_before(VtK, xp)  # (.., N, d_v, d_k)
     incl = lower_mask(C, xp, device_of(k))
     zeros = xp.zeros((C, C), dtype=k.dtype, device=device_of(k))
     tril = lambda X: xp.where(incl, X, zeros)  # noqa: E731  (.., N, C, C)
