@@ -549,12 +549,16 @@ def _staged_call(fn, call, case, lay, chunk_size, order, tol) -> dict:
     return outs
 
 
-def assert_conforms(fn: Callable, **kwargs) -> ConformResult:
-    """:func:`check`, raising ``AssertionError`` with the table and verdict when any output differs."""
-    res = check(fn, **kwargs)
+def passed_or_raise(res: ConformResult) -> ConformResult:
+    """``res`` itself when it passed; else ``AssertionError`` carrying its table and verdict."""
     if not res.passed:
         raise AssertionError(str(res))
     return res
+
+
+def assert_conforms(fn: Callable, **kwargs) -> ConformResult:
+    """:func:`check`, raising ``AssertionError`` with the table and verdict when any output differs."""
+    return passed_or_raise(check(fn, **kwargs))
 
 
 # ---------------------------------------------------------------- command line
@@ -597,20 +601,28 @@ def resolve(target: str, what: str = "target"):
     return obj
 
 
-def main(args) -> int:
+def report_for_cli(args, run: Callable[[], list]) -> int:
+    """Print the results ``run()`` returns; exit 0 all passed, 1 some differ, 2 on a usage error (one line)."""
     try:
-        fn = resolve(args.target, "MODULE:FUNCTION")
-        convert = resolve(args.convert, "--convert") if args.convert else None
-        res = check(fn, spec=args.spec, vectors=args.vectors, layout=args.layout, dtype=args.dtype,
-                    convert=convert, outputs=args.outputs, name=args.target, state_v_first=args.state_v_first,
-                    gate_space=args.gate_space, value_heads_per_qk=args.value_heads_per_qk, cu_seqlens=args.cu_seqlens,
-                    use_qk_l2norm_in_kernel=args.use_qk_l2norm_in_kernel, scale=args.scale, stages=args.stages,
-                    chunk_size=args.chunk_size)
+        results = run()
     except ConvertError as exc:
         print(f"refmem conform: error: --convert {args.convert!r} {exc}", file=sys.stderr)
         return 2
     except (TargetError, VectorError, ValueError, TypeError) as exc:
         print(f"refmem conform: error: {exc}", file=sys.stderr)
         return 2
-    print(res)
-    return 0 if res.passed else 1
+    print("\n\n".join(str(res) for res in results))
+    return 0 if all(res.passed for res in results) else 1
+
+
+def main(args) -> int:
+    def run():
+        fn = resolve(args.target, "MODULE:FUNCTION")
+        convert = resolve(args.convert, "--convert") if args.convert else None
+        return [check(fn, spec=args.spec, vectors=args.vectors, layout=args.layout, dtype=args.dtype,
+                      convert=convert, outputs=args.outputs, name=args.target, state_v_first=args.state_v_first,
+                      gate_space=args.gate_space, value_heads_per_qk=args.value_heads_per_qk,
+                      cu_seqlens=args.cu_seqlens, use_qk_l2norm_in_kernel=args.use_qk_l2norm_in_kernel,
+                      scale=args.scale, stages=args.stages, chunk_size=args.chunk_size)]
+
+    return report_for_cli(args, run)

@@ -71,7 +71,7 @@ from typing import Callable
 import numpy as np
 
 from .backward.fla_names import FORGET_GATES, to_fla
-from .conform import (ConformResult, ConvertError, Row, TargetError, _accepts, _Cast, _check_arguments, _fla_call,
+from .conform import (ConformResult, passed_or_raise, ConvertError, Row, TargetError, _accepts, _Cast, _check_arguments, _fla_call,
                       _lead_to_bh, _log_gate, _names, _NotApplicable, _refmem_call, _seq_to_fla, _gate_to_fla, compare,
                       resolve, to_numpy)
 from .vector_manifest import unflatten
@@ -392,10 +392,7 @@ def check_backward(fn: Callable, *, spec: str, vectors: str | None = None, layou
 
 def assert_backward_conforms(fn: Callable, **kwargs) -> ConformResult:
     """:func:`check_backward`, raising ``AssertionError`` with the table and verdict when any gradient differs."""
-    res = check_backward(fn, **kwargs)
-    if not res.passed:
-        raise AssertionError(str(res))
-    return res
+    return passed_or_raise(check_backward(fn, **kwargs))
 
 
 # ---------------------------------------------------------------- command line
@@ -403,9 +400,9 @@ def assert_backward_conforms(fn: Callable, **kwargs) -> ConformResult:
 
 def main(args) -> int:
     """``refmem conform ... --backward``: the forward check, then the gradients; exit 0 pass, 1 differ, 2 usage error."""
-    from .conform import check
+    from .conform import check, report_for_cli
 
-    try:
+    def run():
         fn = resolve(args.target, "MODULE:FUNCTION")
         convert = resolve(args.convert, "--convert") if args.convert else None
         vjp = resolve(args.vjp, "--vjp") if args.vjp else None
@@ -422,16 +419,9 @@ def main(args) -> int:
                             convert=convert, outputs=args.outputs, name=args.target)
             backward = check_backward(fn, spec=args.spec, vectors=vectors, layout=args.layout, dtype=args.dtype,
                                       convert=convert, vjp=vjp, name=args.target)
-    except ConvertError as exc:
-        print(f"refmem conform: error: --convert {args.convert!r} {exc}", file=sys.stderr)
-        return 2
-    except (TargetError, VectorError, ValueError, TypeError) as exc:
-        print(f"refmem conform: error: {exc}", file=sys.stderr)
-        return 2
-    print(forward)
-    print()
-    print(backward)
-    return 0 if forward.passed and backward.passed else 1
+        return [forward, backward]
+
+    return report_for_cli(args, run)
 
 
 def _torch_installed() -> bool:
