@@ -64,7 +64,7 @@ import numpy as np
 from .kernel_layouts import (LAYOUTS, Layout, NotApplicable, OutputShapeError, build_call, fla_gate_name, lead_to_bh,
                              log_gate)
 from .metrics import max_abs_error, rel_error
-from .vectors import VectorError, generate, load, registry
+from .vectors import Case, VectorError, generate, load, registry
 
 DTYPES = ("float64", "float32")
 
@@ -472,18 +472,7 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
             raise ValueError("stages cannot be combined with cu_seqlens (a packed batch's chunks follow its sequences)")
     cases, outputs = _names(cases, "cases"), _names(outputs, "outputs")
     target = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-    if vectors is None:
-        with tempfile.TemporaryDirectory(prefix="refmem-vectors-") as tmp:
-            generate(tmp, [spec])
-            loaded = load(tmp, spec)
-    else:
-        loaded = load(vectors, spec)
-    if cases is not None:
-        known = [c.name for c in loaded]
-        unknown = [c for c in cases if c not in known]
-        if unknown:
-            raise ValueError(f"cases {unknown} are not among the vectors of {spec!r}: {', '.join(known)}")
-        loaded = [c for c in loaded if c.name in set(cases)]
+    loaded = select_cases(load_or_generate(vectors, spec), spec, cases)
     if outputs is not None:
         known = sorted({n for c in loaded for n in c.outputs})
         unknown = [n for n in outputs if n not in known]
@@ -547,6 +536,26 @@ def _staged_call(fn, call, case, lay, chunk_size, order, tol) -> dict:
     outs["(rows)"] = stage_rows(case, lay, chunk_size, {n: a for n, a in returned.items() if n not in order}, tol,
                                 compare, Row)
     return outs
+
+
+def load_or_generate(vectors, spec: str) -> list[Case]:
+    """The cases of ``spec`` from the vector folder ``vectors``, or freshly generated when it is ``None``."""
+    if vectors is not None:
+        return load(vectors, spec)
+    with tempfile.TemporaryDirectory(prefix="refmem-vectors-") as tmp:
+        generate(tmp, [spec])
+        return load(tmp, spec)
+
+
+def select_cases(loaded: list[Case], spec: str, cases) -> list[Case]:
+    """The cases named in ``cases`` (all when ``None``); ``ValueError`` for a name that is not there."""
+    if cases is None:
+        return loaded
+    known = [c.name for c in loaded]
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        raise ValueError(f"cases {unknown} are not among the vectors of {spec!r}: {', '.join(known)}")
+    return [c for c in loaded if c.name in set(cases)]
 
 
 def passed_or_raise(res: ConformResult) -> ConformResult:

@@ -71,7 +71,7 @@ from typing import Callable
 import numpy as np
 
 from .backward.fla_names import FORGET_GATES, to_fla
-from .conform import (ConformResult, passed_or_raise, ConvertError, Row, TargetError, _accepts, _Cast, _check_arguments, _fla_call,
+from .conform import (ConformResult, load_or_generate, passed_or_raise, select_cases, ConvertError, Row, TargetError, _accepts, _Cast, _check_arguments, _fla_call,
                       _lead_to_bh, _log_gate, _names, _NotApplicable, _refmem_call, _seq_to_fla, _gate_to_fla, compare,
                       resolve, to_numpy)
 from .vector_manifest import unflatten
@@ -264,23 +264,12 @@ def _load_with_gradients(spec: str, vectors, cases) -> list[Case]:
         with_bw = sorted(n for n, m in registry().items() if getattr(m, "backward", None) is not None)
         raise NoGradientsError(f"spec {spec!r} has no backward pass in this refmem, so no expected gradients; "
                                f"--backward checks: {', '.join(with_bw)}")
-    if vectors is None:
-        with tempfile.TemporaryDirectory(prefix="refmem-vectors-") as tmp:
-            generate(tmp, [spec])
-            loaded = load(tmp, spec)
-    else:
-        loaded = load(vectors, spec)
-        if not any(c.gradients for c in loaded):
+    loaded = load_or_generate(vectors, spec)
+    if vectors is not None and not any(c.gradients for c in loaded):
             raise NoGradientsError(f"the vectors in {os.fspath(vectors)!r} hold no gradients for {spec!r} (format "
                                    "version 1, or written before it had a backward pass): regenerate them with "
                                    "`refmem vectors generate`")
-    if cases is not None:
-        known = [c.name for c in loaded]
-        unknown = [c for c in cases if c not in known]
-        if unknown:
-            raise ValueError(f"cases {unknown} are not among the vectors of {spec!r}: {', '.join(known)}")
-        loaded = [c for c in loaded if c.name in set(cases)]
-    return loaded
+    return select_cases(loaded, spec, cases)
 
 
 def check_backward(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = "refmem",
