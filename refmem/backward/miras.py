@@ -55,7 +55,7 @@ from ..memories.residual_mlp import ResidualLoss
 from ..memories.yaad import yaad_recurrent
 from ..objectives.huber import Huber
 from ..validation import expand_vector
-from .cotangents import check_cotangents, finite_gradients
+from .cotangents import check_cotangents, finite_gradients, forward_and_cotangents
 from .retention_steps import forget_gate_step, forget_gate_step_vjp, kl_step, kl_step_vjp, lq_step, lq_step_vjp
 
 
@@ -157,10 +157,6 @@ def yaad_implicit_scan_vjp(q, k, v, M0, alpha, eta, u, u_vjp, do, dM_T, xp):
             "eta": stack(de, -1), "initial_state": S}
 
 
-def _zeros_state(k, v, xp):
-    return xp.zeros(tuple(k.shape[:-2]) + (v.shape[-1], k.shape[-1]), dtype=k.dtype)
-
-
 @finite_gradients
 def yaad_vjp(q, k, v, alpha, eta, *, do, dM_T=None, delta=1.0, mode="coordinate", step="explicit",
              initial_state=None):
@@ -185,10 +181,8 @@ def yaad_vjp(q, k, v, alpha, eta, *, do, dM_T=None, delta=1.0, mode="coordinate"
     The Huber bias has kinks (``|r_i| = delta``, or ``||r|| = delta``): there the
     returned gradient is the one-sided derivative from inside the quadratic zone.
     """
-    o, M_T = yaad_recurrent(q, k, v, alpha, eta, delta=delta, mode=mode, step=step, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    M0 = _zeros_state(k, v, xp) if initial_state is None else initial_state
+    xp, M0, dM_T, _ = forward_and_cotangents(yaad_recurrent, (q, k, v, alpha, eta), do=do, dM_T=dM_T,
+                                              initial_state=initial_state, delta=delta, mode=mode, step=step)
     u, u_vjp = huber_derivative(delta, mode)
     if step == "implicit":
         return yaad_implicit_scan_vjp(q, k, v, M0, alpha, eta, u, u_vjp, do, dM_T, xp)
@@ -225,10 +219,8 @@ def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="expli
     if step != "explicit":
         raise ValueError(f"step must be 'explicit' for moneta's backward pass (the implicit step is iterative only, "
                          f"with no closed form to differentiate); got {step!r}")
-    o, M_T = moneta_recurrent(q, k, v, alpha, eta, p=p, lq=lq, initial_state=initial_state)
-    dM_T = check_cotangents(do, dM_T, o, M_T)
-    xp = _namespace(q)
-    M0 = _zeros_state(k, v, xp) if initial_state is None else initial_state
+    xp, M0, dM_T, _ = forward_and_cotangents(moneta_recurrent, (q, k, v, alpha, eta), do=do, dM_T=dM_T,
+                                              initial_state=initial_state, p=p, lq=lq)
     u, u_vjp = residual_derivative(ResidualLoss("lp", p=float(p)))
     lq = float(lq)
     return explicit_scan_vjp(q, k, v, M0, {"alpha": alpha, "eta": eta}, u, u_vjp,
