@@ -44,12 +44,18 @@ def _dtanh(z, xp):
     return 1 - t * t
 
 
+def logistic(z, xp):
+    r"""The logistic sigmoid :math:`1 / (1 + e^{-z})`, from :math:`e^{-|z|}` (never overflows: it is at most 1)."""
+    e = xp.exp(-xp.abs(z))  # (...) in (0, 1]
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
 def _silu(z, xp):
-    return z / (1 + xp.exp(-z))
+    return z * logistic(z, xp)
 
 
 def _dsilu(z, xp):
-    s = 1 / (1 + xp.exp(-z))
+    s = logistic(z, xp)
     return s + z * s * (1 - s)
 
 
@@ -59,7 +65,7 @@ def _d2tanh(z, xp):
 
 
 def _d2silu(z, xp):
-    s = 1 / (1 + xp.exp(-z))
+    s = logistic(z, xp)
     return s * (1 - s) * (2 + z * (1 - 2 * s))
 
 
