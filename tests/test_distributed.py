@@ -17,6 +17,7 @@ from refmem.distributed import check_client, connect, heads_on_cluster, map_on_c
 from refmem.memories import MEMORIES  # noqa: E402
 from refmem.parallel import heads_in_parallel  # noqa: E402
 from refmem.verify import run_checks  # noqa: E402
+from conftest import files_by_path
 
 DEAD = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -66,21 +67,12 @@ def test_inputs_without_leading_axes_run_as_one_task(client):
         assert np.array_equal(a, b)
 
 
-def _files(d):
-    out = {}
-    for root, _, names in os.walk(d):
-        for n in names:
-            with open(os.path.join(root, n), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, n), d)] = fh.read()
-    return out
-
-
 def test_vectors_generated_on_the_cluster_are_byte_identical(client, tmp_path, capsys):
     specs = ["gated_delta_rule", "mesa", "cms"]  # a gated memory, a tuple state, a flat-convention reference
     V.generate(str(tmp_path / "serial"), specs)
     argv = ["vectors", "generate", "--out", str(tmp_path / "cluster"), "--scheduler", client.scheduler.address]
     assert main(argv + [a for s in specs for a in ("--spec", s)]) == 0
-    serial, cluster = _files(tmp_path / "serial"), _files(tmp_path / "cluster")
+    serial, cluster = files_by_path(tmp_path / "serial"), files_by_path(tmp_path / "cluster")
     assert sorted(serial) == sorted(cluster) and len(serial) > 10
     assert all(serial[n] == cluster[n] for n in serial)
 

@@ -19,6 +19,7 @@ from refmem.cli import main
 from refmem.conform import check
 from refmem.optimizers import OPTIMIZERS
 from refmem.optimizers.vector_cases import OPTIMIZER_VECTORS
+from conftest import files_by_path
 
 SPECS = ["adam", "adamw", "muon"]
 QUINTIC = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's default ns_coefficients
@@ -29,15 +30,6 @@ def generated(tmp_path_factory):
     d = tmp_path_factory.mktemp("optim-vec")
     V.generate(str(d), SPECS)
     return str(d)
-
-
-def _files(d):
-    out = {}
-    for root, _, names in os.walk(d):
-        for n in names:
-            with open(os.path.join(root, n), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, n), d)] = fh.read()
-    return out
 
 
 # ---------------------------------------------------------------- plain implementations
@@ -88,7 +80,7 @@ def test_registered_and_listed():
 
 def test_generate_twice_is_byte_identical_and_verifies(generated, tmp_path):
     V.generate(str(tmp_path), SPECS)
-    assert _files(str(tmp_path)) == _files(generated)
+    assert files_by_path(str(tmp_path)) == files_by_path(generated)
     rows = V.verify(generated)
     assert rows and all(r["ok"] for r in rows)
     assert {(r["spec"], r["output"]) for r in rows} == {

@@ -11,6 +11,7 @@ from refmem.cli import main
 from refmem.pool import run_tasks
 from refmem.validation import get_option
 from refmem.verify import run_checks
+from conftest import files_by_path
 
 
 def _probe(i):
@@ -70,20 +71,11 @@ def _checks():
     return CHECKS
 
 
-def _files(d):
-    out = {}
-    for root, _, names in os.walk(d):
-        for n in names:
-            with open(os.path.join(root, n), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, n), d)] = fh.read()
-    return out
-
-
 def test_cli_vectors_generate_with_two_workers_is_byte_identical(tmp_path, capsys):
     specs = ["delta_rule", "titans"]
     V.generate(str(tmp_path / "serial"), specs)
     argv = ["vectors", "generate", "--out", str(tmp_path / "pooled"), "--workers", "2"]
     assert main(argv + [a for s in specs for a in ("--spec", s)]) == 0
-    serial, pooled = _files(tmp_path / "serial"), _files(tmp_path / "pooled")
+    serial, pooled = files_by_path(tmp_path / "serial"), files_by_path(tmp_path / "pooled")
     assert sorted(serial) == sorted(pooled) and len(serial) > 10
     assert all(serial[n] == pooled[n] for n in serial)

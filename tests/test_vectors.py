@@ -10,6 +10,7 @@ import pytest
 from refmem import vectors as V
 from refmem.cli import main
 from refmem.memories import MEMORIES
+from conftest import files_by_path
 
 SPECS = ["delta_rule", "linear_attention"]
 
@@ -29,16 +30,6 @@ def copy(generated, tmp_path):
     return str(d)
 
 
-def _files(d):
-    out = {}
-    for root, _, names in os.walk(d):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, d)] = fh.read()
-    return out
-
-
 def _manifest(d):
     with open(os.path.join(d, V.MANIFEST)) as fh:
         return json.load(fh)
@@ -52,7 +43,7 @@ def _write_manifest(d, m):
 def test_generate_twice_is_byte_identical(generated, tmp_path):
     again = tmp_path / "again"
     V.generate(str(again), SPECS)
-    a, b = _files(generated), _files(str(again))
+    a, b = files_by_path(generated), files_by_path(str(again))
     assert sorted(a) == sorted(b) and len(a) > 10
     assert all(a[n] == b[n] for n in a)
 
@@ -246,8 +237,8 @@ def test_every_registered_memory_generates_and_verifies(tmp_path):
     assert with_backward and {r["spec"] for r in rows if r["output"].startswith("d")} == with_backward
     # and every memory's vectors regenerate byte for byte (iterative solvers included)
     V.generate(str(tmp_path / "again"), names)
-    first = {n: b for n, b in _files(str(tmp_path)).items() if not n.startswith("again")}
-    assert first == _files(str(tmp_path / "again"))
+    first = {n: b for n, b in files_by_path(str(tmp_path)).items() if not n.startswith("again")}
+    assert first == files_by_path(str(tmp_path / "again"))
 
 
 def test_tolerance_rule():
