@@ -4,41 +4,16 @@ The expected gradients are checked against directional derivatives of the
 delta rule written out plainly here (MATH.md 5), not against refmem's VJP.
 """
 
-import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 from refmem import vectors as V
 from refmem.cli import main
+from vector_files import copy, generated, read_manifest, write_manifest  # noqa: F401 (fixtures)
 
 SPECS = ["delta_rule", "softmax_attention"]  # a single-matrix state; a state of two parts (the cache K_T, V_T)
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vec2")
-    V.generate(str(d), SPECS)
-    return str(d)
-
-
-@pytest.fixture
-def copy(generated, tmp_path):
-    d = tmp_path / "v"
-    shutil.copytree(generated, d)
-    return str(d)
-
-
-def _manifest(d):
-    with open(os.path.join(d, V.MANIFEST)) as fh:
-        return json.load(fh)
-
-
-def _write_manifest(d, m):
-    with open(os.path.join(d, V.MANIFEST), "w") as fh:
-        json.dump(m, fh)
 
 
 def _arrays(path):
@@ -47,16 +22,16 @@ def _arrays(path):
 
 
 def _resign(d, rel):
-    m = _manifest(d)
+    m = read_manifest(d)
     for c in m["specs"][rel.split("/")[0]]["cases"]:
         if c["file"] == rel:
             c["sha256"] = V._sha256(os.path.join(d, rel))
             c["bytes"] = os.path.getsize(os.path.join(d, rel))
-    _write_manifest(d, m)
+    write_manifest(d, m)
 
 
 def test_version_2_holds_cotangents_and_gradients(generated):
-    m = _manifest(generated)
+    m = read_manifest(generated)
     assert m["format_version"] == 2 and "2 * (T + d_k + d_v)" in m["gradient_tolerance_rule"]
     assert m["specs"]["delta_rule"]["backward"] == "refmem.backward.delta_rule:delta_rule_vjp"
     skipped = [c["name"] for c in m["specs"]["delta_rule"]["cases"] if "skipped" in c["backward"]]
@@ -156,7 +131,7 @@ def test_generation_is_deterministic_in_the_cotangents(generated, tmp_path):
 
 def _to_version_1(d):
     """The same set in format version 1: no cot./grad. members, no version-2 fields (what older refmem wrote)."""
-    m = _manifest(d)
+    m = read_manifest(d)
     m["format_version"] = 1
     del m["gradient_tolerance_rule"]
     for spec, e in m["specs"].items():
@@ -168,7 +143,7 @@ def _to_version_1(d):
             arrays["format_version"] = np.asarray(1, dtype=np.int64)
             V.write_npz(path, arrays)
             c["sha256"], c["bytes"] = V._sha256(path), os.path.getsize(path)
-    _write_manifest(d, m)
+    write_manifest(d, m)
 
 
 def test_version_1_is_still_read_and_verified(copy, capsys):
@@ -240,9 +215,9 @@ def _set(obj, path, value):
                          ids=[f"{'.'.join(map(str, w[1:]))}={'deleted' if v is _DELETE else repr(v)}"
                               for w, v, _ in SCHEMA_TAMPERING])
 def test_schema_tampering_of_the_gradient_fields_named(copy, where, value, field):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     _set(m, where, value)
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError) as exc:
         V.verify(copy)
     assert exc.value.check == "schema" and field in exc.value.field, str(exc.value)

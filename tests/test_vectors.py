@@ -11,33 +11,9 @@ from refmem import vectors as V
 from refmem.cli import main
 from refmem.memories import MEMORIES
 from conftest import files_by_path
+from vector_files import copy, generated, read_manifest, write_manifest  # noqa: F401 (fixtures)
 
 SPECS = ["delta_rule", "linear_attention"]
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vec")
-    V.generate(str(d), SPECS)
-    return str(d)
-
-
-@pytest.fixture
-def copy(generated, tmp_path):
-    """A private copy to damage."""
-    d = tmp_path / "v"
-    shutil.copytree(generated, d)
-    return str(d)
-
-
-def _manifest(d):
-    with open(os.path.join(d, V.MANIFEST)) as fh:
-        return json.load(fh)
-
-
-def _write_manifest(d, m):
-    with open(os.path.join(d, V.MANIFEST), "w") as fh:
-        json.dump(m, fh)
 
 
 def test_generate_twice_is_byte_identical(generated, tmp_path):
@@ -49,7 +25,7 @@ def test_generate_twice_is_byte_identical(generated, tmp_path):
 
 
 def test_manifest_contents(generated):
-    m = _manifest(generated)
+    m = read_manifest(generated)
     assert m["format"] == V.FORMAT_NAME and m["format_version"] == V.FORMAT_VERSION
     assert m["refmem_version"]
     names = {c["name"] for c in m["specs"]["delta_rule"]["cases"]}
@@ -132,9 +108,9 @@ def test_tampered_file_named(copy):
 
 
 def test_unknown_format_version_named(copy):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     m["format_version"] = 99
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match=r"manifest.json: format_version check failed: format_version 99 is not supported"):
         V.load(copy)
 
@@ -154,12 +130,12 @@ def test_unknown_file_version_named(copy):
 
 
 def _resign(d, rel):
-    m = _manifest(d)
+    m = read_manifest(d)
     for c in m["specs"][rel.split("/")[0]]["cases"]:
         if c["file"] == rel:
             c["sha256"] = V._sha256(os.path.join(d, rel))
             c["bytes"] = os.path.getsize(os.path.join(d, rel))
-    _write_manifest(d, m)
+    write_manifest(d, m)
 
 
 def test_pickled_array_refused(copy):
@@ -195,7 +171,7 @@ def test_wrong_expected_values_fail_verify(copy):
     assert bad[0]["rel_error"] > bad[0]["tolerance"]
 
 
-def test_missing_file_and_manifest(copy, tmp_path):
+def test_missing_file_andread_manifest(copy, tmp_path):
     os.remove(os.path.join(copy, "linear_attention", "T1.npz"))
     with pytest.raises(V.VectorError, match=r"T1.npz: exists check failed"):
         V.load(copy)
@@ -309,9 +285,9 @@ def _outside_copy(copy, tmp_path, rel="delta_rule/T1.npz"):
 
 def test_parent_path_refused_before_any_read(copy, tmp_path, no_reads):
     _outside_copy(copy, tmp_path)
-    m = _manifest(copy)
+    m = read_manifest(copy)
     _case(m, "delta_rule", "T1")["file"] = "../outside/evil.npz"
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match="confined check failed.*outside the vector directory") as exc:
         V.verify(copy)
     assert exc.value.check == "confined" and "cases[0].file" in exc.value.field
@@ -319,9 +295,9 @@ def test_parent_path_refused_before_any_read(copy, tmp_path, no_reads):
 
 
 def test_absolute_path_refused_before_any_read(copy, tmp_path, no_reads):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     _case(m, "delta_rule", "T1")["file"] = _outside_copy(copy, tmp_path)
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match="confined check failed") as exc:
         V.load(copy, "delta_rule")
     assert exc.value.check == "confined" and no_reads == []
@@ -357,28 +333,28 @@ def test_symlinked_manifest_refused(copy, tmp_path):
 
 
 def test_spec_name_that_is_a_path_refused(copy, no_reads):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     m["specs"]["../delta_rule"] = m["specs"].pop("delta_rule")
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match="schema check failed.*plain name") as exc:
         V.verify(copy)
     assert exc.value.field == "specs['../delta_rule']" and no_reads == []
 
 
 def test_case_deleted_from_manifest_reported(copy):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     m["specs"]["delta_rule"]["cases"] = [c for c in m["specs"]["delta_rule"]["cases"] if c["name"] != "T63_heads3"]
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match=r"cases check failed.*missing case\(s\) \['T63_heads3'\]") as exc:
         V.verify(copy)
     assert exc.value.field == "specs['delta_rule']"
 
 
 def test_unexpected_and_duplicate_cases_reported(copy):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     m["specs"]["linear_attention"]["skipped"].append({"case": "T1", "reason": "listed twice"})
     m["specs"]["linear_attention"]["skipped"].append({"case": "T2000", "reason": "not a case"})
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match=r"unexpected case\(s\) \['T2000'\]; case\(s\) listed twice \['T1'\]"):
         V.load(copy)
 
@@ -444,9 +420,9 @@ SCHEMA_TAMPERING = [
                          ids=[f"{'.'.join(map(str, w[1:]))}={'deleted' if v is _DELETE else repr(v)}"
                               for w, v, _ in SCHEMA_TAMPERING])
 def test_schema_tampering_named(copy, no_reads, where, value, field):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     _set(m, where, value)
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError) as exc:
         V.verify(copy)
     assert exc.value.check == "schema" and field in exc.value.field, str(exc.value)
@@ -455,9 +431,9 @@ def test_schema_tampering_named(copy, no_reads, where, value, field):
 
 @pytest.mark.parametrize("value", [True, 1.0, "1", None])
 def test_format_version_must_be_the_integer_one(copy, value):
-    m = _manifest(copy)
+    m = read_manifest(copy)
     m["format_version"] = value
-    _write_manifest(copy, m)
+    write_manifest(copy, m)
     with pytest.raises(V.VectorError, match="format_version check failed") as exc:
         V.load(copy)
     assert exc.value.check == "format_version"
