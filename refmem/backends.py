@@ -89,8 +89,14 @@ def numpy_backend() -> Backend:
 
         return kernel(a, b, lower=lower, unit_diagonal=unit_diagonal)
 
+    def solve_triangular_in_place(a, b, *, lower=False, unit_diagonal=False):
+        # the same, writing x over b where b allows it (a temporary its caller gives up): no copy of b
+        from .numpy_extras import solve_triangular as kernel
+
+        return kernel(a, b, lower=lower, unit_diagonal=unit_diagonal, overwrite_b=True)
+
     return Backend("numpy", load, _module_probe("numpy"), "NumPy (CPU), the float64 oracle default",
-                   extras={"solve_triangular": solve_triangular})
+                   extras={"solve_triangular": solve_triangular, "solve_triangular_in_place": solve_triangular_in_place})
 
 
 def array_api_strict_backend() -> Backend:

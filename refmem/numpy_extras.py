@@ -39,12 +39,15 @@ def errors_raised():
         yield
 
 
-def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
+def solve_triangular(a, b, *, lower=False, unit_diagonal=False, overwrite_b=False):
     """Solve ``a x = b`` for triangular ``a [..., n, n]``, ``b [..., n, m]`` (batch dims broadcast) or 1-D ``b [n]``.
 
     SciPy's argument names and defaults (``lower=False``: upper triangular).
     Only the named triangle is read; with ``unit_diagonal`` the diagonal is not read.
-    A zero on the diagonal (singular ``a``) raises ``ValueError``.
+    A zero on the diagonal (singular ``a``) raises ``ValueError``. ``overwrite_b=True``
+    lets the solve write ``x`` over ``b`` (and return ``b``) when ``b`` is a
+    writeable C-ordered float array of the full batch shape that holds its own
+    memory (a temporary the caller owns); otherwise ``b`` is copied as usual.
 
     Notes
     -----
@@ -67,7 +70,10 @@ def solve_triangular(a, b, *, lower=False, unit_diagonal=False):
     if not unit_diagonal and bool(np.any(np.diagonal(A, axis1=-2, axis2=-1) == 0)):
         raise ValueError("solve_triangular: the triangular matrix a has a zero on its diagonal (singular)")
     trsm = blas.dtrsm if dtype == np.float64 else blas.strsm
-    out = np.array(Bf, dtype=dtype, order="C", copy=True)  # solved in place, matrix by matrix
+    in_place = (overwrite_b and not vector and b.dtype == dtype and b.shape == batch + B.shape[-2:]
+                and b.flags.c_contiguous and b.flags.writeable and b.base is None)
+    # solved in place, matrix by matrix: in b itself when the caller gave it up, else in a copy
+    out = b.reshape(Bf.shape) if in_place else np.array(Bf, dtype=dtype, order="C", copy=True)
     for i in range(A.shape[0]):
         # a x = b  <=>  x^T a^T = b^T; a[i].T and out[i].T are Fortran-ordered views, so trsm
         # reads a and overwrites out[i] where they lie (no copies).

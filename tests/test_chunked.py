@@ -304,6 +304,33 @@ def test_numpy_solve_triangular_extra():
         fn(np.zeros((3, 3)), np.ones((3, 2)), lower=True)
 
 
+def test_numpy_solve_triangular_in_place_extra():
+    """The in-place extra writes the solution over a right-hand side its caller gives up (a fresh C-ordered array of
+    the full batch shape) and copies any other: a view, a read-only array, a right-hand side that broadcasts."""
+    import scipy.linalg
+
+    from refmem.backends import extra
+
+    with refmem.backend("numpy") as xnp:
+        fn = extra(xnp, "solve_triangular_in_place")
+    g = np.random.default_rng(2)
+    A = np.tril(g.standard_normal((3, 6, 6)) * 0.3, -1)
+    B = g.standard_normal((3, 6, 5))
+    want = np.stack([scipy.linalg.solve_triangular(A[i] + np.eye(6), B[i], lower=True) for i in range(3)])
+    owned = B.copy()
+    got = fn(A, owned, lower=True, unit_diagonal=True)
+    assert np.shares_memory(got, owned) and np.array_equal(got, owned)  # solved where it lay
+    assert rel_error(got, want, np) <= 1e-13  # backward-stable solve, cond < 10 here
+    view = B.copy()[:, :, :]  # a view of another array: left alone
+    readonly = B.copy()
+    readonly.flags.writeable = False
+    for b in (view, readonly, B[0]):
+        before = b.copy()
+        got = fn(A, b, lower=True, unit_diagonal=True)
+        assert not np.shares_memory(got, b) and np.array_equal(b, before)
+        assert rel_error(got, want, np) <= 1e-13 if b.ndim == 3 else got.shape == (3, 6, 5)
+
+
 def test_decay_matrix_zero_gates(xp):
     """``D[t, s] = prod_{s<r<=t} a_r`` against a direct product, with zeros, ones and tiny gates."""
     a = np.array([0.5, 0.0, 1.0, 1e-300, 0.25, 0.0, 0.9, 1.0])
@@ -445,7 +472,7 @@ def test_factored_and_matrix_decays_agree_with_the_step_by_step_rule(gates, monk
     o_ref, M_ref = _np_gated_delta(q, k, v, alpha, beta)
     taken = []
     real = delta_family._factors_bounded
-    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a: taken.append(real(*a)) or taken[-1])
+    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a, **kw: taken.append(real(*a, **kw)) or taken[-1])
     fn = MEMS["gated_delta_rule"].chunked if gates != "none" else MEMS["delta_rule"].chunked
     kw = {"alpha": alpha} if gates != "none" else {}
     o, M = fn(q, k, v, beta=beta, chunk_size=C, **kw)
@@ -454,7 +481,7 @@ def test_factored_and_matrix_decays_agree_with_the_step_by_step_rule(gates, monk
         assert taken and all(taken)  # the factored path was taken
     elif gates == "tiny":
         assert taken and not all(taken)  # refused where a block holds 16 such gates: the D path there
-    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a: False)  # force the D path everywhere
+    monkeypatch.setattr(delta_family, "_factors_bounded", lambda *a, **kw: False)  # force the D path everywhere
     o_d, M_d = fn(q, k, v, beta=beta, chunk_size=C, **kw)
     assert rel_error(o_d, o_ref, np) < EQUAL_TOL and rel_error(M_d, M_ref, np) < EQUAL_TOL
 

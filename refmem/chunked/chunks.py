@@ -141,13 +141,19 @@ def shift_right(x, xp, *, fill: float = 0.0, axis: int = -1):
     return xp.concat([first, body], axis=axis)
 
 
-def solve_unit_lower(A, B, xp):
+def solve_unit_lower(A, B, xp, *, overwrite_b: bool = False):
     """Solve ``A X = B`` for unit lower-triangular ``A [..., n, n]``, ``B [..., n, m]``.
 
-    Uses the backend's ``solve_triangular`` extra when it has one (SciPy's LAPACK
-    ``trtrs`` on NumPy); otherwise :func:`forward_substitution`, pure array API.
-    Only the strictly lower triangle of ``A`` is read.
+    Uses the backend's ``solve_triangular`` extra when it has one (BLAS ``trsm``
+    on NumPy); otherwise :func:`forward_substitution`, pure array API.
+    Only the strictly lower triangle of ``A`` is read. ``overwrite_b=True``: ``B``
+    is a temporary the caller gives up, which a backend with a
+    ``solve_triangular_in_place`` extra (NumPy) may overwrite with ``X``
+    instead of copying it; never pass an array that is used afterwards.
     """
+    in_place = extra(xp, "solve_triangular_in_place") if overwrite_b else None
+    if in_place is not None:
+        return in_place(A, B, lower=True, unit_diagonal=True)
     fast = extra(xp, "solve_triangular")
     if fast is not None:
         return fast(A, B, lower=True, unit_diagonal=True)
@@ -230,20 +236,28 @@ def block_steps(T: int, C: int, *, block_tokens: int = 256, share: int = 8) -> i
     return max(1, min(int(block_tokens), int(T) // int(share)) // C) * C
 
 
-def scan_blocks(T: int, C: int, block_tokens: int, M0, block, xp, *, share: int = 8):
+def scan_blocks(T: int, C: int, block_tokens: int, M0, block, xp, *, share: int = 8, chunk_outputs: bool = False):
     """Run ``block(lo, hi, M) -> (o [..., hi - lo, d_v], M)`` over the steps in blocks of whole chunks.
 
     A block holds :func:`block_steps` steps, at most ``min(block_tokens, T / share)``
     (chunk boundaries unchanged, so each chunk sees the numbers of the
     whole-sequence computation); ``M`` is whatever state the blocks carry.
     Returns the outputs ``[..., T, d_v]`` and the final state.
+    ``chunk_outputs=True``: a block returns its chunks' outputs instead, a list
+    of ``[..., C, d_v]`` (the last chunk zero padded as by :func:`to_chunks`),
+    and every chunk's are joined by one stack at the end.
     """
     per_block = block_steps(T, C, block_tokens=block_tokens, share=share)
     M = M0
     outs = []
     for lo in range(0, max(T, 1), per_block):
         o_block, M = block(lo, min(T, lo + per_block), M)
-        outs.append(o_block)
+        if chunk_outputs:
+            outs.extend(o_block)
+        else:
+            outs.append(o_block)
+    if chunk_outputs:
+        return from_chunks(xp.stack(outs, axis=-3), T, xp), M  # (.., N, C, d_v) -> (.., T, d_v)
     return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=-2)), M  # (.., T, d_v)
 
 

@@ -3,7 +3,7 @@ r"""The chunk algebra of the delta-rule family: the exact UT form (DeltaNet's pa
 One chunk of ``C`` steps from ``M0`` is ``O = P_U + Q~ M0^T`` and an affine
 ``M_C = step(M0)`` (:mod:`refmem.chunked`); for the delta rule ``P_U`` needs the
 unit lower-triangular solve of the UT form (:func:`delta_terms`). The loop in
-:func:`delta_family` is the only sequential part: two ``C x d x d`` products per
+:func:`delta_family` is the only sequential part: four ``C x d x d`` products per
 chunk, carrying only the current state.
 """
 
@@ -13,7 +13,7 @@ import math
 
 from ..backends import host_resident
 from ..linalg import device_of
-from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT,
+from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, gate_cumulants, lower_mask, mT,
                      prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
 
 
@@ -87,6 +87,21 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True, factored: bool = F
     ``factored=True`` forms the decays as row and column factors instead of the
     ``C x C`` matrix ``D`` where that is safe (:func:`_factors_bounded`: host
     backends, no gate of these chunks 0, bounded factors); else the ``D`` path.
+    """
+    U, W, P, Qg, Kh, g_end, Kt = _chunk_pieces(Q, K, V, b, L, Z, xp, exact=exact, factored=factored)
+    if Kt is None:  # factored: K~ = gamma_C K^
+        Kt = Kh if g_end is None else g_end[..., None, None] * Kh  # (.., C, d_k)
+    return U, W, P, Qg, Kt, g_end
+
+
+def _chunk_pieces(Q, K, V, b, L, Z, xp, *, exact: bool, factored: bool, bounded: bool | None = None):
+    r""":func:`delta_pieces` with ``K~`` left as a factor where that saves a pass: ``(U~, W, P, Qg, K^, g_end, K~)``.
+
+    On the factored path ``K~ = gamma_C K^`` is returned as ``K^ = diag(gamma)^{-1} K``
+    and ``K~ = None`` (the state update scales by ``gamma_C`` once:
+    :math:`M_C = \gamma_C (M_0 + U^T \hat K)`); on the ``D`` path ``K^ = None``.
+    ``bounded``: the data part of :func:`_factors_bounded` when the caller has
+    checked it for a whole sequence (``None``: check these chunks).
 
     Notes
     -----
@@ -101,16 +116,18 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True, factored: bool = F
 
     below the diagonal: two products of scaled factors replace the ``C x C``
     decay matrix and its three elementwise products. The left factor
-    :math:`\mathrm{diag}(b\gamma) K` is the second half of the right-hand side
-    of the UT solve, so it is formed once. The triangular solve reads only the
-    strict lower triangle; ``P`` keeps the lower one (``where``). Entries above
-    the diagonal are never used; :func:`_factors_bounded` bounds them (no overflow).
+    :math:`\mathrm{diag}(b\gamma) K` is also the right-hand side of ``W``'s
+    triangular solve, formed once; the two right-hand sides are solved
+    separately, each in place where the backend allows it (the same ``trsm``
+    work as one solve of both, without joining them). The solve reads only
+    the strict lower triangle; ``P`` keeps the lower one (``where``). Entries
+    above the diagonal are never used; :func:`_factors_bounded` bounds them
+    (no overflow).
     """
     C = K.shape[-2]
-    d_v = V.shape[-1]
     dev = device_of(K)
     incl = lower_mask(C, xp, dev)
-    if not (factored and Z is None and _factors_bounded(Q, K, b, L, xp)):
+    if not (factored and Z is None and _factors_bounded(Q, K, b, L, xp, data=bounded)):
         return _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, exact=exact)
     if L is None:  # no gate: gamma = 1
         Qg, Kh, bg, g_end = Q, K, b, None
@@ -120,24 +137,36 @@ def delta_pieces(Q, K, V, b, L, Z, xp, *, exact: bool = True, factored: bool = F
         Kh = xp.exp(-L)[..., None] * K  # K^ = diag(gamma)^-1 K, (.., C, d_k)
         bg = b * gamma
         g_end = gamma[..., C - 1]  # (..)
-    rhs = concat_last(b[..., None] * V, bg[..., None] * K, xp=xp)  # [diag(b) V, diag(b gamma) K], (.., C, d_v + d_k)
+    bV = b[..., None] * V  # diag(b) V, (.., C, d_v)
+    bgK = bg[..., None] * K  # diag(b gamma) K, (.., C, d_k)
     if exact:
-        A_low = rhs[..., d_v:] @ mT(Kh, xp)  # diag(b gamma) K K^^T, (.., C, d_k) @ (.., d_k, C); strict lower read
-        lead = broadcast_lead(tuple(A_low.shape[:-2]), tuple(rhs.shape[:-2]))
-        X = solve_unit_lower(A_low, xp.broadcast_to(rhs, lead + tuple(rhs.shape[-2:])), xp)  # [U~, W]
-        del A_low, rhs
+        A_low = bgK @ mT(Kh, xp)  # diag(b gamma) K K^^T, (.., C, d_k) @ (.., d_k, C); strict lower read
+        Ut, W = _solve_both(A_low, bV, bgK, xp)  # U~, W
+        del A_low
     else:
-        X = rhs  # mini-batch: A = I
+        Ut, W = bV, bgK  # mini-batch: A = I
     P = Qg @ mT(Kh, xp)  # diag(gamma) Q K^^T, (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
-    P = xp.where(incl, P, xp.zeros_like(P))  # tril(D o Q K^T)
-    Kt = Kh if g_end is None else g_end[..., None, None] * Kh  # diag(D_{C.}) K, (.., C, d_k)
-    return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
+    P = xp.where(incl, P, xp.zeros((), dtype=P.dtype, device=dev))  # tril(D o Q K^T)
+    return Ut, W, P, Qg, Kh, g_end, None
+
+
+def _solve_both(A_low, bV, bgK, xp):
+    """``A^{-1} diag(b) V`` and ``A^{-1} diag(b gamma) K`` for ``A = I + strict_tril(A_low)``, each right-hand side given up."""
+    lead = tuple(A_low.shape[:-2])
+    Ut = solve_unit_lower(A_low, _with_lead(bV, lead, xp), xp, overwrite_b=True)  # (.., C, d_v)
+    W = solve_unit_lower(A_low, _with_lead(bgK, lead, xp), xp, overwrite_b=True)  # (.., C, d_k)
+    return Ut, W
+
+
+def _with_lead(x, lead: tuple, xp):
+    """``x [..., C, m]`` broadcast to the leading shape ``lead`` (itself when it has it)."""
+    full = broadcast_lead(lead, tuple(x.shape[:-2])) + tuple(x.shape[-2:])
+    return x if tuple(x.shape) == full else xp.broadcast_to(x, full)
 
 
 def _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, *, exact: bool):
     """:func:`delta_pieces` through the ``C x C`` decay matrix ``D`` (any gates: zeros, tiny products, any backend)."""
     C = K.shape[-2]
-    d_v = V.shape[-1]
     if L is None:
         D = xp.astype(incl, K.dtype)  # (C, C): no gate, D_ts = 1 for s <= t
         bg, g_end, Qg = b, None, Q
@@ -147,24 +176,26 @@ def _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, *, exact: bool):
         bg = b * gamma
         g_end = gamma[..., C - 1]  # (..)
         Qg = gamma[..., None] * Q
-    rhs = concat_last(b[..., None] * V, bg[..., None] * K, xp=xp)  # [diag(b) V, diag(b gamma) K], (.., C, d_v + d_k)
+    bV = b[..., None] * V  # diag(b) V, (.., C, d_v)
+    bgK = bg[..., None] * K  # diag(b gamma) K, (.., C, d_k)
     if exact:
         KK = K @ mT(K, xp)  # (.., C, d_k) @ (.., d_k, C) -> (.., C, C)
         A_low = b[..., :, None] * (D * KK)  # diag(b) (D o K K^T); only its strict lower triangle is read
         del KK
-        lead = tuple(A_low.shape[:-2])
-        rhs = xp.broadcast_to(rhs, lead + tuple(rhs.shape[-2:]))  # (.., C, d_v + d_k)
-        X = solve_unit_lower(A_low, rhs, xp)  # [U~, W] (.., C, d_v + d_k)
-        del A_low, rhs
+        Ut, W = _solve_both(A_low, bV, bgK, xp)  # U~, W
+        del A_low
     else:
-        X = rhs  # mini-batch: A = I
+        Ut, W = bV, bgK  # mini-batch: A = I
     P = D * (Q @ mT(K, xp))  # tril(D o Q K^T) (D is masked), (.., C, C)
     Kt = D[..., C - 1, :][..., None] * K  # decay from s to the chunk end, (.., C, d_k)
-    return X[..., :d_v], X[..., d_v:], P, Qg, Kt, g_end
+    return Ut, W, P, Qg, None, g_end, Kt
 
 
-def _factors_bounded(Q, K, b, L, xp) -> bool:
+def _factors_bounded(Q, K, b, L, xp, *, data: bool | None = None) -> bool:
     r"""Whether the factored decays are safe in these chunks (reads the data: host backends only).
+
+    ``data``: the data half (:func:`_data_bounded`) when the caller has checked it
+    for the whole sequence; ``None`` checks it on these chunks.
 
     Notes
     -----
@@ -177,13 +208,28 @@ def _factors_bounded(Q, K, b, L, xp) -> bool:
     factors are normal numbers (no denormals). Relative rounding is that of
     :math:`e^{L_t - L_s}` (a few eps), as for the ``D`` path.
     """
+    if data is None:
+        data = _data_bounded(Q, K, b, xp)
+    return data and host_resident(xp) and _gates_bounded(L, K.dtype, xp)
+
+
+def _data_bounded(Q, K, b, xp) -> bool:
+    """The data half of :func:`_factors_bounded`: ``d_k max|K| max(max|Q|, max b max|K|) <= max^(1/4)`` (host backends only)."""
     if not host_resident(xp) or K.shape[-1] == 0 or K.shape[-2] == 0:
         return False
     quarter = float(xp.finfo(K.dtype).max) ** 0.25
-    if L is not None and not bool(xp.min(L) >= -math.log(quarter)):
-        return False
-    k_max, q_max, b_max = (float(xp.max(xp.abs(x))) for x in (K, Q, b))
+    k_max, q_max, b_max = (_abs_max(x, xp) for x in (K, Q, b))
     return K.shape[-1] * k_max * max(q_max, b_max * k_max) <= quarter
+
+
+def _gates_bounded(L, dtype, xp) -> bool:
+    """The gate half of :func:`_factors_bounded`: every ``gamma_t = e^(L_t) >= max^(-1/4)`` (no gate: true)."""
+    return L is None or bool(xp.min(L) >= -math.log(float(xp.finfo(dtype).max) ** 0.25))
+
+
+def _abs_max(x, xp) -> float:
+    """``max |x|`` as ``max(max x, -min x)``: two reductions, no ``|x|`` temporary."""
+    return max(float(xp.max(x)), -float(xp.min(x)))
 
 
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, block_tokens: int = 256):
@@ -200,41 +246,48 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, bl
     whole-sequence computation): a block's ``M0``-independent pieces
     (:func:`delta_pieces`, with factored decays where they are safe)
     are formed in batched products, then the sequential pass over its chunks
-    carries ``M`` with two small products per chunk,
+    carries ``M`` and gives each chunk's outputs from its start state,
 
     .. math::
 
-        U = \tilde U - W M_0^T, \qquad M_C = \gamma_C M_0 + U^T \tilde K,
+        U = \tilde U - W M_0^T, \qquad O = \mathrm{diag}(\gamma) Q M_0^T + P U, \qquad
+        M_C = \gamma_C M_0 + U^T \tilde K,
 
-    keeping each chunk's start state, and the block's outputs
-    :math:`O = \mathrm{diag}(\gamma) Q M_0^T + P U` are two batched products over
-    all its chunks. Only ``M``, the block's start states and one block's
-    temporaries are held besides the outputs: no per-step history.
+    four small products per chunk on operands still in cache; the chunks'
+    outputs are joined once at the end. Only ``M`` and one block's temporaries
+    are held besides the outputs: no per-step history. The bound of the
+    factored decays on the data (:func:`_data_bounded`) is checked once for
+    the whole sequence, the one on the gates per block.
     """
+    bounded = _data_bounded(q, k, beta, xp)
+
     def block(lo, hi, M):
         return _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],
-                            None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact, factored=True)
+                            None if alpha is None else alpha[..., lo:hi], C, M, xp, exact=exact, factored=True,
+                            bounded=bounded)
 
-    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp)
+    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp, chunk_outputs=True)
 
 
-def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool, factored: bool):
-    """Outputs ``[..., t, d_v]`` of one block of ``t`` steps from the state ``M``, and the state after it."""
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool, factored: bool, bounded: bool | None = None):
+    """Outputs of one block's chunks (a list of ``[..., C, d_v]``, padding steps included) from the state ``M``, and the state after it."""
+    Q, K, V, _ = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     b = to_chunks(beta, C, xp, fill=0.0, time_axis=-1)  # padding steps write nothing
     L, Z = gate_cumulants(alpha, C, xp)
-    Ut, W, P, Qg, Kt, g_end = delta_pieces(Q, K, V, b, L, Z, xp, exact=exact, factored=factored)
+    Ut, W, P, Qg, Kh, g_end, Kt = _chunk_pieces(Q, K, V, b, L, Z, xp, exact=exact, factored=factored, bounded=bounded)
     del Q, K, V, b, L, Z
-    n = Ut.shape[-3]
     lead = broadcast_lead(tuple(W.shape[:-3]), tuple(M.shape[:-2]))
     M = xp.broadcast_to(M, lead + tuple(M.shape[-2:]))  # (.., d_v, d_k): every chunk start has the same shape
-    starts, us = [], []
-    for i in range(n):
-        starts.append(M)
-        U = chunk(Ut, i) - chunk(W, i) @ mT(M, xp)  # U~ - W M^T, (.., C, d_v)
-        us.append(U)
-        write = mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
-        M = M + write if g_end is None else scalar_chunk(g_end, i)[..., None, None] * M + write
-    starts = mT(xp.stack(starts, axis=-3), xp)  # M_0^T of every chunk, (.., n, d_k, d_v)
-    O = Qg @ starts + P @ xp.stack(us, axis=-3)  # (.., n, C, d_k) @ (.., n, d_k, d_v) + (.., n, C, C) @ (.., n, C, d_v)
-    return from_chunks(O, T, xp), M
+    outs = []
+    for i in range(Ut.shape[-3]):
+        Mt = mT(M, xp)  # M_0^T, (.., d_k, d_v)
+        U = chunk(Ut, i) - chunk(W, i) @ Mt  # U~ - W M^T, (.., C, d_v)
+        outs.append(chunk(Qg, i) @ Mt + chunk(P, i) @ U)  # (.., C, d_k) @ (.., d_k, d_v) + (.., C, C) @ (.., C, d_v)
+        g = None if g_end is None else scalar_chunk(g_end, i)[..., None, None]  # gamma_C, (.., 1, 1)
+        if Kt is None:  # factored: K~ = gamma_C K^, so M_C = gamma_C (M0 + U^T K^)
+            M = M + mT(U, xp) @ chunk(Kh, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+            M = M if g is None else g * M
+        else:
+            write = mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+            M = M + write if g is None else g * M + write
+    return outs, M
