@@ -486,6 +486,23 @@ def test_factored_and_matrix_decays_agree_with_the_step_by_step_rule(gates, monk
     assert rel_error(o_d, o_ref, np) < EQUAL_TOL and rel_error(M_d, M_ref, np) < EQUAL_TOL
 
 
+@pytest.mark.parametrize("name", ["gated_delta_rule", "delta_rule"])
+def test_bench_inputs_take_the_factored_path(name, monkeypatch):
+    """The inputs `refmem bench` draws (MEMORIES[name].make_inputs, seed 0, d = C = 64) take the factored decays in
+    every block, on the whole batch and on one head (the pool's slice): the bench times the fast path. The D path is
+    made to fail so that a fall-back cannot pass unnoticed."""
+    from refmem.chunked import delta_family
+
+    def refuse(*a, **kw):
+        raise AssertionError("the C x C decay matrix path was taken")
+
+    monkeypatch.setattr(delta_family, "_pieces_with_decay_matrix", refuse)
+    inputs = MEMS[name].make_inputs(0, (2, 2), 512, 64, 64, np, "float64")
+    for x in (inputs, {key: val[1, 0] for key, val in inputs.items()}):
+        o, M = MEMS[name].chunked(**x, chunk_size=64, workers=1)
+        assert np.all(np.isfinite(o)) and np.all(np.isfinite(M))
+
+
 def test_factored_decays_refuse_data_whose_unused_entries_could_overflow():
     """The entries above the diagonal of the factored products are never read but must stay finite (no overflow
     warning): keys of size 1e40 with d = 4 give d |K| max(|Q|, b |K|) = 4e80 > max^(1/4), so the D path is used."""
