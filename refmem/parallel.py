@@ -376,12 +376,14 @@ def _hand_back(out):
     return ("array", block.name, 0, out.shape, out.dtype.str)
 
 
-def _run_slice(fn, shared: dict, whole: dict, slot=None):
+def _run_slice(fn, shared: dict, whole: dict, slot=None, check_finite: bool = True):
     """In a worker: ``fn`` on one slice, its inputs read in place from the caller's arena; the outputs written
-    into ``slot`` of the caller's output arena when given and large enough, else handed back in new blocks."""
+    into ``slot`` of the caller's output arena when given and large enough, else handed back in new blocks.
+    ``check_finite``: the caller's ``refmem.options(check_finite=...)``, which the worker follows as the caller's
+    own slices do."""
     inputs = {k: _arena_view(d) for k, d in shared.items()}
     inputs.update(whole)
-    with options(workers=1):  # no pool inside a pool
+    with options(workers=1, check_finite=check_finite):  # no pool inside a pool
         out = fn(**inputs)
     del inputs
     desc = None if slot is None else _into_slot(out, slot)
@@ -473,7 +475,7 @@ def _on_workers(fn, inputs: dict, plan: dict, indices: list, lead: tuple, n_work
             while lo < hi or running:
                 while lo < hi and len(running) < depth:
                     slot = None if stride is None else (_OUT_ARENA["block"].name, lo * stride, stride)
-                    running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole, slot)
+                    running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole, slot, get_option("check_finite"))
                     lo += 1
                 if lo < hi:  # this process takes a slice from the back
                     hi -= 1

@@ -221,3 +221,20 @@ def test_scalar_outputs_stack_the_same_in_this_process_and_on_the_pool():
         assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
         assert a.shape == b.shape == e.shape and np.array_equal(a, b)
         np.testing.assert_allclose(a, e, rtol=1e-14)
+
+
+def test_workers_follow_the_callers_check_finite_option():
+    """A slice computed on a pool process follows the caller's ``refmem.options(check_finite=...)`` as the caller's
+    own slices do: with the checks on, a nan input is refused; with them off (as ``refmem bench`` times the forms)
+    it runs unchecked and the nan stays in its own head's outputs. The nan sits in slice 0, the first one the pool
+    takes (it takes slices from the front, this process from the back)."""
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(5, (2, 2), 12, 3, 3, np, "float64")
+    inputs["q"] = inputs["q"].copy()
+    inputs["q"][0, 0, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="q"):
+        heads_in_parallel(fn, workers=2, **inputs, **kw)
+    with refmem.options(check_finite=False):
+        o, M = heads_in_parallel(fn, workers=2, **inputs, **kw)
+    assert np.isnan(o[0, 0]).any()
+    assert np.all(np.isfinite(o[0, 1])) and np.all(np.isfinite(o[1])) and np.all(np.isfinite(M[1]))
