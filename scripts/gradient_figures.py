@@ -1,6 +1,7 @@
 """The largest gradient errors of every registered memory's backward passes against each witness.
 
-    .venv/bin/python scripts/gradient_figures.py
+    .venv/bin/python scripts/gradient_figures.py            # every memory
+    .venv/bin/python scripts/gradient_figures.py titans     # only the named memories (all their forms)
 
 For every (memory, form, variant) of ``tests/test_backward.py`` (the forms: recurrent, chunked,
 mini-batch, deep) and the shapes of its autodiff check, the hand-written backward against:
@@ -71,10 +72,12 @@ def row(name, form, var):
     return errs
 
 
-def main():
+def main(names=()):
     fmt = lambda e: "-" if e is None else f"{e:.1e}"  # noqa: E731
     print(f"{'memory':<26}{'form':<11}{'variant':<15}{'FD':>9}{'JAX':>9}{'torch':>9}{'chunked':>9}{'s':>6}")
     for name, form, var in CASES:
+        if names and name not in names:
+            continue
         t0 = time.perf_counter()
         errs = row(name, form, var)
         print(f"{name:<26}{form:<11}{var or '-':<15}{fmt(errs['fd']):>9}{fmt(errs['jax']):>9}{fmt(errs['torch']):>9}"
@@ -82,4 +85,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    unknown = sorted(set(sys.argv[1:]) - {name for name, _, _ in CASES})
+    if unknown:
+        sys.exit(f"gradient_figures.py: unknown memory {', '.join(unknown)}; expected some of "
+                 f"{', '.join(sorted({name for name, _, _ in CASES}))}")
+    main(tuple(sys.argv[1:]))

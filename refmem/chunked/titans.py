@@ -163,7 +163,7 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     kept, momentum_decay, step = titans_gates(alpha, eta, theta)  # the paper's names -> what they are
 
     def block(lo, hi, X):
-        return _titans_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], kept[..., lo:hi],
+        return titans_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], kept[..., lo:hi],
                              momentum_decay[..., lo:hi], step[..., lo:hi], min(C, hi - lo), X, xp, exact=exact)
 
     X = xp.concat([M0, S0], axis=-1)  # (.., d_v, 2 d_k): the pair [M, S]
@@ -181,7 +181,7 @@ def _titans(q, k, v, alpha, eta, theta, C, M0, S0, xp, *, exact, return_momentum
     return (o, M, X[..., d_k:]) if return_momentum else (o, M)
 
 
-def _titans_block(q, k, v, a, eta, theta, C: int, X, xp, *, exact: bool):
+def titans_block(q, k, v, a, eta, theta, C: int, X, xp, *, exact: bool):
     r"""Outputs ``[..., t, d_v]`` of ``t / C`` whole chunks from the pair ``X = [M, S]``, and the pair after them.
 
     Per chunk, one product for both right factors ``X^T`` (exact form),

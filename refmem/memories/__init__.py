@@ -53,6 +53,7 @@ from ..backward import mesa as mesa_backward
 from ..backward import mesa_chunked as mesa_chunked_backward
 from ..backward import omega as omega_backward
 from ..backward import titans as titans_backward
+from ..backward import titans_chunked as titans_chunked_backward
 from ..tables import table_by_name
 
 
@@ -215,7 +216,8 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         minibatch=titans_chunked.titans_minibatch,
         levels=titans.titans_levels,
         deep=titans_deep.titans_deep_recurrent,
-        backward=BackwardSpec(titans_backward.titans_vjp, minibatch=minibatch_backward.titans_minibatch_vjp,
+        backward=BackwardSpec(titans_backward.titans_vjp, titans_chunked_backward.titans_chunked_vjp,
+                              minibatch=minibatch_backward.titans_minibatch_vjp,
                               deep=deep_memory_backward.titans_deep_vjp),
     ),
     # --- Omega: a window of the last c tokens ---
