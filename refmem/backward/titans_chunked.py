@@ -162,7 +162,8 @@ def titans_chunk_factors(Q, K, V, a, eta, theta, xp):
     R = theta[..., None] * concat_last(V, ga_prev[..., None] * K, p_prev[..., None] * K, xp=xp)  # (.., C, d_v + 2 d_k)
     eye = xp.eye(C, dtype=K.dtype, device=dev)
     lead = tuple(A_low.shape[:-2])
-    X = solve_unit_lower(A_low, xp.broadcast_to(R, lead + tuple(R.shape[-2:])), xp)  # [U~, W_M, W_S], (.., C, d_v + 2 d_k)
+    R = xp.broadcast_to(R, lead + tuple(R.shape[-2:]))  # (.., C, d_v + 2 d_k)
+    X = solve_unit_lower(A_low, R, xp)  # [U~, W_M, W_S], (.., C, d_v + 2 d_k)
     Kt = concat_last(c[..., C - 1, :, None] * K, De[..., C - 1, :, None] * K, xp=xp)  # (.., C, 2 d_k)
     Qg = concat_last(ga[..., None] * Q, p[..., None] * Q, xp=xp)  # (.., C, 2 d_k)
     return {"Da": Da, "De": De, "ga": ga, "ge": ge, "c": c, "p": p, "c_prev": c_prev, "ga_prev": ga_prev,
@@ -214,7 +215,8 @@ def titans_block_vjp(q, k, v, a, eta, theta, C: int, X0, do, dX, xp):
         starts.append(X)
         U = Ut[..., i, :, :] - W[..., i, :, :] @ mT(X, xp)  # (.., C, d_v)
         us.append(U)
-        X = pair_gates(X, g_a[..., i], g_e[..., i], p_C[..., i], d_k, xp) + mT(U, xp) @ f["Kt"][..., i, :, :]
+        X = (pair_gates(X, g_a[..., i], g_e[..., i], p_C[..., i], d_k, xp)
+             + mT(U, xp) @ f["Kt"][..., i, :, :])  # X_C = X_0 Gamma + U^T K~, (.., d_v, 2 d_k)
     # the chunk-to-chunk adjoint, backward: only dU and the pair's adjoint are sequential
     dUs, dXCs = [None] * n, [None] * n
     for i in reversed(range(n)):
@@ -261,33 +263,34 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
     dp = rows(Q * dQg[..., d_k:], xp)  # (.., n, C)
     # end pair X_C = X0 Gamma + U^T Kt
     dKt = U @ dXC  # (.., n, C, d_v) @ (.., n, d_v, 2 d_k) -> (.., n, C, 2 d_k)
-    dK = dK + f["c"][..., C - 1, :, None] * dKt[..., :d_k] + f["De"][..., C - 1, :, None] * dKt[..., d_k:]
+    dK = dK + c[..., C - 1, :, None] * dKt[..., :d_k] + f["De"][..., C - 1, :, None] * dKt[..., d_k:]  # (.., n, C, d_k)
     dc = dc + last[:, None] * rows(K * dKt[..., :d_k], xp)[..., None, :]  # row C of c, (.., n, C, C)
     dDe_last = last[:, None] * rows(K * dKt[..., d_k:], xp)[..., None, :]  # row C of D^eta, (.., n, C, C)
     dga = dga + last * xp.sum(dMC * M0, axis=(-2, -1))[..., None]  # gamma^a_C, (.., n, C)
-    dp = dp + last * xp.sum(dMC * S0, axis=(-2, -1))[..., None]  # p_C
-    dge = last * xp.sum(dSC * S0, axis=(-2, -1))[..., None]  # gamma^eta_C
+    dp = dp + last * xp.sum(dMC * S0, axis=(-2, -1))[..., None]  # p_C, (.., n, C)
+    dge = last * xp.sum(dSC * S0, axis=(-2, -1))[..., None]  # gamma^eta_C, (.., n, C)
     # U = U~ - W X0^T and the triangular solve [U~, W] = A^{-1} R
     dX = concat_last(dU, -(dU @ X0), xp=xp)  # d[U~, W], (.., n, C, d_v + 2 d_k)
     dR = solve_unit_upper_transposed(f["A"], dX, xp)  # A^{-T} d[U~, W], (.., n, C, d_v + 2 d_k)
     dA = xp.where(strict, -(dR @ mT(f["X"], xp)), zero)  # (.., n, C, C): strict lower part only
-    dRV, dRM, dRS = dR[..., :d_v], dR[..., d_v:d_v + d_k], dR[..., d_v + d_k:]
+    dRV, dRM, dRS = dR[..., :d_v], dR[..., d_v:d_v + d_k], dR[..., d_v + d_k:]  # (.., n, C, d_v / d_k / d_k)
     # R = diag(theta) [V, diag(gamma^a-) K, diag(p-) K]
     RMK, RSK = rows(dRM * K, xp), rows(dRS * K, xp)  # (.., n, C)
     dV = theta[..., None] * dRV  # (.., n, C, d_v)
     dth = rows(dRV * V, xp) + f["ga_prev"] * RMK + f["p_prev"] * RSK  # (.., n, C)
-    dK = dK + (theta * f["ga_prev"])[..., None] * dRM + (theta * f["p_prev"])[..., None] * dRS
-    dga = dga + shift_up(theta * RMK, xp)  # gamma^a- reads gamma^a one step back
-    dp = dp + shift_up(theta * RSK, xp)
+    dK = dK + (theta * f["ga_prev"])[..., None] * dRM + (theta * f["p_prev"])[..., None] * dRS  # (.., n, C, d_k)
+    dga = dga + shift_up(theta * RMK, xp)  # gamma^a- reads gamma^a one step back, (.., n, C)
+    dp = dp + shift_up(theta * RSK, xp)  # p- likewise, (.., n, C)
     # A = I + strict_tril(diag(theta) (c- o K K^T))
-    dth = dth + rows(dA * f["c_prev"] * f["KK"], xp)
-    dc = dc + shift_up(dA * theta[..., :, None] * f["KK"], xp, axis=-2)  # c- reads c one row back
+    dth = dth + rows(dA * f["c_prev"] * f["KK"], xp)  # (.., n, C)
+    dc = dc + shift_up(dA * theta[..., :, None] * f["KK"], xp, axis=-2)  # c- reads c one row back, (.., n, C, C)
     G = dA * theta[..., :, None] * f["c_prev"]  # cotangent of K K^T, (.., n, C, C)
-    dK = dK + (G + mT(G, xp)) @ K
+    dK = dK + (G + mT(G, xp)) @ K  # (.., n, C, C) @ (.., n, C, d_k)
     # c = D^a (I + strict_tril(D^eta)), p = D^a gamma^eta
     Da, De, ge = f["Da"], f["De"], f["ge"]
     SDe = xp.where(strict, De, zero)  # (.., n, C, C)
-    dDa = dc @ mT(xp.eye(C, dtype=K.dtype, device=dev) + SDe, xp) + dp[..., :, None] * ge[..., None, :]
+    eye = xp.eye(C, dtype=K.dtype, device=dev)  # (C, C)
+    dDa = dc @ mT(eye + SDe, xp) + dp[..., :, None] * ge[..., None, :]  # (.., n, C, C)
     dDe = xp.where(strict, mT(Da, xp) @ dc, zero) + dDe_last  # (.., n, C, C)
     dge = dge + (mT(Da, xp) @ dp[..., None])[..., 0]  # (.., n, C)
     da = gate_gradient(dDa, dga, Da, ga, xp)  # (.., n, C)
@@ -298,7 +301,9 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
 @finite_gradients
 def titans_chunked_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, initial_state=None,
                        initial_momentum=None, chunk_size=64):
-    r"""Gradients of :func:`~refmem.chunked.titans.titans_chunked`, chunk by chunk; equal to :func:`~refmem.backward.titans.titans_vjp`.
+    r"""Gradients of :func:`~refmem.chunked.titans.titans_chunked`, chunk by chunk; equal to the recurrent VJP.
+
+    The recurrent VJP is :func:`~refmem.backward.titans.titans_vjp`.
 
     Parameters
     ----------
@@ -346,7 +351,7 @@ def titans_chunked_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, 
                 step[..., lo:hi])
 
     def pairs_after(X, span):
-        """The pair at the start of each chunk of ``span`` (a list of ``(lo, hi)``), from the span's start pair ``X``."""
+        """The pair at the start of each chunk of ``span`` (``(lo, hi)`` pairs), from the span's start pair ``X``."""
         out = [X]
         for lo, hi in span[:-1]:
             out.append(titans_block(*inputs(lo, hi), hi - lo, out[-1], xp, exact=True)[1])  # outputs dropped
