@@ -332,6 +332,19 @@ def titans_chunked_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, 
     from its start pair, recomputed from a checkpoint every :math:`\sqrt{T/C}`
     chunks) down to :math:`[dM_0, dS_0]`; every other gradient of a chunk is
     read off :math:`dU`, :math:`dX_C` and its start pair.
+
+    Examples
+    --------
+    The same gradients as the recurrent adjoint, for a chunk size that does not divide ``T``:
+
+    >>> import numpy as np
+    >>> from refmem.memories.titans import make_inputs
+    >>> from refmem.backward.titans import titans_vjp
+    >>> inputs = make_inputs(0, (2,), 7, 3, 2, np)  # T = 7, d_k = 3, d_v = 2
+    >>> do = np.ones((2, 7, 2))
+    >>> rec, chunked = titans_vjp(**inputs, do=do), titans_chunked_vjp(**inputs, do=do, chunk_size=3)
+    >>> all(bool(np.allclose(chunked[key], rec[key], rtol=1e-12, atol=1e-14)) for key in rec)
+    True
     """
     o, M_T, S_T = titans_chunked(q, k, v, alpha, eta, theta, chunk_size=chunk_size, initial_state=initial_state,
                                  initial_momentum=initial_momentum, return_momentum=True)
