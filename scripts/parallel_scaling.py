@@ -7,7 +7,8 @@ Run from the repository root (a benchmark: needs an idle machine for the wall-cl
 Shape B=2, H=8, d=64, C=64, float64 (the issue's target problem). For each form it prints
 the best wall time of the plain one-process call (``refmem.options(workers=1)``, BLAS on one
 thread), of ``workers=1`` (the same batch/head slices in this process) and of ``workers=2``
-(two worker processes), the 1 -> 2 speed-up, and the CPU seconds of the caller and of the
+(two worker processes), the 1 -> 2 speed-up (``workers=1`` against ``workers=2``: the same tasks), the
+plain -> 2 speed-up (the plain call against ``workers=2``: what switching the pool on gains), and the CPU seconds of the caller and of the
 workers. On a loaded machine the wall clock cannot show a speed-up, but the CPU seconds still
 show the pool's overhead: ``cpu(2) / cpu(1)`` near 1 means two idle cores would give close to
 ``2 / (cpu(2) / cpu(1))``. The load average is printed before and after.
@@ -66,7 +67,7 @@ def main() -> None:
             two = _best(lambda: fn(**inputs, **kw, workers=2), args.repeat)
         print(f"{form:9s} plain {plain[0]:.3f} s | workers=1 {one[0]:.3f} s (cpu {one[1]:.3f}) | workers=2 {two[0]:.3f} s "
               f"(cpu caller {two[1]:.3f} + workers {two[2]:.3f}) | 1 -> 2 {one[0] / two[0]:.2f}x | "
-              f"cpu(2)/cpu(1) {(two[1] + two[2]) / one[1]:.2f}")
+              f"plain -> 2 {plain[0] / two[0]:.2f}x | cpu(2)/cpu(1) {(two[1] + two[2]) / one[1]:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     parallel.shutdown_pool()
 

@@ -6,7 +6,7 @@ import pytest
 
 import refmem
 from refmem.memories import MEMORIES
-from refmem.parallel import heads_in_parallel, resolve_workers, usable_cores
+from refmem.parallel import heads_in_parallel, resolve_workers, usable_cores, workers_option
 
 CASES = [("gated_delta_rule", "chunked"), ("gated_delta_rule", "recurrent"), ("delta_rule", "chunked"),
          ("linear_attention", "chunked"), ("titans", "minibatch")]
@@ -238,3 +238,39 @@ def test_workers_follow_the_callers_check_finite_option():
         o, M = heads_in_parallel(fn, workers=2, **inputs, **kw)
     assert np.isnan(o[0, 0]).any()
     assert np.all(np.isfinite(o[0, 1])) and np.all(np.isfinite(o[1])) and np.all(np.isfinite(M[1]))
+
+
+@pytest.mark.parametrize("n_slices, cores, expected", [
+    (16, 2, 4),  # at most SLICES_PER_TASK slices per task, and still 4 tasks for 2 cores
+    (16, 8, 2),  # a task for every core: 8 tasks of 2
+    (16, 16, 1), (16, 32, 1),  # no more tasks than slices to give
+    (6, 2, 3), (7, 2, 1),  # only divisors: every task the same size (7 is prime)
+    (1, 1, 1), (12, 1, 4),
+])
+def test_slices_per_task_divides_and_leaves_a_task_per_core(n_slices, cores, expected):
+    from refmem.parallel import SLICES_PER_TASK, slices_per_task
+
+    g = slices_per_task(n_slices, cores)
+    assert g == expected
+    assert n_slices % g == 0 and g <= SLICES_PER_TASK
+    assert n_slices // g >= cores or g == 1
+
+
+@workers_option
+def _record_slices(q):
+    """A module-level batched form that reports how many (batch, head) slices one call received."""
+    return np.full(q.shape[:-2], float(np.prod(q.shape[:-2]))), q[..., -1, :]
+
+
+def test_public_forms_compute_groups_of_slices_per_call(monkeypatch):
+    """The form wrapped by workers_option receives ``g`` slices stacked along one leading axis, in order, on the
+    pool and in this process alike; the stacked outputs are those of the plain call."""
+    import refmem.parallel as parallel
+
+    form = _record_slices
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    q = np.random.default_rng(14).standard_normal((2, 4, 3, 2))  # 8 slices -> tasks of 4
+    for workers in (1, 2):
+        seen, last = form(q, workers=workers)
+        assert seen.shape == (2, 4) and np.all(seen == 4.0)
+        assert np.array_equal(last, q[..., -1, :])
