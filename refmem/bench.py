@@ -18,6 +18,12 @@ every form it has, the benchmark times the form on random inputs of shape
 - ``ceiling_fraction = (flops / seconds) / matmul_flops_per_s`` (secondary): against
   the rate of a batched small product of comparable shape,
   ``[B H N, C, d] @ [B H N, d, d]`` (:func:`matmul_rate`), same run, backend and dtype;
+- ``workers``: the number of processes the form used (:mod:`refmem.parallel`):
+  1 for one plain call in this process, ``N > 1`` for this process and ``N - 1``
+  pool processes, each computing groups of (batch, head) slices with BLAS on
+  one thread; ``--workers N`` asks for ``N``, the default follows refmem's rule
+  (the pool on every core when ``B H`` is at least the number of cores and the
+  problem is big enough). ``None`` ("dask" in the table) with ``--scheduler``;
 - ``peak_extra_bytes``: the peak memory allocated during one extra (untimed)
   call above what was allocated before it, outputs included. On ``numpy``
   and ``array_api_strict`` it is measured with :mod:`tracemalloc`, which
@@ -49,6 +55,7 @@ import tracemalloc
 
 from . import backends
 from .memories import MEMORIES
+from .parallel import workers_used
 from .validation import options
 
 FORMS = ("recurrent", "chunked", "minibatch")
@@ -269,10 +276,12 @@ def _threads() -> str:
 
 def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
               backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None, peak_size=2048,
-              client=None) -> list[dict]:
+              client=None, workers=None) -> list[dict]:
     """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form).
 
-    ``progress``: called with each row when it is done. ``client``: a
+    ``progress``: called with each row when it is done. ``workers``: passed to
+    every form (``None``: refmem's default rule, :mod:`refmem.parallel`); each
+    row's ``workers`` is the number of processes the form used. ``client``: a
     :class:`dask.distributed.Client`; every form then runs as one task per
     (batch, head) slice on its cluster (:func:`refmem.distributed.heads_on_cluster`,
     transfers included in the time) and the peak memory is not measured (it is
@@ -292,6 +301,10 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                  ("repeat", repeat), ("peak_size", peak_size)):
         if int(v) < 1:
             raise ValueError(f"{n} must be >= 1; got {v}")
+    if workers is not None:
+        from .pool import check_workers
+
+        workers = check_workers(workers)
     B, T, H, d, C = int(batch), int(seq_len), int(heads), int(dim), int(chunk)
     rows = []
     xp = backends.get_backend(backend).namespace()
@@ -314,9 +327,12 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                     continue
                 kw = {} if form == "recurrent" else {"chunk_size": C}
                 if client is None:
+                    kw = kw if workers is None else dict(kw, workers=workers)
                     call = lambda fn=fn, kw=kw: fn(**inputs, **kw)  # noqa: E731
+                    used = workers_used(inputs, workers)
                 else:
                     call = lambda fn=fn, kw=kw: heads_on_cluster(fn, client=client, **inputs, **kw)  # noqa: E731
+                    used = None  # the cluster's workers
                 with options(check_finite=False):
                     seconds = _best_time(call, xp, repeat)
                     if client is None:
@@ -341,6 +357,7 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                     "memory_method": method,
                     "speedup_vs_recurrent": None,
                     "threads": _threads(),
+                    "workers": used,
                     "scheduler": None if client is None else client.scheduler.address,
                 }
                 if form == "recurrent":
@@ -373,14 +390,15 @@ def _best_peak(rows: list[dict], peak_all: float, peak_one: float | None) -> Non
 
 def format_table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table."""
-    head = ("memory", "form", "dtype", "B", "T", "H", "d", "C", "head-tok/s", "x recur", "GFLOP/s", "% peak",
+    head = ("memory", "form", "dtype", "B", "T", "H", "d", "C", "workers", "head-tok/s", "x recur", "GFLOP/s", "% peak",
             "% 1-core", "% small", "peak extra", "/BHTd")
     body = []
     for r in rows:
         extra = "-" if r["peak_extra_bytes"] is None else _bytes(r["peak_extra_bytes"])
         per = "-" if r["peak_extra_per_BHTd"] is None else f"{r['peak_extra_per_BHTd']:.1f}"
         body.append((r["memory"], r["form"], r["dtype"], str(r["B"]), str(r["T"]), str(r["H"]), str(r["d"]),
-                     "-" if r["C"] is None else str(r["C"]), f"{r['head_tokens_per_s']:.3g}",
+                     "-" if r["C"] is None else str(r["C"]), "dask" if r.get("workers") is None else str(r["workers"]),
+                     f"{r['head_tokens_per_s']:.3g}",
                      "-" if r["speedup_vs_recurrent"] is None else f"{r['speedup_vs_recurrent']:.2f}",
                      f"{r['flops_per_s'] / 1e9:.2f}", f"{100 * r['peak_fraction']:.1f}%",
                      "-" if r["peak_one_core_fraction"] is None else f"{100 * r['peak_one_core_fraction']:.1f}%",
@@ -436,6 +454,8 @@ def _rerun_with_threads(args) -> int:
         argv += ["--dtype", dt]
     if args.json:
         argv += ["--json", args.json]
+    if getattr(args, "workers", None) is not None:
+        argv += ["--workers", str(args.workers)]
     if getattr(args, "scheduler", None):
         argv += ["--scheduler", args.scheduler]
     return subprocess.run(argv, env=env, check=False).returncode
@@ -472,6 +492,7 @@ def main(args, client=None) -> int:
         rows = run_bench(args.memory, batch=args.batch, seq_len=args.seq_len, heads=args.heads, dim=args.dim,
                          chunk=args.chunk, dtypes=dtypes, backend=args.backend, repeat=args.repeat,
                          peak_size=getattr(args, "peak_size", 2048), client=client,
+                         workers=getattr(args, "workers", None),
                          progress=lambda row: bar.update(1))
     print(format_table(rows))
     if args.json:

@@ -86,7 +86,7 @@ def _dask_client(args):
     if address is None:
         yield None
         return
-    if getattr(args, "workers", 1) != 1:
+    if getattr(args, "workers", None) not in (None, 1):
         raise UsageError("--workers and --scheduler exclude each other (the cluster's workers run the tasks)")
     from .distributed import connect
 
@@ -436,13 +436,15 @@ def _add_bench(sub):
                     "fraction of a large matrix product on all cores / on one core, timed in the same run), % small "
                     "(as a fraction of batched small products of comparable shape), peak extra (the most memory one call allocates), "
                     "/BHTd (peak extra in units of one [B, H, T, d] array: about d for a form that keeps every "
-                    "step's state, a constant for one that does not). The memory the run needs is estimated "
+                    "step's state, a constant for one that does not), workers (processes the form used: 1 is one "
+                    "plain call here; see --workers). The memory the run needs is estimated "
                     "first; a run that cannot fit is refused with the figure. With "
                     "--scheduler every form runs as one Dask task per (batch, head) slice on that cluster (the "
                     "time includes the transfers; peak extra is then not measured)."),
         epilog=_examples("refmem bench --memory delta_rule --seq-len 256 --dtype float64",
                          "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 \\\n"
                          "               --dim 64 --chunk 64 --threads 1 --json bench.json",
+                         "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 --workers 2",
                          "refmem bench --memory gated_delta_rule --dtype float64 --scheduler tcp://10.0.0.5:8786"))
     p.add_argument("--memory", action="append", metavar="NAME",
                    help="memory to benchmark (repeatable; default every memory with a chunked form)")
@@ -458,6 +460,10 @@ def _add_bench(sub):
     p.add_argument("--threads", type=_positive_int, help="BLAS threads (runs in a child process with *_NUM_THREADS set)")
     p.add_argument("--peak-size", type=_positive_int, default=2048,
                    help="n of the [n, n] @ [n, n] product that measures the machine's peak (default 2048)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="processes per form: this one and N - 1 pool processes, each computing (batch, head) slices "
+                        "with BLAS on one thread (default: the pool on every core when B H >= cores and the problem "
+                        "is big enough, else one plain call); the table's workers column says what each row used")
     _add_pool_options(p, workers=False)
 
     def run(args):

@@ -610,6 +610,38 @@ def heads_in_parallel(fn, *, workers=None, **inputs):
     return _on_workers(fn, inputs, plan, groups, lead, n_workers)
 
 
+def _form_tasks(inputs: dict, workers):
+    """``(lead, plan, groups, n_workers)`` of a public sequence form's call with NumPy ``inputs`` (bound by name),
+    or ``None`` for the plain call (:func:`workers_option`)."""
+    if workers is None and (get_option("workers") == 1
+                            or get_option("workers") is None and pool_work(inputs) < POOL_WORK):
+        return None
+    cut = _slice_indices(inputs)
+    if cut is None:
+        resolve_workers(workers, 1) if workers is not None else None
+        return None
+    lead, plan, indices = cut
+    groups = _groups(indices, slices_per_task(len(indices)))  # the form is batched: several slices per call
+    n_workers = min(resolve_workers(workers, len(indices), work=pool_work(inputs)), len(groups))
+    return lead, plan, groups, n_workers
+
+
+def workers_used(inputs: dict, workers=None) -> int:
+    """How many processes a public sequence form uses on ``inputs`` (keyword arguments by name) with ``workers``.
+
+    1 for the plain call and for tasks computed in this process (``workers=1``,
+    inputs that are not NumPy); what :mod:`refmem.bench` reports in its
+    ``workers`` column. A bad ``workers`` is the same ``ValueError`` as in the call.
+    """
+    q = inputs.get("q")
+    if not isinstance(q, np.ndarray) or q.ndim < 3:
+        if workers is not None:
+            resolve_workers(workers, 1)
+        return 1
+    tasks = _form_tasks(inputs, workers)
+    return 1 if tasks is None else tasks[3]
+
+
 def workers_option(form):
     """Give a public sequence form the keyword argument ``workers=`` (:func:`heads_in_parallel`).
 
@@ -634,16 +666,10 @@ def workers_option(form):
             inputs = dict(signature.bind(*args, **kwargs).arguments)
         except TypeError:
             return form(*args, **kwargs)  # the form's own error for the wrong arguments
-        if workers is None and (get_option("workers") == 1
-                                or get_option("workers") is None and pool_work(inputs) < POOL_WORK):
+        tasks = _form_tasks(inputs, workers)
+        if tasks is None:
             return form(*args, **kwargs)
-        cut = _slice_indices(inputs)
-        if cut is None:
-            resolve_workers(workers, 1) if workers is not None else None
-            return form(*args, **kwargs)
-        lead, plan, indices = cut
-        groups = _groups(indices, slices_per_task(len(indices)))  # the form is batched: several slices per call
-        n_workers = min(resolve_workers(workers, len(indices), work=pool_work(inputs)), len(groups))
+        lead, plan, groups, n_workers = tasks
         if n_workers == 1:
             return _in_this_process(sliced, inputs, plan, groups, lead, batched=True)
         return _on_workers(sliced, inputs, plan, groups, lead, n_workers, batched=True)

@@ -322,3 +322,22 @@ def test_blocked_forms_peak_extra_memory(name, form, per_channel, T, d, C):
         tracemalloc.stop()
     assert out[0].shape == (B, H, T, d)
     assert peak - before <= 3 * B * H * T * d * 8, (peak - before) / (B * H * T * d * 8)
+
+
+def test_workers_column_states_the_processes_each_row_used(tmp_path, capsys):
+    """``--workers 2`` runs every form on the pool (B H = 2 slices, so two tasks); without it refmem's default
+    rule keeps this small problem in one plain call (1); the table has the column, the JSON the number."""
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--memory", "delta_rule", "--batch", "1", "--seq-len", "16", "--heads", "2", "--dim", "4",
+            "--chunk", "8", "--dtype", "float64", "--repeat", "1", "--peak-size", "64", "--json", str(path)]
+    assert main(argv + ["--workers", "2"]) == 0
+    assert [r["workers"] for r in json.loads(path.read_text())] == [2, 2, 2]
+    assert main(argv) == 0
+    assert [r["workers"] for r in json.loads(path.read_text())] == [1, 1, 1]
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "workers" in header and header.index("workers") == header.index("C") + 1
+    rows = run_bench(["delta_rule"], batch=1, seq_len=16, heads=3, dim=4, chunk=8, dtypes=("float64",), repeat=1,
+                     forms=("recurrent",), peak_size=64, workers=5)
+    assert rows[0]["workers"] == min(5, 3)  # never more processes than tasks
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        run_bench(["delta_rule"], seq_len=8, dim=3, dtypes=("float64",), repeat=1, workers=0)

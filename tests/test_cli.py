@@ -72,6 +72,10 @@ BAD = [
     ("bench --memory delta_rule --chunk 0", 2, ["--chunk"]),
     ("bench --memory delta_rule --repeat 0", 2, ["--repeat"]),
     ("bench --memory delta_rule --threads 0", 2, ["--threads"]),
+    ("bench --memory delta_rule --workers 0", 2, ["--workers", "positive integer", "got 0"]),
+    ("bench --memory delta_rule --workers -1", 2, ["--workers", "positive integer", "got -1"]),
+    ("bench --memory delta_rule --workers x", 2, ["--workers", "'x'"]),
+    ("bench --memory delta_rule --workers 2 --scheduler tcp://127.0.0.1:1", 2, ["--workers and --scheduler"]),
     ("bench --memory delta_rule --dtype float16", 2, ["--dtype", "float16"]),
     ("bench --memory delta_rule --seq-len 100000000 --chunk 100000000", 2, ["--seq-len 100000000", "GiB", "available"]),
     ("bench --memory delta_rule --batch 64 --heads 64 --seq-len 1000000 --dim 512", 2, ["--dim 512", "GiB"]),
@@ -130,7 +134,7 @@ def results(work):
 
 
 def test_the_table_is_the_size_reported():
-    assert len(BAD) == 51
+    assert len(BAD) == 55
 
 
 @pytest.mark.parametrize("i", range(len(BAD)), ids=[cmd or "(no command)" for cmd, _, _ in BAD])
@@ -244,5 +248,5 @@ def test_readme_shows_the_tables_the_commands_print():
     for table in (verify_table([]), format_catalog([]), bench_table([])):
         head = tuple(re.split(r"\s{2,}", table.splitlines()[0].strip()))
         assert head in shown, head
-    for column in ("head-tok/s", "x recur", "GFLOP/s", "% peak", "% 1-core", "% small", "peak extra", "/BHTd"):
+    for column in ("workers", "head-tok/s", "x recur", "GFLOP/s", "% peak", "% 1-core", "% small", "peak extra", "/BHTd"):
         assert f"`{column}`" in readme, column  # every bench column is explained by name
