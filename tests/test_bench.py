@@ -341,3 +341,21 @@ def test_workers_column_states_the_processes_each_row_used(tmp_path, capsys):
     assert rows[0]["workers"] == min(5, 3)  # never more processes than tasks
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         run_bench(["delta_rule"], seq_len=8, dim=3, dtypes=("float64",), repeat=1, workers=0)
+
+
+@pytest.mark.parametrize("args", [[], ["{tmp}/no-fla-here"]])
+def test_fla_comparison_script_skips_in_one_line_without_torch_or_a_checkout(args, tmp_path):
+    """scripts/fla_naive_comparison.py compares only with torch, einops and an fla checkout; without one of them it
+    says which in one line and exits 0 (CI has no torch and no checkout)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fla_naive_comparison.py"
+    argv = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skipped: ") and lines[0].endswith("nothing compared")
+    assert any(why in lines[0] for why in ("torch is not installed", "einops is not installed",
+                                           "no fla checkout given", "holds no fla/ops/gated_delta_rule/naive.py"))
