@@ -1,6 +1,8 @@
 """``refmem bench``: throughput of the recurrent, chunked and mini-batch forms of each memory.
 
-For every memory (default: every memory with a chunked form), every dtype and
+For every memory (default: every memory with a chunked form, and the
+per-channel variants of :data:`VARIANTS` under their own names, e.g.
+``longhorn/per_channel``), every dtype and
 every form it has, the benchmark times the form on random inputs of shape
 ``B x H x T x d`` (``d_k = d_v = d``) and reports one row:
 
@@ -59,6 +61,25 @@ from .parallel import workers_used
 from .validation import options
 
 FORMS = ("recurrent", "chunked", "minibatch")
+
+# Rows beyond the memory table's own names: a memory run on other inputs (bench name -> (memory, make_inputs
+# keywords)). Per-channel gates take their own path in the chunked forms (a decay per key channel for GLA, one
+# triangular system per value channel for Longhorn), so they get their own rows.
+VARIANTS = {
+    "gated_linear_attention/per_channel": ("gated_linear_attention", {"per_channel": True}),
+    "longhorn/per_channel": ("longhorn", {"per_channel": True}),
+}
+
+
+def bench_names() -> list[str]:
+    """Every name ``refmem bench`` takes: the memories with a chunked form and :data:`VARIANTS`, sorted."""
+    return sorted([n for n, s in MEMORIES.items() if s.chunked is not None] + list(VARIANTS))
+
+
+def _memory_and_inputs(name: str):
+    """``(spec, make_inputs keywords)`` of a bench name (a memory of the table or a :data:`VARIANTS` entry)."""
+    memory, keywords = VARIANTS.get(name, (name, {}))
+    return MEMORIES[memory], keywords
 
 
 def tril_product_flops(C: int, m: int, *, strict: bool = False) -> int:
@@ -119,6 +140,8 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
       iteration of the final state's solve (``2 d^3``): a lower bound, since CG
       takes between 1 and about ``d`` iterations depending on the data.
     """
+    if name in VARIANTS:
+        return _variant_flops(name, form, B, H, T, d, C)
     heads = B * H
     N = max(1, math.ceil(T / C))
     delta_family = {"delta_rule", "gated_delta_rule", "longhorn"}
@@ -144,6 +167,33 @@ def form_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> 
     else:
         per_chunk = 2 * tril_product_flops(C, d, strict=True) + 2 * dense
     return heads * N * per_chunk
+
+
+def _variant_flops(name: str, form: str, B: int, H: int, T: int, d: int, C: int) -> float:
+    r"""Useful FLOPs of a :data:`VARIANTS` row (per-channel gates), in :func:`form_flops`' model.
+
+    Notes
+    -----
+    - ``gated_linear_attention/per_channel``: the model of scalar GLA. Recurrent:
+      ``M diag(a_t)`` costs the same ``d^2`` as ``a_t M``. Chunked: the scores
+      :math:`S_{ts} = \sum_c q_{tc} k_{sc} D^{(c)}_{ts}` are counted as the
+      triangle ``tril(Q K^T)`` (``C (C + 1) d`` multiply-adds; the decay factors
+      are gate algebra, not counted), then ``S V``, ``V^T (K \odot D_C)`` and
+      ``(\gamma \odot Q) M_0^T`` as for the scalar gate.
+    - ``longhorn/per_channel``: recurrent as scalar Longhorn (the step size
+      scales a vector). Chunked, per chunk: ``tril(Q K^T)`` and strict
+      ``tril(K K^T)``, ``[Q; K] M_0^T`` (``4 C d^2``), ``d_v`` unit triangular
+      solves with ONE right-hand side each (``C (C - 1) d`` in all, where the
+      scalar UT form solves once with ``2 d`` right-hand sides), ``U^T K``
+      (``2 C d^2``) and ``tril(Q K^T) U`` (``C (C + 1) d``): the scalar count
+      less ``C (C - 1) d``. Forming ``diag(e_i) K K^T`` per channel is gate
+      algebra, not counted.
+    """
+    memory, _ = VARIANTS[name]
+    flops = form_flops(memory, form, B, H, T, d, C)
+    if memory == "longhorn" and form == "chunked":
+        flops -= B * H * max(1, math.ceil(T / C)) * tril_product_flops(C, d, strict=True)
+    return flops
 
 
 # Peak memory of one call, per head, in array elements (the largest over every form and memory), from
@@ -277,7 +327,8 @@ def _threads() -> str:
 def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64, dtypes=("float64", "float32"),
               backend="numpy", repeat=3, forms=FORMS, seed=0, progress=None, peak_size=2048,
               client=None, workers=None) -> list[dict]:
-    """Benchmark rows (module docstring) for ``memories`` (default: all with a chunked form).
+    """Benchmark rows (module docstring) for ``memories`` (default: :func:`bench_names`, every memory with a
+    chunked form and the per-channel :data:`VARIANTS`).
 
     ``progress``: called with each row when it is done. ``workers``: passed to
     every form (``None``: refmem's default rule, :mod:`refmem.parallel`); each
@@ -291,12 +342,12 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
         from .distributed import check_client, heads_on_cluster
 
         check_client(client)
-    registry = MEMORIES
+    known = bench_names()
     if not memories:
-        memories = sorted(n for n, s in registry.items() if s.chunked is not None)
-    unknown = [m for m in memories if m not in registry]
+        memories = known
+    unknown = [m for m in memories if m not in known]
     if unknown:
-        raise ValueError(f"unknown memory {unknown}; known: {', '.join(sorted(registry))}")
+        raise ValueError(f"unknown memory {unknown}; known: {', '.join(known)}")
     for n, v in (("batch", batch), ("seq_len", seq_len), ("heads", heads), ("dim", dim), ("chunk", chunk),
                  ("repeat", repeat), ("peak_size", peak_size)):
         if int(v) < 1:
@@ -318,8 +369,8 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
         peak_one = machine_peak(xp, dtype, int(peak_size), repeat, threads=1) if host else None
         first_row = len(rows)
         for name in memories:
-            spec = registry[name]
-            inputs = spec.make_inputs(seed, (B, H), T, d, d, xp, dtype)
+            spec, keywords = _memory_and_inputs(name)
+            inputs = spec.make_inputs(seed, (B, H), T, d, d, xp, dtype, **keywords)
             base_rate = None
             for form in forms:
                 fn = spec.recurrent if form == "recurrent" else getattr(spec, form)
@@ -473,9 +524,9 @@ def needs_threads_rerun(args) -> bool:
 
 def count_rows(memories, dtypes, forms=FORMS) -> int:
     """How many rows :func:`run_bench` will print (for the progress bar)."""
-    names = memories or [n for n, s in MEMORIES.items() if s.chunked is not None]
-    per_dtype = sum(1 for n in names for f in forms
-                    if (MEMORIES[n].recurrent if f == "recurrent" else getattr(MEMORIES[n], f)) is not None)
+    specs = [_memory_and_inputs(n)[0] for n in memories or bench_names()]
+    per_dtype = sum(1 for spec in specs for f in forms
+                    if (spec.recurrent if f == "recurrent" else getattr(spec, f)) is not None)
     return per_dtype * len(dtypes)
 
 

@@ -447,7 +447,8 @@ def _add_bench(sub):
                          "refmem bench --memory gated_delta_rule --batch 2 --seq-len 4096 --heads 8 --workers 2",
                          "refmem bench --memory gated_delta_rule --dtype float64 --scheduler tcp://10.0.0.5:8786"))
     p.add_argument("--memory", action="append", metavar="NAME",
-                   help="memory to benchmark (repeatable; default every memory with a chunked form)")
+                   help="memory to benchmark (repeatable; default every memory with a chunked form and the "
+                        "per-channel variants gated_linear_attention/per_channel, longhorn/per_channel)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size B (default 1)")
     p.add_argument("--seq-len", type=_positive_int, default=1024, help="sequence length T (default 1024)")
     p.add_argument("--heads", type=_positive_int, default=4, help="heads H (default 4)")
@@ -468,11 +469,10 @@ def _add_bench(sub):
 
     def run(args):
         from . import bench
-        from .memories import MEMORIES as registry
 
         for m in args.memory or []:
-            if m not in registry:
-                raise _unknown("--memory", m, registry)
+            if m not in bench.bench_names():
+                raise _unknown("--memory", m, bench.bench_names())
         args.chunk = min(args.chunk, args.seq_len)
         if args.backend in ("numpy", "array_api_strict"):
             need = bench.estimate_peak_bytes(args.batch, args.seq_len, args.heads, args.dim, args.chunk)

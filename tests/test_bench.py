@@ -42,10 +42,29 @@ def test_cli_table_and_json(tmp_path, capsys):
         assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"], rel=1e-12)
 
 
-def test_default_memories_are_those_with_a_chunked_form():
+def test_default_memories_are_those_with_a_chunked_form_and_the_per_channel_variants():
     rows = run_bench(None, batch=1, seq_len=9, heads=1, dim=3, chunk=4, dtypes=("float64",), repeat=1,
                      forms=("chunked",), peak_size=64)
-    assert {r["memory"] for r in rows} == {n for n, s in MEMORIES.items() if s.chunked is not None}
+    assert {r["memory"] for r in rows} == {n for n, s in MEMORIES.items() if s.chunked is not None} | {
+        "gated_linear_attention/per_channel", "longhorn/per_channel"}
+
+
+@pytest.mark.parametrize("name, module", [("gated_linear_attention/per_channel", "gated_linear_attention"),
+                                          ("longhorn/per_channel", "longhorn")])
+def test_per_channel_rows_time_the_per_channel_path(monkeypatch, name, module):
+    """A per-channel row runs the chunked form's per-channel path (counted where it is entered), its recurrent
+    row the recurrent form on the same per-channel gates ([B, H, T, d] instead of [B, H, T])."""
+    import importlib
+
+    chunked = importlib.import_module(f"refmem.chunked.{module}")
+    entered, real = [], chunked._per_channel
+    monkeypatch.setattr(chunked, "_per_channel", lambda *a, **k: entered.append(1) or real(*a, **k))
+    rows = run_bench([name], batch=1, seq_len=12, heads=2, dim=3, chunk=4, dtypes=("float64",), repeat=1,
+                     peak_size=64)
+    assert [r["form"] for r in rows] == ["recurrent", "chunked"] and all(r["memory"] == name for r in rows)
+    assert len(entered) >= 2  # the timed calls and the memory measurement all took the per-channel path
+    assert main(["bench", "--memory", name, "--seq-len", "8", "--heads", "1", "--dim", "3", "--chunk", "4",
+                 "--dtype", "float64", "--repeat", "1", "--peak-size", "64"]) == 0
 
 
 def test_strict_backend_runs():
@@ -153,6 +172,13 @@ def test_flop_model_hand_counts(C, d):
     for name in ("delta_rule", "gated_delta_rule", "longhorn"):
         assert form_flops(name, "chunked", B, H, T, d, C) == heads_chunks * delta
     assert form_flops("gated_delta_rule", "minibatch", B, H, T, d, C) == heads_chunks * mini
+    # per-channel gates: GLA's scores counted as the triangle of Q K^T; Longhorn solves d_v systems with one
+    # right-hand side each (instead of one system with 2 d) after [Q; K] M_0^T and before U^T K and P U
+    assert form_flops("gated_linear_attention/per_channel", "chunked", B, H, T, d, C) == heads_chunks * la
+    longhorn_channels = 2 * (2 * tri * d) + 2 * strict * d + d * 2 * _solve_multiply_adds(C, 1) + 3 * dense
+    assert form_flops("longhorn/per_channel", "chunked", B, H, T, d, C) == heads_chunks * longhorn_channels
+    for name in ("gated_linear_attention", "longhorn"):  # the recurrent forms: as with scalar gates
+        assert form_flops(f"{name}/per_channel", "recurrent", B, H, T, d, C) == form_flops(name, "recurrent", B, H, T, d, C)
     # the triangular model counts at most the dense products of the same shapes (never over-counts)
     assert form_flops("gated_delta_rule", "chunked", B, H, T, d, C) <= heads_chunks * (8 * C * C * d + 6 * C * d * d)
 
@@ -247,6 +273,10 @@ def test_no_row_can_exceed_the_work_done():
             "delta_rule": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
             "gated_delta_rule": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
             "longhorn": 3 * dense_cc + 2 * C * C * 2 * d + 6 * C * d * d,
+            # per channel: the scores' sum over d_k channels of the C x C decays (dense), S V, two [C, d] x [d, d]
+            "gated_linear_attention/per_channel": 2 * dense_cc + 4 * C * d * d,
+            # per channel: [Q; K] K^T, d_v dense solves of one right-hand side, P U, [Q; K] M^T, U^T K
+            "longhorn/per_channel": 3 * dense_cc + d * 2 * C * C + 6 * C * d * d,
             "titans": 3 * dense_cc + 2 * C * C * 3 * d + 2 * C**3 + 2 * C * C + 12 * C * d * d,
             "mesa": (d + 1) * (2 * dense_cc + 2 * C * d * d) + 2 * dense_cc + 6 * C * d * d,
         }
