@@ -121,7 +121,7 @@ def _cut(x, index: tuple):
     """``x[index]``, size-1 (broadcast) leading axes taken at 0; tuples cut element by element."""
     if isinstance(x, tuple):
         return tuple(_cut(e, index) for e in x)
-    return x[tuple(i if s != 1 else 0 for i, s in zip(index, x.shape))]
+    return x[tuple(i if s != 1 else 0 for i, s in zip(index, x.shape)) + (...,)]  # the standard wants the `...`
 
 
 def _stack(results: list, lead: tuple):

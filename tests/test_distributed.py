@@ -190,3 +190,29 @@ def test_without_dask_the_cli_says_how_to_install_it(monkeypatch, tmp_path, caps
     assert "\n" not in err and "pip install 'refmem[dask]'" in err
     with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
         check_client(object())
+
+
+def test_blocks_keep_their_array_namespace_on_the_cluster(client):
+    """The cluster path converts nothing: array_api_strict inputs are cut, sent, computed and stacked as
+    array_api_strict arrays (as CuPy inputs stay CuPy on GPU workers), and equal one call on the whole batch."""
+    import array_api_strict as xps
+    from array_api_strict._array_object import Array
+
+    spec = MEMORIES["gated_delta_rule"]
+    inputs = spec.make_inputs(12, (2, 2), 13, 4, 3, xps, "float64")
+    assert all(type(x) is Array for x in inputs.values() if hasattr(x, "shape"))
+    seen = client.gather(client.map(_namespace_of_block, [inputs["q"][0, 0, ...], inputs["q"][1, 1, ...]], pure=False))
+    assert seen == ["array_api_strict", "array_api_strict"]  # on the workers, not converted on the way
+    remote = heads_on_cluster(spec.chunked, client=client, **inputs, chunk_size=4)
+    whole = spec.chunked(**inputs, chunk_size=4)
+    for r, w in zip(remote, whole):
+        assert type(r) is Array and r.shape == w.shape and r.dtype == xps.float64
+        a, b = np.asarray(r), np.asarray(w)  # to rounding (a gate path chosen on the whole batch; ~4500 eps)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(np.max(np.abs(b))))
+
+
+def _namespace_of_block(x):
+    """On a worker: the name of the array namespace of what it received."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(x).__name__
