@@ -20,7 +20,8 @@ What it does:
   about 1) at ``B, H, T, d`` and hands fla the same numbers in its layout: ``[B, T, H, d]``,
   ``g = log(alpha)``, ``beta``, ``scale = 1`` (refmem reads ``M q`` unscaled). fla's state is
   ``[d_k, d_v]``, refmem's ``[d_v, d_k]``: the final states are compared transposed;
-- times each (best of ``--repeat`` after one warm-up call) with one thread each: torch with
+- times each (best of ``--repeat`` rounds after one warm-up call, the two called in turn in every
+  round, so that a machine whose load changes treats both alike) with one thread each: torch with
   ``torch.set_num_threads(1)``, refmem in this process (``refmem.options(workers=1)``: one plain call,
   no pool) with BLAS pinned to one thread and its input checks off (``check_finite=False``, as in
   ``refmem bench``);
@@ -75,14 +76,20 @@ def load_naive_chunk_float64(path):
     return module.naive_chunk_gated_delta_rule, counts
 
 
-def best_time(fn, repeat: int):
-    out = fn()  # warm-up
-    best = float("inf")
+def alternating_best_times(calls: dict, repeat: int):
+    """``{name: (best seconds, output)}``: one warm-up call each, then ``repeat`` rounds calling each in turn.
+
+    Alternating the two in every round (instead of timing one, then the other) gives both the same
+    share of a machine whose load changes during the run; the best of each is kept.
+    """
+    outs = {name: call() for name, call in calls.items()}  # warm-up
+    best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            outs[name] = call()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: (best[name], outs[name]) for name in calls}
 
 
 def main(argv=None) -> int:
@@ -120,11 +127,17 @@ def main(argv=None) -> int:
     g, beta = fla_layout(np.log(inputs["alpha"])), fla_layout(inputs["beta"])
 
     torch.set_num_threads(1)
-    with torch.no_grad():
-        fla_s, (fla_o, fla_S) = best_time(
-            lambda: naive_chunk(q, k, v, g, beta, chunk_size=C, scale=1.0, output_final_state=True), args.repeat)
-    with refmem.options(workers=1, check_finite=False), pinned_blas():
-        ref_s, (o, M) = best_time(lambda: spec.chunked(**inputs, chunk_size=C), args.repeat)
+
+    def fla_call():
+        with torch.no_grad():
+            return naive_chunk(q, k, v, g, beta, chunk_size=C, scale=1.0, output_final_state=True)
+
+    def refmem_call():
+        with refmem.options(workers=1, check_finite=False), pinned_blas():
+            return spec.chunked(**inputs, chunk_size=C)
+
+    timed = alternating_best_times({"fla": fla_call, "refmem": refmem_call}, args.repeat)
+    (fla_s, (fla_o, fla_S)), (ref_s, (o, M)) = timed["fla"], timed["refmem"]
 
     if fla_o.dtype != torch.float64:
         print(f"fla's reference returned {fla_o.dtype} after the float64 rewrite: its source changed; nothing compared")
