@@ -3,10 +3,12 @@
 #   scripts/bench_report.sh [BASE_COMMIT]   (default 1d2d936: main before the process pool and the factored decays)
 # 1. the bench table of BASE_COMMIT and of the working tree (one process, BLAS on one thread), same machine, same session;
 # 2. the working tree's table with refmem's defaults (the process pool on every core for problems big enough);
-# 3. every memory at the default sizes, one process;
+# 3. every memory at the default sizes (and the per-channel variants), one process;
 # 4. workers 1 -> 2 (refmem's process pool) for the chunked and the recurrent gated delta rule, wall and CPU seconds;
 # 5. the chunk size study (C = 32, 64, 128: FLOP model, measured rate, the small-product bound);
-# 6. the same problem on a two-worker Dask LocalCluster against the in-process pool: both times and the ratio.
+# 6. the same problem on a two-worker Dask LocalCluster against the in-process pool: both times and the ratio;
+# 7. fla's naive torch chunk reference against refmem, one thread each (FLA=PATH of an fla checkout, with torch and
+#    einops installed; otherwise one line says what is missing).
 set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 base=${1:-1d2d936}
@@ -37,3 +39,5 @@ echo "== chunk size C = 32, 64, 128 (one process, one BLAS thread)"
 "${one_thread[@]}" "$py" scripts/chunk_size_study.py
 echo "== the same problem on a two-worker Dask LocalCluster against the in-process pool (needs refmem[dask])"
 "$py" scripts/dask_overhead.py
+echo "== fla's naive torch chunk reference against refmem's chunked form, one thread each (FLA=${FLA:-unset})"
+"$py" scripts/fla_naive_comparison.py ${FLA:+"$FLA"}
