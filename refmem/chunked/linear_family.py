@@ -2,15 +2,15 @@ r"""The chunk algebra of the linear-attention family (Katharopoulos et al.; RetN
 
 One chunk of ``C`` steps from ``M0`` is ``O = P_U + Q~ M0^T`` and
 ``M_C = g_C M0 + H`` (:mod:`refmem.chunked`, :func:`linear_terms`), all chunks'
-terms in batched products; :func:`~refmem.chunked.chunks.scan_chunks` carries the
-state from chunk to chunk.
+terms in batched products; the pass over the chunks carries the state from
+chunk to chunk.
 """
 
 from __future__ import annotations
 
 from ..linalg import device_of
-from .chunks import (chunk, decay_from_start, decay_matrix, from_chunks, gate_cumulants, lower_mask, mT, prepare_chunks,
-                     scalar_chunk, scan_blocks, scan_chunks)
+from .chunks import (chunk, decay_from_start, decay_matrix, gate_cumulants, lower_mask, mT, prepare_chunks, scalar_chunk,
+                     scan_blocks)
 
 
 def linear_terms(Q, K, V, L, Z, xp):
@@ -40,29 +40,25 @@ def linear_family(q, k, v, alpha, C: int, M0, xp, *, block_tokens: int = 256):
 
     The sequence is processed in blocks of ``max(1, min(block_tokens, T / 8) // C)``
     whole chunks (chunk boundaries unchanged): a block's terms (:func:`linear_terms`)
-    in batched products, then :func:`~refmem.chunked.chunks.scan_chunks` over its
-    chunks. Only ``M`` and one block's temporaries are held besides the outputs.
+    in batched products, then the pass over its chunks (each chunk's outputs from
+    its start state); every chunk's outputs are joined once at the end. Only
+    ``M`` and one block's temporaries are held besides the outputs.
     """
     def block(lo, hi, M):
         return _linear_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :],
                              None if alpha is None else alpha[..., lo:hi], C, M, xp)
 
-    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp)
+    return scan_blocks(k.shape[-2], C, block_tokens, M0, block, xp, chunk_outputs=True)
 
 
 def _linear_block(q, k, v, alpha, C: int, M, xp):
-    """Outputs ``[..., t, d_v]`` of one block of ``t`` steps from the state ``M``, and the state after it."""
-    Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
+    """Outputs of one block's chunks (a list of ``[..., C, d_v]``, padding steps included) from the state ``M``, and the state after it."""
+    Q, K, V, _ = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     L, Z = gate_cumulants(alpha, C, xp)
     PU, Qt, H, g_end = linear_terms(Q, K, V, L, Z, xp)
     del Q, K, V
-
-    def terms(n):
-        Hn = chunk(H, n)
-        if g_end is None:
-            return chunk(PU, n), chunk(Qt, n), lambda M: M + Hn
-        gn = scalar_chunk(g_end, n)[..., None, None]
-        return chunk(PU, n), chunk(Qt, n), lambda M: gn * M + Hn
-
-    O, M = scan_chunks(M, PU.shape[-3], terms, xp)
-    return from_chunks(O, T, xp), M
+    outs = []
+    for n in range(PU.shape[-3]):
+        outs.append(chunk(PU, n) + chunk(Qt, n) @ mT(M, xp))  # (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+        M = (M if g_end is None else scalar_chunk(g_end, n)[..., None, None] * M) + chunk(H, n)  # g_C M0 + H
+    return outs, M
