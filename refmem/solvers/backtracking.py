@@ -17,6 +17,7 @@ from ..validation import expand_matrix
 from .problem import Problem, max_float
 from .options import check_count, check_factor, check_rtol
 from .report import ConvergenceError, SolveReport
+from .step_halving import halve_until_accepted
 
 
 def _initial_step(problem: Problem):
@@ -54,10 +55,10 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
         \langle \nabla f(X^+) - \nabla f(X), X^+ - X\rangle \le \frac{1}{2t}\|X^+ - X\|^2
         + 8\,\varepsilon\,(\|\nabla f(X)\| + \|\nabla f(X^+)\|)\,\|X^+ - X\|,
 
-    which implies the descent lemma for convex ``f``
-    (:math:`f(X^+) - f(X) - \langle\nabla f(X), D\rangle \le \langle\nabla f(X^+) - \nabla f(X), D\rangle`)
-    and, unlike a test on values of ``f``, does not drown in rounding near the
-    minimiser (the allowance is the rounding of the gradients). Optimality measure: the
+    which implies the descent lemma for convex ``f`` and, unlike a test on values of ``f``,
+    does not drown in rounding near the minimiser (the allowance is the rounding of the
+    gradients; both derived in :func:`~refmem.solvers.step_halving.halve_until_accepted`,
+    the search this solver shares with :func:`~refmem.solvers.mirror_descent`). Optimality measure: the
     gradient mapping :math:`G_t(X) = (X - X^+)/t`, zero exactly at a minimiser
     of ``f + h`` for any ``t > 0``.
     """
@@ -67,7 +68,6 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     grow = check_factor(grow, "grow", above=1.0)
     xp = problem.xp
     X = problem.x0
-    eps = float(xp.finfo(X.dtype).eps)
     t = broadcast_like(_initial_step(problem), fro_norm(X, xp), xp)  # (..,) one step per problem
 
     def candidate(X, G, t):
@@ -83,28 +83,14 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
     known_L = xp.isfinite(L) & (L > 0) & (mu > 0)
     inv_kappa_L = xp.where(known_L, mu / xp.where(known_L, L, xp.ones_like(L)), xp.ones_like(L))
     for it in range(max_iter + 1):
-        Xn = candidate(X, G, t)
-        first = None
-        for _ in range(max_halvings):
-            D = Xn - X
-            Gn = problem.grad(Xn)
-            fn = problem.value(Xn)
-            quad = inner(D, D, xp) / (2 * t)
-            noise = 8 * eps * (fro_norm(G, xp) + fro_norm(Gn, xp)) * fro_norm(D, xp)
-            # the descent lemma itself (exact for t <= 1/L), or its gradient form (robust to rounding);
-            # nan/inf (overflow from a too long step) compare False
-            ok = (fn <= fX + inner(G, D, xp) + quad) | (inner(Gn - G, D, xp) <= quad + noise)
-            if first is None:
-                # grow the step only where it was accepted at once and the test was above rounding:
-                # near the minimiser the test cannot see a too long step, so the step must not grow there
-                first = ok & (quad > 1e3 * noise)
-            if bool(xp.all(ok)):
-                break
-            t = xp.where(ok, t, 0.5 * t)
-            Xn = xp.where(expand_matrix(ok, xp), Xn, candidate(X, G, t))
-        else:
+        # the descent lemma (exact for t <= 1/L) or its gradient form (robust to rounding), per problem
+        accepted = halve_until_accepted(X, G, t, xp, propose=lambda t: candidate(X, G, t), grad=problem.grad,
+                                        divergence=lambda Xn, D, t: inner(D, D, xp) / (2 * t),
+                                        max_halvings=max_halvings, value=problem.value, fX=fX)
+        if accepted is None:
             raise ConvergenceError(SolveReport("iterative", "prox_grad_bt", it, rel, rtol, False),
                                    "backtracking found no acceptable step; is the objective smooth and finite here?")
+        Xn, Gn, fn, t = accepted.X, accepted.G, accepted.f, accepted.t
         # without a prox the gradient mapping is the gradient itself: measured directly, it cannot vanish
         # by rounding when t G falls below the spacing of X (a step too small to move X is not a minimiser)
         gmap = fro_norm(G, xp) if problem.prox is None else fro_norm(X - Xn, xp) / t  # (..,)
@@ -118,6 +104,6 @@ def backtracking_proximal_gradient(problem: Problem, *, rtol: float, max_iter: i
         X, G, fX = Xn, Gn, fn
         if rel <= rtol:
             return X, SolveReport("iterative", "prox_grad_bt", it + 1, rel, rtol, True)
-        t = xp.where(first, grow * t, t)
+        t = xp.where(accepted.may_grow, grow * t, t)
     raise ConvergenceError(SolveReport("iterative", "prox_grad_bt", max_iter, rel, rtol, False),
                            "raise max_iter or check the problem's conditioning")

@@ -11,8 +11,9 @@ iterate on that set without projections:
 
 The step ``t`` is accepted when
 :math:`\langle \nabla F(X^+) - \nabla F(X), X^+ - X\rangle \le \frac1t \mathrm{KL}(X^+\|X)`
-(plus the rounding of the gradients), which implies the relative-smoothness
-descent condition :math:`F(X^+) \le F(X) + \langle \nabla F(X), X^+ - X\rangle + \frac1t \mathrm{KL}(X^+\|X)`
+(plus the rounding of the gradients; :func:`~refmem.solvers.step_halving.halve_until_accepted`,
+the search shared with :func:`~refmem.solvers.backtracking_proximal_gradient`), which implies the
+relative-smoothness descent condition :math:`F(X^+) \le F(X) + \langle \nabla F(X), X^+ - X\rangle + \frac1t \mathrm{KL}(X^+\|X)`
 for convex ``F``; it is halved otherwise, and grown after an accepted step
 while the test is above rounding.
 """
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import math
 
-from ..linalg import broadcast_like, fro_norm, inner
+from ..linalg import broadcast_like, fro_norm
 from .problem import Problem, max_float
 from .options import check_count, check_factor, check_rtol
 from .report import ConvergenceError, SolveReport
+from .step_halving import halve_until_accepted
 
 
 def _softmax_rows(Z, xp):
@@ -80,7 +82,6 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
     X = problem.x0
     if not bool(xp.all(X > 0)):
         raise ValueError("mirror_descent: the start x0 must be strictly positive (a point of the simplex)")
-    eps = float(xp.finfo(X.dtype).eps)
     c = xp.sum(X, axis=-1, keepdims=True)  # (.., d_v, 1) row sums, kept by every step
     c_max = xp.max(c, axis=(-2, -1))  # (..,)
     L = broadcast_like(xp.asarray(problem.lipschitz), c_max, xp)
@@ -102,24 +103,13 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
     rel = math.inf
     G = problem.grad(X)
     for it in range(max_iter + 1):
-        Xn = step(X, G, t)
-        first = None
-        for _ in range(max_halvings):
-            D = Xn - X
-            Gn = problem.grad(Xn)
-            div = kl(Xn, X) / t
-            noise = 8 * eps * (fro_norm(G, xp) + fro_norm(Gn, xp)) * fro_norm(D, xp)
-            ok = inner(Gn - G, D, xp) <= div + noise  # nan compares False
-            if first is None:
-                first = ok & (div > 1e3 * noise)
-            if bool(xp.all(ok)):
-                break
-            t = xp.where(ok, t, 0.5 * t)
-            keep = ok[..., None, None] if ok.ndim else ok
-            Xn = xp.where(keep, Xn, step(X, G, t))
-        else:
+        # relative smoothness in its gradient form, per problem
+        accepted = halve_until_accepted(X, G, t, xp, propose=lambda t: step(X, G, t), grad=problem.grad,
+                                        divergence=lambda Xn, D, t: kl(Xn, X) / t, max_halvings=max_halvings)
+        if accepted is None:
             raise ConvergenceError(SolveReport("iterative", "mirror_descent", it, rel, rtol, False),
                                    "no acceptable step; is the objective smooth on the simplex?")
+        Xn, Gn, t = accepted.X, accepted.G, accepted.t
         gmap = fro_norm(X - Xn, xp) / t
         if r0 is None:
             r0 = gmap
@@ -127,6 +117,6 @@ def mirror_descent(problem: Problem, *, rtol: float, max_iter: int = 20000, grow
         X, G = Xn, Gn
         if rel <= rtol:
             return X, SolveReport("iterative", "mirror_descent", it + 1, rel, rtol, True)
-        t = xp.where(first, grow * t, t)
+        t = xp.where(accepted.may_grow, grow * t, t)
     raise ConvergenceError(SolveReport("iterative", "mirror_descent", max_iter, rel, rtol, False),
                            "raise max_iter or check the problem's conditioning")
