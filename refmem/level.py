@@ -26,7 +26,7 @@ from .linalg import broadcast_like, inner
 from .objectives import Objective
 from .retentions import Retention
 from .solvers import Problem, SolveReport
-from .solvers.dispatch import default_solver, minimize
+from .solvers.dispatch import minimize
 from .solvers.options import check_count, check_rtol
 from .solvers.residual_dual import ResidualDual
 from .solvers import ConvergenceError

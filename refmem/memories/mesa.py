@@ -39,8 +39,6 @@ A bare array ``initial_state`` is rejected with a ``TypeError``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np  # randomness only (make_inputs, make_initial_state)
 
 from ..linalg import eye_like, matvec, outer
@@ -264,7 +262,6 @@ def mesa_iterative(q, k, v, lam, *, initial_state=None, rtol=None):
     :class:`~refmem.solvers.ConvergenceError` where that floor passes ``sqrt(eps)``.
     """
     prob, kappa = mesa_objective(q, k, v, lam, initial_state=initial_state)
-    xp = prob.xp
     if k.shape[-2] == 0:
         raise ValueError("q, k, v must have at least one step (T >= 1)")
     Ms, report = minimize(prob, solver="cg", rtol=rtol)  # (.., T, d_v, d_k)
