@@ -24,15 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .moment_memory import discounted_least_squares_argmin
-from .optimizer import (
-    Optimizer,
-    check_weights,
-    closed_report,
-    descent_step,
-    divide_by_denominator,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, check_weights, closed_report, descent_step, divide_by_denominator,
+                        overflow_checked_step, real_hyperparameter)
 
 
 @dataclass(frozen=True)

@@ -30,16 +30,8 @@ from dataclasses import dataclass, replace
 
 from ..solvers import SolveReport
 from .moment_memory import bias_corrected, discounted_least_squares_argmin, ema_step
-from .optimizer import (
-    Optimizer,
-    check_weights,
-    closed_report,
-    descent_step,
-    divide_by_denominator,
-    overflow_checked_step,
-    pair_of_betas,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, check_weights, closed_report, descent_step, divide_by_denominator,
+                        overflow_checked_step, pair_of_betas, real_hyperparameter)
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,8 @@ import numpy as np  # drawing the memory's initial weights only
 from ..backends import namespace_of
 from ..level import ClosedFormUnavailable
 from ..solvers import SolveReport
-from .optimizer import (
-    Optimizer,
-    check_weights,
-    int_hyperparameter,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, check_weights, int_hyperparameter, overflow_checked_step,
+                        real_hyperparameter)
 
 
 def read_out(A1, A2, u):

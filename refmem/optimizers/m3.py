@@ -41,16 +41,8 @@ from ..backends import namespace_of
 from ..level import solve
 from ..solvers import SolveReport
 from .momentum import momentum_level
-from .optimizer import (
-    Optimizer,
-    check_weights,
-    descent_step,
-    divide_by_denominator,
-    fixed_map_report,
-    int_hyperparameter,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, check_weights, descent_step, divide_by_denominator, fixed_map_report,
+                        int_hyperparameter, overflow_checked_step, real_hyperparameter)
 from .orthogonalization import nearest_orthogonal, newton_schulz_cubic, newton_schulz_quintic
 
 ORTHOGONALIZERS = ("polar", "cubic", "quintic")

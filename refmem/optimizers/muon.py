@@ -34,16 +34,8 @@ from dataclasses import dataclass
 
 from ..level import solve
 from .momentum import momentum_level
-from .optimizer import (
-    Optimizer,
-    bool_hyperparameter,
-    check_weights,
-    descent_step,
-    fixed_map_report,
-    int_hyperparameter,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, bool_hyperparameter, check_weights, descent_step, fixed_map_report,
+                        int_hyperparameter, overflow_checked_step, real_hyperparameter)
 from .orthogonalization import nearest_orthogonal, newton_schulz_quintic
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")

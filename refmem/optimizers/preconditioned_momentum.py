@@ -24,12 +24,7 @@ from ..linalg import inner
 from ..solvers import Problem, SolveReport, conjugate_gradient, default_rtol
 from ..validation import check_arrays
 from .momentum import weight_level
-from .optimizer import (
-    Optimizer,
-    check_weights,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import Optimizer, check_weights, overflow_checked_step, real_hyperparameter
 
 
 def preconditioner_for(P, W, name="preconditioner"):

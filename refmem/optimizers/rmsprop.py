@@ -27,16 +27,8 @@ from dataclasses import dataclass
 from ..level import solve
 from .moment_memory import discounted_least_squares_argmin, ema_step
 from .momentum import momentum_level
-from .optimizer import (
-    Optimizer,
-    bool_hyperparameter,
-    check_weights,
-    closed_report,
-    descent_step,
-    divide_by_denominator,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, bool_hyperparameter, check_weights, closed_report, descent_step,
+                        divide_by_denominator, overflow_checked_step, real_hyperparameter)
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,8 @@ from dataclasses import dataclass
 
 from ..level import solve
 from .momentum import momentum_level
-from .optimizer import (
-    Optimizer,
-    bool_hyperparameter,
-    check_state_shape,
-    check_weights,
-    descent_step,
-    overflow_checked_step,
-    real_hyperparameter,
-)
+from .optimizer import (Optimizer, bool_hyperparameter, check_state_shape, check_weights, descent_step,
+                        overflow_checked_step, real_hyperparameter)
 
 
 @dataclass(frozen=True)
