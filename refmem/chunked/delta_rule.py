@@ -39,9 +39,8 @@ def delta_rule_chunked(q, k, v, beta, *, chunk_size=64, initial_state=None):
     >>> from refmem.chunked.delta_rule import delta_rule_chunked
     >>> from refmem.memories.delta_rule import delta_rule_recurrent
     >>> rng = np.random.default_rng(0)
-    >>> q, k = rng.standard_normal((2, 10, 4))     # T = 10, d_k = 4
-    >>> v = rng.standard_normal((10, 3))           # d_v = 3
-    >>> beta = rng.uniform(0.1, 0.5, 10)
+    >>> q, k, v = rng.standard_normal((3, 2, 10, 4))   # 2 sequences, T = 10, d_k = d_v = 4
+    >>> beta = rng.uniform(0.1, 0.4, (2, 10))
     >>> o_c, M_c = delta_rule_chunked(q, k, v, beta, chunk_size=4)   # chunks of 4, 4 and 2
     >>> o_r, M_r = delta_rule_recurrent(q, k, v, beta)
     >>> bool(np.allclose(o_c, o_r)), bool(np.allclose(M_c, M_r))

@@ -36,16 +36,18 @@ def linear_attention_recurrent(q, k, v, *, initial_state=None):
 
     Examples
     --------
+    With orthonormal keys the memory recalls every value: read at ``q_t = k_t``,
+    ``o_t = sum_{i<=t} v_i (k_i . k_t) = v_t``.
+
     >>> import numpy as np
     >>> from refmem.memories.linear_attention import linear_attention_recurrent
-    >>> rng = np.random.default_rng(0)
-    >>> q, k = rng.standard_normal((2, 6, 4))      # T = 6, d_k = 4
-    >>> v = rng.standard_normal((6, 3))            # d_v = 3
-    >>> o, M = linear_attention_recurrent(q, k, v)
+    >>> k = np.eye(4)[:3]                          # T = 3 orthonormal keys, d_k = 4
+    >>> v = np.arange(6.0).reshape(3, 2)           # d_v = 2
+    >>> o, M = linear_attention_recurrent(k, k, v)
     >>> o.shape, M.shape
-    ((6, 3), (3, 4))
-    >>> bool(np.allclose(M, v.T @ k))             # M_T = sum_t v_t k_t^T
-    True
+    ((3, 2), (2, 4))
+    >>> bool(np.allclose(o, v)), bool(np.allclose(M, v.T @ k))   # M_T = sum_t v_t k_t^T
+    (True, True)
     """
     xp = check_sequence(q, k, v, initial_state)
     M = initial(initial_state, k, v, xp)
