@@ -103,3 +103,39 @@ def test_newton_scalar_solves_cubic(xp, c, a):
         real = r[np.abs(r.imag) < 1e-9].real
         # root of a monotone cubic: |dx| <= |f(x)| / f'(x); f'(x) >= a
         assert abs(float(to_numpy(x)[i]) - real[0]) <= 1e-12 * (1 + abs(real[0])) / min(a, 1.0) * 10
+
+
+def test_step_halving_accepts_the_largest_halved_step_per_problem(xp):
+    """f = L/2 ||X||^2, one L per problem, first step 1, Euclidean divergence ||D||^2 / (2t).
+
+    Hand algebra: with D = X+ - X the gradient form reads L ||D||^2 <= ||D||^2 / (2t), i.e. t <= 1/(2L);
+    the value form reads L/2 ||D||^2 <= ||D||^2 / (2t), i.e. t <= 1/L. The accepted step is the largest
+    2^-j (j >= 0) meeting the form in use; only a problem that accepts its first trial may grow.
+    """
+    from refmem.solvers.step_halving import halve_until_accepted
+
+    L = np.array([3.0, 0.3, 100.0, 0.9])
+    Ls = xp.asarray(L[:, None, None])
+    X = xp.asarray(np.random.default_rng(0).standard_normal((4, 2, 3)))
+
+    def search(value, max_halvings=60):
+        return halve_until_accepted(X, Ls * X, xp.ones((4,), dtype=X.dtype), xp,
+                                    propose=lambda t: X - t[:, None, None] * (Ls * X), grad=lambda Y: Ls * Y,
+                                    divergence=lambda Y, D, t: xp.sum(D * D, axis=(-2, -1)) / (2 * t),
+                                    max_halvings=max_halvings, value=value,
+                                    fX=None if value is None else value(X))
+
+    def largest_halving(bound):
+        return np.array([2.0 ** -np.ceil(max(0.0, np.log2(1 / b))) for b in bound])
+
+    grad_form = search(None)
+    want = largest_halving(1 / (2 * L))  # t = 1/4 for L = 3, 1 for L = 0.3, 1/256 for L = 100, 1/2 for L = 0.9
+    np.testing.assert_array_equal(to_numpy(grad_form.t), want)
+    Xn = to_numpy(X)
+    np.testing.assert_array_equal(to_numpy(grad_form.X), Xn - want[:, None, None] * (L[:, None, None] * Xn))
+    np.testing.assert_array_equal(to_numpy(grad_form.may_grow), want == 1.0)
+    assert grad_form.f is None
+
+    value_form = search(lambda Y: xp.sum(Ls * Y * Y, axis=(-2, -1)) / 2)
+    np.testing.assert_array_equal(to_numpy(value_form.t), largest_halving(1 / L))
+    assert search(None, max_halvings=3) is None  # L = 100 needs 9 trials
