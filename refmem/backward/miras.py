@@ -208,7 +208,7 @@ def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="expli
     Returns
     -------
     dict
-        ``q, k, v, alpha, eta, initial_state``.
+        The gradients by input name, as :func:`yaad_vjp`: ``q, k, v, alpha, eta, initial_state``.
 
     Notes
     -----
