@@ -253,12 +253,14 @@ def _m_level(xp):
     return max(rel_error(solve(level, m_t, None, grad, method="iterative", solver=s)[0], closed, xp) for s in ("cg", "gd"))
 
 
-@register_check(MOMENTUM, "two-level memory == heavy ball, fixed gradients, 60 steps")
-def _heavy_ball_fixed(xp):
-    g = np.random.default_rng(9)
-    N, eta, alpha = 60, 0.1, 0.9
-    grads = [to_backend(g.standard_normal((4, 5)), xp) for _ in range(N)]
-    W_0 = to_backend(g.standard_normal((4, 5)), xp)
+def heavy_ball_fixed_gradients(grads, W_0, eta, alpha, xp):
+    r"""The two-level memory and the heavy ball on the same fixed gradients: ``(errors, bounds)``, ``[E_0 .. E_N]``.
+
+    ``errors[t]`` is :math:`\|W_t - W'_t\|` between :func:`~refmem.optimizers.momentum.momentum_step`
+    run from :math:`m_0 = 0` and :func:`heavy_ball_reference`; ``bounds[t]`` its majorant
+    (:func:`_heavy_ball_majorant`, no gradient term: the gradients do not depend on ``W``).
+    """
+    N = len(grads)
     W, m, Ws, ms = W_0, 0 * W_0, [W_0], [0 * W_0]
     for t in range(N):
         W, m, _ = mo.momentum_step(W, m, grads[t], eta, alpha)
@@ -266,8 +268,15 @@ def _heavy_ball_fixed(xp):
         ms.append(m)
     ref = heavy_ball_reference(lambda t, _W: grads[t], W_0, N, eta, alpha)
     bounds = _heavy_ball_majorant(Ws, ms, grads, eta, alpha, [0.0] * N, [0.0] * N, xp)
-    errors = [_scalar(fro_norm(a - b, xp), xp) for a, b in zip(Ws, ref)]
-    return _run_check(errors, bounds, "heavy ball (fixed gradients)")
+    return [_scalar(fro_norm(a - b, xp), xp) for a, b in zip(Ws, ref)], bounds
+
+
+@register_check(MOMENTUM, "two-level memory == heavy ball, fixed gradients, 60 steps")
+def _heavy_ball_fixed(xp):
+    g = np.random.default_rng(9)
+    grads = [to_backend(g.standard_normal((4, 5)), xp) for _ in range(60)]
+    W_0 = to_backend(g.standard_normal((4, 5)), xp)
+    return _run_check(*heavy_ball_fixed_gradients(grads, W_0, 0.1, 0.9, xp), "heavy ball (fixed gradients)")
 
 
 def _register_heavy_ball_training(loss_name):
