@@ -176,6 +176,30 @@ def test_test_home_rule_can_fail():
     assert homes_of("x", {"Tests": ["tests/test_titans.py"]}) == [TESTS / "test_titans.py"]
 
 
+SIZE_SUFFIX = re.compile(r"_(?:[a-z]|\d+)$")  # part_a, part_b, part_2: a file split by size, not by what it holds
+
+
+def named_by_size(paths):
+    """The paths whose stem ends in ``_`` and one letter or a number (``checks/sequence_memories_b.py``)."""
+    return [p for p in paths if SIZE_SUFFIX.search(p.stem)]
+
+
+def test_no_file_is_named_by_size():
+    # one concept per module, named for what it holds: a reader finds a family's code and tests in one guess
+    root = TESTS.parent
+    paths = [p for d in ("refmem", "refmem_cupy", "tests", "scripts", "specs", "docs") for p in (root / d).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".md") and "_build" not in p.parts]
+    assert len(paths) > 100, "the walk found too few files to mean anything"
+    assert not named_by_size(paths), f"files named by size: {named_by_size(paths)}"
+
+
+def test_named_by_size_can_fail():
+    hits = named_by_size([Path("checks/sequence_memories_a.py"), Path("tests/test_memories_b.py"),
+                          Path("chunked/part_2.py"), Path("objectives/windowed_l2.py"), Path("optimizers/m3.py"),
+                          Path("retentions/local_l2.py")])
+    assert [p.name for p in hits] == ["sequence_memories_a.py", "test_memories_b.py", "part_2.py"]
+
+
 def test_index_lists_every_spec_file():
     index = (SPECS / "README.md").read_text(encoding="utf-8")
     for name in spec_files():
