@@ -309,15 +309,13 @@ def titans_chunked_vjp(q, k, v, alpha, eta, theta, *, do, dM_T=None, dS_T=None, 
     ----------
     q, k, v, alpha, eta, theta, initial_state, initial_momentum, chunk_size
         As :func:`~refmem.chunked.titans.titans_chunked`.
-    do : array ``[..., T, d_v]``
-        Cotangent of ``o``.
-    dM_T, dS_T : array ``[..., d_v, d_k]``, optional
-        Cotangents of the final state and of the final momentum (zero when omitted).
+    do, dM_T, dS_T
+        The cotangents of :func:`~refmem.backward.titans.titans_vjp`.
 
     Returns
     -------
     dict
-        ``q, k, v, alpha, eta, theta``, ``initial_state`` (``dM_0``) and ``initial_momentum`` (``dS_0``).
+        The gradients of :func:`~refmem.backward.titans.titans_vjp`, by the same names.
 
     Notes
     -----
