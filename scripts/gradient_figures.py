@@ -6,8 +6,11 @@
 For every (memory, form, variant) of ``tests/test_backward.py`` (the forms: recurrent, chunked,
 mini-batch, deep) and the shapes of its autodiff check, the hand-written backward against:
 
-- FD: central differences of refmem's forward (the test's steps), ``max |vjp - fd| / max(1, max |fd|)``;
+- FD: central differences of refmem's forward (the test's steps; the fourth-order stencil at a step chosen
+  from the measured curvature where the test takes it), ``max |vjp - fd| / max(1, max |fd|)``;
 - JAX: JAX autodiff through refmem's own forward in float64, ``max |vjp - jax| / max |jax|`` per gradient;
+  for the implicit steps solved iteratively, JAX autodiff through a fixed-length Newton polish of each
+  step's stationarity condition (``test_implicit_vjp_equals_jax_through_a_newton_polish``);
 - torch: the same with torch autograd (a dash when torch is not installed);
 - chunked: the chunked backward against the recurrent backward, same relative error (chunked forms only).
 
@@ -24,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_backward import (AUTODIFF_SHAPES, CASES, FD_STEPS, H, LEVEL_SOLVE_FORWARDS, RELATIVE_STEPS,  # noqa: E402
-                           autodiff_jax, autodiff_torch, central, leaf, leaves, options, problem, to_numpy, vjp)
+from test_backward import (AUTODIFF_SHAPES, CASES, CURVATURE_STEPPED, FD_STEPS, H, ITERATIVE_VARIANTS,  # noqa: E402
+                           LEVEL_SOLVE_FORWARDS, RELATIVE_STEPS, autodiff_jax, autodiff_torch, central,
+                           evaluation_error, fourth_order_differences, jax_newton_polish, leaf, leaves, loss, options,
+                           pilot_step, problem, to_numpy, vjp)
 
 from refmem.metrics import rel_error  # noqa: E402
 
@@ -46,10 +51,16 @@ def relative_error(got, want):
 def fd_error(name, form, var, inp, do, dM_T, C, grads):
     """Largest ``max |vjp - fd| / max(1, max |fd|)`` over the differentiable inputs."""
     worst = 0.0
+    T, d_k, d_v = inp["k"].shape[-2], inp["k"].shape[-1], inp["v"].shape[-1]
+    delta = evaluation_error(name, var, T, d_k, d_v, loss(name, inp, do, dM_T, var, form, C)[1])
     for key, part, x in leaves(inp):
         h = (RELATIVE_STEPS[name, key][form] * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS
              else FD_STEPS.get(name, H))
-        fd = central(name, inp, do, dM_T, key, h, var, part, form, C)
+        if (name, form) in CURVATURE_STEPPED or (name, var) in ITERATIVE_VARIANTS:
+            fd, _, _ = fourth_order_differences(name, inp, do, dM_T, key, pilot_step(name, key, x, var), delta, var,
+                                                part, form, C)
+        else:
+            fd = central(name, inp, do, dM_T, key, h, var, part, form, C)
         got = np.asarray(leaf(grads, key, part))
         worst = max(worst, float(np.max(np.abs(got - fd))) / max(1.0, float(np.max(np.abs(fd)))))
     return worst
@@ -62,8 +73,11 @@ def row(name, form, var):
         inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True, form, C)
         grads = vjp(name, form, inp, do, dM_T, C, var)
         errs["fd"] = max(errs["fd"], fd_error(name, form, var, inp, do, dM_T, C, grads))
+        iterative = (name, var) in ITERATIVE_VARIANTS
+        if iterative and HAVE_JAX:  # autodiff cannot go through an iterative solve: the Newton-polish witness
+            errs["jax"] = max(errs["jax"] or 0.0, relative_error(grads, jax_newton_polish(name, inp, do, dM_T, var)))
         for witness, have, key in ((autodiff_jax, HAVE_JAX, "jax"), (autodiff_torch, HAVE_TORCH, "torch")):
-            if have:
+            if have and not iterative:
                 e = relative_error(grads, witness(name, inp, do, dM_T, options(name, var), form, C))
                 errs[key] = max(errs[key] or 0.0, e)
         if form == "chunked":

@@ -62,6 +62,21 @@ FD_CEILING = 1e-5  # a finite-difference tolerance above this (relative to the g
 FLOOR = 1e-12
 CG_RTOL = 1e-13  # the chunked Mesa's conjugate-gradient relative residual in float64 (refmem.chunked.mesa)
 
+# the implicit steps have no closed form: their forwards solve every step iteratively
+ITERATIVE = {"step": "implicit", "method": "iterative"}
+
+
+def gates_inside(inp):
+    """Forget gates at most 0.99 and simplex states at least half uniform (applied to the iterative variants' inputs
+    by :func:`problem`): a difference step of up to 4e-3 (four pilot steps) stays inside ``[0, 1]`` and the
+    positive entries."""
+    if "alpha" in inp:
+        inp["alpha"] = np.minimum(inp["alpha"], 0.99)
+    M = inp.get("initial_state")
+    if M is not None and not isinstance(M, tuple) and bool(np.all(M > 0)):  # Memora's rows on the simplex
+        inp["initial_state"] = 0.5 * M + 0.5 * np.mean(M, axis=-1, keepdims=True)
+
+
 def per_value_channel_steps(inp, g):
     """One step size per token and value channel (Longhorn's original layout)."""
     inp["beta"] = g.uniform(0.1, 3.0, size=tuple(inp["v"].shape))
@@ -94,8 +109,16 @@ VARIANTS = {
     "yaad": {"": ({}, {}, None), "norm": ({}, {"mode": "norm"}, None), "implicit": ({}, {"step": "implicit"}, None),
              "implicit_norm": ({}, {"step": "implicit", "mode": "norm", "delta": 0.5}, None)},
     "deep_memory": {"": ({}, {}, None),
-                    "huber_silu": ({}, {"loss": ResidualLoss("huber", delta=0.5), "activation": "silu"}, None)},
+                    "huber_silu": ({}, {"loss": ResidualLoss("huber", delta=0.5), "activation": "silu"}, None),
+                    "implicit": ({}, ITERATIVE, None)},
+    "moneta": {"": ({}, {}, None), "implicit": ({}, ITERATIVE, None)},
+    "memora": {"": ({}, {}, None), "implicit": ({}, ITERATIVE, None)},
 }
+# the implicit steps solved iteratively (refmem.backward.implicit_steps): their forwards' solves stop at a certified
+# tolerance, an error finite differences must step over (evaluation_error, pilot_step)
+ITERATIVE_VARIANTS = {(name, "implicit") for name in ("deep_memory", "moneta", "memora")}
+SOLVER_RTOL = 1e-12  # refmem.solvers.default_rtol in float64
+ITERATIVE_PILOT = 1e-3
 EXTRA_STATES = {"titans": ("initial_momentum",)}  # start states beyond M_0, each with its gradient
 # a state that lives on a manifold (Memora's rows on the simplex): a difference step leaves it, so the
 # state check is off for the difference quotients (the forward's formula is defined off the manifold)
@@ -103,7 +126,7 @@ OFF_MANIFOLD_STATES = {"memora"}
 # inputs whose difference step is relative to their size: Moneta's step sizes are 1e-3..1e-2 (its make_inputs)
 # and the lq link's curvature in them grows like 1/eta^2, so an absolute step 1e-5 (1% of the smallest eta)
 # leaves a truncation error above the ceiling; H times the largest entry keeps the relative step at H
-RELATIVE_STEPS = {("moneta", "eta"): {"recurrent": H}}
+RELATIVE_STEPS = {("moneta", "eta"): {"recurrent": H, "deep": H}}
 # memories whose forward has a much larger third derivative than O(1): Moneta's lq link (q* = 4/3) has the
 # curvature (|A_ij| / ||A||_q*)^(q* - 2) = (...)^(-2/3), large at the accumulator's small entries (the square of a
 # small residual entry, with p = 3), so the truncation error (h^2 / 6 times the third derivative) of H leaves the
@@ -117,12 +140,22 @@ ZERO_START_STEPS = {"moneta": 1e-8}
 # forms whose default start is a point without a gradient: Moneta on the deep memory starts at W1 = 0, so W2's
 # gradient and the off-diagonal entries of W2 = I are 0, and the lq link (q* = 4/3) has an infinite slope at a
 # zero accumulator entry; these cases always get a random start (test_moneta_deep_default_start_has_no_gradient)
-NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}  # kept for when its backward is registered
+NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}
+# forms whose higher derivatives are so large that no single second-order step serves every shape: Moneta on the
+# deep memory (the lq link's |A|^(q* - 2) curvature at small accumulator entries of both weight matrices; measured
+# over 40 shapes: the second-order error at h = 1e-5 reaches 1e-2 of the gradient, while a step small enough for
+# the truncation makes the rounding term delta / h pass the ceiling for O(1) gradients: 13 of 40 shapes failed).
+# Their check takes the fourth-order (Richardson) stencil at a step chosen from the measured curvature
+# (fourth_order_differences); over 240 shapes its tolerance stays below 2.6e-6 of the gradient's scale.
+CURVATURE_STEPPED = {("moneta", "deep")}
 CASES = [(name, form, var)
          for name in sorted(BACKWARD)
          for form in FORMS if getattr(BACKWARD[name], form) is not None
          for var in (VARIANTS.get(name, {"": None}) if form != "deep" else {"": None})]
 IDS = [f"{n}-{f}" + (f"-{v}" if v else "") for n, f, v in CASES]
+# autodiff cannot differentiate the iterative variants' forwards (test_implicit_vjp_equals_jax_through_a_newton_polish)
+AUTODIFF_CASES = [c for c in CASES if (c[0], c[2]) not in ITERATIVE_VARIANTS]
+IMPLICIT_CASES = [c for c in CASES if (c[0], c[2]) in ITERATIVE_VARIANTS]
 
 
 def options(name, var):
@@ -209,6 +242,8 @@ def problem(name, var, seed, batch, T, d_k, d_v, with_state, form="recurrent", C
         else:
             for key in ("initial_state",) + EXTRA_STATES.get(name, ()):
                 inp[key] = g.standard_normal(tuple(batch) + (d_v, d_k)) / np.sqrt(d_k)
+    if (name, var) in ITERATIVE_VARIANTS:
+        gates_inside(inp)
     do = g.standard_normal(tuple(batch) + (T, d_v))
     _, M = forward(name, form, C)(**inp, **opts)
     dM_T = tree_map(lambda x: g.standard_normal(x.shape), M)
@@ -256,10 +291,74 @@ def growth(T, d_k, d_v):
     return 8 * (T + 1) * (d_k + d_v + 4)
 
 
+def richardson_pair(name, inp, do, dM_T, key, h, var="", part=None, form="recurrent", C=None):
+    """The fourth-order central differences ``R(h) = (4 D(h) - D(2h)) / 3`` and ``R(2h)`` (from ``D(2h), D(4h)``)."""
+    D1, D2, D4 = (central(name, inp, do, dM_T, key, s * h, var, part, form, C) for s in (1, 2, 4))
+    return (4 * D1 - D2) / 3, (4 * D2 - D4) / 3
+
+
+def fourth_order_differences(name, inp, do, dM_T, key, pilot, delta, var="", part=None, form="recurrent", C=None):
+    """Fourth-order differences of ``L`` in leaf ``(key, part)`` at a step chosen from the measured curvature.
+
+    Returns ``(R, tol, h)``: the derivative estimate, its error bound per entry, the step.
+
+    ``R(h) = (4 D(h) - D(2h)) / 3`` cancels the ``h^2`` term of the central difference ``D``,
+    leaving ``c h^4`` (``c = f^(5) / 30``) plus the rounding ``(4 delta / h + delta / (2h)) / 3 = 1.5 delta / h``.
+    A pilot step (:func:`pilot_step`) measures ``c`` (``|R(2 h) - R(h)| = 15 c h^4``, largest entry), and
+    the step is the minimiser of ``c h^4 + 1.5 delta / h``, ``h = (1.5 delta / (4 c))^(1/5)`` (never above
+    the pilot, whose widest difference stays inside the input's domain). At that
+    step the truncation is measured again, entry by entry, by the same comparison (``|R(2h) - R(h)| / 15``;
+    twice that covers the neglected higher-order term), and the rounding is counted twice, once for ``R(h)``
+    and once for the comparison: ``tol = 2 trunc + 3 delta / h``.
+    """
+    R1, R2 = richardson_pair(name, inp, do, dM_T, key, pilot, var, part, form, C)
+    c = float(np.max(np.abs(R2 - R1))) / (15 * pilot**4)
+    h = pilot if c == 0 else min(pilot, (1.5 * delta / (4 * c)) ** 0.2)
+    R1, R2 = richardson_pair(name, inp, do, dM_T, key, h, var, part, form, C)
+    return R1, 2 * np.abs(R2 - R1) / 15 + 3 * delta / h + FLOOR, h
+
+
+def pilot_step(name, key, x, var):
+    """The pilot step of :func:`fourth_order_differences` for leaf ``x``; its widest difference is 4 pilots.
+
+    A forward solved iteratively: ``ITERATIVE_PILOT`` (the solves' error needs a step far above ``H``), its gates
+    kept off the end of their domain (:func:`gates_inside`). Otherwise ``H / 2``, whose widest difference reaches
+    as far as the second-order check's ``2 H`` (a gate near the end of its domain stays inside it); a positive
+    input with steps relative to its size (``RELATIVE_STEPS``) ``10 H`` of it (``4e-4`` relative at most).
+    """
+    relative = float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS else None
+    if (name, var) in ITERATIVE_VARIANTS:
+        return ITERATIVE_PILOT * (relative or 1.0)
+    return 10 * H * relative if relative is not None else H / 2
+
+
+def evaluation_error(name, var, T, d_k, d_v, L_abs):
+    """``delta``: the error of one evaluation of ``L`` (module docstring), plus the iterative solves' for those forwards.
+
+    An iterative solve stops with its state ``M_t`` certified to the relative accuracy ``SOLVER_RTOL``
+    (refmem.solvers.dispatch: the default tolerance of a float64 solve); ``L`` reads each of the ``T``
+    states through the rest of the scan, so ``T + 1`` such errors move ``L`` by about
+    ``(T + 1) SOLVER_RTOL L_abs`` (its absolute scale). Unlike rounding this error does not cancel between
+    nearby inputs (the solver may stop one iteration earlier): it is the ``delta`` the step must beat.
+    """
+    delta = growth(T, d_k, d_v) * U64 * float(L_abs)
+    if (name, var) in ITERATIVE_VARIANTS:
+        delta += (T + 1) * SOLVER_RTOL * float(L_abs)
+    return delta
+
+
+# the iterative variants' forwards solve every step of every difference quotient (seconds each on 2 busy cores, and
+# the fourth-order stencil takes six of them per input): fewer and smaller shapes keep the suite in its budget
+small_shapes = st.tuples(st.integers(0, 2**16), st.sampled_from([(1,), (2,)]), st.integers(1, 4), st.integers(1, 3),
+                         st.integers(1, 3), st.integers(1, 4), st.booleans())
+
+
 @pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
 def test_vjp_equals_central_differences(name, form, var):
-    @settings(max_examples=6, deadline=None)
-    @given(shapes)
+    iterative = (name, var) in ITERATIVE_VARIANTS
+
+    @settings(max_examples=3 if iterative else 6, deadline=None)
+    @given(small_shapes if iterative else shapes)
     def check(shape):
         seed, batch, T, d_k, d_v, C, with_state = shape
         inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, with_state, form, C)
@@ -268,14 +367,18 @@ def test_vjp_equals_central_differences(name, form, var):
         want_keys = {key for key, _, _ in leaves(inp)} | {"initial_state", *EXTRA_STATES.get(name, ())}
         assert set(grads) == want_keys, f"gradients {sorted(grads)} vs inputs {sorted(want_keys)}"
         _, L_abs = loss(name, inp, do, dM_T, var, form, C)
-        delta = growth(T, d_k, d_v) * U64 * float(L_abs)  # rounding of one evaluation of L
+        delta = evaluation_error(name, var, T, d_k, d_v, L_abs)  # rounding (and solves) of one evaluation of L
         for key, part, x in leaves(inp):
             h = (RELATIVE_STEPS[name, key][form] * float(np.max(np.abs(x))) if (name, key) in RELATIVE_STEPS
                  else FD_STEPS.get(name, H))
-            fd_h = central(name, inp, do, dM_T, key, h, var, part, form, C)
-            fd_2h = central(name, inp, do, dM_T, key, 2 * h, var, part, form, C)
-            trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
-            tol = 2 * trunc + 2 * delta / h + FLOOR
+            if (name, form) in CURVATURE_STEPPED or (name, var) in ITERATIVE_VARIANTS:
+                fd_h, tol, h = fourth_order_differences(name, inp, do, dM_T, key, pilot_step(name, key, x, var),
+                                                        delta, var, part, form, C)
+            else:
+                fd_h = central(name, inp, do, dM_T, key, h, var, part, form, C)
+                fd_2h = central(name, inp, do, dM_T, key, 2 * h, var, part, form, C)
+                trunc = np.abs(fd_2h - fd_h) / 3  # Richardson: the measured h^2 f'''/6 term, per entry
+                tol = 2 * trunc + 2 * delta / h + FLOOR
             scale = max(1.0, float(np.max(np.abs(fd_h))))
             assert float(np.max(tol)) <= FD_CEILING * scale, f"{key}: FD tolerance {np.max(tol):.1e} is too loose"
             got = np.asarray(leaf(grads, key, part))
@@ -288,9 +391,15 @@ def test_vjp_equals_central_differences(name, form, var):
             for key in ("initial_state",) + EXTRA_STATES.get(name, ()):
                 state = np.zeros(tuple(batch) + (d_v, d_k))
                 h = ZERO_START_STEPS.get(name, FD_STEPS.get(name, H))
-                fd = central(name, dict(inp, **{key: state}), do, dM_T, key, h, var, form=form, C=C)
-                fd_2h = central(name, dict(inp, **{key: state}), do, dM_T, key, 2 * h, var, form=form, C=C)
-                tol = 2 * np.abs(fd_2h - fd) / 3 + 2 * delta / h + 1e-9  # as above: measured truncation + rounding
+                zero = dict(inp, **{key: state})
+                if (name, var) in ITERATIVE_VARIANTS:  # as above, at a step chosen from the curvature
+                    fd, tol, h = fourth_order_differences(name, zero, do, dM_T, key, ITERATIVE_PILOT, delta, var,
+                                                          form=form, C=C)
+                    assert float(np.max(tol)) <= FD_CEILING * max(1.0, float(np.max(np.abs(fd)))), key
+                else:
+                    fd = central(name, zero, do, dM_T, key, h, var, form=form, C=C)
+                    fd_2h = central(name, zero, do, dM_T, key, 2 * h, var, form=form, C=C)
+                    tol = 2 * np.abs(fd_2h - fd) / 3 + 2 * delta / h + 1e-9  # as above: measured truncation + rounding
                 assert np.all(np.abs(np.asarray(grads[key]) - fd) <= tol), key
 
     check()
@@ -528,7 +637,7 @@ WITNESSES = [
 
 
 @pytest.mark.parametrize("witness", WITNESSES)
-@pytest.mark.parametrize("name, form, var", CASES, ids=IDS)
+@pytest.mark.parametrize("name, form, var", AUTODIFF_CASES, ids=[IDS[CASES.index(c)] for c in AUTODIFF_CASES])
 def test_vjp_equals_autodiff_through_the_forward(witness, name, form, var):
     for shape in AUTODIFF_SHAPES[:1] if (name in LEVEL_SOLVE_FORWARDS or form == "deep") else AUTODIFF_SHAPES:
         seed, batch, T, d_k, d_v, C, with_state = shape
@@ -537,6 +646,165 @@ def test_vjp_equals_autodiff_through_the_forward(witness, name, form, var):
         tol = max(FLOOR, 8 * max(condition(name, var, seed, batch, T, d_k, d_v, True, C, form), 1.0)
                   * growth(T, d_k, d_v) * U64)
         assert_same_gradients(vjp(name, form, inp, do, dM_T, C, var), want, tol, f"{name}/{form} vs autodiff {shape}")
+
+
+# --------------------------------------------------------------------------- implicit steps: a second witness
+
+# The implicit steps' forwards stop an iterative solve early (a data-dependent number of iterations): autodiff
+# cannot go through them (JAX cannot trace the stopping test; torch would differentiate the iterations, not the
+# minimiser). Their witness is JAX autodiff through a plain, fixed-length Newton polish of the stationarity
+# condition, written here from the stated objective F of each step (refmem's computed minimiser, held constant,
+# is the start): NEWTON_POLISH steps x <- x - H(x)^{-1} grad F(x). At a start within the solver's tolerance of
+# the minimiser one step already carries the derivative -H^{-1} dG/dtheta of the implicit function theorem (the
+# start's own derivative is zero, and G(x_0) is at the solver's tolerance); the second is taken from the first
+# step's traced point. JAX differentiates F twice by itself: none of refmem's hand-written second derivatives.
+NEWTON_POLISH = 2
+
+
+def step_objective(name, jnp, opts):
+    """``F(M; M_prev, k, v, gates_t)`` of one implicit step, plainly (MATH.md 1, 3, 4), for JAX."""
+    if name == "moneta":
+        p, q = 3.0, 4.0  # the forwards' defaults
+
+        def psi(M):
+            return 0.5 * jnp.sum(jnp.abs(M) ** q) ** (2 / q)
+
+        def F(M, M_prev, k, v, alpha, eta):
+            A = jax_grad(psi)(M_prev)
+            return (jnp.sum(jnp.abs(M @ k - v) ** p)
+                    + (psi(M) - alpha * (jnp.sum(A * (M - M_prev)) + psi(M_prev))) / eta)
+        return F
+    if name == "memora":
+        a, c = 1.0, 1.0
+
+        def F(M, M_prev, k, v, eta):
+            d_k = M.shape[-1]
+            return (0.5 * jnp.sum((M @ k - v) ** 2) + jnp.sum(M * (jnp.log(M) - jnp.log(M_prev))) / eta
+                    + jnp.sum(M * (jnp.log(M) - jnp.log(c / d_k))) / a)
+        return F
+    if name == "deep_memory":
+        act = jnp.tanh
+
+        def F(W, W_prev, k, v, alpha, eta):
+            W1, W2 = W
+            r = k + W1 @ act(W2 @ k) - v
+            return (0.5 * jnp.sum(r * r) + (jnp.sum((W1 - alpha * W_prev[0]) ** 2)
+                                            + jnp.sum((W2 - alpha * W_prev[1]) ** 2)) / (2 * eta))
+        return F
+    raise KeyError(name)
+
+
+def jax_grad(f):
+    import jax
+
+    return jax.grad(f)
+
+
+def newton_polished_forward(name, inp, states, jnp):
+    """The scan ``o_t = M_t q_t`` (deep: ``M_t(q_t)``) with each ``M_t`` the Newton polish of refmem's ``states[t]``.
+
+    One batch entry at a time (``F`` is written for one problem). Memora's rows stay on the simplex: Newton on
+    the Lagrangian with one multiplier per row (the KKT system), the row sums those of ``M_{t-1}``.
+    """
+    import jax
+
+    F = step_objective(name, jnp, {})
+    gates = ["eta"] if name == "memora" else ["alpha", "eta"]  # in the order F takes them
+    deep = name == "deep_memory"
+    flat = (lambda W: jnp.concatenate([W[0].ravel(), W[1].ravel()])) if deep else (lambda M: M.ravel())
+    shape = (inp["initial_state"][0].shape[-2:], inp["initial_state"][1].shape[-2:]) if deep \
+        else inp["initial_state"].shape[-2:]
+
+    def unflat(x):
+        if not deep:
+            return x.reshape(shape)
+        n1 = shape[0][0] * shape[0][1]
+        return x[:n1].reshape(shape[0]), x[n1:].reshape(shape[1])
+
+    def one(q, k, v, M0, gates_b, states_b):
+        M_prev, outs = M0, []
+        for t in range(k.shape[0]):
+            g_t = [x[t] for x in gates_b]
+
+            def f(x):
+                return F(unflat(x), M_prev, k[t], v[t], *g_t)
+
+            x = flat(jax.tree_util.tree_map(jax.lax.stop_gradient, states_b[t]))
+            for _ in range(NEWTON_POLISH):
+                G, H = jax.grad(f)(x), jax.hessian(f)(x)
+                if name == "memora":  # KKT: [[H, B^T], [B, 0]] [dx; nu] = -[G; B x - s], rows of M_prev sum to s
+                    rows, cols = shape
+                    B = jnp.kron(jnp.eye(rows), jnp.ones((1, cols)))
+                    K = jnp.block([[H, B.T], [B, jnp.zeros((rows, rows))]])
+                    rhs = jnp.concatenate([G, B @ x - jnp.sum(M_prev, axis=-1)])
+                    x = x - jnp.linalg.solve(K, rhs)[: rows * cols]
+                else:
+                    x = x - jnp.linalg.solve(H, G)
+            M_prev = unflat(x)
+            if deep:
+                outs.append(q[t] + M_prev[0] @ jnp.tanh(M_prev[1] @ q[t]))
+            else:
+                outs.append(M_prev @ q[t])
+        return jnp.stack(outs), M_prev
+
+    return one, gates
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed (refmem[jax])")
+@pytest.mark.parametrize("name, form, var", IMPLICIT_CASES, ids=[f"{n}-{f}-{v}" for n, f, v in IMPLICIT_CASES])
+def test_implicit_vjp_equals_jax_through_a_newton_polish(name, form, var):
+    """The implicit steps' backward against JAX autodiff through :func:`newton_polished_forward` (the comment above).
+
+    Both compute the implicit function theorem's derivative, at refmem's minimisers (the backward) and at their
+    Newton polish (the witness), which differ by the solves' tolerance: the tolerance adds
+    ``(T + 1) SOLVER_RTOL`` to the rounding term, both times the measured condition number.
+    """
+    seed, batch, T, d_k, d_v, C, _ = AUTODIFF_SHAPES[0]
+    inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True, form, C)
+    want = jax_newton_polish(name, inp, do, dM_T, var)
+    kappa = max(condition(name, var, seed, batch, T, d_k, d_v, True, C, form), 1.0)
+    tol = max(FLOOR, 8 * kappa * (growth(T, d_k, d_v) * U64 + (T + 1) * SOLVER_RTOL))
+    assert_same_gradients(vjp(name, form, inp, do, dM_T, C, var), want, tol, f"{name}/{var} vs JAX Newton polish")
+
+
+def jax_newton_polish(name, inp, do, dM_T, var):
+    """The gradients of ``L`` by JAX autodiff through :func:`newton_polished_forward`, batch entry by batch entry."""
+    import jax
+
+    refmem.backends.get_backend("jax").namespace()  # switches on 64-bit mode
+    import jax.numpy as jnp
+
+    batch = inp["k"].shape[:-2]
+    opts = options(name, var)
+    states = refmem_states(name, inp, opts)
+    one, gates = newton_polished_forward(name, inp, states, jnp)
+    want = {key: [] for key in ("q", "k", "v", *gates, "initial_state")}
+    for b in range(batch[0]):
+        sel = lambda x: tree_map(lambda y: jnp.asarray(y[b]), x)  # noqa: E731
+        args = [sel(inp["q"]), sel(inp["k"]), sel(inp["v"]), sel(inp["initial_state"]), [sel(inp[g]) for g in gates]]
+        st = [sel(s) for s in states]
+
+        def f(q, k, v, M0, gs):
+            return one(q, k, v, M0, gs, st)
+
+        _, pullback = jax.vjp(f, *args)
+        dq, dk, dv, dM0, dgs = pullback((sel(do), sel(dM_T)))
+        for key, x in zip(("q", "k", "v", "initial_state", *gates), (dq, dk, dv, dM0, *dgs)):
+            want[key].append(tree_map(np.asarray, x))
+    return {key: (tuple(np.stack([x[i] for x in xs]) for i in range(2)) if isinstance(xs[0], tuple)
+                  else np.stack(xs)) for key, xs in want.items()}
+
+
+def refmem_states(name, inp, opts):
+    """refmem's computed states ``M_1 .. M_T`` of the implicit scan (each step's forward on the prefix ending there)."""
+    spec = MEMORIES[name]
+    T = inp["k"].shape[-2]
+    out = []
+    for t in range(1, T + 1):
+        prefix = {key: (x[..., :t, :] if key in ("q", "k", "v") else x[..., :t]) if is_array(x) and key != "initial_state"
+                  else x for key, x in inp.items()}
+        out.append(spec.recurrent(**prefix, **opts)[1])
+    return out
 
 
 # --------------------------------------------------------------------------- structure, backends, bad input
@@ -604,8 +872,6 @@ def test_overflowing_gradient_is_a_divergence_error():
 
 # forms of the registry whose backward is not written yet: (memory, form) -> what there is instead
 BACKWARD_MISSING = {
-    ("moneta", "deep"): "refmem.backward.deep_memory.moneta_deep_vjp, written but not registered: its central-"
-                        "difference check is not yet reliable (the lq link's curvature in eta on the deep memory)",
 }
 
 
@@ -696,3 +962,39 @@ def test_moneta_deep_default_start_has_no_gradient():
         return abs(L(plus) - L(minus)) / (2 * step)
 
     assert fd(1e-9) > 10 * fd(1e-5)  # no finite slope: the quotient keeps growing
+
+
+def test_implicit_adjoint_solve_refuses_what_it_cannot_certify():
+    """No gradient from a step whose Hessian is not positive definite (no strict minimiser) or too ill-conditioned."""
+    from refmem.backward.implicit_steps import adjoint_solve
+    from refmem.solvers import ConvergenceError
+
+    S = np.random.default_rng(0).standard_normal((2, 3, 2))
+    with pytest.raises(ConvergenceError, match="not positive definite"):
+        adjoint_solve(lambda L: -L, S, np)
+    scales = np.array([1.0, 1e-12]).reshape(1, 2)  # kappa = 1e12: 32 eps kappa = 7e-3 > sqrt(eps)
+    with pytest.raises(ConvergenceError, match="cannot certify"):
+        adjoint_solve(lambda L: L * scales, S, np)
+    with pytest.raises(ConvergenceError, match="not finite"):
+        adjoint_solve(lambda L: L + np.inf, S, np)
+
+
+def test_implicit_adjoint_solve_on_zero_row_sums_is_the_kkt_solution():
+    """On the simplex the adjoint solves ``H lam + nu 1^T = S`` with rows of ``lam`` summing to 0: the bordered
+    (KKT) system, solved here densely by NumPy, gives the same ``lam`` and ``nu``."""
+    from refmem.backward.implicit_steps import adjoint_solve
+
+    g = np.random.default_rng(1)
+    a, b = 3, 4
+    n = a * b
+    A = g.standard_normal((n, n))
+    H = A @ A.T + n * np.eye(n)  # symmetric positive definite
+    S = g.standard_normal((a, b))
+    lam, nu = adjoint_solve(lambda L: (L.reshape(L.shape[:-2] + (n,)) @ H).reshape(L.shape), S, np,
+                            simplex_rows=True)
+    B = np.kron(np.eye(a), np.ones((1, b)))  # row sums
+    K = np.block([[H, B.T], [B, np.zeros((a, a))]])
+    x = np.linalg.solve(K, np.concatenate([S.ravel(), np.zeros(a)]))
+    tol = 64 * n * U64 * np.linalg.cond(K)  # a backward-stable solve of each, relative
+    assert np.max(np.abs(lam.ravel() - x[:n])) <= tol * np.max(np.abs(x[:n]))
+    assert np.max(np.abs(nu - x[n:])) <= tol * np.max(np.abs(x))

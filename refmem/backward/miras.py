@@ -42,20 +42,30 @@ Its closed form (:class:`~refmem.objectives.huber.Huber`) is
 
     d\eta = -u^T S k + s\,d\rho, \quad d\alpha = \langle dC, M_{t-1}\rangle, \quad S_{t-1} = \alpha\,dC + do_{t-1}q_{t-1}^T .
 
-The implicit steps of Moneta and Memora have no closed form (their forward
-is iterative only) and no backward here.
+Implicit steps of Moneta and Memora
+-----------------------------------
+They have no closed form (the forward solves each level iteratively); their
+adjoint is the implicit function theorem's, :mod:`refmem.backward.implicit_steps`:
+at each step one symmetric solve with the step objective's Hessian at the computed
+minimiser, :math:`H_t\lambda_t = S_t` (on zero row sums for Memora's simplex rows), then
+:math:`dk_t, dv_t` from the bias's mixed second derivatives and
+:math:`S_{t-1}, d\mathrm{gates}_t` from the retention's.
 """
 
 from __future__ import annotations
 
+from ..level import Level
 from ..linalg import matvec, outer, sq_norm
 from ..memories.memora import memora_recurrent, uniform_state
-from ..memories.moneta import moneta_recurrent
+from ..memories.moneta import moneta_level, moneta_recurrent
+from ..objectives import L2
+from ..retentions.kl_simplex import KLSimplex
 from ..memories.residual_mlp import ResidualLoss
 from ..memories.yaad import yaad_recurrent
 from ..objectives.huber import Huber
 from ..validation import expand_vector
 from .cotangents import check_cotangents, finite_gradients, forward_and_cotangents
+from .implicit_steps import implicit_scan_vjp
 from .retention_steps import forget_gate_step, forget_gate_step_vjp, kl_step, kl_step_vjp, lq_step, lq_step_vjp
 
 
@@ -195,13 +205,15 @@ def yaad_vjp(q, k, v, alpha, eta, *, do, dM_T=None, delta=1.0, mode="coordinate"
 
 
 @finite_gradients
-def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="explicit", initial_state=None):
-    r"""Gradients of recurrent Moneta, explicit step (module docstring; lq FTRL in :mod:`~refmem.backward.retention_steps`).
+def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="explicit", method="closed",
+               initial_state=None):
+    r"""Gradients of recurrent Moneta (module docstring; lq FTRL in :mod:`~refmem.backward.retention_steps`).
 
     Parameters
     ----------
-    q, k, v, alpha, eta, p, lq, initial_state
-        As :func:`~refmem.memories.moneta.moneta_recurrent`.
+    q, k, v, alpha, eta, p, lq, step, method, initial_state
+        As :func:`~refmem.memories.moneta.moneta_recurrent` (the implicit step needs
+        ``method="iterative"``, like its forward).
     do, dM_T
         Cotangents of ``o`` and of the final state (``dM_T`` zero when omitted).
 
@@ -215,13 +227,19 @@ def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="expli
     At the default start :math:`M_0 = 0` the map :math:`\nabla\psi_q` is not differentiable
     (``q != 2``); ``initial_state``'s gradient there is the array of partial derivatives
     (:func:`~refmem.backward.retention_steps.lq_mirror_jacobian_product`).
+    The implicit step's gradient is that of the exact minimiser of each level
+    (:mod:`~refmem.backward.implicit_steps`), read at the computed one; it raises
+    :class:`~refmem.solvers.ConvergenceError` where the adjoint system cannot be certified.
     """
-    if step != "explicit":
-        raise ValueError(f"step must be 'explicit' for moneta's backward pass (the implicit step is iterative only, "
-                         f"with no closed form to differentiate); got {step!r}")
     xp, M0, dM_T, _ = forward_and_cotangents(moneta_recurrent, (q, k, v, alpha, eta), do=do, dM_T=dM_T,
-                                              initial_state=initial_state, p=p, lq=lq)
-    u, u_vjp = residual_derivative(ResidualLoss("lp", p=float(p)))
+                                              initial_state=initial_state, p=p, lq=lq, step=step, method=method)
+    bias = ResidualLoss("lp", p=float(p))
+    if step == "implicit":
+        def level_at(t):
+            return moneta_level(alpha[..., t], eta[..., t], p=p, lq=lq, step="implicit")
+
+        return implicit_scan_vjp(q, k, v, M0, level_at, bias, do, dM_T, xp, method=method)
+    u, u_vjp = residual_derivative(bias)
     lq = float(lq)
     return explicit_scan_vjp(q, k, v, M0, {"alpha": alpha, "eta": eta}, u, u_vjp,
                              lambda M, g, alpha, eta: lq_step(M, g, alpha, eta, lq, xp),
@@ -229,13 +247,14 @@ def moneta_vjp(q, k, v, alpha, eta, *, do, dM_T=None, p=3.0, lq=4.0, step="expli
 
 
 @finite_gradients
-def memora_vjp(q, k, v, eta, *, do, dM_T=None, a=1.0, c=1.0, step="explicit", initial_state=None):
-    """Gradients of recurrent Memora, explicit step (module docstring; the KL step in :mod:`~refmem.backward.retention_steps`).
+def memora_vjp(q, k, v, eta, *, do, dM_T=None, a=1.0, c=1.0, step="explicit", method="closed", initial_state=None):
+    """Gradients of recurrent Memora (module docstring; the KL step in :mod:`~refmem.backward.retention_steps`).
 
     Parameters
     ----------
-    q, k, v, eta, a, c, initial_state
-        As :func:`~refmem.memories.memora.memora_recurrent` (``a`` and ``c`` are numbers, not differentiated).
+    q, k, v, eta, a, c, step, method, initial_state
+        As :func:`~refmem.memories.memora.memora_recurrent` (``a`` and ``c`` are numbers, not differentiated;
+        the implicit step needs ``method="iterative"``, like its forward).
     do, dM_T
         Cotangents of ``o`` and of the final state (``dM_T`` zero when omitted).
 
@@ -245,15 +264,19 @@ def memora_vjp(q, k, v, eta, *, do, dM_T=None, a=1.0, c=1.0, step="explicit", in
         ``q, k, v, eta, initial_state``. ``initial_state``'s gradient is in the
         ambient space of positive matrices (what autodiff through the forward
         gives); restricted to the simplex it is its projection on zero row sums.
+        The implicit step's gradient is that of the exact minimiser of each level
+        (:mod:`~refmem.backward.implicit_steps`, the adjoint on zero row sums), read at the computed one.
     """
-    if step != "explicit":
-        raise ValueError(f"step must be 'explicit' for memora's backward pass (the implicit step is iterative only, "
-                         f"with no closed form to differentiate); got {step!r}")
-    o, M_T = memora_recurrent(q, k, v, eta, a=a, c=c, initial_state=initial_state)
+    o, M_T = memora_recurrent(q, k, v, eta, a=a, c=c, step=step, method=method, initial_state=initial_state)
     dM_T = check_cotangents(do, dM_T, o, M_T)
     xp = _namespace(q)
     M0 = uniform_state(k.shape[:-2], v.shape[-1], k.shape[-1], float(c), xp, k.dtype) if initial_state is None \
         else initial_state
+    if step == "implicit":
+        def level_at(t):
+            return Level(L2(), KLSimplex(eta=eta[..., t], a=a, c=c), step="implicit", name="memora")
+
+        return implicit_scan_vjp(q, k, v, M0, level_at, ResidualLoss("l2"), do, dM_T, xp, method=method)
     u, u_vjp = residual_derivative(ResidualLoss("l2"))
     a, c = float(a), float(c)
     return explicit_scan_vjp(q, k, v, M0, {"eta": eta}, u, u_vjp,

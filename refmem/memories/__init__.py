@@ -315,7 +315,7 @@ MEMORIES: dict[str, MemorySpec] = table_by_name(
         step_gates=("eta",),
         step_level=moneta.moneta_level,
         deep=moneta.moneta_deep_recurrent,
-        backward=BackwardSpec(miras_backward.moneta_vjp),
+        backward=BackwardSpec(miras_backward.moneta_vjp, deep=deep_memory_backward.moneta_deep_vjp),
     ),
     MemorySpec(
         name="memora",
