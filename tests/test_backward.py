@@ -998,3 +998,57 @@ def test_implicit_adjoint_solve_on_zero_row_sums_is_the_kkt_solution():
     tol = 64 * n * U64 * np.linalg.cond(K)  # a backward-stable solve of each, relative
     assert np.max(np.abs(lam.ravel() - x[:n])) <= tol * np.max(np.abs(x[:n]))
     assert np.max(np.abs(nu - x[n:])) <= tol * np.max(np.abs(x))
+
+
+@pytest.mark.parametrize("name", ["yaad", "moneta", "memora"])
+def test_deep_miras_implicit_vjp_equals_central_differences(name):
+    """The deep forms' implicit steps (each retention's second derivatives in the deep adjoint), on one small shape:
+    central differences as for the iterative variants (fourth order, the step from the measured curvature, the
+    solves' tolerance in the evaluation error); the options ride in the inputs (``central`` passes them on)."""
+    seed, batch, T, d = 4, (1,), 2, 2  # seed 3 makes Moneta's solver stop at a saddle (the test below)
+    inp, do, dM_T = problem(name, "", seed, batch, T, d, d, True, "deep")
+    inp = dict(inp, **ITERATIVE)
+    if "alpha" in inp:
+        inp["alpha"] = np.minimum(inp["alpha"], 0.99)  # as gates_inside: four pilot steps stay in [0, 1]
+    if name == "memora":  # simplex rows at least half uniform: four pilot steps keep them positive
+        inp["initial_state"] = tuple(0.5 * W + 0.5 * np.mean(W, axis=-1, keepdims=True) for W in inp["initial_state"])
+    grads = BACKWARD[name].deep(**inp, do=do, dM_T=dM_T)
+    _, L_abs = loss(name, inp, do, dM_T, "", "deep")
+    delta = (growth(T, d, d) * U64 + (T + 1) * SOLVER_RTOL) * float(L_abs)  # as evaluation_error
+    for key, part, x in leaves(inp):
+        pilot = ITERATIVE_PILOT * (float(np.max(np.abs(x))) if key == "eta" else 1.0)  # eta > 0: a relative step
+        fd, tol, h = fourth_order_differences(name, inp, do, dM_T, key, pilot, delta, "", part, "deep")
+        scale = max(1.0, float(np.max(np.abs(fd))))
+        assert float(np.max(tol)) <= FD_CEILING * scale, f"{key}: FD tolerance {np.max(tol):.1e} is too loose"
+        err = np.abs(np.asarray(leaf(grads, key, part)) - fd)
+        assert np.all(err <= tol), f"{name} deep implicit d{key}[{part}]: err {np.max(err):.1e}, tol {np.min(tol):.1e}"
+
+
+def test_deep_implicit_backward_refuses_a_saddle():
+    """Moneta on the deep memory, implicit step: the forward's Newton solve stops where the step objective's gradient
+    vanishes, which here is a saddle (the lq retention barely convexifies small weights, the loss is not convex). The
+    backward refuses (no strict minimiser, no derivative); central differences of the stated objective's own
+    gradient, independent of the hand-written Hessian, show the negative curvature there."""
+    from refmem.backends import namespace_of
+    from refmem.memories.deep_memory import deep_step, level_problem
+    from refmem.memories.residual_mlp import deep_loss_grad, pack_weights
+    from refmem.retentions.lq_moneta import LqMoneta
+    from refmem.solvers import ConvergenceError
+
+    inp, do, dM_T = problem("moneta", "", 3, (1,), 2, 2, 2, True, "deep")
+    inp = dict(inp, **ITERATIVE)
+    with pytest.raises(ConvergenceError, match="not positive definite"):
+        BACKWARD["moneta"].deep(**inp, do=do, dM_T=dM_T)
+    W, k, v = inp["initial_state"], inp["k"][:, 0], inp["v"][:, 0]
+    xp, bias = namespace_of(k), ResidualLoss("lp", p=3.0)
+    ret = LqMoneta(q=4.0, alpha=inp["alpha"][:, 0], eta=inp["eta"][:, 0])
+    W_1, _ = deep_step(W, k, v, retention=ret, loss=bias, step="implicit", method="iterative")  # the first step
+    prob = level_problem(*W, k, v, *deep_loss_grad(*W, k, v, bias, xp)[1:], ret.bind(xp, k.dtype), bias, "implicit",
+                         "tanh", xp)
+    X = pack_weights(*W_1, xp)
+    n, h = X.size, 1e-5
+    E = np.eye(n).reshape((n,) + X.shape)
+    H = np.stack([((prob.grad(X + h * e) - prob.grad(X - h * e)) / (2 * h)).ravel() for e in E])
+    # measured smallest eigenvalue -7.8; the differences' error (h^2 times the third derivative of the gradient,
+    # about 1e-8 here) is far below 1
+    assert np.linalg.eigvalsh(0.5 * (H + H.T))[0] < -1.0
