@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_backward import (AUTODIFF_SHAPES, CASES, CURVATURE_STEPPED, FD_STEPS, H, ITERATIVE_VARIANTS,  # noqa: E402
+from test_backward import (AUTODIFF_SHAPES, CASES, CURVATURE_STEPPED, FD_STEPS, H, IMPLICIT_WITNESS_SHAPE,  # noqa: E402
+                           ITERATIVE_VARIANTS,
                            LEVEL_SOLVE_FORWARDS, RELATIVE_STEPS, autodiff_jax, autodiff_torch, central,
                            evaluation_error, fourth_order_differences, jax_newton_polish, leaf, leaves, loss, options,
                            pilot_step, problem, to_numpy, vjp)
@@ -69,6 +70,8 @@ def fd_error(name, form, var, inp, do, dM_T, C, grads):
 def row(name, form, var):
     errs = {"fd": 0.0, "jax": None, "torch": None, "chunked": None}
     shapes = AUTODIFF_SHAPES[:1] if (name in LEVEL_SOLVE_FORWARDS or form == "deep") else AUTODIFF_SHAPES
+    if (name, var) in ITERATIVE_VARIANTS:  # the shape of their witness test
+        shapes = [IMPLICIT_WITNESS_SHAPE]
     for seed, batch, T, d_k, d_v, C, _ in shapes:
         inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True, form, C)
         grads = vjp(name, form, inp, do, dM_T, C, var)

@@ -146,7 +146,8 @@ NO_GRADIENT_AT_DEFAULT_START = {("moneta", "deep")}
 # over 40 shapes: the second-order error at h = 1e-5 reaches 1e-2 of the gradient, while a step small enough for
 # the truncation makes the rounding term delta / h pass the ceiling for O(1) gradients: 13 of 40 shapes failed).
 # Their check takes the fourth-order (Richardson) stencil at a step chosen from the measured curvature
-# (fourth_order_differences); over 240 shapes its tolerance stays below 2.6e-6 of the gradient's scale.
+# (fourth_order_differences); measured over 80 random shapes: no failure, the tolerance at most 1.8e-6 of the
+# gradient's scale, the error at most 8.6e-8.
 CURVATURE_STEPPED = {("moneta", "deep")}
 CASES = [(name, form, var)
          for name in sorted(BACKWARD)
@@ -659,6 +660,8 @@ def test_vjp_equals_autodiff_through_the_forward(witness, name, form, var):
 # start's own derivative is zero, and G(x_0) is at the solver's tolerance); the second is taken from the first
 # step's traced point. JAX differentiates F twice by itself: none of refmem's hand-written second derivatives.
 NEWTON_POLISH = 2
+# one small shape: JAX dispatches each operation of the polish on its own, batch entry by batch entry
+IMPLICIT_WITNESS_SHAPE = (0, (2,), 3, 3, 2, 2, True)
 
 
 def step_objective(name, jnp, opts):
@@ -759,7 +762,7 @@ def test_implicit_vjp_equals_jax_through_a_newton_polish(name, form, var):
     Newton polish (the witness), which differ by the solves' tolerance: the tolerance adds
     ``(T + 1) SOLVER_RTOL`` to the rounding term, both times the measured condition number.
     """
-    seed, batch, T, d_k, d_v, C, _ = AUTODIFF_SHAPES[0]
+    seed, batch, T, d_k, d_v, C, _ = IMPLICIT_WITNESS_SHAPE
     inp, do, dM_T = problem(name, var, seed, batch, T, d_k, d_v, True, form, C)
     want = jax_newton_polish(name, inp, do, dM_T, var)
     kappa = max(condition(name, var, seed, batch, T, d_k, d_v, True, C, form), 1.0)
