@@ -347,8 +347,8 @@ def check_backward(fn: Callable, *, spec: str, vectors: str | None = None, layou
             result.skipped.append((case.name, f"no gradients in the vectors ({case.meta['backward']['skipped']})"))
             continue
         try:
-            want = expected_gradients(case, layout, dtype)
             call = _refmem_call(case, cast) if layout == "refmem" else _fla_call(case, cast, accepts)
+            want = expected_gradients(case, layout, dtype)
             if layout == "fla":
                 why = _fla_gate_consistent(case, call.kwargs, np.dtype(dtype))
                 if why:

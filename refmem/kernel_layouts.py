@@ -17,7 +17,7 @@ Layouts
     ``fn(q, k, v, **gates, initial_state=S0, output_final_state=True) -> (o, S_T)``
     with ``q, k [B, T, H, K]``, ``v [B, T, H, V]``, gates ``[B, T, H]`` (per
     channel ``[B, T, H, d]``), state ``S = M^T [B, H, K, V]``, and the gates
-    mapped *by meaning* (:data:`GATE_MEANINGS`): the fraction of the state
+    mapped *by meaning* (:data:`refmem.gate_meanings.GATE_MEANINGS`): the fraction of the state
     *kept* per step arrives as ``g = log(kept)`` (``gk`` per key channel),
     whatever the memory calls it (Titans' forgetting rate ``alpha`` as
     ``g = log(1 - alpha)``); other gates (``beta``, ...) keep their names.
@@ -78,6 +78,7 @@ from typing import Callable
 
 import numpy as np
 
+from .gate_meanings import GATE_MEANINGS, GateMeaning, gate_meaning, kept_fraction  # noqa: F401  (the table, re-exported)
 from .packed_sequences import CU_SEQLENS, merge_packed, sequence_bounds, split_packed
 
 LAYOUTS = ("refmem", "fla")
@@ -87,68 +88,6 @@ RAW_QK_FACTORS = (1e4, 4e4)
 
 
 # ---------------------------------------------------------------- gates by meaning
-
-
-@dataclass(frozen=True)
-class GateMeaning:
-    """What a gate means: ``"kept"`` (the fraction ``a_t`` of the state kept per step),
-    ``"forgotten"`` (the fraction forgotten: the memory keeps ``1 - alpha_t``),
-    ``"step"`` (a step size: the write strength), or another meaning (``what`` says it).
-
-    Kept and forgotten gates are the *forget gate*: an fla-layout kernel
-    receives it as ``g`` (``gk`` per key channel) holding the log of the
-    fraction kept. Every other gate keeps its refmem name and value (so that
-    the forward names agree with the gradient names of
-    :mod:`refmem.backward.fla_names`: ``dbeta``, ``dtheta``, ...).
-    """
-
-    meaning: str
-    what: str
-
-    @property
-    def forget_gate(self) -> bool:
-        return self.meaning in ("kept", "forgotten")
-
-
-KEPT = GateMeaning("kept", "fraction of the state kept per step")
-FORGOTTEN = GateMeaning("forgotten", "fraction of the state forgotten per step (kept: 1 - alpha)")
-STEP = GateMeaning("step", "step size (write strength)")
-
-# Every registered memory's gates, by meaning (tests/test_kernel_layouts.py checks that every gate of every
-# registered memory is here, that every step gate of the registry is a step, and that the forget gates'
-# meanings match the memories' own updates and refmem.backward.fla_names.FORGET_GATES).
-GATE_MEANINGS: dict[str, dict[str, GateMeaning]] = {
-    "linear_attention": {},
-    "gated_linear_attention": {"alpha": KEPT},
-    "delta_rule": {"beta": STEP},
-    "gated_delta_rule": {"alpha": KEPT, "beta": STEP},
-    "longhorn": {"beta": STEP},
-    "dgd": {"beta": STEP},
-    "titans": {"alpha": FORGOTTEN, "eta": GateMeaning("momentum kept", "fraction of the momentum kept per step"),
-               "theta": STEP},
-    "omega": {"alpha": KEPT, "gamma": STEP},
-    "omega_implicit": {"alpha": KEPT, "gamma": STEP},
-    "mesa": {"lam": GateMeaning("ridge", "ridge weight of the least-squares memory")},
-    "softmax_attention": {},
-    "sliding_window_attention": {},
-    "deep_memory": {"eta": STEP, "alpha": KEPT},
-    "yaad": {"alpha": KEPT, "eta": STEP},
-    "moneta": {"alpha": KEPT, "eta": STEP},
-    "memora": {"eta": STEP},
-}
-
-
-def gate_meaning(spec: str, gate: str) -> GateMeaning:
-    """The meaning of gate ``gate`` of memory ``spec`` (``ValueError`` when the table does not list it)."""
-    try:
-        return GATE_MEANINGS[spec][gate]
-    except KeyError:
-        raise ValueError(f"gate {gate!r} of {spec!r} has no meaning in refmem.kernel_layouts.GATE_MEANINGS") from None
-
-
-def kept_fraction(meaning: GateMeaning, a: np.ndarray) -> np.ndarray:
-    """The fraction of the state kept per step: ``a`` for a kept gate, ``1 - a`` for a forgetting rate."""
-    return 1.0 - a if meaning.meaning == "forgotten" else a
 
 
 def log_gate(kept: np.ndarray) -> np.ndarray:
@@ -290,12 +229,28 @@ def lead_to_bh(lead: tuple) -> tuple:
     return (int(np.prod(lead[:-1])), lead[-1])
 
 
+def to_bh(a: np.ndarray, lead: tuple) -> np.ndarray:
+    """An array with refmem's leading dims ``lead`` as ``(B, H, ...)`` (:func:`lead_to_bh`)."""
+    return a.reshape(lead_to_bh(lead) + a.shape[len(lead):])
+
+
+def pack_rows(a: np.ndarray) -> np.ndarray:
+    """``(B, H, T, ...) -> (1, H, B T, ...)``: the ``B`` batch rows laid end to end as packed sequences."""
+    B, H, T = a.shape[:3]
+    return np.moveaxis(a, 0, 1).reshape((1, H, B * T) + a.shape[3:])
+
+
+def time_second(a: np.ndarray) -> np.ndarray:
+    """``(B, H, T, ...) -> (B, T, H, ...)``: fla's axis order of a sequence or a gate."""
+    return np.swapaxes(a, 1, 2)
+
+
 def _unit_rows(x: np.ndarray) -> bool:
     """Every ``x_t`` of unit norm, to float64 rounding (a unit vector stored in float64 is 1 to ~1e-16 sqrt(d))."""
     return bool(np.all(np.abs(np.linalg.norm(x, axis=-1) - 1.0) <= 1e-12))
 
 
-def _raw_qk(case, q, k):
+def raw_qk(case, q, k):
     """``q, k`` times per-token factors in :data:`RAW_QK_FACTORS` (deterministic per case), for an in-kernel l2 norm."""
     if not (_unit_rows(q) and _unit_rows(k)):
         raise NotApplicable("use_qk_l2norm_in_kernel needs a case whose q and k are unit vectors (the unit_qk case): the "
@@ -320,7 +275,7 @@ def build_call(case, layout: Layout, cast, accepts: Callable[[str], bool]) -> Ca
         inv = Invocation(tuple(cast(inputs[n]) for n in positional_names(inputs)), kw, lambda outs: outs)
         return Call([inv], lambda outs: outs[0], expected)
     if layout.use_qk_l2norm_in_kernel:
-        inputs["q"], inputs["k"] = _raw_qk(case, inputs["q"], inputs["k"])
+        inputs["q"], inputs["k"] = raw_qk(case, inputs["q"], inputs["k"])
     K = case.inputs["k"].shape[-1]
     if layout.prescales_q:  # fla's default scale 1/sqrt(K) cancels: the kernel's read-out is refmem's M_t q_t
         inputs["q"] = inputs["q"] * math.sqrt(K)
@@ -391,12 +346,12 @@ def _fla_call(spec, inputs, params, layout, cast, accepts, expected) -> Call:
         raise NotApplicable("the fla layout needs a single matrix state; this memory's initial state has several parts")
     lead = tuple(inputs["k"].shape[:-2])
     B, H = lead_to_bh(lead)
-    bh = {n: (a if n == CU_SEQLENS else a.reshape((B, H) + a.shape[len(lead):]))  # [B, H, ...]
+    bh = {n: (a if n == CU_SEQLENS else to_bh(a, lead))  # [B, H, ...]
           for n, a in inputs.items() if n != "initial_state"}
     packed_case = CU_SEQLENS in inputs
     if "initial_state" in inputs:
         s0 = inputs["initial_state"]  # [N, H, d_v, d_k] for a packed case, else [..., d_v, d_k]
-        bh["initial_state"] = s0 if packed_case else s0.reshape((B, H) + s0.shape[len(lead):])
+        bh["initial_state"] = s0 if packed_case else to_bh(s0, lead)
     G = layout.value_heads_per_qk
     if G > 1:
         if H % G:
@@ -411,7 +366,7 @@ def _fla_call(spec, inputs, params, layout, cast, accepts, expected) -> Call:
     if packed_rows:  # B rows of length T -> one packed batch of N = B sequences
         for n, a in list(bh.items()):
             if n != "initial_state":
-                bh[n] = np.moveaxis(a, 0, 1).reshape((1, H, B * T) + a.shape[3:])  # (B, H, T, ..) -> (1, H, B T, ..)
+                bh[n] = pack_rows(a)  # (B, H, T, ..) -> (1, H, B T, ..)
         bh[CU_SEQLENS] = np.arange(0, B * T + 1, T, dtype=np.float64)  # (B + 1,)
     if layout.cu_seqlens:
         n_seq = len(sequence_bounds(bh[CU_SEQLENS]))
@@ -450,7 +405,7 @@ def _to_case_shapes(out: dict, expected: dict) -> dict:
 def _fla_invocation(spec, bh, params, layout, cast, accepts, packed) -> Invocation:
     """One fla call from inputs with leading dims ``(B, H)`` (or a packed batch with ``cu_seqlens``)."""
     G = layout.value_heads_per_qk
-    seq = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731  (B, H, T, ...) -> (B, T, H, ...)
+    seq = time_second  # (B, H, T, ...) -> (B, T, H, ...)
     q, k = (bh[n][:, ::G] for n in ("q", "k"))  # (B, H / G, T, K): one q, k head per group
     args = (cast(seq(q)), cast(seq(k)), cast(seq(bh["v"])))
     kw = {}

@@ -13,7 +13,10 @@ vector format 1 is float64), and per sequence ``initial_state [N, H, d_v, d_k]``
 and ``state [N, H, d_v, d_k]``. :func:`split_packed` cuts such inputs into one
 ordinary input set per sequence (leading dims ``(1, H)``) and
 :func:`merge_packed` lays the per-sequence outputs back out (read-outs along
-time, final states along the first axis).
+time, final states along the first axis). For gradients,
+:func:`split_cotangents` cuts the cotangents of a packed case's outputs the
+same way and :func:`merge_gradients` lays the per-sequence gradients out like
+the packed inputs (each gradient shaped like its input).
 """
 
 from __future__ import annotations
@@ -74,4 +77,39 @@ def merge_packed(outputs: list[dict]) -> dict:
             raise ValueError(f"the per-sequence {n!r} differ in shape ({parts[0].shape}, ...): a state that grows "
                              "with the sequence (a cache) cannot be laid out per sequence")
         merged[n] = np.concatenate(parts, axis=-2) if n == "o" else np.concatenate(parts, axis=0)
+    return merged
+
+
+def split_cotangents(cu_seqlens, cotangents: dict) -> list[dict]:
+    """The cotangents of a packed case's outputs, one set per sequence (:func:`split_packed`'s cut).
+
+    ``do`` (``[..., sum T_i, d_v]``) is cut along time; every state cotangent
+    (``dM_T``, a tuple of parts, or ``dM_T.0, dM_T.1, ...``; first axis ``N``)
+    along its first axis, keeping that axis with length 1.
+    """
+    def one(n, c, i, s, e):
+        if n == "do":
+            return c[..., s:e, :]
+        return tuple(x[i:i + 1] for x in c) if isinstance(c, tuple) else c[i:i + 1]
+
+    return [{n: one(n, c, i, s, e) for n, c in cotangents.items()}
+            for i, (s, e) in enumerate(sequence_bounds(cu_seqlens))]
+
+
+def merge_gradients(parts: list[dict], inputs: dict) -> dict:
+    """Per-sequence gradients (flattened names, ``initial_state.0, ...``) laid out like the packed ``inputs``.
+
+    The gradient of a sequence array or a gate is joined along that input's
+    time axis (``-2`` for ``[..., T, d]``, ``-1`` for ``[..., T]``); the gradient
+    of the initial state (one per sequence) along the first axis.
+    """
+    seq_rank = inputs["k"].ndim
+    merged = {}
+    for n in parts[0]:
+        pieces = [p[n] for p in parts]
+        base = n.split(".")[0]
+        if base == "initial_state":
+            merged[n] = np.concatenate(pieces, axis=0)
+        else:
+            merged[n] = np.concatenate(pieces, axis=-2 if inputs[base].ndim == seq_rank else -1)
     return merged

@@ -39,9 +39,18 @@ cotangents: their own rounding adds at most ``eps`` relative, covered by the 8.)
 A case in which some gradient is worse conditioned than ``1e4``, whose VJP
 overflows, or whose float32 tolerance would not stay below 1 keeps its forward
 arrays and lists the reason under ``backward.skipped``: no float32 kernel can be
-held to its gradients. So does a packed variable-length case (``cu_seqlens``:
-gradients are stored for unpacked cases only) and a case whose inputs the VJP
-refuses, with the VJP's message.
+held to its gradients. So does a case whose inputs the VJP refuses, with the
+VJP's message.
+
+Packed variable-length cases
+----------------------------
+A ``varlen`` case (``cu_seqlens``, :mod:`refmem.packed_sequences`) stores its
+cotangents and gradients like its inputs and outputs: ``do`` along the packed
+time axis, ``dM_T`` and ``grad.initial_state`` one per sequence (first axis
+``N``). The VJP runs on each sequence on its own (the state resets at every
+boundary, so nothing flows between sequences) and the gradients are laid back
+out. Its tolerance takes ``T`` as the packed length, an upper bound on every
+sequence's own chain of roundings.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import math
 import numpy as np
 
 from .metrics import rel_error
-from .packed_sequences import CU_SEQLENS
+from .packed_sequences import CU_SEQLENS, merge_gradients, split_cotangents, split_packed
 from .validation import DivergenceError
 from .vector_condition import DELTA, perturb, round_up
 from .vector_manifest import flatten, positional_names, unflatten
@@ -93,7 +102,13 @@ def cotangent_kwargs(cotangents: dict) -> dict:
 
 
 def run_vjp(mem, inputs: dict, params: dict, cotangents: dict) -> dict:
-    """refmem's recurrent VJP on the case's inputs: the gradients of the stored inputs, flattened (``name.i``)."""
+    """refmem's recurrent VJP on the case's inputs: the gradients of the stored inputs, flattened (``name.i``).
+
+    A packed case: the VJP of each sequence, the gradients laid out like the inputs (module docstring).
+    """
+    if CU_SEQLENS in inputs:
+        pieces = zip(split_packed(inputs), split_cotangents(inputs[CU_SEQLENS], cotangents))
+        return merge_gradients([run_vjp(mem, one, params, cot) for one, cot in pieces], inputs)
     first = positional_names(inputs)
     rest = {n: a for n, a in inputs.items() if n not in first}
     grads = mem.backward.recurrent(*(inputs[n] for n in first), **rest, **params, **cotangent_kwargs(cotangents))
@@ -128,8 +143,6 @@ def backward_arrays(mem, seed: int, inputs: dict, params: dict, outputs: dict, c
     """
     if getattr(mem, "backward", None) is None:
         return {}, {"skipped": "the memory registers no backward pass"}
-    if CU_SEQLENS in inputs:
-        return {}, {"skipped": "a packed variable-length case: gradients are stored for unpacked cases only"}
     cot = draw_cotangents(seed, outputs)
     try:
         ref = run_vjp(mem, inputs, params, cot)

@@ -142,31 +142,64 @@ def test_fla_names_and_spaces_equal_autodiff_of_an_fla_kernel(witness, case):
         assert err <= tol, f"{case} {key}: relative error {err:.2e} > {tol:.2e}"
 
 
-def test_titans_gate_maps_by_meaning():
-    """Titans' alpha is the forgetting rate: fla's g = log(1 - alpha), so dg = -(1 - alpha) dalpha."""
-    name = "titans"
-    assert FORGET_GATES[name] == ("alpha", "forgotten")
-    inp = dict(MEMORIES[name].make_inputs(0, (B,), T, K, V, np, "float64"))
+FORGET_GATE_MEMORIES = {  # every memory whose gates include what the state keeps (or forgets), written out here
+    "gated_linear_attention": ("alpha", "kept"), "gated_delta_rule": ("alpha", "kept"),
+    "titans": ("alpha", "forgotten"), "omega": ("alpha", "kept"), "omega_implicit": ("alpha", "kept"),
+    "yaad": ("alpha", "kept"), "moneta": ("alpha", "kept"), "deep_memory": ("alpha", "kept"),
+}
+
+
+def test_forget_gates_are_read_off_the_gate_table():
+    # one table: fla_names reads the forget gates off refmem.gate_meanings, the table the forward layouts read
+    from refmem import gate_meanings, kernel_layouts
+
+    assert FORGET_GATES is gate_meanings.FORGET_GATES and kernel_layouts.GATE_MEANINGS is gate_meanings.GATE_MEANINGS
+    assert FORGET_GATES == FORGET_GATE_MEMORIES
+
+
+def _first_state(state):
+    return state[0] if isinstance(state, tuple) else state
+
+
+@pytest.mark.parametrize("name", ["titans", "omega", "yaad", "moneta", "deep_memory"])
+def test_forget_gate_gradient_is_dg_in_log_space_of_what_is_kept(name):
+    """``dg`` for every memory with a forget gate: ``g = log(kept)``, kept ``alpha`` or Titans' ``1 - alpha``.
+
+    Checked against central differences of the loss in ``g`` itself (the memory run on
+    ``alpha = exp(g)`` or ``1 - exp(g)``), so the space and the sign come from the definition.
+    """
+    gate, meaning = FORGET_GATE_MEMORIES[name]
+    mem = MEMORIES[name]
+    inp = dict(mem.make_inputs(0, (B,), T, K, V, np, "float64"))
     g = np.random.default_rng(2)
-    o, M = MEMORIES[name].recurrent(**inp)
-    do, dM_T = g.standard_normal(o.shape), g.standard_normal(M.shape)
-    grads = MEMORIES[name].backward.recurrent(**inp, do=do, dM_T=dM_T)
+    o, state = mem.recurrent(**inp)
+    do = g.standard_normal(o.shape)
+    dM_T = g.standard_normal(_first_state(state).shape)  # the other parts of a deep state get a zero cotangent
+    cot = (dM_T, *(np.zeros_like(x) for x in state[1:])) if isinstance(state, tuple) else dM_T
+    grads = mem.backward.recurrent(**inp, do=do, dM_T=cot)
     mapped = to_fla(name, grads, inp)
-    # central differences of L in g at every step: alpha = 1 - exp(g)
-    gate = np.log(1 - inp["alpha"])
+    assert "dg" in mapped and "d" + gate not in mapped, sorted(mapped)
+    to_alpha = np.exp if meaning == "kept" else (lambda lg: 1 - np.exp(lg))  # noqa: E731
+    log_kept = np.log(inp[gate] if meaning == "kept" else 1 - inp[gate])
+
+    def loss(lg):
+        o2, state2 = mem.recurrent(**dict(inp, **{gate: to_alpha(lg)}))
+        return np.sum(do * o2) + np.sum(dM_T * _first_state(state2))
+
     h = 1e-6
-    fd = np.zeros_like(gate)
-    for idx in np.ndindex(gate.shape):
-        vals = []
-        for sgn in (1, -1):
-            gg = gate.copy()
-            gg[idx] += sgn * h
-            o2, M2 = MEMORIES[name].recurrent(**dict(inp, alpha=1 - np.exp(gg)))
-            vals.append(np.sum(do * o2) + np.sum(dM_T * M2))
-        fd[idx] = (vals[0] - vals[1]) / (2 * h)
+    fd = np.zeros_like(log_kept)
+    for idx in np.ndindex(log_kept.shape):
+        plus, minus = log_kept.copy(), log_kept.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        fd[idx] = (loss(plus) - loss(minus)) / (2 * h)
     # step h = 1e-6: truncation ~h^2 |L'''| and rounding ~eps |L| / h, both below 1e-8 for these O(1) problems
     assert np.max(np.abs(mapped["dg"] - fd)) <= 1e-7 * max(1.0, np.max(np.abs(fd)))
-    assert set(mapped) == {"dq", "dk", "dv", "dg", "deta", "dtheta", "dh0", "dinitial_momentum"}
+    if name == "titans":
+        assert set(mapped) == {"dq", "dk", "dv", "dg", "deta", "dtheta", "dh0", "dinitial_momentum"}
+    # in linear space the kernel's g is the kept fraction itself: dg = dL/dkept (= -dalpha for Titans)
+    linear = to_fla(name, grads, inp, gate_space="linear")
+    assert np.array_equal(linear["dg"], grads[gate] if meaning == "kept" else -grads[gate])
 
 
 def test_scale_must_be_a_number():
@@ -175,3 +208,5 @@ def test_scale_must_be_a_number():
     with pytest.raises(TypeError, match="scale must be a number"):
         to_fla(name, grads, inp, scale="1/sqrt(K)")
     assert math.isclose(float(np.max(np.abs(to_fla(name, grads, inp, scale=2.0)["dq"] - 2 * grads["q"]))), 0.0)
+    with pytest.raises(ValueError, match="gate_space must be 'log' or 'linear'"):
+        to_fla(name, grads, inp, gate_space="exp")

@@ -153,12 +153,16 @@ def test_titans_forgetting_rate_reaches_fla_as_log_of_what_is_kept(vec_dir):
     assert not bad.passed and set(bad.failing_outputs()) == {"o", "state"}
 
 
-def test_forget_gates_agree_with_the_gradient_names():
-    # refmem.backward.fla_names maps gradients to fla's names; where it names a forget gate, it means the same
+def test_forget_gates_are_derived_from_the_meanings():
+    # refmem.backward.fla_names names gradients from the same table: one forget gate per memory at most
     from refmem.backward.fla_names import FORGET_GATES
+    from refmem.gate_meanings import _forget_gates
 
-    for spec, (gate, meaning) in FORGET_GATES.items():
-        assert gate_meaning(spec, gate).meaning == meaning, spec
+    for spec, gates in GATE_MEANINGS.items():
+        forget = [g for g, m in gates.items() if m.meaning in ("kept", "forgotten")]
+        assert FORGET_GATES.get(spec) == (None if not forget else (forget[0], gate_meaning(spec, forget[0]).meaning))
+    with pytest.raises(ValueError, match="x has 2 forget gates"):
+        _forget_gates({"x": {"a": GATE_MEANINGS["gated_delta_rule"]["alpha"], "b": GATE_MEANINGS["titans"]["alpha"]}})
 
 
 def test_gate_table_names_every_gate_once():

@@ -35,7 +35,11 @@ def test_version_2_holds_cotangents_and_gradients(generated):
     assert m["format_version"] == 2 and "2 * (T + d_k + d_v)" in m["gradient_tolerance_rule"]
     assert m["specs"]["delta_rule"]["backward"] == "refmem.backward.delta_rule:delta_rule_vjp"
     skipped = [c["name"] for c in m["specs"]["delta_rule"]["cases"] if "skipped" in c["backward"]]
-    assert skipped == ["varlen"]  # packed sequences: gradients are stored for unpacked cases only
+    assert skipped == []  # every case, the packed variable-length one included
+    varlen = next(c for c in m["specs"]["delta_rule"]["cases"] if c["name"] == "varlen")["backward"]
+    assert varlen["cotangents"]["dM_T"]["shape"] == [4, 2, 16, 16]  # one per sequence: [N, H, d_v, d_k]
+    assert varlen["gradients"]["initial_state"]["shape"] == [4, 2, 16, 16]
+    assert varlen["gradients"]["q"]["shape"] == [1, 2, 110, 16] and "cu_seqlens" not in varlen["gradients"]
     for c in m["specs"]["delta_rule"]["cases"]:
         bw = c["backward"]
         if "skipped" in bw:
@@ -64,8 +68,16 @@ def test_cases_without_a_backward_say_so(tmp_path):
     assert all(not c.gradients for c in V.load(str(tmp_path)))
 
 
-def _delta_rule_loss(q, k, v, beta, M0, do, dM_T):
-    """<do, o> + <dM_T, M_T> of the delta rule written out (MATH.md 5), refmem layout."""
+def _delta_rule_loss(q, k, v, beta, M0, do, dM_T, cu_seqlens=None):
+    """<do, o> + <dM_T, M_T> of the delta rule written out (MATH.md 5), refmem layout.
+
+    ``cu_seqlens``: packed sequences along time (leading dims (1, H)), sequence i from its own
+    M0[i] to its own final state, paired with dM_T[i].
+    """
+    if cu_seqlens is not None:
+        cu = [int(c) for c in cu_seqlens]
+        return sum(_delta_rule_loss(q[..., s:e, :], k[..., s:e, :], v[..., s:e, :], beta[..., s:e], M0[i:i + 1],
+                                    do[..., s:e, :], dM_T[i:i + 1]) for i, (s, e) in enumerate(zip(cu[:-1], cu[1:])))
     M = M0
     loss = 0.0
     for t in range(k.shape[-2]):
@@ -75,7 +87,7 @@ def _delta_rule_loss(q, k, v, beta, M0, do, dM_T):
     return loss + np.sum(dM_T * M)
 
 
-@pytest.mark.parametrize("case_name", ["no_batch", "initial_state", "large_keys"])
+@pytest.mark.parametrize("case_name", ["no_batch", "initial_state", "large_keys", "varlen"])
 def test_expected_gradients_equal_directional_derivatives(generated, case_name):
     # Central differences of the plain loss above along random directions u: (L(x + h u) - L(x - h u)) / 2h
     # equals <grad x, u> up to h^2 |L'''| / 6 (truncation) + eps |L| / h (rounding): with h = 1e-5 and
@@ -84,7 +96,8 @@ def test_expected_gradients_equal_directional_derivatives(generated, case_name):
     x = dict(case.inputs)
     x.setdefault("initial_state", np.zeros(case.outputs["state"].shape))
     do, dM_T = case.cotangents["do"], case.cotangents["dM_T"]
-    loss = lambda a: _delta_rule_loss(a["q"], a["k"], a["v"], a["beta"], a["initial_state"], do, dM_T)  # noqa: E731
+    loss = lambda a: _delta_rule_loss(a["q"], a["k"], a["v"], a["beta"], a["initial_state"], do, dM_T,  # noqa: E731
+                                      case.inputs.get("cu_seqlens"))
     rng = np.random.default_rng(0)
     h = 1e-5
     for name, grad in case.gradients.items():
