@@ -286,7 +286,7 @@ def _check_out_dir(out: str, option: str = "--out") -> None:
 
 def _conform_epilog() -> str:
     from .conform import kernel_gates
-    from .kernel_layouts import gate_meaning
+    from .gate_meanings import gate_meaning
 
     lines = ["layouts (what your function is called with; specs/kernel_layouts.md):",
              "  refmem  fn(q, k, v, **gates, initial_state=M0) -> (o, M_T)",
@@ -335,14 +335,26 @@ def _conform_epilog() -> str:
               "          (dg = a da for g = log a, dh0 = dM_0^T, dq for the q it received)",
               "or, without --vjp, from torch autograd through the kernel (its outputs must be torch tensors that",
               "require grad; torch is imported only then; --convert torch:from_numpy gives the forward check torch",
-              "inputs too). A failing kernel is told which gradient differs.", "",
+              "inputs too). A failing kernel is told which gradient differs.",
+              "The layout options apply to the gradients too, by the chain rule (the gradient of what the kernel",
+              "received, in its layout; specs/kernel_layouts.md, Backward):",
+              "  --state-v-first        dht, dh0 [..., V, K] (dM_T, dM_0); --state-k-first in refmem: dM_T^T, dM_0^T",
+              "  --gate-space linear    dg = d(kept) (= da, or -dalpha for a forgetting rate); log: dg = kept d(kept)",
+              "  --value-heads-per-qk G dq, dk [B, T, H, K]: the sums over each group's G value heads",
+              "  --cu-seqlens           do, dq, ... [1, sum T_i, H, d]; dht, dh0 [N, H, K, V], one per sequence",
+              "                         (without it, a varlen case: one vjp call per sequence, its own cotangents)",
+              "  --use-qk-l2norm-in-kernel  dq, dk of the raw x: (I - x^ x^T) du / |x|, x^ = x / |x|",
+              "  --scale S              do / S sent (the kernel's loss is refmem's), dq for the q sent as it is",
+              "",
               _examples("refmem conform my_kernels:delta_rule_fla --spec delta_rule --layout fla --dtype float32",
                         "refmem conform my_kernels:gla --spec gated_linear_attention --vectors vectors --outputs o",
                         "refmem conform my_kernels:chunk_delta --spec delta_rule --layout fla --convert torch:from_numpy",
                         "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens --state-v-first",
                         "refmem conform k:torch_fla --spec delta_rule --layout fla --backward --convert torch:from_numpy",
                         "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward "
-                        "--vjp my_kernels:bwd")]
+                        "--vjp my_kernels:bwd",
+                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens "
+                        "--state-v-first --backward --vjp my_kernels:gdn_bwd")]
     return "\n".join(lines)
 
 
@@ -405,15 +417,10 @@ def _add_conform(sub):
                     raise UsageError(f"{flag} applies to --layout fla only")
         if args.vjp is not None and not args.backward:
             raise UsageError("--vjp is the kernel's backward: it needs --backward")
-        if args.backward:  # the forward check, then the gradients (in the default refmem and fla layouts)
-            options = (("--state-v-first/--state-k-first", args.state_v_first is not None),
-                       ("--gate-space", args.gate_space is not None), ("--value-heads-per-qk", args.value_heads_per_qk != 1),
-                       ("--cu-seqlens", args.cu_seqlens), ("--use-qk-l2norm-in-kernel", args.use_qk_l2norm_in_kernel),
-                       ("--scale", args.scale is not None), ("--stages", args.stages))
-            on = [flag for flag, given in options if given]
-            if on:
-                raise UsageError(f"{on[0]} is a forward layout option; --backward checks gradients in the default "
-                                 f"{args.layout} layout only")
+        if args.backward:  # the forward check, then the gradients, in the layout and its options
+            if args.stages:
+                raise UsageError("--stages checks a chunked kernel's forward stages; it cannot be combined with "
+                                 "--backward (no stage oracles for gradients)")
             from .conform_backward import main as backward_main
 
             return backward_main(args)

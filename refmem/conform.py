@@ -93,51 +93,20 @@ def to_numpy(x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- layouts (refmem.kernel_layouts)
-#
-# The layouts live in refmem.kernel_layouts. The one-call helpers below give the default refmem and
-# fla layouts in the shape other runners (the gradient runner) build on: args, kwargs, and unpack
-# (the kernel's named returns -> refmem-layout arrays).
 
-_NotApplicable = NotApplicable
-_ShapeError = OutputShapeError
 _lead_to_bh = lead_to_bh
 _log_gate = log_gate
+_DEFAULT_OPTIONS = dict(state_v_first=None, gate_space=None, value_heads_per_qk=1, cu_seqlens=False,
+                        use_qk_l2norm_in_kernel=False, scale=None)
 
 
-def _seq_to_fla(x, lead):
-    """``[..., T, d] -> [B, T, H, d]``."""
-    B, H = lead_to_bh(lead)
-    return np.swapaxes(x.reshape((B, H) + x.shape[len(lead):]), 1, 2)  # (B, H, T, d) -> (B, T, H, d)
-
-
-def _gate_to_fla(g, lead):
-    """Per-step gate ``[..., T] -> [B, T, H]``; per-channel ``[..., T, d] -> [B, T, H, d]``."""
-    B, H = lead_to_bh(lead)
-    return np.swapaxes(g.reshape((B, H) + g.shape[len(lead):]), 1, 2)
-
-
-@dataclass
-class _Call:
-    args: tuple
-    kwargs: dict
-    unpack: Callable  # raw outputs (numpy) -> {name: refmem-layout array}
-
-
-def _one_call(case, layout, cast, accepts) -> _Call:
-    """The case in ``layout`` as a single call (a packed case, sent one sequence per call, is not applicable)."""
-    call = build_call(case, layout, cast, accepts)
-    if len(call.invocations) != 1:
-        raise NotApplicable("a packed variable-length case is sent one sequence per call")
-    inv = call.invocations[0]
-    return _Call(inv.args, inv.kwargs, lambda outs: call.merge([inv.unpack(outs)]))
-
-
-def _refmem_call(case, cast) -> _Call:
-    return _one_call(case, Layout("refmem"), cast, lambda name: False)
-
-
-def _fla_call(case, cast, accepts) -> _Call:
-    return _one_call(case, Layout("fla"), cast, accepts)
+def layout_from(layout, options: dict) -> Layout:
+    """The :class:`~refmem.kernel_layouts.Layout` of a ``layout`` name and its options (or a Layout, options unset)."""
+    if isinstance(layout, Layout):
+        if options != _DEFAULT_OPTIONS:
+            raise ValueError("layout is a Layout that carries its options: pass the options there, not to check()")
+        return layout
+    return Layout(layout, **options)  # validates every option (TypeError / ValueError naming it)
 
 
 # ---------------------------------------------------------------- comparison
@@ -450,15 +419,9 @@ def check(fn: Callable, *, spec: str, vectors: str | None = None, layout: str = 
     True
     """
     _check_arguments(fn, spec, vectors, layout, dtype, convert, name)
-    options = dict(state_v_first=state_v_first, gate_space=gate_space, value_heads_per_qk=value_heads_per_qk,
-                   cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, scale=scale)
-    if isinstance(layout, Layout):
-        if options != dict(state_v_first=None, gate_space=None, value_heads_per_qk=1, cu_seqlens=False,
-                           use_qk_l2norm_in_kernel=False, scale=None):
-            raise ValueError("layout is a Layout that carries its options: pass the options there, not to check()")
-        lay = layout
-    else:
-        lay = Layout(layout, **options)  # validates every option (TypeError / ValueError naming it)
+    lay = layout_from(layout, dict(state_v_first=state_v_first, gate_space=gate_space,
+                                   value_heads_per_qk=value_heads_per_qk, cu_seqlens=cu_seqlens,
+                                   use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, scale=scale))
     if not isinstance(stages, bool):
         raise TypeError(f"stages must be True or False; got {stages!r}")
     if stages:
