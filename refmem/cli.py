@@ -338,8 +338,8 @@ def _conform_epilog() -> str:
               "inputs too). A failing kernel is told which gradient differs.",
               "The layout options apply to the gradients too, by the chain rule (the gradient of what the kernel",
               "received, in its layout; specs/kernel_layouts.md, Backward):",
-              "  --state-v-first        dht, dh0 [..., V, K] (dM_T, dM_0); --state-k-first in refmem: dM_T^T, dM_0^T",
-              "  --gate-space linear    dg = d(kept) (= da, or -dalpha for a forgetting rate); log: dg = kept d(kept)",
+              "  --state-v-first        dht, dh0 [..., V, K] (dM_T, dM_0); --state-k-first (refmem): dM_T^T, dM_0^T",
+              "  --gate-space linear    dg = d(kept) (da, or -dalpha for a forgetting rate); log: dg = kept d(kept)",
               "  --value-heads-per-qk G dq, dk [B, T, H, K]: the sums over each group's G value heads",
               "  --cu-seqlens           do, dq, ... [1, sum T_i, H, d]; dht, dh0 [N, H, K, V], one per sequence",
               "                         (without it, a varlen case: one vjp call per sequence, its own cotangents)",
@@ -353,8 +353,8 @@ def _conform_epilog() -> str:
                         "refmem conform k:torch_fla --spec delta_rule --layout fla --backward --convert torch:from_numpy",
                         "refmem conform my_kernels:delta_fla --spec delta_rule --layout fla --backward "
                         "--vjp my_kernels:bwd",
-                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens "
-                        "--state-v-first --backward --vjp my_kernels:gdn_bwd")]
+                        "refmem conform my_kernels:gdn --spec gated_delta_rule --layout fla --cu-seqlens \\\n"
+                        "               --state-v-first --backward --vjp my_kernels:gdn_bwd")]
     return "\n".join(lines)
 
 
