@@ -8,7 +8,7 @@
 - :mod:`.cms`: the continuum memory system (NL-30, 31; NLx-70..74);
 - :mod:`.self_modifying_titans`: self-modifying Titans (NLx-83..93);
 - :mod:`.hope`: the HOPE block (NLx-94..97);
-- :mod:`.registry`: :data:`NESTED_SYSTEMS`, the table of them all.
+- :mod:`.registry`: :data:`~refmem.nested.registry.NESTED_SYSTEMS`, the table of them all.
 """
 
 from .runner import run

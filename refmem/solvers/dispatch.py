@@ -4,8 +4,8 @@ Both :func:`refmem.level.solve` and the deep memory's step go through
 :func:`minimize`, so every iterative solve in refmem picks its solver, derives
 its tolerance and certifies its answer the same way.
 
-What "converged" certifies
---------------------------
+What "converged" certifies (MATH.md 1a)
+---------------------------------------
 Every solver stops when its optimality measure (gradient, or gradient mapping)
 is at most ``rtol`` times the problem's scale
 :math:`\max(\mu\|X\|, \|G_0\|/\kappa)` (:meth:`Problem.scale`). With
@@ -19,10 +19,15 @@ is at most ``rtol`` times the problem's scale
 because :math:`\|G_0\| \le L\|X_0 - X^\star\|`. The tolerance is
 ``1e-12`` in float64 (``1e-5`` in float32), raised to the rounding floor
 ``32 eps kappa`` of a gradient computed at the minimiser when the condition
-number :math:`\kappa = L/\mu` demands it, but never past :data:`RTOL_CEILING`:
+number :math:`\kappa = L/\mu` demands it, but never past :func:`~refmem.solvers.problem.rtol_ceiling` (``sqrt(eps)``):
 a problem whose conditioning needs more is refused with a
 :class:`ConvergenceError` that gives the condition estimate and what would
 help, instead of a "converged" answer with no correct digits.
+
+Where the curvature can vanish (``mu = 0``, the lq retention with ``q > 2``) no
+gradient test bounds the distance; :func:`~refmem.solvers.newton_fd` (the
+solver those problems ask for) certifies the same bound from the lengths of
+its Newton steps and their measured contraction instead (MATH.md 1a).
 """
 
 from __future__ import annotations
@@ -76,6 +81,33 @@ def certified_rtol(prob: Problem, dtype, rtol=None, *, solver: str = "") -> floa
     return max(wanted, floor)
 
 
+GRADIENT_CERTIFIED = ("gd", "cg", "prox_grad", "prox_grad_bt", "mirror_descent")
+"""Solvers whose stopping test is a gradient (or gradient mapping): they certify a distance only through ``mu > 0``."""
+
+
+def require_curvature(prob: Problem, solver: str, tol: float) -> None:
+    r"""Refuse a gradient-certified solve of a problem with ``mu = 0`` somewhere in the batch (MATH.md 1a).
+
+    Without strong convexity a gradient of any size is compatible with any distance to the
+    minimiser (:math:`f = x^4`: :math:`|f'| = 10^{-12}` at :math:`|x| = 10^{-4}`), so such a
+    stopping test certifies nothing about the state.
+
+    Raises
+    ------
+    ConvergenceError
+        ``mu <= 0`` for some problem; the message names the solver that certifies there.
+    """
+    xp = prob.xp
+    mu = xp.asarray(prob.mu)
+    if bool(xp.all(mu > 0)):
+        return
+    raise ConvergenceError(SolveReport("iterative", solver, 0, math.inf, tol, False), (
+        f"{solver} stops on a small gradient, which bounds the distance to the minimiser only through the "
+        f"strong convexity mu, and this problem has mu = {-max_float(-mu, xp):.1e} (no strong "
+        "convexity: e.g. the lq retention with q > 2); solver='newton_fd' certifies the state by its Newton "
+        "steps instead"))
+
+
 def default_solver(prob: Problem) -> str:
     """The problem's preferred solver if any; else ``"cg"`` for smooth quadratics, ``"prox_grad"`` with a non-smooth part, else ``"gd"``."""
     if prob.preferred_solver is not None:
@@ -119,6 +151,8 @@ def minimize(prob: Problem, *, solver: str | None = None, rtol=None, max_iter=No
     if name not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS) + ['gd-backtracking']}; got {solver!r}")
     tol = certified_rtol(prob, prob.x0.dtype, rtol, solver=name)
+    if name in GRADIENT_CERTIFIED:
+        require_curvature(prob, name, tol)
     X, report = SOLVERS[name](prob, rtol=tol, **kwargs)
     xp = prob.xp
     if not bool(xp.all(xp.isfinite(X))):

@@ -37,7 +37,11 @@ from .report import ConvergenceError, SolveReport
 
 
 def _fd_hessian(problem: Problem, X, xp):
-    """Central-difference Hessian of ``f`` at ``X [..., a, b]``: ``[..., n, n]`` with ``n = a b`` (symmetrised)."""
+    """Central-difference Hessian of ``f`` at ``X [..., a, b]``, symmetrised, and the norm of its asymmetry.
+
+    Returns ``(H [..., n, n], asym [...])`` with ``n = a b``: the true Hessian is symmetric, so
+    ``||(H - H^T)/2||_F`` of the raw differences measures the model's error (rounding and truncation).
+    """
     a, b = X.shape[-2], X.shape[-1]
     n = a * b
     E = xp.reshape(xp.eye(n, dtype=X.dtype), (n, a, b))  # (n, a, b) unit directions
@@ -55,7 +59,9 @@ def _fd_hessian(problem: Problem, X, xp):
         cols = (Gp - Gm) / (2 * h)  # (n, .., a, b): column j = H e_j
     H = xp.reshape(cols, (n,) + tuple(cols.shape[1:-2]) + (n,))  # (n, .., n)
     H = xp.moveaxis(H, 0, -1)  # (.., n, n)
-    return 0.5 * (H + xp.matrix_transpose(H))
+    with floating_point_warnings_silenced():  # a non-finite model is not used
+        asym = fro_norm(0.5 * (H - xp.matrix_transpose(H)), xp)  # (..,) the model's own error estimate
+    return 0.5 * (H + xp.matrix_transpose(H)), asym
 
 
 def _trial(problem: Problem, X, xp):
@@ -68,6 +74,47 @@ def _trial(problem: Problem, X, xp):
     return f, G, gnorm, finite
 
 
+THETA_MAX = 0.9
+"""Largest measured contraction of Newton's steps a certificate accepts (the tail is then at most 10 step lengths)."""
+
+
+def _newton_direction(problem: Problem, X, G, xp):
+    r"""Newton's direction ``-H^{-1} G`` from the finite-difference model, and where it is one (``[...]``).
+
+    Returns ``(D [.., a, b], H [.., n, n], newton [..], theta_model [..])``: ``newton`` is False where
+    the model is not finite, not invertible or gives no descent, and ``D`` is then ``-G`` (the gradient
+    direction); ``theta_model`` bounds the contraction the model's own error allows (``newton_fd`` Notes).
+    """
+    shape = X.shape
+    n = shape[-2] * shape[-1]
+    H, asym = _fd_hessian(problem, X, xp)  # (.., n, n), (..,)
+    g = xp.reshape(G, tuple(shape[:-2]) + (n, 1))  # (.., n, 1)
+    d = -g
+    theta_model = xp.full_like(asym, math.inf)  # (..,)
+    # a tiny Levenberg shift keeps the model invertible where the curvature vanishes
+    # (|M_ij|^{q-2} at zero entries for q > 2); it changes the step, not the fixed point
+    if bool(xp.all(xp.isfinite(H))):
+        shift = 1e-10 * xp.max(xp.abs(H), axis=(-2, -1), keepdims=True) + 1e-300  # (.., 1, 1)
+        H = H + shift * xp.eye(n, dtype=X.dtype)
+        try:
+            d = -xp.linalg.solve(H, g)  # (.., n, 1)
+            lam_min = xp.linalg.eigvalsh(H)[..., 0]  # (..,) the model's smallest curvature
+        except Exception:  # numerically singular even after the shift: gradient direction
+            d = -g
+        else:
+            # ||H^{-1}(H_true - H)|| <= (model error + shift) / lambda_min(H): the part of the contraction
+            # the model alone explains (a shift above the true curvature makes it ~1: no certificate)
+            pos = lam_min > 0
+            err = asym + shift[..., 0, 0]  # (..,)
+            theta_model = xp.where(pos, err / xp.where(pos, lam_min, xp.ones_like(lam_min)), theta_model)
+    finite = xp.all(xp.isfinite(d), axis=(-2, -1))  # (..,)
+    D = xp.reshape(xp.where(xp.isfinite(d), d, -g), shape)  # (.., a, b)
+    with floating_point_warnings_silenced():  # a huge Newton step: slope -inf, the halvings shorten it
+        slope = inner(G, D, xp)  # (..,)
+    newton = finite & (slope < 0)
+    return xp.where(expand_matrix(newton, xp), D, -G), H, newton, theta_model
+
+
 def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halvings: int = 60):
     r"""Minimise a smooth convex ``f`` by damped Newton steps with a finite-difference Hessian.
 
@@ -76,8 +123,18 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
     problem : Problem
         Smooth (no ``prox``), small (the Hessian is dense ``(a b) x (a b)`` per problem).
     rtol : float
-        Stop when :math:`\|\nabla f(X)\| \le \mathrm{rtol}\cdot\max(\mu\|X\|, \|\nabla f(X_0)\|)`,
-        the same measure as :func:`~refmem.solvers.gradient_descent`.
+        The certified relative error of the answer: stop when, per problem,
+        :math:`\|X - X^\star\| \le \mathrm{rtol}\cdot\max(\|X\|, \|X - X_0\|)` is certified by
+        the Newton steps (Notes), whatever the curvature (``mu = 0`` allowed).
+    max_iter : int
+    max_halvings : int
+        Per line search.
+
+    Raises
+    ------
+    ConvergenceError
+        No certificate within ``max_iter`` (the message gives the last Newton step's relative
+        length, its measured contraction and the model's condition estimate), or the line search failed.
 
     Notes
     -----
@@ -85,6 +142,40 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
     i.e. the model is not positive definite there). Step length ``s`` from 1, halved until
     :math:`f(X + s d) \le f(X) + 10^{-4} s\langle\nabla f, d\rangle + 8\varepsilon|f(X)|` or the gradient norm
     halves (the latter keeps the search working once values of ``f`` are at rounding level).
+
+    **Certificate** (MATH.md 1a). A small gradient does not bound the distance to the minimiser when the
+    curvature can vanish (:math:`\mu = 0`, e.g. the lq retention with ``q > 2``): the lq step
+    at ``eta = 1``, keys x1e3, stopped on :math:`\|\nabla f\| \le 10^{-12}\|\nabla f(X_0)\|` 3e-6
+    away from the minimiser. The Newton step measures the distance instead. With
+    :math:`e = X - X^\star` and the Hessian averaged along the segment,
+    :math:`\bar H = \int_0^1 \nabla^2 f(X^\star + \tau e)\,d\tau`, the gradient is exactly
+    :math:`\nabla f(X) = \bar H e`, so the Newton step :math:`d = -H^{-1}\nabla f(X)` of the model ``H`` is
+
+    .. math::
+
+        -d = H^{-1}\bar H\, e = (I + \Delta)\,e, \qquad \Delta = H^{-1}(\bar H - H),
+
+    and a full step leaves :math:`e^+ = e + d = -\Delta e`. If :math:`\|\Delta\| \le \theta < 1` near
+    the minimiser, the steps contract by :math:`\theta` and
+
+    .. math::
+
+        \|X - X^\star\| \le \sum_{j \ge 0} \|d_j\| \le \frac{\|d\|}{1 - \theta} .
+
+    :math:`\theta` is measured, not assumed: it is the larger of the last two ratios
+    :math:`\|d_{j+1}\|/\|d_j\|` of consecutive full (undamped) Newton steps (Newton's ratios fall
+    as it converges, quadratically with an exact Hessian, linearly at the size of the model's
+    error with this one; at an entry where the curvature vanishes like :math:`|x|^{q-2}` the
+    ratio is :math:`(q-2)/(q-1)`, which the tail sum covers). A problem is certified when
+    :math:`\theta \le` :data:`THETA_MAX` and
+    :math:`\|d\|/(1-\theta) \le \mathrm{rtol}\max(\|X\|, \|X - X_0\|)`; it then stops moving.
+    Since :math:`\|X^\star\| \ge \|X\| - \|e\|`, this gives
+    :math:`\|X - X^\star\| \le \frac{\mathrm{rtol}}{1-\mathrm{rtol}}\max(\|X^\star\|, \|X_0 - X^\star\|)`.
+    Rounding sets a floor: the computed gradient at the minimiser carries the rounding of its
+    terms, and its Newton step does not shrink below that; where the floor is above the target
+    the ratios approach 1, nothing is certified, and the solve raises
+    :class:`~refmem.solvers.ConvergenceError` instead of returning. The report's ``residual`` is
+    the certified bound :math:`\|d\|/((1-\theta)\max(\|X\|, \|X - X_0\|))`.
     """
     rtol = check_rtol(rtol)
     max_iter = check_count(max_iter, "max_iter")
@@ -92,57 +183,58 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
     if problem.prox is not None:
         raise ValueError("newton_fd: the problem must be smooth (no prox part)")
     xp = problem.xp
-    X = problem.x0
+    X0 = X = problem.x0
     eps = float(xp.finfo(X.dtype).eps)
-    shape = X.shape
-    n = shape[-2] * shape[-1]
     G = problem.grad(X)
-    r0 = fro_norm(G, xp)
-    rel = math.inf
+    size = fro_norm(X, xp)  # (..,)
+    inf = xp.full_like(size, math.inf)
+    steps = (inf, inf)  # (..,) lengths of the last two full Newton steps (inf: not a full Newton step)
+    done = xp.zeros(size.shape, dtype=xp.bool)  # (..,) certified problems stop moving
+    certified = xp.zeros_like(size)  # (..,) their certified relative error
+    rel = theta_max = step_rel = math.inf
+    H = None
     for it in range(max_iter + 1):
-        gnorm = fro_norm(G, xp)
-        rel = max_float(gnorm / problem.scale(X, r0), xp)
-        if rel <= rtol:
+        D, H, newton, theta_model = _newton_direction(problem, X, G, xp)
+        dn = fro_norm(D, xp)  # (..,)
+        with floating_point_warnings_silenced():  # inf / inf where no full step was taken: not certified
+            theta = xp.maximum(steps[1] / steps[0], dn / steps[1])  # (..,) measured contraction
+        theta = xp.maximum(theta, theta_model)
+        theta = xp.where(newton & xp.isfinite(theta), theta, inf)
+        theta = xp.where(newton & (dn == 0), xp.zeros_like(theta), theta)  # a zero gradient: X is stationary
+        target = xp.maximum(fro_norm(X, xp), fro_norm(X - X0, xp))  # (..,)
+        ok_theta = theta <= THETA_MAX
+        bound = xp.where(ok_theta, dn / (1 - xp.where(ok_theta, theta, xp.zeros_like(theta))), inf)  # (..,)
+        safe_target = xp.where(target > 0, target, xp.ones_like(target))
+        now = ~done & (bound <= rtol * target)
+        certified = xp.where(now, bound / safe_target, certified)
+        done = done | now
+        rel = max_float(xp.where(done, certified, bound / safe_target), xp)
+        step_rel = max_float(xp.where(done, xp.zeros_like(dn), dn / safe_target), xp)
+        theta_max = max_float(xp.where(done, xp.zeros_like(theta), theta), xp)
+        if bool(xp.all(done)):
             return X, SolveReport("iterative", "newton_fd", it, rel, rtol, True)
         if it == max_iter:
             break
-        H = _fd_hessian(problem, X, xp)  # (.., n, n)
-        g = xp.reshape(G, tuple(shape[:-2]) + (n, 1))
-        # a tiny Levenberg shift keeps the model invertible where the curvature vanishes
-        # (|M_ij|^{q-2} at zero entries for q > 2); it changes the step, not the fixed point
-        ok_H = bool(xp.all(xp.isfinite(H)))
-        d = -g
-        if ok_H:
-            shift = 1e-10 * xp.max(xp.abs(H), axis=(-2, -1), keepdims=True) + 1e-300
-            H = H + shift * xp.eye(n, dtype=X.dtype)
-            try:
-                d = -xp.linalg.solve(H, g)  # (.., n, 1)
-            except Exception:  # numerically singular even after the shift: gradient direction
-                d = -g
-        d = xp.where(xp.isfinite(d), d, -g)
-        D = xp.reshape(d, shape)
-        with floating_point_warnings_silenced():  # a huge Newton step: slope -inf, the halvings shorten it
-            slope = inner(G, D, xp)  # (..,)
-        descent = slope < 0
-        D = xp.where(expand_matrix(descent, xp), D, -G)
         with floating_point_warnings_silenced():
-            slope = inner(G, D, xp)
+            slope = inner(G, D, xp)  # (..,)
+        gnorm = fro_norm(G, xp)
         fX = problem.value(X)
         s = xp.ones_like(slope)
         for _ in range(max_halvings):
             with floating_point_warnings_silenced():  # s D may overflow: such a trial is not finite, so rejected
                 Xn = X + expand_matrix(s, xp) * D
             fn, Gn, gn, finite = _trial(problem, Xn, xp)
-            ok = finite & ((fn <= fX + 1e-4 * s * slope + 8 * eps * xp.abs(fX)) | (gn <= 0.5 * gnorm))
+            ok = done | finite & ((fn <= fX + 1e-4 * s * slope + 8 * eps * xp.abs(fX)) | (gn <= 0.5 * gnorm))
             if bool(xp.all(ok)):
                 break
             s = xp.where(ok, s, 0.5 * s)
         else:
             raise ConvergenceError(SolveReport("iterative", "newton_fd", it, rel, rtol, False),
                                    "line search failed; is the objective smooth and convex here?")
+        full = newton & (s == 1)  # (..,) a full Newton step: its length enters the measured contraction
         # Where the Newton step barely reduced the gradient (the model is poor, e.g. at an entry of
         # |x|^q, q < 2, that must cross 0), also try a backtracking gradient step and keep the better.
-        poor = gn > 0.5 * gnorm
+        poor = ~done & (gn > 0.5 * gnorm)
         if bool(xp.any(poor)):
             with floating_point_warnings_silenced():  # ||H|| may overflow (then tg = 0: no gradient step)
                 tg = 1.0 / xp.maximum(fro_norm(H, xp), xp.asarray(1e-300, dtype=X.dtype))  # 1/||H||_F <= 1/lambda_max
@@ -158,6 +250,24 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
             if bool(xp.any(better)):
                 Xn = xp.where(expand_matrix(better, xp), Xg, Xn)
                 Gn = xp.where(expand_matrix(better, xp), Gg, Gn)
-        X, G = Xn, Gn
-    raise ConvergenceError(SolveReport("iterative", "newton_fd", max_iter, rel, rtol, False),
-                           "raise max_iter or check the problem's conditioning")
+                full = full & ~better
+        steps = (steps[1], xp.where(full, dn, inf))
+        X = xp.where(expand_matrix(done, xp), X, Xn)
+        G = xp.where(expand_matrix(done, xp), G, Gn)
+    raise ConvergenceError(
+        SolveReport("iterative", "newton_fd", max_iter, rel, rtol, False),
+        f"no certificate of the distance to the minimiser: the last Newton step is {step_rel:.1e} of |X| with "
+        f"measured contraction {theta_max:.2g} (needed: contraction <= {THETA_MAX} and a step below the "
+        f"tolerance), model condition estimate {_condition(H, xp):.1e}; where the steps stopped shrinking the "
+        "gradient's rounding hides the minimiser at this accuracy: a larger rtol, a smaller step size eta or "
+        "keys of smaller norm would help, or raise max_iter if the steps were still shrinking")
+
+
+def _condition(H, xp) -> float:
+    """The largest 2-norm condition number of the Hessian models ``H [.., n, n]`` (``inf`` when not finite)."""
+    if H is None or not bool(xp.all(xp.isfinite(H))):
+        return math.inf
+    with floating_point_warnings_silenced():
+        s = xp.linalg.svdvals(H)  # (.., n)
+        c = s[..., 0] / s[..., -1]
+    return max_float(xp.where(xp.isfinite(c), c, xp.full_like(c, math.inf)), xp)
