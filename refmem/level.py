@@ -207,7 +207,8 @@ def problem(level: Level, M_t, k, v, *, bound_retention=None, xp=None) -> Proble
                    preferred_solver=_preferred_solver(level, ret))
     if level.step == "implicit" and getattr(obj, "conjugate", None) is not None:
         prob.dual = ResidualDual(k, v, obj.conjugate(xp), lambda W: ret.explicit_step(M_t, W, xp),
-                                 lambda M: ret.total_value(M, M_t, xp), ret.lipschitz(xp), M_t, ret.mu(xp))
+                                 lambda M: ret.total_value(M, M_t, xp), ret.lipschitz(xp), M_t, ret.mu(xp),
+                                 getattr(ret, "preferred_solver", None))
     return prob
 
 

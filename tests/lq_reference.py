@@ -55,6 +55,8 @@ def _grad_l(objective, M, k, v):
         phi = r
     elif objective == "lp3":
         phi = [3 * x * abs(x) for x in r]
+    elif objective == "lp1.5":
+        phi = [D("1.5") * (1 if x > 0 else -1) * abs(x).sqrt() if x != 0 else D(0) for x in r]
     elif objective == "huber":  # delta = 1, per coordinate
         phi = [max(D(-1), min(D(1), x)) for x in r]
     else:

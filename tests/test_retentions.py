@@ -23,6 +23,7 @@ from refmem.level import Level, problem, solve
 from refmem.metrics import rel_error
 from refmem.objectives import L2, Dot, Huber, Inner, Lp
 from refmem.problems import level_problem, to_backend
+from refmem.solvers import ConvergenceError
 from refmem.retentions import RETENTIONS, ElasticNet, ForgetGate, KLSimplex, LocalL2, LqMoneta, WeightDecay
 from refmem.retentions.lq_moneta import lq_link, lq_mirror, lq_norm, moneta_printed_rule
 
@@ -214,7 +215,13 @@ def test_kl_implicit_iterative_only(xp, obj):
     level = Level(obj, KLSimplex(0.8, 3.0, 2.0), "implicit")
     with pytest.raises(refmem.ClosedFormUnavailable):
         solve(level, M_t, k, v)
-    Mi, rep = solve(level, M_t, k, v, method="iterative")
+    try:
+        Mi, rep = solve(level, M_t, k, v, method="iterative")
+    except ConvergenceError as exc:
+        # p = 1 under KL (no Lipschitz constant L_R): the dual's accuracy bounds nothing on the state, and the
+        # subgradient certificate holds only where the residual is off its kink; here r_i ~ 1e-14 sits at it
+        assert getattr(obj, "p", None) == 1.0 and "p = 1" in str(exc) and "L_R = inf" in str(exc)
+        return
     Mn = to_numpy(Mi)
     assert np.all(Mn > 0) and np.max(np.abs(Mn.sum(-1) - 2.0)) <= 1e-13
     if getattr(obj, "smooth", True):

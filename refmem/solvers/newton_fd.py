@@ -166,7 +166,11 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
     :math:`\|d_{j+1}\|/\|d_j\|` of consecutive full (undamped) Newton steps (Newton's ratios fall
     as it converges, quadratically with an exact Hessian, linearly at the size of the model's
     error with this one; at an entry where the curvature vanishes like :math:`|x|^{q-2}` the
-    ratio is :math:`(q-2)/(q-1)`, which the tail sum covers). A problem is certified when
+    ratio is :math:`(q-2)/(q-1)`, which the tail sum covers), and never below the model's own bound
+    :math:`(\|H - H^T\|_F/2 + \text{shift})/\lambda_{\min}(H)` (the finite-difference Hessian's asymmetry
+    measures its error). :math:`\theta` is the model's own bound alone where the step cannot move ``X`` (below the
+    spacing of its entries: the segment is too short for :math:`\bar H` to differ from the Hessian
+    at ``X``). A problem is certified when
     :math:`\theta \le` :data:`THETA_MAX` and
     :math:`\|d\|/(1-\theta) \le \mathrm{rtol}\max(\|X\|, \|X - X_0\|)`; it then stops moving.
     Since :math:`\|X^\star\| \ge \|X\| - \|e\|`, this gives
@@ -199,6 +203,11 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
         with floating_point_warnings_silenced():  # inf / inf where no full step was taken: not certified
             theta = xp.maximum(steps[1] / steps[0], dn / steps[1])  # (..,) measured contraction
         theta = xp.maximum(theta, theta_model)
+        # a step below the spacing of X's entries cannot move X (X + D == X): no contraction can be measured,
+        # and none is needed: the segment to the minimiser is that short, so the model's own error is Delta
+        with floating_point_warnings_silenced():
+            unresolved = newton & xp.all(X + D == X, axis=(-2, -1))  # (..,)
+        theta = xp.where(unresolved, theta_model, theta)
         theta = xp.where(newton & xp.isfinite(theta), theta, inf)
         theta = xp.where(newton & (dn == 0), xp.zeros_like(theta), theta)  # a zero gradient: X is stationary
         target = xp.maximum(fro_norm(X, xp), fro_norm(X - X0, xp))  # (..,)
