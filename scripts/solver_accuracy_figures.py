@@ -8,7 +8,11 @@ solution of their normal equations in rational arithmetic (``tests/test_windowed
 relative error. Second, for every implicit (objective, retention) with a closed form, the grid of
 ``tests/test_certified_convergence.py``: how many iterative solves certified, how many refused
 (ConvergenceError), and the largest ||iterative - closed||_F / max(||closed||, ||M_t - closed||)
-among the certified ones. Takes about a minute.
+among the certified ones. Third, the problems with vanishing curvature (``mu = 0``: the lq retention,
+q = 3, alpha = 0.9, and lp (p = 1.5) through the dual under lq with q = 1.5 and 3) over the same
+grid, against the minimiser in 80-digit decimals (``tests/lq_reference.py``): certified / refused
+and the largest true relative error over the reported tolerance (<= 1: every certificate holds).
+Takes about three minutes.
 """
 
 import sys
@@ -20,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_certified_convergence import ETAS, KEY_SCALES, MAX_ITER, OBJECTIVES, RETENTIONS, _inputs  # noqa: E402
 from test_windowed_stability import SHAPES, _window, windowed_step_exact  # noqa: E402
+from lq_reference import lq_step_reference  # noqa: E402
 
 from refmem import Level, solve  # noqa: E402
 from refmem.level import ClosedFormUnavailable  # noqa: E402
 from refmem.metrics import rel_error  # noqa: E402
-from refmem.objectives import L2  # noqa: E402
+from refmem.objectives import L2, Lp  # noqa: E402
 from refmem.objectives.windowed_l2 import WindowedL2  # noqa: E402
-from refmem.retentions import ForgetGate, LocalL2  # noqa: E402
+from refmem.retentions import ForgetGate, LocalL2, LqMoneta  # noqa: E402
 from refmem.solvers import ConvergenceError  # noqa: E402
 
 
@@ -75,6 +80,31 @@ def main():
                 worst = max(worst, float(np.linalg.norm(it - closed) / scale))
             else:
                 print(f"  {o:12s} {r:12s} certified {certified:2d}/15, refused {refused:2d}, max error {worst:.1e}")
+    print("mu = 0: lq retention (q = 3) against 80-digit decimals, max true error / reported tolerance")
+    for step in ("explicit", "implicit"):
+        for o in ("dot", "l2", "lp3", "huber", "windowed_l2"):
+            print(f"  {step:8s} {o:12s} " + lq_grid(o, step, OBJECTIVES[o], 3.0))
+    for q in (1.5, 3.0):
+        print(f"  implicit lp1.5 (dual) under lq q = {q}: " + lq_grid("lp1.5", "implicit", Lp(1.5), q))
+
+
+def lq_grid(name, step, objective, q):
+    """Certified / refused over the grid and the largest true relative error over the reported tolerance."""
+    certified = refused = 0
+    worst = 0.0
+    for i, (eta, s) in enumerate((e, s) for e in ETAS for s in KEY_SCALES):
+        M_t, k, v = _inputs(name, s, seed=i)
+        try:
+            it, rep = solve(Level(objective, LqMoneta(q, 0.9, eta), step=step), M_t, k, v, method="iterative",
+                            max_iter=200)
+        except ConvergenceError:
+            refused += 1
+            continue
+        certified += 1
+        exact = lq_step_reference(name, step, M_t, k, v, q, 0.9, eta, start=it)
+        scale = max(np.linalg.norm(exact), np.linalg.norm(M_t - exact))
+        worst = max(worst, float(np.linalg.norm(it - exact) / scale) / rep.tolerance)
+    return f"certified {certified:2d}/15, refused {refused:2d}, max error / tolerance {worst:.2g}"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _mirror(M, q):
 
 
 def _grad_l(objective, M, k, v):
-    """:math:`\\nabla l(M)` written out: rows ``d_v``, columns ``d_k`` (windowed: ``k``, ``v`` hold c rows)."""
+    r""":math:`\nabla l(M)` written out: rows ``d_v``, columns ``d_k`` (windowed: ``k``, ``v`` hold c rows)."""
     dv, dk = len(M), len(M[0])
     if objective == "dot":
         return [[-v[i] * k[j] for j in range(dk)] for i in range(dv)]

@@ -151,11 +151,13 @@ class LqMoneta(Retention):
     (:math:`\nabla\psi(M) + \eta\nabla l(M) = \alpha\nabla\psi(M_t)` couples the lq map with
     ``l``); it is solved iteratively (:func:`refmem.solvers.newton_fd` on the stated objective:
     the curvature :math:`\propto |M_{ij}|^{q-2}` vanishes or blows up at small entries,
-    which first-order methods crawl through). Known limit: with the lp objective at
-    ``p = 1`` the implicit step goes through the box-constrained dual
-    (:mod:`refmem.solvers.residual_dual`), whose curvature :math:`\propto |A|^{q^*-2}` is badly
-    scaled for large ``q``; measured: converges for ``q <= 4``, may raise
-    :class:`~refmem.solvers.ConvergenceError` (never a silent result) for ``q > 4``.
+    which first-order methods crawl through). With ``q > 2`` the retention has ``mu = 0``, so
+    "converged" is certified by Newton's step lengths, not by the gradient (MATH.md 1a). With
+    the lp objective (``p < 2``) the implicit step goes through the Fenchel dual
+    (:mod:`refmem.solvers.residual_dual`); the dual's accuracy bounds nothing on the state here
+    (``L_R = inf`` or ``mu_R = 0``), so ``newton_fd`` certifies the primal from the dual's answer
+    (``p > 1``), or, for ``p = 1``, a subgradient and the strong convexity ``(q-1)/eta``
+    (``q < 2`` only); otherwise :class:`~refmem.solvers.ConvergenceError` (never a silent result).
     """
 
     q: float = 3.0

@@ -46,6 +46,7 @@ from typing import Callable
 from ..linalg import broadcast_like, fro_norm, matvec, outer, sq_norm
 from ..validation import expand_matrix
 from .backtracking import backtracking_proximal_gradient
+from .mirror_descent import mirror_descent
 from .newton_fd import newton_fd
 from .problem import Problem, max_float
 from .options import check_count, check_rtol
@@ -188,6 +189,10 @@ def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
                            "the primal certificate was not met after tightening the dual tolerance")
 
 
+PRIMAL_SOLVERS = {"newton_fd": newton_fd, "mirror_descent": mirror_descent}
+"""The retentions' own solvers that can certify the primal from the dual's answer (``ResidualDual.primal_solver``)."""
+
+
 def _primal_bound_known(xp, dual: ResidualDual) -> bool:
     """The retention's constants bound the primal error by the dual's (``L_R`` finite, ``mu_R > 0``, per problem)."""
     L_R = xp.asarray(dual.retention_lipschitz)
@@ -198,14 +203,12 @@ def _primal_bound_known(xp, dual: ResidualDual) -> bool:
 def _certify_on_the_primal(problem: Problem, dp: Problem, dual: ResidualDual, y, M, rtol: float,
                            iterations: int):
     """The primal solved by the retention's own solver from the dual's answer ``M`` (:func:`residual_dual` Notes)."""
-    from . import SOLVERS  # the registry imports this module
-
     xp = problem.xp
     if dp.prox is not None and bool(xp.all(xp.asarray(dual.retention_mu) > 0)):
         bound = _subgradient_bound(xp, dp, dual, y, M, rtol)
         if bound <= rtol:
             return M, SolveReport("iterative", "residual_dual", iterations, bound, rtol, True)
-    if dp.prox is not None or dual.primal_solver not in SOLVERS:
+    if dp.prox is not None or dual.primal_solver not in PRIMAL_SOLVERS:
         raise ConvergenceError(
             SolveReport("iterative", "residual_dual", iterations, math.inf, rtol, False),
             "the dual converged but its accuracy bounds nothing on the state: the retention has no finite "
@@ -215,7 +218,7 @@ def _certify_on_the_primal(problem: Problem, dp: Problem, dual: ResidualDual, y,
     start = Problem(problem.xp, M, problem.value, problem.grad, problem.lipschitz, problem.mu, problem.prox,
                     problem.h_value, problem.quadratic)
     try:
-        X, rep = SOLVERS[dual.primal_solver](start, rtol=rtol)
+        X, rep = PRIMAL_SOLVERS[dual.primal_solver](start, rtol=rtol)
     except ConvergenceError as exc:
         r = exc.report
         raise ConvergenceError(SolveReport("iterative", "residual_dual", iterations + r.iterations, r.residual,
@@ -240,7 +243,7 @@ def _subgradient_bound(xp, dp: Problem, dual: ResidualDual, y, M, rtol: float) -
     r = matvec(M, dual.k) - dual.v  # (.., d_v)
     tau = 16 * eps * (matvec(xp.abs(M), xp.abs(dual.k)) + xp.abs(dual.v))  # (.., d_v) rounding of r
     one = xp.ones(tuple(y.shape[:-2]), dtype=y.dtype)  # (..,) prox step (a projection ignores it)
-    huge = float(xp.finfo(y.dtype).max) / 4
+    huge = xp.full_like(r, float(xp.finfo(y.dtype).max) / 4)  # (.., d_v)
     face = dp.prox(xp.where(r > 0, huge, -huge)[..., None] + 0 * y, one)  # (.., d_v, 1) the box face toward sign(r)
     w = xp.where((xp.abs(r) > tau)[..., None], face, y)  # (.., d_v, 1)
     knorm = xp.sqrt(sq_norm(dual.k, xp))  # (..,)
