@@ -246,7 +246,8 @@ def test_lp_dual_under_the_lq_retention_is_within_its_certified_error_of_a_decim
     from refmem.retentions import LqMoneta
 
     outcomes = []
-    for i, (eta, scale) in enumerate((e, s) for e in ETAS for s in KEY_SCALES):
+    # eta = 1e12 is left out: every case there is refused (scripts/solver_accuracy_figures.py), at 1-5 s each
+    for i, (eta, scale) in enumerate((e, s) for e in ETAS[:4] for s in KEY_SCALES):
         M_t, k, v = _inputs("lp1.5", scale, seed=i)
         try:
             M, report = solve(Level(Lp(1.5), LqMoneta(q, 0.9, eta)), M_t, k, v, method="iterative", max_iter=200)
