@@ -513,8 +513,8 @@ def test_titans_chunked_backward_peak_extra_memory(T, d, C):
     one gradient from its pieces holds it twice for a moment (+1); the checkpoint pairs (``d_v x 2 d_k`` at
     the start of every span of ``sqrt(T / C)`` chunks, and inside the span being differentiated at each of its
     chunks: about ``4 sqrt(C / T) d / C``) and one chunk's temporaries (a few dozen ``C x C`` and ``C x d``
-    arrays, about ``45 C / T``) shrink as ``T`` grows. Measured: 5.6 and 5.4 here, 4.8 at ``T = 1024``,
-    4.4 at ``T = 4096`` (``d = C = 16``). A backward that kept every chunk-start pair and a block's factors
+    arrays, about ``45 C / T``) shrink as ``T`` grows. Measured: 5.2 and 5.1 here, 5.0 at ``T = 1024`` and
+    4.3 at ``T = 4096`` (``d = C = 32``). A backward that kept every chunk-start pair and a block's factors
     at once (measured 7.4 before the checkpoint spans) fails."""
     import tracemalloc
 

@@ -228,7 +228,7 @@ def titans_block_vjp(q, k, v, a, eta, theta, C: int, X0, do, dX, xp):
               - mT(dU, xp) @ W[..., i, :, :])  # dX_0 of chunk i = dX_C of chunk i - 1, (.., d_v, 2 d_k)
     X0s, dXC = xp.stack(starts, axis=-3), xp.stack(dXCs, axis=-3)  # (.., n, d_v, 2 d_k)
     U, dU = xp.stack(us, axis=-3), xp.stack(dUs, axis=-3)  # (.., n, C, d_v)
-    del starts, dXCs, us, dUs
+    del starts, dXCs, us, dUs, Ut, W, f["P"], f["Qg"], f["Kt"]  # what the gradients below no longer read
     grads = titans_chunk_grads(Q, K, V, a, eta, theta, f, X0s, U, dU, dO, dXC, xp)
     lead = tuple(K.shape[:-3])
     flat = lambda x: xp.reshape(x, lead + (n * C,) + tuple(x.shape[-1:]))  # noqa: E731  (.., n, C, d) -> (.., t, d)
@@ -242,6 +242,7 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
 
     ``Q, K [..., n, C, d_k]``, ``V, U, dU, dO [..., n, C, d_v]``, gates ``[..., n, C]``, the factors
     ``f`` (:func:`titans_chunk_factors`), the start pairs ``X0`` and end cotangents ``dXC [..., n, d_v, 2 d_k]``.
+    Each factor is dropped from ``f`` once read, so that a chunk's temporaries do not all live at once.
     Returns ``dq, dk [..., n, C, d_k]``, ``dv [..., n, C, d_v]``, ``da, deta, dtheta [..., n, C]``.
     """
     C, d_v, d_k = K.shape[-2], V.shape[-1], K.shape[-1]
@@ -258,9 +259,10 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
     dQg = dO @ X0  # (.., n, C, d_v) @ (.., n, d_v, 2 d_k) -> (.., n, C, 2 d_k)
     dQ = dPc @ K + ga[..., None] * dQg[..., :d_k] + p[..., None] * dQg[..., d_k:]  # (.., n, C, d_k)
     dK = mT(dPc, xp) @ Q  # (.., n, C, d_k)
-    dc = xp.where(incl, dP * f["QK"], zero)  # (.., n, C, C)
+    dc = xp.where(incl, dP * f.pop("QK"), zero)  # (.., n, C, C)
     dga = rows(Q * dQg[..., :d_k], xp)  # (.., n, C)
     dp = rows(Q * dQg[..., d_k:], xp)  # (.., n, C)
+    del dP, dPc, dQg
     # end pair X_C = X0 Gamma + U^T Kt
     dKt = U @ dXC  # (.., n, C, d_v) @ (.., n, d_v, 2 d_k) -> (.., n, C, 2 d_k)
     dK = dK + c[..., C - 1, :, None] * dKt[..., :d_k] + f["De"][..., C - 1, :, None] * dKt[..., d_k:]  # (.., n, C, d_k)
@@ -269,10 +271,12 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
     dga = dga + last * xp.sum(dMC * M0, axis=(-2, -1))[..., None]  # gamma^a_C, (.., n, C)
     dp = dp + last * xp.sum(dMC * S0, axis=(-2, -1))[..., None]  # p_C, (.., n, C)
     dge = last * xp.sum(dSC * S0, axis=(-2, -1))[..., None]  # gamma^eta_C, (.., n, C)
+    del dKt
     # U = U~ - W X0^T and the triangular solve [U~, W] = A^{-1} R
     dX = concat_last(dU, -(dU @ X0), xp=xp)  # d[U~, W], (.., n, C, d_v + 2 d_k)
     dR = solve_unit_upper_transposed(f["A"], dX, xp)  # A^{-T} d[U~, W], (.., n, C, d_v + 2 d_k)
-    dA = xp.where(strict, -(dR @ mT(f["X"], xp)), zero)  # (.., n, C, C): strict lower part only
+    dA = xp.where(strict, -(dR @ mT(f.pop("X"), xp)), zero)  # (.., n, C, C): strict lower part only
+    del dX, f["A"]
     dRV, dRM, dRS = dR[..., :d_v], dR[..., d_v:d_v + d_k], dR[..., d_v + d_k:]  # (.., n, C, d_v / d_k / d_k)
     # R = diag(theta) [V, diag(gamma^a-) K, diag(p-) K]
     RMK, RSK = rows(dRM * K, xp), rows(dRS * K, xp)  # (.., n, C)
@@ -281,11 +285,13 @@ def titans_chunk_grads(Q, K, V, a, eta, theta, f, X0, U, dU, dO, dXC, xp):
     dK = dK + (theta * f["ga_prev"])[..., None] * dRM + (theta * f["p_prev"])[..., None] * dRS  # (.., n, C, d_k)
     dga = dga + shift_up(theta * RMK, xp)  # gamma^a- reads gamma^a one step back, (.., n, C)
     dp = dp + shift_up(theta * RSK, xp)  # p- likewise, (.., n, C)
+    del dR, dRV, dRM, dRS
     # A = I + strict_tril(diag(theta) (c- o K K^T))
     dth = dth + rows(dA * f["c_prev"] * f["KK"], xp)  # (.., n, C)
     dc = dc + shift_up(dA * theta[..., :, None] * f["KK"], xp, axis=-2)  # c- reads c one row back, (.., n, C, C)
     G = dA * theta[..., :, None] * f["c_prev"]  # cotangent of K K^T, (.., n, C, C)
     dK = dK + (G + mT(G, xp)) @ K  # (.., n, C, C) @ (.., n, C, d_k)
+    del dA, G, f["KK"], f["c_prev"]
     # c = D^a (I + strict_tril(D^eta)), p = D^a gamma^eta
     Da, De, ge = f["Da"], f["De"], f["ge"]
     SDe = xp.where(strict, De, zero)  # (.., n, C, C)
