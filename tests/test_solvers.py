@@ -139,3 +139,22 @@ def test_step_halving_accepts_the_largest_halved_step_per_problem(xp):
     value_form = search(lambda Y: xp.sum(Ls * Y * Y, axis=(-2, -1)) / 2)
     np.testing.assert_array_equal(to_numpy(value_form.t), largest_halving(1 / L))
     assert search(None, max_halvings=3) is None  # L = 100 needs 9 trials
+
+
+def test_newton_fd_certifies_a_start_at_the_minimiser_and_refuses_a_saddle():
+    """A start whose gradient is exactly 0 gives no descent slope: it is certified (0 iterations) where the
+    Hessian model is positive definite (f = |X - c|^2 / 2 started at c), and refused at a saddle
+    (f = (x_1^2 - x_2^2) / 2 started at 0, stationary but no minimiser)."""
+    from refmem.solvers.newton_fd import newton_fd
+
+    c = np.array([[1.5, -2.0]])  # (1, 2)
+    bowl = Problem(np, c.copy(), lambda X: np.sum((X - c) ** 2, axis=(-2, -1)) / 2, lambda X: X - c,
+                   np.asarray(1.0), np.asarray(1.0))
+    X, report = newton_fd(bowl, rtol=1e-12)
+    assert report.converged and report.iterations == 0
+    assert np.array_equal(X, c)
+    sign = np.array([[1.0, -1.0]])  # (1, 2)
+    saddle = Problem(np, np.zeros((1, 2)), lambda X: np.sum(sign * X * X, axis=(-2, -1)) / 2, lambda X: sign * X,
+                     np.asarray(1.0), np.asarray(0.0))
+    with pytest.raises(ConvergenceError):
+        newton_fd(saddle, rtol=1e-12, max_iter=20)

@@ -209,7 +209,9 @@ def newton_fd(problem: Problem, *, rtol: float, max_iter: int = 200, max_halving
             unresolved = newton & xp.all(X + D == X, axis=(-2, -1))  # (..,)
         theta = xp.where(unresolved, theta_model, theta)
         theta = xp.where(newton & xp.isfinite(theta), theta, inf)
-        theta = xp.where(newton & (dn == 0), xp.zeros_like(theta), theta)  # a zero gradient: X is stationary
+        # D = 0 only where G = 0 exactly (no slope, so `newton` reads no descent): X is stationary, and a
+        # minimiser where the model is positive definite with a small error (theta_model <= THETA_MAX; a saddle fails)
+        theta = xp.where((dn == 0) & (theta_model <= THETA_MAX), xp.zeros_like(theta), theta)
         target = xp.maximum(fro_norm(X, xp), fro_norm(X - X0, xp))  # (..,)
         ok_theta = theta <= THETA_MAX
         bound = xp.where(ok_theta, dn / (1 - xp.where(ok_theta, theta, xp.zeros_like(theta))), inf)  # (..,)
