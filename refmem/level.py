@@ -114,7 +114,7 @@ def _check_inputs(level: Level, M_t, k, v):
         check_ndim(v, "v", 2, "[..., d_v, d_k] (a matrix like the state)")
         if tuple(v.shape[-2:]) != (d_v, d_k):
             raise ValueError(f"v must end in the shape of the state M_t ({d_v}, {d_k}); got shape {tuple(v.shape)}")
-        batch = [M_t.shape[:-2], v.shape[:-2]]
+        batch, batch_names = [M_t.shape[:-2], v.shape[:-2]], ("M_t", "v")
     else:
         w = 1 if getattr(level.objective, "windowed", False) else 0  # windowed objectives: c samples per problem
         check_ndim(k, "k", 1 + w, "[..., c, d_k]" if w else "[..., d_k]")
@@ -125,15 +125,19 @@ def _check_inputs(level: Level, M_t, k, v):
             raise ValueError(f"k has length {k.shape[-1]} but M_t has d_k = {d_k} (M_t is [..., d_v, d_k])")
         if v.shape[-1] != d_v:
             raise ValueError(f"v has length {v.shape[-1]} but M_t has d_v = {d_v} (M_t is [..., d_v, d_k])")
-        batch = [M_t.shape[:-2], k.shape[:-1 - w], v.shape[:-1 - w]]
-    _check_broadcast(batch)
+        batch, batch_names = [M_t.shape[:-2], k.shape[:-1 - w], v.shape[:-1 - w]], ("M_t", "k", "v")
+    _check_broadcast(batch, batch_names)
     level.objective.check_inputs(k, v, xp)  # e.g. the windowed objective's weights gamma
     ret = level.retention.bind(xp, M_t.dtype)
+    for name, trailing in ret.batch_parameters.items():  # a batched eta or alpha must fit the problems' batch
+        shape = tuple(getattr(getattr(ret, name, None), "shape", ()))
+        if len(shape) > trailing:
+            _check_broadcast(batch + [shape[:len(shape) - trailing]], names=batch_names + (name,))
     ret.check_state(M_t, xp)  # e.g. a simplex retention needs M_t on its simplex
     return xp, ret
 
 
-def _check_broadcast(shapes):
+def _check_broadcast(shapes, names=("M_t", "k", "v")):
     out: list[int] = []
     for s in shapes:
         s = tuple(s)
@@ -142,7 +146,7 @@ def _check_broadcast(shapes):
         b = [1] * (n - len(s)) + list(s)
         for i, (x, y) in enumerate(zip(a, b)):
             if x != y and 1 not in (x, y):
-                raise ValueError(f"batch shapes of M_t, k, v do not broadcast: {[tuple(t) for t in shapes]}")
+                raise ValueError(f"batch shapes of {', '.join(names)} do not broadcast: {[tuple(t) for t in shapes]}")
             a[i] = max(x, y)
         out = a
 

@@ -641,3 +641,23 @@ def test_sweep_size(capsys):
               f"({len(LEVEL_CASES)} cases), level parameters {level_params}, optimisers {optimizers} "
               f"({len(OPTIMIZER_NAMES)}), losses {losses}")
     assert memories > 0
+
+
+@pytest.mark.parametrize("retention", ["eta", "alpha"])
+def test_a_batched_step_or_gate_of_the_wrong_length_is_named(retention):
+    """A batched ``eta`` (or ``alpha``) that does not broadcast with the problems' batch is refused before any
+    arithmetic, naming it (numpy's own broadcast message named no argument)."""
+    from refmem import Level, solve
+    from refmem.objectives import L2
+    from refmem.retentions import ForgetGate
+
+    g = np.random.default_rng(0)
+    M, k, v = g.standard_normal((2, 4, 3)), g.standard_normal((2, 3)), g.standard_normal((2, 4))
+    params = {"eta": np.array([1.0, 2.0, 3.0]), "alpha": 0.5} if retention == "eta" else \
+        {"eta": 1.0, "alpha": np.array([0.1, 0.2, 0.3])}
+    for method in ("closed", "iterative"):
+        with pytest.raises(ValueError, match=rf"batch shapes of M_t, k, v, {retention} do not broadcast"):
+            solve(Level(L2(), ForgetGate(**params)), M, k, v, method=method)
+    ok = {"eta": np.array([1.0, 2.0]), "alpha": np.array([0.3, 0.6])}  # one per problem: accepted
+    M_new, _ = solve(Level(L2(), ForgetGate(**ok)), M, k, v)
+    assert M_new.shape == M.shape and np.all(np.isfinite(M_new))

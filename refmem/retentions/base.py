@@ -21,6 +21,9 @@ class Retention(abc.ABC):
     """
 
     name = "retention"
+    # parameters that may be arrays over the problems' batch axes, with the number of trailing
+    # per-problem axes each has (0: one value per problem, ``[...]``; 1: one per channel, ``[..., d]``)
+    batch_parameters: dict[str, int] = {"eta": 0, "alpha": 0}
 
     @abc.abstractmethod
     def bind(self, xp, dtype) -> "Retention":

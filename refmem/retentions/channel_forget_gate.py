@@ -37,6 +37,7 @@ class ChannelForgetGate(QuadraticProximal):
     eta: Any = 1.0
     alpha: Any = 1.0
     name = "channel_forget_gate"
+    batch_parameters = {"eta": 0, "alpha": 1}  # per-channel parameters end in a channel axis
 
     def bind(self, xp, dtype):
         return replace(self, eta=self._bind_eta(xp, dtype), alpha=unit_interval(self.alpha, "alpha", xp, dtype))

@@ -43,6 +43,7 @@ class ChannelLocalL2(Retention):
 
     eta: Any = 1.0
     name = "channel_local_l2"
+    batch_parameters = {"eta": 1}  # per-channel parameters end in a channel axis
 
     def bind(self, xp, dtype):
         return replace(self, eta=positive(self.eta, "eta", xp, dtype))
