@@ -169,13 +169,14 @@ def residual_dual(problem: Problem, *, rtol: float, max_iter: int = 20000):
     eps = float(xp.finfo(problem.x0.dtype).eps)
     rtol_dual = rtol
     iterations = 0
+    bound_known = _primal_bound_known(xp, dual)  # the retention's constants: fixed for the whole solve
     for _ in range(6):  # each round tightens the dual tolerance by the shortfall of the primal certificate
         y, rep = _solve_dual(dp, rtol_dual, max_iter)
         iterations += rep.iterations
         M = broadcast_like(dual.primal_of(outer(y[..., 0], dual.k)), problem.x0, xp)  # the problem's batch shape
-        shortfall = _primal_shortfall(xp, dp, dual, y, M, rtol)
-        if not _primal_bound_known(xp, dual):
+        if not bound_known:  # the dual's accuracy bounds nothing here: one dual solve is only a warm start
             return _certify_on_the_primal(problem, dp, dual, y, M, rtol, iterations)
+        shortfall = _primal_shortfall(xp, dp, dual, y, M, rtol)
         if shortfall <= 1.0:
             return M, SolveReport("iterative", "residual_dual", iterations, rep.residual, rtol, True)
         rtol_dual = rtol_dual / (2 * min(shortfall, 1e6))
