@@ -23,18 +23,28 @@ The pool (:func:`worker_pool`) is loky's persistent
 :class:`concurrent.futures.ProcessPoolExecutor` of fresh interpreters (worker
 processes escape the GIL: the sequence forms are many small NumPy calls, which a
 thread pool serialises). ``workers=N`` is this process and ``N - 1`` pool
-processes: the pool takes tasks from the front, this process from the back
-while they run. The slices sent to the pool travel through shared memory
-(:class:`multiprocessing.shared_memory.SharedMemory`), not through the pool's
-pipes: the caller copies a slice's inputs into its region of one shared block
-(kept between calls, freed by :func:`shutdown_pool` or at exit) when it sends
-it, a worker reads them in place, computes, and writes its outputs into the
-slice's region of a second persistent block (once the caller's own first slice
-has told the size; the first slices sent hand theirs back in new blocks that
-the caller frees), from which the caller copies them into the stacked result. Only
-names, offsets, shapes and the small arguments are pickled. Extra memory while
-the pool runs: one copy of the sliced inputs and of the outputs, besides what
-each form needs for its slice.
+processes, sharing the tasks in proportion: the pool takes its share from the
+front, this process its own from the back while they run (and what the pool has
+not been sent yet once its own are done). The tasks sent to the pool travel
+through shared memory (:class:`multiprocessing.shared_memory.SharedMemory`),
+not through the pool's pipes: the caller copies a task's inputs, slice by
+slice, into its region of one shared block (kept between calls, freed by
+:func:`shutdown_pool` or at exit) when it sends it, a worker reads them in
+place, computes, and writes its outputs into the task's region of a second
+persistent block, from which the caller copies them into the stacked result.
+The size of that region is learnt from the caller's first own task and kept
+per form and input shapes, so only the tasks sent before it, in a form's first
+call on a shape, hand their outputs back in new blocks that the caller frees.
+This process's own tasks read the inputs where they lie when the task's
+slices are one C-ordered run of the input (:func:`_task_view`: no copy), else
+a fresh copy. Only names, offsets, shapes and the small arguments are pickled.
+Extra memory while the pool runs: one copy of the pool's share of the sliced
+inputs and of the outputs, besides what each form needs for its slice.
+
+The workers keep the memory they free (glibc's malloc settings in their
+environment, :data:`_KEEP_FREED_MEMORY`): a form's temporaries are made and
+freed again every block of chunks, and a fresh one costs a page fault per
+4 KiB; kept, the next block reuses them.
 
 Public sequence forms take ``workers=`` (:func:`workers_option`); the default
 (``workers=None`` and ``refmem.options(workers=None)``) is the pool on every
@@ -201,6 +211,14 @@ def _start_worker():
 
 
 _ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+# glibc malloc in the workers (other C libraries ignore these): blocks up to 32 MiB (glibc's largest threshold)
+# from the heap instead of fresh mmaps, and freed memory kept, not handed back to the system. A sequence form
+# makes and frees the same few-MiB temporaries every block of chunks; with the defaults each new one costs a
+# page fault per 4 KiB touched (about 3000 per 4-slice task of the chunked gated delta rule at T = 4096, d = 64:
+# 12.4 against 10.6 ms per slice measured, one process, BLAS on one thread); kept, they cost none. The worker's
+# memory stays at its largest task's peak.
+_KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**62),
+                      "MALLOC_TOP_PAD_": str(16 * 2**20)}
 
 
 def worker_pool(n_workers: int):
@@ -216,7 +234,8 @@ def worker_pool(n_workers: int):
     from loky import get_reusable_executor
 
     if _POOL["executor"] is None or _POOL["size"] < n_workers:
-        executor = get_reusable_executor(max_workers=n_workers, env=_ONE_THREAD, initializer=_start_worker)
+        executor = get_reusable_executor(max_workers=n_workers, env={**_ONE_THREAD, **_KEEP_FREED_MEMORY},
+                                          initializer=_start_worker)
         _POOL.update(size=n_workers, executor=executor)
     return _POOL["executor"]
 
@@ -238,8 +257,8 @@ def _fresh(x):
 
 
 def _task_cut(x, group: list, batched: bool):
-    """The part of ``x`` one task computes: the slice ``x[group[0]]``, or (``batched``) the slices of ``group``
-    stacked along a new leading axis ``[len(group), ...]`` (tuples element by element)."""
+    """The part of ``x`` one task computes: the slice ``x[group[0]]`` (a view), or (``batched``) the slices of
+    ``group`` stacked along a new leading axis ``[len(group), ...]``, a fresh C-ordered array (tuples element by element)."""
     if isinstance(x, tuple):
         return tuple(_task_cut(e, group, batched) for e in x)
     if not batched:
@@ -247,9 +266,56 @@ def _task_cut(x, group: list, batched: bool):
     return np.stack([_cut(x, index) for index in group], axis=0)  # (g, ..): g slices, a fresh C-ordered array
 
 
+def _task_shape(x, group: list, batched: bool):
+    """``(shape, dtype)`` of :func:`_task_cut`'s result, without cutting (tuples element by element)."""
+    if isinstance(x, tuple):
+        return tuple(_task_shape(e, group, batched) for e in x)
+    x = np.asarray(x)
+    shape = tuple(x.shape[len(group[0]):])
+    return ((len(group),) + shape if batched else shape), x.dtype
+
+
 def _slice_inputs(inputs: dict, plan: dict, group: list, batched: bool) -> dict:
-    """The inputs of the task computing the slices of ``group``: cut arrays as fresh copies, the rest whole."""
-    return {k: (_fresh(_task_cut(x, group, batched)) if plan[k] else x) for k, x in inputs.items()}
+    """The inputs of the task computing the slices of ``group`` in this process: cut arrays as C-ordered views
+    where they lie so in the input (:func:`_task_view`), else as fresh copies (one copy each); the rest whole."""
+    return {k: (_task_input(x, group, batched) if plan[k] else x) for k, x in inputs.items()}
+
+
+def _task_input(x, group: list, batched: bool):
+    """:func:`_task_view` of ``x``, or a fresh C-ordered copy of :func:`_task_cut` where there is none."""
+    if isinstance(x, tuple):
+        return tuple(_task_input(e, group, batched) for e in x)
+    view = _task_view(x, group, batched)
+    if view is not None:
+        return view
+    return _task_cut(x, group, True) if batched else _fresh(_task_cut(x, group, False))
+
+
+def _task_view(x, group: list, batched: bool):
+    """The part of ``x`` a task computes as a C-contiguous view of ``x`` (no copy), or ``None``.
+
+    There is one when ``x`` is a C-contiguous NumPy array whose leading axes are
+    all cut (none broadcast from size 1) and the task's slices follow one
+    another in it (:func:`_groups` makes consecutive groups): then the task's
+    part is a run of consecutive rows of ``x`` seen as ``[n_slices, ...]``,
+    laid out exactly as a fresh copy would be.
+    """
+    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous:
+        return None
+    n = len(group[0])
+    lead = x.shape[:n]
+    if not _all_cut(group, lead):
+        return None
+    first, last = (int(np.ravel_multi_index(index, lead)) if n else 0 for index in (group[0], group[-1]))
+    if last - first != len(group) - 1:
+        return None
+    rows = np.reshape(x, (-1,) + x.shape[n:])  # (n_slices, ..): a view of a C-contiguous array
+    return rows[first:last + 1] if batched else rows[first]
+
+
+def _all_cut(group: list, lead: tuple) -> bool:
+    """Whether every slice index of ``group`` lies inside ``lead`` (no axis of ``x`` broadcast from size 1)."""
+    return all(all(i < s for i, s in zip(index, lead)) for index in group)
 
 
 _ARENA = {"block": None}  # the caller's persistent shared block for the sliced inputs
@@ -284,14 +350,33 @@ atexit.register(_free_arena)
 def _layout(x, offset: int):
     """``(description, end)``: ``x`` (an array or a tuple of arrays) placed in the arena from ``offset`` (name filled in later)."""
     if isinstance(x, tuple):
+        return _shape_layout(tuple(_shape_of(e) for e in x), offset)
+    return _shape_layout(_shape_of(x), offset)
+
+
+def _shape_of(x):
+    """``(shape, dtype)`` of an array (tuples element by element)."""
+    if isinstance(x, tuple):
+        return tuple(_shape_of(e) for e in x)
+    x = np.asarray(x)
+    return tuple(x.shape), x.dtype
+
+
+def _is_shape(s) -> bool:
+    return len(s) == 2 and isinstance(s[1], np.dtype)
+
+
+def _shape_layout(s, offset: int):
+    """:func:`_layout` from ``(shape, dtype)`` pairs (:func:`_shape_of`, :func:`_task_shape`), nothing read."""
+    if not _is_shape(s):
         descs = []
-        for e in x:
-            d, offset = _layout(e, offset)
+        for e in s:
+            d, offset = _shape_layout(e, offset)
             descs.append(d)
         return ("tuple", tuple(descs)), offset
-    x = np.asarray(x)
+    shape, dtype = s
     start = -(-offset // _ALIGN) * _ALIGN
-    return ("array", None, start, x.shape, x.dtype.str), start + x.nbytes
+    return ("array", None, start, shape, dtype.str), start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def _placed(desc, name: str, shift: int):
@@ -313,24 +398,50 @@ def _fill(x, desc, block):
 
 
 class _SliceArena:
-    """The caller's shared block cut into one region per slice; a region is filled just before its slice is sent."""
+    """The caller's shared block cut into one region per task; a region is filled just before its task runs."""
 
-    def __init__(self, inputs: dict, plan: dict, groups: list, batched: bool):
+    def __init__(self, inputs: dict, plan: dict, groups: list, batched: bool, n_regions: int):
         self.inputs, self.plan, self.groups, self.batched = inputs, plan, groups, batched
-        first = {k: _task_cut(x, groups[0], batched) for k, x in inputs.items() if plan[k]}
         self.layout, end = {}, 0
-        for k, x in first.items():
-            self.layout[k], end = _layout(x, end)  # every slice has the same shapes
+        for k, x in inputs.items():
+            if plan[k]:  # every task has the same shapes: those of the first
+                self.layout[k], end = _shape_layout(_task_shape(x, groups[0], batched), end)
         self.stride = -(-end // _ALIGN) * _ALIGN
-        self.block = _input_arena(self.stride * len(groups))
+        self.block = _input_arena(self.stride * n_regions)  # tasks 0 .. n_regions - 1 may be sent
 
     def region(self, i: int) -> dict:
-        """Copy task ``i``'s inputs into its region; returns their descriptions by name."""
+        """Copy task ``i``'s inputs into its region (one copy, slice by slice); returns their descriptions by name."""
         shift = i * self.stride
         placed = {k: _placed(d, self.block.name, shift) for k, d in self.layout.items()}
         for k, d in placed.items():
-            _fill(_task_cut(self.inputs[k], self.groups[i], self.batched), d, self.block)
+            _fill_task(self.inputs[k], self.groups[i], self.batched, d, self.block)
         return placed
+
+    def views(self, placed: dict) -> dict:
+        """The arrays of a filled region (:meth:`region`), views of this process's block, by name."""
+        return {k: _block_view(d, self.block) for k, d in placed.items()}
+
+
+def _fill_task(x, group: list, batched: bool, desc, block):
+    """Copy the part of ``x`` a task computes (:func:`_task_cut`) straight into its place ``desc`` of ``block``."""
+    if desc[0] == "tuple":
+        for e, d in zip(x, desc[1]):
+            _fill_task(e, group, batched, d, block)
+        return
+    view = _block_view(desc, block)
+    if not batched:
+        view[...] = _cut(x, group[0])
+        return
+    for j, index in enumerate(group):
+        view[j] = _cut(x, index)  # (..) into (g, ..): no stacked temporary
+
+
+def _block_view(desc, block):
+    """The array ``desc`` describes in ``block`` (tuples element by element)."""
+    if desc[0] == "tuple":
+        return tuple(_block_view(d, block) for d in desc[1])
+    _, _, start, shape, dtype = desc
+    return np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
 
 
 def _attached(name: str, role: str = "in"):
@@ -469,11 +580,18 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
     """Every task computed by ``n_workers``: this process and ``n_workers - 1`` pool processes.
 
     Task ``i`` computes the slices ``groups[i]`` (one slice, or ``batched``: all
-    of them in one call, stacked along a leading axis). The pool takes tasks
-    from the front (two per pool process in flight), this process from the back
-    while they run; each task's inputs are copied into the arena only when it
-    is sent, and this process's tasks need no transfer at all. Every task is
-    computed by the same code with one BLAS thread.
+    of them in one call, stacked along a leading axis). The tasks are shared
+    out in proportion: the pool's ``n - n // n_workers`` from the front (two per
+    pool process in flight, so that none waits between tasks), this process's
+    ``n // n_workers`` from the back, between which it tops the pool up and
+    places what came back; when its share is done it takes the pool's unsent
+    tasks from the back too. Every task's inputs are copied once, slice by
+    slice, into its region of the shared arena (the pool's when they are sent,
+    this process's just before it computes them from there), and every task is
+    computed by the same code with one BLAS thread on inputs laid out alike.
+    The outputs' size per task is remembered per form and input shapes
+    (:data:`_OUT_STRIDES`), so that from the second call on every pool task
+    writes straight into the output arena.
     """
     try:
         pickle.dumps(fn)
@@ -483,28 +601,35 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
     running = {}
     _CALL.acquire()  # one pooled call at a time: they share the arena
     try:
-        arena = _SliceArena(inputs, plan, groups, batched)
+        n, n_slices = len(groups), sum(len(g) for g in groups)
+        pool_share = n - n // n_workers  # tasks [0, pool_share) go to the pool
+        arena = _SliceArena(inputs, plan, groups, batched, pool_share)
         whole = {k: x for k, x in inputs.items() if not plan[k]}
         pool = worker_pool(n_workers - 1)
-        n, n_slices = len(groups), sum(len(g) for g in groups)
         rows = _task_rows(groups, batched)
         # two tasks per pool process in flight (one queued: no wait between tasks), one each if the
         # pool is larger than asked for (at most n_workers - 1 of its processes busy)
         depth = 2 * (n_workers - 1) if _POOL["size"] == n_workers - 1 else n_workers - 1
-        lo, hi, outs, stride = 0, n, None, None
+        key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), repr(arena.layout))
+        stride = _OUT_STRIDES.get(key)
+        if stride is not None:
+            _input_arena(stride * pool_share, _OUT_ARENA)
+        lo, hi, outs = 0, n, None
         with pinned_blas(), options(workers=1):
             while lo < hi or running:
-                while lo < hi and len(running) < depth:
+                while lo < min(hi, pool_share) and len(running) < depth:
                     slot = None if stride is None else (_OUT_ARENA["block"].name, lo * stride, stride)
                     running[lo] = pool.submit(_run_slice, fn, arena.region(lo), whole, slot, get_option("check_finite"))
                     lo += 1
                 if lo < hi:  # this process takes a task from the back
                     hi -= 1
-                    own = fn(**_slice_inputs(inputs, plan, groups[hi], batched))
+                    own = fn(**_slice_inputs(inputs, plan, groups[hi], batched))  # views where it can: no copy
                     if stride is None and _arrays_only(own):  # the tasks' output size is known now (every task
                         stride = -(-_layout(own, 0)[1] // _ALIGN) * _ALIGN  # has as many slices): later tasks
-                        _input_arena(stride * n, _OUT_ARENA)  # write into the output arena
+                        _input_arena(stride * pool_share, _OUT_ARENA)  # write into the output arena
+                        _OUT_STRIDES[key] = stride
                     outs = _place(outs, own, rows[hi], n_slices)
+                    del own
                 for i in [i for i, f in running.items() if f.done()] or ([min(running)] if lo >= hi and running else []):
                     desc = running.pop(i).result()
                     try:
@@ -523,6 +648,9 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
             except Exception:  # noqa: BLE001  (the first error is the one raised)
                 pass
         _CALL.release()
+
+
+_OUT_STRIDES = {}  # (form, input layout) -> bytes of one task's outputs in the output arena (_on_workers)
 
 
 def _task_rows(groups: list, batched: bool) -> list:

@@ -274,3 +274,118 @@ def test_public_forms_compute_groups_of_slices_per_call(monkeypatch):
         seen, last = form(q, workers=workers)
         assert seen.shape == (2, 4) and np.all(seen == 4.0)
         assert np.array_equal(last, q[..., -1, :])
+
+
+# ---------------------------------------------------------------- how the tasks reach the workers
+
+
+def test_a_task_reads_a_c_ordered_run_of_slices_in_place_and_copies_the_rest():
+    """``_task_view``: a view (no copy) exactly when the task's slices are one C-ordered run of the input;
+    a broadcast (size-1) leading axis, a non-contiguous input or slices that do not follow one another give
+    ``None`` (the task then gets a fresh copy). Either way the values are those of the stacked slices."""
+    from refmem.parallel import _task_input, _task_view
+
+    x = np.arange(2 * 4 * 3 * 2, dtype=float).reshape(2, 4, 3, 2)
+    run = [(0, 2), (0, 3), (1, 0)]  # consecutive in C order across the batch boundary
+    view = _task_view(x, run, True)
+    assert view is not None and np.shares_memory(view, x) and view.flags.c_contiguous
+    assert np.array_equal(view, np.stack([x[i] for i in run]))
+    single = _task_view(x, [(1, 3)], False)
+    assert np.shares_memory(single, x) and np.array_equal(single, x[1, 3])
+    assert _task_view(x, [(0, 1), (0, 3)], True) is None  # not consecutive
+    assert _task_view(np.ascontiguousarray(x[:, :1]), [(0, 0), (1, 0)], True) is not None  # q's lead has the 1 too
+    broadcast = x[:1]  # (1, 4, ..): broadcast over the batch of q (2, 4)
+    assert _task_view(broadcast, [(1, 0), (1, 1)], True) is None
+    swapped = np.swapaxes(x, 0, 1)  # (4, 2, ..), not C-contiguous
+    assert _task_view(swapped, [(0, 0), (0, 1)], True) is None
+    for arr, group in ((broadcast, [(1, 0), (1, 1)]), (swapped, [(0, 0), (0, 1)])):
+        copy = _task_input(arr, group, True)
+        assert not np.shares_memory(copy, x) and copy.flags.c_contiguous
+        assert np.array_equal(copy, np.stack([arr[min(i, arr.shape[0] - 1), j] for i, j in group]))
+
+
+@pytest.mark.parametrize("layout", ["c_ordered", "strided"])
+def test_pool_results_do_not_depend_on_how_the_inputs_lie(layout):
+    """The same values as C-ordered arrays (read in place; the state, of leading shape (1, H), broadcast over the
+    batch and copied) and as strided views (every task copies) give bitwise the same results for workers 1 and 2
+    as the C-ordered call with the state written out for every batch row."""
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(7, (2, 4), 17, 4, 3, np, "float64")
+    inputs["initial_state"] = np.random.default_rng(8).standard_normal((1, 4, 3, 4))
+    if layout == "strided":  # the same values, every array a non-contiguous view
+        inputs = {k: np.swapaxes(np.swapaxes(x, 0, 1).copy(), 0, 1) for k, x in inputs.items()}
+    reference = MEMORIES["gated_delta_rule"].make_inputs(7, (2, 4), 17, 4, 3, np, "float64")
+    reference["initial_state"] = np.broadcast_to(np.random.default_rng(8).standard_normal((1, 4, 3, 4)),
+                                                 (2, 4, 3, 4)).copy()
+    want = fn(**reference, **kw, workers=2)
+    for workers in (1, 2):
+        got = fn(**inputs, **kw, workers=workers)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
+
+
+@workers_option
+def _where_computed(q):
+    """A module-level batched form that reports, per slice, the process that computed it."""
+    import os
+
+    return np.full(q.shape[:-2], float(os.getpid())), q[..., -1, :]
+
+
+def test_the_caller_computes_its_share_of_the_tasks(monkeypatch):
+    """With 4 tasks and 2 workers this process computes at least 2 of them (its share from the back; the pool's
+    two are sent before it starts, so it has none to take over): the pool is never handed more than its share
+    while this process waits."""
+    import os
+
+    import refmem.parallel as parallel
+
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    q = np.random.default_rng(15).standard_normal((4, 4, 3, 2))  # 16 slices -> 4 tasks of 4
+    pids, last = _where_computed(q, workers=2)
+    assert np.array_equal(last, q[..., -1, :])
+    per_task = pids.reshape(4, 4)
+    assert np.all(per_task == per_task[:, :1])  # a task is computed by one process
+    mine = int(np.sum(per_task[:, 0] == os.getpid()))
+    assert mine >= 2 and mine < 4
+
+
+def test_from_the_second_call_the_pool_writes_into_the_output_arena(monkeypatch):
+    """The outputs' size per task is learnt once per form and input shapes: a second call on the same shapes
+    hands nothing back in new blocks (every pool task writes into the persistent output arena)."""
+    import refmem.parallel as parallel
+
+    handed_back = []
+    real_free = parallel._free
+
+    def counting_free(desc):
+        if desc[0] == "array":
+            handed_back.append(desc)
+        return real_free(desc)
+
+    monkeypatch.setattr(parallel, "_free", counting_free)
+    fn, kw = _form("delta_rule", "chunked")
+    inputs = MEMORIES["delta_rule"].make_inputs(9, (2, 4), 11, 3, 5, np, "float64")  # a shape no other test uses
+    parallel._OUT_STRIDES.clear()
+    first = fn(**inputs, **kw, workers=2)
+    assert handed_back  # the tasks sent before this process's first own task told the size
+    handed_back.clear()
+    second = fn(**inputs, **kw, workers=2)
+    assert handed_back == []
+    for a, b in zip(first, second):
+        assert np.array_equal(a, b)
+
+
+def _environment(names):
+    import os
+
+    return {name: os.environ.get(name) for name in names}
+
+
+def test_workers_keep_the_memory_they_free():
+    """The pool's processes start with glibc's malloc told to reuse freed memory (module docstring)."""
+    from refmem.parallel import _KEEP_FREED_MEMORY, worker_pool
+
+    seen = worker_pool(1).submit(_environment, list(_KEEP_FREED_MEMORY)).result()
+    assert seen == _KEEP_FREED_MEMORY
+    assert int(seen["MALLOC_MMAP_THRESHOLD_"]) == 32 * 2**20  # glibc's largest accepted threshold

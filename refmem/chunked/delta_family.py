@@ -282,17 +282,21 @@ def _delta_block(q, k, v, beta, alpha, C: int, M, xp, *, exact: bool, factored: 
     Ut, W, P, Qg, Kh, g_end, Kt = _chunk_pieces(Q, K, V, b, L, Z, xp, exact=exact, factored=factored, bounded=bounded)
     del Q, K, V, b, L, Z
     lead = broadcast_lead(tuple(W.shape[:-3]), tuple(M.shape[:-2]))
-    M = xp.broadcast_to(M, lead + tuple(M.shape[-2:]))  # (.., d_v, d_k): every chunk start has the same shape
+    S = mT(xp.broadcast_to(M, lead + tuple(M.shape[-2:])), xp)  # S = M_0^T, (.., d_k, d_v): every chunk start alike
     outs = []
     for i in range(Ut.shape[-3]):
-        Mt = mT(M, xp)  # M_0^T, (.., d_k, d_v)
-        U = chunk(Ut, i) - chunk(W, i) @ Mt  # U~ - W M^T, (.., C, d_v)
-        outs.append(chunk(Qg, i) @ Mt + chunk(P, i) @ U)  # (.., C, d_k) @ (.., d_k, d_v) + (.., C, C) @ (.., C, d_v)
+        U = chunk(Ut, i) - chunk(W, i) @ S  # U~ - W M^T, (.., C, d_k) @ (.., d_k, d_v) -> (.., C, d_v)
+        O = chunk(Qg, i) @ S  # diag(gamma) Q M^T, (.., C, d_k) @ (.., d_k, d_v)
+        O += chunk(P, i) @ U  # + P U, (.., C, C) @ (.., C, d_v); O is this step's own array
+        outs.append(O)
         g = None if g_end is None else scalar_chunk(g_end, i)[..., None, None]  # gamma_C, (.., 1, 1)
-        if Kt is None:  # factored: K~ = gamma_C K^, so M_C = gamma_C (M0 + U^T K^)
-            M = M + mT(U, xp) @ chunk(Kh, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
-            M = M if g is None else g * M
-        else:
-            write = mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
-            M = M + write if g is None else g * M + write
-    return outs, M
+        if Kt is None:  # factored, K~ = gamma_C K^: M_C^T = gamma_C (M0^T + K^^T U)
+            S_next = mT(chunk(Kh, i), xp) @ U  # K^^T U, (.., d_k, C) @ (.., C, d_v) -> (.., d_k, d_v)
+            S_next += S
+            if g is not None:
+                S_next *= g
+        else:  # M_C^T = gamma_C M0^T + K~^T U
+            S_next = mT(chunk(Kt, i), xp) @ U  # (.., d_k, C) @ (.., C, d_v) -> (.., d_k, d_v)
+            S_next += S if g is None else g * S
+        S = S_next
+    return outs, mT(S, xp)
