@@ -63,6 +63,7 @@ import itertools
 import os
 import pickle
 import threading
+import warnings
 from multiprocessing.shared_memory import SharedMemory
 from numbers import Integral
 
@@ -402,11 +403,7 @@ class _SliceArena:
 
     def __init__(self, inputs: dict, plan: dict, groups: list, batched: bool, n_regions: int):
         self.inputs, self.plan, self.groups, self.batched = inputs, plan, groups, batched
-        self.layout, end = {}, 0
-        for k, x in inputs.items():
-            if plan[k]:  # every task has the same shapes: those of the first
-                self.layout[k], end = _shape_layout(_task_shape(x, groups[0], batched), end)
-        self.stride = -(-end // _ALIGN) * _ALIGN
+        self.layout, self.stride = _task_layout(inputs, plan, groups[0], batched)
         self.block = _input_arena(self.stride * n_regions)  # tasks 0 .. n_regions - 1 may be sent
 
     def region(self, i: int) -> dict:
@@ -420,6 +417,33 @@ class _SliceArena:
     def views(self, placed: dict) -> dict:
         """The arrays of a filled region (:meth:`region`), views of this process's block, by name."""
         return {k: _block_view(d, self.block) for k, d in placed.items()}
+
+
+def _task_layout(inputs: dict, plan: dict, group: list, batched: bool):
+    """``(layout, stride)``: where a task's cut inputs lie in its region of the arena, by name, and the region's
+    size in bytes (every task has the shapes of the one computing ``group``)."""
+    layout, end = {}, 0
+    for k, x in inputs.items():
+        if plan[k]:
+            layout[k], end = _shape_layout(_task_shape(x, group, batched), end)
+    return layout, -(-end // _ALIGN) * _ALIGN
+
+
+def _shared_memory_free() -> int | None:
+    """Bytes free for new shared memory blocks (``/dev/shm`` on Linux); ``None`` where that cannot be asked."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except (AttributeError, OSError):
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _growth(store: dict, nbytes: int) -> int:
+    """Bytes of new shared memory :func:`_input_arena` takes to give ``store`` ``nbytes`` (it frees a smaller block)."""
+    block = store["block"]
+    if block is not None and block.size >= nbytes:
+        return 0
+    return nbytes - (0 if block is None else block.size)
 
 
 def _fill_task(x, group: list, batched: bool, desc, block):
@@ -603,6 +627,19 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
     try:
         n, n_slices = len(groups), sum(len(g) for g in groups)
         pool_share = n - n // n_workers  # tasks [0, pool_share) go to the pool
+        layout, in_stride = _task_layout(inputs, plan, groups[0], batched)
+        key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), repr(layout))
+        stride = _OUT_STRIDES.get(key)
+        # shared memory the call adds (the outputs' size guessed as the inputs' until known); where the
+        # system has less (a container's small /dev/shm), writing it would kill the process with SIGBUS
+        need = _growth(_ARENA, in_stride * pool_share) + _growth(_OUT_ARENA, (stride or in_stride) * pool_share)
+        free = _shared_memory_free()
+        if free is not None and need > free:
+            warnings.warn(f"refmem's pool needs {need / 2**20:.0f} MiB more shared memory for workers={n_workers} "
+                          f"and /dev/shm has {free / 2**20:.0f} MiB free: the slices are computed in this process "
+                          "instead (the same results; enlarge /dev/shm, e.g. docker run --shm-size, to use the pool)",
+                          UserWarning, stacklevel=3)
+            return _in_this_process(fn, inputs, plan, groups, lead, batched=batched)
         arena = _SliceArena(inputs, plan, groups, batched, pool_share)
         whole = {k: x for k, x in inputs.items() if not plan[k]}
         pool = worker_pool(n_workers - 1)
@@ -610,8 +647,6 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
         # two tasks per pool process in flight (one queued: no wait between tasks), one each if the
         # pool is larger than asked for (at most n_workers - 1 of its processes busy)
         depth = 2 * (n_workers - 1) if _POOL["size"] == n_workers - 1 else n_workers - 1
-        key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), repr(arena.layout))
-        stride = _OUT_STRIDES.get(key)
         if stride is not None:
             _input_arena(stride * pool_share, _OUT_ARENA)
         lo, hi, outs = 0, n, None

@@ -389,3 +389,22 @@ def test_workers_keep_the_memory_they_free():
     seen = worker_pool(1).submit(_environment, list(_KEEP_FREED_MEMORY)).result()
     assert seen == _KEEP_FREED_MEMORY
     assert int(seen["MALLOC_MMAP_THRESHOLD_"]) == 32 * 2**20  # glibc's largest accepted threshold
+
+
+def test_too_little_shared_memory_computes_in_this_process_with_a_warning(monkeypatch):
+    """Where /dev/shm cannot hold the pool's share of the slices (a container's 64 MiB default), writing the
+    arena would kill the process with SIGBUS; the call says so and computes the slices here, bitwise the same."""
+    import refmem.parallel as parallel
+
+    fn, kw = _form("gated_delta_rule", "chunked")
+    inputs = MEMORIES["gated_delta_rule"].make_inputs(10, (2, 2), 9, 3, 3, np, "float64")
+    want = fn(**inputs, **kw, workers=1)
+    parallel.shutdown_pool()  # no arena left from other tests: all of it would be new
+    monkeypatch.setattr(parallel, "_shared_memory_free", lambda: 1024)
+    sent = []
+    monkeypatch.setattr(parallel, "worker_pool", lambda n: sent.append(n))
+    with pytest.warns(UserWarning, match=r"shared memory for workers=2 and /dev/shm has 0 MiB free"):
+        got = fn(**inputs, **kw, workers=2)
+    assert sent == []  # nothing reached the pool
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
