@@ -8,7 +8,8 @@
 # 5. the chunk size study (C = 32, 64, 128: FLOP model, measured rate, the small-product bound);
 # 6. the same problem on a two-worker Dask LocalCluster against the in-process pool: both times and the ratio;
 # 7. fla's naive torch chunk reference against refmem, one thread each (FLA=PATH of an fla checkout, with torch and
-#    einops installed; otherwise one line says what is missing).
+#    einops installed; otherwise one line says what is missing);
+# 8. the floor NumPy's own calls put on the chunked gated delta rule (each call timed alone, scripts/chunked_floor.py).
 set -euo pipefail
 py=${PYTHON:-.venv/bin/python}
 base=${1:-1d2d936}
@@ -41,3 +42,5 @@ echo "== the same problem on a two-worker Dask LocalCluster against the in-proce
 "$py" scripts/dask_overhead.py
 echo "== fla's naive torch chunk reference against refmem's chunked form, one thread each (FLA=${FLA:-unset})"
 "$py" scripts/fla_naive_comparison.py ${FLA:+"$FLA"}
+echo "== what NumPy's own calls allow the chunked gated delta rule (each call alone; one BLAS thread)"
+"${one_thread[@]}" "$py" scripts/chunked_floor.py
