@@ -40,6 +40,8 @@ def test_cli_table_and_json(tmp_path, capsys):
         assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] > 0
         assert r["peak_size"] == 64 and r["peak_flops_per_s"] > 0 and r["peak_one_core_flops_per_s"] > 0
         assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"], rel=1e-12)
+        assert r["workers"] == 1
+        assert r["ceiling_fraction"] == pytest.approx(r["flops_per_s"] / r["matmul_flops_per_s"], rel=1e-12)
 
 
 def test_default_memories_are_those_with_a_chunked_form_and_the_per_channel_variants():
@@ -361,7 +363,10 @@ def test_workers_column_states_the_processes_each_row_used(tmp_path, capsys):
     argv = ["bench", "--memory", "delta_rule", "--batch", "1", "--seq-len", "16", "--heads", "2", "--dim", "4",
             "--chunk", "8", "--dtype", "float64", "--repeat", "1", "--peak-size", "64", "--json", str(path)]
     assert main(argv + ["--workers", "2"]) == 0
-    assert [r["workers"] for r in json.loads(path.read_text())] == [2, 2, 2]
+    pooled = json.loads(path.read_text())
+    assert [r["workers"] for r in pooled] == [2, 2, 2]
+    for r in pooled:  # the small-product rate on as many cores as the row used
+        assert r["ceiling_fraction"] == pytest.approx(r["flops_per_s"] / (2 * r["matmul_flops_per_s"]), rel=1e-12)
     assert main(argv) == 0
     assert [r["workers"] for r in json.loads(path.read_text())] == [1, 1, 1]
     header = capsys.readouterr().out.splitlines()[0].split()
@@ -389,3 +394,20 @@ def test_fla_comparison_script_skips_in_one_line_without_torch_or_a_checkout(arg
     assert len(lines) == 1 and lines[0].startswith("skipped: ") and lines[0].endswith("nothing compared")
     assert any(why in lines[0] for why in ("torch is not installed", "einops is not installed",
                                            "no fla checkout given", "holds no fla/ops/gated_delta_rule/naive.py"))
+
+
+def test_small_product_rate_is_taken_on_a_cache_sized_batch_on_the_host(monkeypatch):
+    """The secondary column's small products: on the host at most SMALL_BATCH per call (a pool task's block of
+    chunks, in cache), fewer when the problem has fewer chunks; a memory-bound batch of every chunk would let a
+    blocked form beat its own ceiling (100.9% was measured that way)."""
+    import refmem.bench as bench
+
+    seen = []
+    real = bench.matmul_rate
+    monkeypatch.setattr(bench, "matmul_rate", lambda xp, dtype, batch, C, d, repeat: seen.append(batch) or real(
+        xp, dtype, batch, C, d, repeat))
+    run_bench(["delta_rule"], batch=2, seq_len=64, heads=4, dim=4, chunk=4, dtypes=("float64",), repeat=1,
+              forms=("chunked",), peak_size=64)
+    run_bench(["delta_rule"], batch=1, seq_len=8, heads=2, dim=4, chunk=4, dtypes=("float64",), repeat=1,
+              forms=("chunked",), peak_size=64)
+    assert seen == [bench.SMALL_BATCH, 1 * 2 * 2]  # 2 * 4 * 16 chunks capped; 4 chunks as they are
