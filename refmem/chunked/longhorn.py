@@ -92,15 +92,16 @@ def _per_channel_block(q, k, v, e, C: int, M, xp, *, group: int):
     KK = S[..., C:, :]  # K K^T: only its strict lower triangle is read, (.., n, C, C)
     del Q, S
     us, qms = [], []
+    MT = mT(M, xp)  # the pass carries M^T, (.., d_k, d_v): its products are A @ B
     for i in range(QK.shape[-3]):
-        XM = chunk(QK, i) @ mT(M, xp)  # [Q M^T; K M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
+        XM = chunk(QK, i) @ MT  # [Q M^T; K M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
         En = chunk(E, i)  # (.., C, d_v)
         U = channel_solves(chunk(KK, i), En, En * (chunk(V, i) - XM[..., C:, :]), xp, group=group)  # (.., C, d_v)
         us.append(U)
         qms.append(XM[..., :C, :])
-        M = M + mT(U, xp) @ chunk(K, i)  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
+        MT = MT + mT(chunk(K, i), xp) @ U  # (U^T K)^T = K^T U, (.., d_k, C) @ (.., C, d_v) -> (.., d_k, d_v)
     O = xp.stack(qms, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
-    return from_chunks(O, T, xp), M
+    return from_chunks(O, T, xp), mT(MT, xp)
 
 
 def channel_solves(KK, E, R, xp, *, group: int):

@@ -205,21 +205,28 @@ def titans_block(q, k, v, a, eta, theta, C: int, X, xp, *, exact: bool):
                         xp.broadcast_to(Qg, lead + tuple(Qg.shape[-2:]))], axis=-2)  # [W; Qg], (.., n, 2C, 2 d_k)
         del W, Qg
     us, qxs = [], []
+    XT = mT(X, xp)  # the pass carries X^T = [M^T; S^T], (.., 2 d_k, d_v): every product below is A @ B
     for i in range(n):
         if merged:
-            WQX = chunk(WQ, i) @ mT(X, xp)  # [W X^T; Qg X^T], (.., 2C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., 2C, d_v)
+            WQX = chunk(WQ, i) @ XT  # [W X^T; Qg X^T], (.., 2C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., 2C, d_v)
             U = chunk(Ut, i) - WQX[..., :C, :]  # (.., C, d_v)
             qxs.append(WQX[..., C:, :])
         else:
-            U = chunk(Ut, i) - chunk(W, i) @ mT(X[..., :d_k], xp)  # u_t = theta_t (v_t - M_0 k_t), (.., C, d_v)
-            qxs.append(chunk(Qg, i) @ mT(X, xp))  # (.., C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., C, d_v)
+            U = chunk(Ut, i) - chunk(W, i) @ XT[..., :d_k, :]  # u_t = theta_t (v_t - M_0 k_t), (.., C, d_v)
+            qxs.append(chunk(Qg, i) @ XT)  # (.., C, 2 d_k) @ (.., 2 d_k, d_v) -> (.., C, d_v)
         us.append(U)
-        M, S = X[..., :d_k], X[..., d_k:]
+        MT, ST = XT[..., :d_k, :], XT[..., d_k:, :]
         ga, ge, pc = (scalar_chunk(g, i)[..., None, None] for g in (g_a, g_e, p_C))
-        gated = concat_last(ga * M + pc * S, ge * S, xp=xp)  # X Gamma, (.., d_v, 2 d_k)
-        X = gated + mT(U, xp) @ chunk(Kt, i)  # (.., d_v, C) @ (.., C, 2 d_k) -> (.., d_v, 2 d_k)
+        gated = _concat_rows(ga * MT + pc * ST, ge * ST, xp)  # (X Gamma)^T, (.., 2 d_k, d_v)
+        XT = gated + mT(chunk(Kt, i), xp) @ U  # (U^T K~)^T = K~^T U, (.., 2 d_k, C) @ (.., C, d_v) -> (.., 2 d_k, d_v)
     O = xp.stack(qxs, axis=-3) + P @ xp.stack(us, axis=-3)  # (.., n, C, d_v) + (.., n, C, C) @ (.., n, C, d_v)
-    return from_chunks(O, T, xp), X
+    return from_chunks(O, T, xp), mT(XT, xp)
+
+
+def _concat_rows(top, bottom, xp):
+    """``[top; bottom]`` along the second-to-last axis, the leading axes broadcast first."""
+    lead = broadcast_lead(tuple(top.shape[:-2]), tuple(bottom.shape[:-2]))
+    return xp.concat([xp.broadcast_to(x, lead + tuple(x.shape[-2:])) for x in (top, bottom)], axis=-2)
 
 
 @workers_option
