@@ -515,3 +515,53 @@ def test_factored_decays_refuse_data_whose_unused_entries_could_overflow():
     assert not _factors_bounded(Q, K, b, L, np)
     assert _factors_bounded(Q, K / 1e40, b, L, np)
     assert not _factors_bounded(Q, K / 1e40, b, np.full((1, 4), -200.0), np)  # gamma = e^-200 < max^(-1/4)
+
+
+@pytest.mark.parametrize("gates", ["ordinary", "tiny", "zero"])
+def test_per_channel_gla_factored_and_decay_scores_agree_with_the_recurrence(gates, monkeypatch):
+    """Per-key-channel GLA forms its chunk scores as one product of scaled factors where that is safe and from the
+    d_k x C x C decays elsewhere (a zero gate in the chunk, channel products below max^(-1/4)): both, the second
+    forced everywhere in turn, equal the recurrent form to EQUAL_TOL. "tiny": gates 1e-9 on one channel; a chunk
+    of 16 of them (1e-144) is refused, the last chunk of 5 (1e-45) is not."""
+    from refmem.chunked import gated_linear_attention as gla
+
+    rng = np.random.default_rng(21)
+    B, T, d_k, d_v, C = 2, 37, 5, 3, 16
+    q, k = rng.standard_normal((B, T, d_k)), rng.standard_normal((B, T, d_k))
+    v = rng.standard_normal((B, T, d_v))
+    alpha = rng.uniform(0.8, 1.0, (B, T, d_k))
+    if gates == "tiny":
+        alpha[..., 2] = 1e-9
+    if gates == "zero":
+        alpha = np.where(rng.uniform(size=alpha.shape) < 0.05, 0.0, alpha)
+    want = MEMS["gated_linear_attention"].recurrent(q, k, v, alpha)
+    from_decays = []
+    real = gla.channel_scores
+    monkeypatch.setattr(gla, "channel_scores", lambda *a, **kw: from_decays.append(1) or real(*a, **kw))
+    got = MEMS["gated_linear_attention"].chunked(q, k, v, alpha, chunk_size=C)
+    assert max_rel(got, want) <= EQUAL_TOL
+    chunks = -(-T // C)
+    assert len(from_decays) == {"ordinary": 0, "tiny": chunks - 1}.get(gates, len(from_decays))
+    if gates == "zero":
+        assert 0 < len(from_decays) <= chunks
+    monkeypatch.setattr(gla, "_data_bounded", lambda *a: False)  # the decays everywhere
+    from_decays.clear()
+    forced = MEMS["gated_linear_attention"].chunked(q, k, v, alpha, chunk_size=C)
+    assert len(from_decays) == chunks and max_rel(forced, want) <= EQUAL_TOL
+
+
+def test_per_channel_gla_factored_scores_refuse_data_whose_unused_entries_could_overflow():
+    """d_k max|q| max|k| above max^(1/4) (about 1.2e77 in float64: keys of 1e80) keeps the scores on the decays: no
+    overflow warning (the suite makes warnings errors) and the recurrence's answer; the bench's inputs take the product."""
+    from refmem.chunked.gated_linear_attention import _data_bounded
+
+    rng = np.random.default_rng(22)
+    q, k, v = rng.standard_normal((1, 9, 4)), rng.standard_normal((1, 9, 4)) * 1e80, rng.standard_normal((1, 9, 2))
+    alpha = rng.uniform(0.5, 1.0, (1, 9, 4))
+    assert not _data_bounded(q, k, np) and _data_bounded(q, k / 1e80, np)
+    got = MEMS["gated_linear_attention"].chunked(q, k, v, alpha, chunk_size=4)
+    want = MEMS["gated_linear_attention"].recurrent(q, k, v, alpha)
+    assert max_rel(got, want) <= EQUAL_TOL
+    with refmem.backend("numpy") as xnp:
+        bench = MEMS["gated_linear_attention"].make_inputs(0, (2, 2), 256, 64, 64, xnp, per_channel=True)
+    assert _data_bounded(np.asarray(bench["q"]), np.asarray(bench["k"]), np)

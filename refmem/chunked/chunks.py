@@ -126,6 +126,20 @@ def _factor_safe(L_row, L_col, xp) -> bool:
     return bool(xp.min(L_row) >= -limit) and bool(xp.min(L_col) >= -limit)
 
 
+def gates_bounded(L, dtype, xp) -> bool:
+    """Whether every ``gamma_t = e^(L_t) >= max^(-1/4)`` (``L = None``, no gate: true); reads the data.
+
+    Then ``e^(-L_s) <= max^(1/4)``: the gate half of the bound that makes factored
+    decays ``e^(L_t) e^(-L_s)`` safe (:func:`refmem.chunked.delta_family._factors_bounded`).
+    """
+    return L is None or bool(xp.min(L) >= -math.log(float(xp.finfo(dtype).max) ** 0.25))
+
+
+def abs_max(x, xp) -> float:
+    """``max |x|`` as ``max(max x, -min x)``: two reductions, no ``|x|`` temporary."""
+    return max(float(xp.max(x)), -float(xp.min(x)))
+
+
 def decay_from_start(L, Z, xp):
     """``gamma_t = prod_{r <= t} a_r`` (inclusive, from the chunk start): ``exp(L_t) [Z_t = 0]`` (``Z=None``: no zeros)."""
     return xp.exp(L) if Z is None else xp.exp(xp.where(Z == 0, L, -math.inf))

@@ -9,12 +9,11 @@ chunk, carrying only the current state.
 
 from __future__ import annotations
 
-import math
 
 from ..backends import host_resident
 from ..linalg import device_of
-from .chunks import (broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, gate_cumulants, lower_mask, mT,
-                     prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
+from .chunks import (abs_max, broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, gate_cumulants,
+                     gates_bounded, lower_mask, mT, prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
 
 
 def delta_terms(Q, K, V, b, L, Z, xp, *, exact: bool = True):
@@ -210,7 +209,7 @@ def _factors_bounded(Q, K, b, L, xp, *, data: bool | None = None) -> bool:
     """
     if data is None:
         data = _data_bounded(Q, K, b, xp)
-    return data and host_resident(xp) and _gates_bounded(L, K.dtype, xp)
+    return data and host_resident(xp) and gates_bounded(L, K.dtype, xp)
 
 
 def _data_bounded(Q, K, b, xp) -> bool:
@@ -218,18 +217,8 @@ def _data_bounded(Q, K, b, xp) -> bool:
     if not host_resident(xp) or K.shape[-1] == 0 or K.shape[-2] == 0:
         return False
     quarter = float(xp.finfo(K.dtype).max) ** 0.25
-    k_max, q_max, b_max = (_abs_max(x, xp) for x in (K, Q, b))
+    k_max, q_max, b_max = (abs_max(x, xp) for x in (K, Q, b))
     return K.shape[-1] * k_max * max(q_max, b_max * k_max) <= quarter
-
-
-def _gates_bounded(L, dtype, xp) -> bool:
-    """The gate half of :func:`_factors_bounded`: every ``gamma_t = e^(L_t) >= max^(-1/4)`` (no gate: true)."""
-    return L is None or bool(xp.min(L) >= -math.log(float(xp.finfo(dtype).max) ** 0.25))
-
-
-def _abs_max(x, xp) -> float:
-    """``max |x|`` as ``max(max x, -min x)``: two reductions, no ``|x|`` temporary."""
-    return max(float(xp.max(x)), -float(xp.min(x)))
 
 
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, block_tokens: int = 512):

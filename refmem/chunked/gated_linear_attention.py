@@ -21,16 +21,30 @@ The decays are formed from cumulative log-gates with an explicit zero count
 overflow or divide by zero). The per-channel decays are ``d_k x C x C`` values per
 chunk, so that path takes a block of chunks at a time, one chunk at a time within
 it, and forms each chunk's scores a few rows at a time.
+
+Where it is safe the per-channel scores are one product of scaled factors
+instead (as the delta family's factored decays,
+:func:`refmem.chunked.delta_family._factors_bounded`): with
+:math:`\gamma_{tc} = e^{L_{tc}}`, :math:`D^{(c)}_{ts} = \gamma_{tc} / \gamma_{sc}` below
+the diagonal, so :math:`\sum_c q_{tc} k_{sc} D^{(c)}_{ts} = [(Q \odot \Gamma)(K \oslash \Gamma)^T]_{ts}`.
+Safe means: no gate of the chunk is 0, every :math:`\gamma_{tc} \ge \mathrm{max}^{-1/4}`
+(:func:`~refmem.chunked.chunks.gates_bounded`) and
+:math:`d_k \max|Q| \max|K| \le \mathrm{max}^{1/4}` on the whole sequence: then every
+entry of the product, the unused ones above the diagonal included, is below
+:math:`\sqrt{\mathrm{max}}` (no overflow), and the relative rounding is that of
+:math:`e^{L_t - L_s}`, a few eps. Host backends only (the check reads the data);
+elsewhere, or when it fails, the scores are formed from the decays.
 """
 
 from __future__ import annotations
 
+from ..backends import host_resident
 from ..linalg import device_of
 from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import (block_steps, check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks, log_gate_cumsum,
-                     lower_mask, mT, prepare_chunks, scan_blocks, scan_chunks, to_chunks)
+from .chunks import (abs_max, block_steps, check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks,
+                     gates_bounded, log_gate_cumsum, lower_mask, mT, prepare_chunks, scan_blocks, scan_chunks, to_chunks)
 from .linear_family import linear_family
 
 
@@ -55,19 +69,29 @@ def _per_channel(q, k, v, alpha, C, M0, xp, *, block_tokens: int = 256):
     """Per-key-channel gates: a block of chunks at a time (:func:`~refmem.chunked.chunks.scan_blocks`)."""
     T = k.shape[-2]
     rows = max(1, block_steps(T, C, block_tokens=block_tokens, share=16) // C)  # score rows at a time: d_k x rows x C
+    bounded = _data_bounded(q, k, xp)
 
     def block(lo, hi, M):
         return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], alpha[..., lo:hi, :], C, M, xp,
-                                  rows=rows)
+                                  rows=rows, bounded=bounded)
 
     return scan_blocks(T, C, block_tokens, M0, block, xp, share=16)
 
 
-def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int):
+def _data_bounded(q, k, xp) -> bool:
+    """The data half of the factored scores' bound (module docstring): ``d_k max|q| max|k| <= max^(1/4)``, host only."""
+    if not host_resident(xp) or k.shape[-1] == 0 or k.shape[-2] == 0:
+        return False
+    return k.shape[-1] * abs_max(q, xp) * abs_max(k, xp) <= float(xp.finfo(k.dtype).max) ** 0.25
+
+
+def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int, bounded: bool = False):
     """Outputs ``[..., t, d_v]`` of one block from the state ``M``, and the state after it; one chunk at a time.
 
-    A chunk's per-channel decays ``D_c[t, s]`` are ``d_k x C x C`` values, so its
-    scores are formed ``rows`` rows at a time (:func:`channel_scores`).
+    A chunk's scores are one product of scaled factors where that is safe
+    (``bounded``: the data half checked on the whole sequence; module docstring),
+    else from its per-channel decays ``D_c[t, s]``, ``d_k x C x C`` values, formed
+    ``rows`` rows at a time (:func:`channel_scores`).
     """
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     L, Z = log_gate_cumsum(to_chunks(alpha, C, xp, fill=1.0), xp, axis=-2)  # (.., n, C, d_k), along the step axis
@@ -76,10 +100,15 @@ def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int):
     def terms(n):
         Qn, Kn, Vn, Ln = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n)
         Zn = None if Z is None else chunk(Z, n)  # None: no zero gate anywhere
-        S = channel_scores(Qn, Kn, Ln, Zn, incl, xp, rows=rows)  # (.., C, C)
+        if bounded and Zn is None and gates_bounded(Ln, Ln.dtype, xp):
+            gamma = xp.exp(Ln)  # (.., C, d_k), in [max^(-1/4), 1]
+            S = (gamma * Qn) @ mT(xp.exp(-Ln) * Kn, xp)  # sum_c q_tc k_sc gamma_tc / gamma_sc, (.., C, C)
+            S = xp.where(incl, S, xp.zeros((), dtype=S.dtype, device=device_of(S)))  # s <= t only
+        else:
+            S = channel_scores(Qn, Kn, Ln, Zn, incl, xp, rows=rows)  # (.., C, C)
+            gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
         Lc, Zc = mT(Ln, xp), None if Zn is None else mT(Zn, xp)  # (.., d_k, C): channel-major
         D_end = decay_matrix(Lc[..., C - 1:], None if Zc is None else Zc[..., C - 1:], Lc, Zc, incl[C - 1:, :], xp)
-        gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
         K_end = Kn * mT(D_end[..., 0, :], xp)  # k_sc D_c[C, s] -> (.., C, d_k)
         H = mT(Vn, xp) @ K_end  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
         g_end = gamma[..., C - 1, :][..., None, :]  # (.., 1, d_k)
