@@ -9,7 +9,6 @@ chunk, carrying only the current state.
 
 from __future__ import annotations
 
-
 from ..backends import host_resident
 from ..linalg import device_of
 from .chunks import (abs_max, broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, gate_cumulants,
