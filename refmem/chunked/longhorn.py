@@ -9,8 +9,9 @@ UT form) with ``beta = e``. Per value channel ``b_t in R^{d_v}``: row ``i`` of
 ``M`` follows its own delta rule with step ``e_{t,i}``, so each row has its own
 unit lower-triangular system
 :math:`(I + \mathrm{diag}(e_{\cdot i}) \mathrm{strict\_tril}(K K^T)) u_{\cdot i} = \ldots`,
-solved once the chunk-start state is known (one right-hand side per row, a
-group of rows at a time), a block of chunks at a time.
+solved once the chunk-start state is known, all rows by one forward
+substitution (:func:`channel_solves`: they share ``K K^T``), a block of chunks
+at a time.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from ..memories._inputs import initial
 from ..memories.longhorn import check_longhorn_inputs
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import (block_steps, check_chunk_size, chunk, from_chunks, lower_mask, mT, prepare_chunks, scan_blocks,
-                     solve_unit_lower, to_chunks)
+from .chunks import check_chunk_size, chunk, from_chunks, lower_mask, mT, prepare_chunks, scan_blocks, to_chunks
 from .delta_family import delta_family
 
 
@@ -72,16 +72,15 @@ def _per_channel(q, k, v, beta, C, M0, xp, *, block_tokens: int = 256):
     The step sizes ``e [..., T, d_v]`` are formed a block at a time from ``beta``.
     """
     T = k.shape[-2]
-    group = max(1, (block_steps(T, C, block_tokens=block_tokens, share=16) * v.shape[-1]) // (C * C))  # channels per solve
 
     def block(lo, hi, M):
         e = longhorn_step_sizes(k[..., lo:hi, :], beta[..., lo:hi, :], xp)  # (.., t, d_v)
-        return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], e, C, M, xp, group=group)
+        return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], e, C, M, xp)
 
     return scan_blocks(T, C, block_tokens, M0, block, xp, share=16)
 
 
-def _per_channel_block(q, k, v, e, C: int, M, xp, *, group: int):
+def _per_channel_block(q, k, v, e, C: int, M, xp):
     """Outputs ``[..., t, d_v]`` of one block from the state ``M``, and the state after it."""
     Q, K, V, T = prepare_chunks(q, k, v, C, xp)  # (.., n, C, d)
     E = to_chunks(e, C, xp, fill=0.0)  # (.., n, C, d_v); padding steps write nothing
@@ -96,7 +95,7 @@ def _per_channel_block(q, k, v, e, C: int, M, xp, *, group: int):
     for i in range(QK.shape[-3]):
         XM = chunk(QK, i) @ MT  # [Q M^T; K M^T], (.., 2C, d_k) @ (.., d_k, d_v) -> (.., 2C, d_v)
         En = chunk(E, i)  # (.., C, d_v)
-        U = channel_solves(chunk(KK, i), En, En * (chunk(V, i) - XM[..., C:, :]), xp, group=group)  # (.., C, d_v)
+        U = channel_solves(chunk(KK, i), En, En * (chunk(V, i) - XM[..., C:, :]), xp)  # (.., C, d_v)
         us.append(U)
         qms.append(XM[..., :C, :])
         MT = MT + mT(chunk(K, i), xp) @ U  # (U^T K)^T = K^T U, (.., d_k, C) @ (.., C, d_v) -> (.., d_k, d_v)
@@ -104,16 +103,38 @@ def _per_channel_block(q, k, v, e, C: int, M, xp, *, group: int):
     return from_chunks(O, T, xp), mT(MT, xp)
 
 
-def channel_solves(KK, E, R, xp, *, group: int):
-    """``U[:, i]`` solving ``(I + diag(E[:, i]) strict_tril(KK)) U[:, i] = R[:, i]`` for every channel ``i``.
+def channel_solves(KK, E, R, xp, *, block: int = 16):
+    r"""``U[:, i]`` solving ``(I + diag(E[:, i]) strict_tril(KK)) U[:, i] = R[:, i]`` for every channel ``i``.
 
-    ``KK [..., C, C]`` (strict lower triangle read), ``E, R [..., C, d_v]``; the
-    channels' ``C x C`` matrices are formed ``group`` channels at a time.
+    ``KK [..., C, C]`` (strict lower triangle read), ``E, R [..., C, d_v]``.
+
+    Notes
+    -----
+    The channels share ``KK`` and differ only in the row scaling ``E[:, i]``, so
+    forward substitution serves them all at once, a row ``t`` for every channel:
+
+    .. math::
+
+        u_t = r_t - e_t \odot \sum_{s<t} (K K^T)_{ts}\, u_s ,
+
+    one ``[1, t] @ [t, d_v]`` product and two elementwise operations per row,
+    no ``C x C`` matrix per channel. The rows go in blocks of ``block``: a
+    block's rows first take the sum over every earlier block in one product
+    (:math:`r_B - e_B \odot (K K^T)_{B,<B} U_{<B}`), then the sum inside the
+    block row by row. It is ordinary forward substitution, regrouped.
     """
-    Et, Rt = mT(E, xp), mT(R, xp)  # (.., d_v, C)
-    parts = []
-    for g0 in range(0, Et.shape[-2], group):
-        g1 = min(Et.shape[-2], g0 + group)
-        A_low = Et[..., g0:g1, :, None] * KK[..., None, :, :]  # diag(e_i) K K^T, (.., g, C, C)
-        parts.append(solve_unit_lower(A_low, Rt[..., g0:g1, :, None], xp)[..., 0])  # (.., g, C)
-    return mT(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2), xp)  # (.., C, d_v)
+    C = KK.shape[-1]
+    rows = []  # solved rows u_t, each (.., 1, d_v)
+    for b0 in range(0, C, block):
+        b1 = min(C, b0 + block)
+        R_b = R[..., b0:b1, :]  # (.., b, d_v)
+        if b0:
+            U_before = xp.concat(rows, axis=-2)  # (.., b0, d_v)
+            R_b = R_b - E[..., b0:b1, :] * (KK[..., b0:b1, :b0] @ U_before)  # (.., b, b0) @ (.., b0, d_v)
+        for t in range(b0, b1):
+            u_t = R_b[..., t - b0:t - b0 + 1, :]  # (.., 1, d_v)
+            if t > b0:
+                U_in = xp.concat(rows[b0:t], axis=-2)  # (.., t - b0, d_v): this block's rows so far
+                u_t = u_t - E[..., t:t + 1, :] * (KK[..., t:t + 1, b0:t] @ U_in)  # (.., 1, t - b0) @ (.., t - b0, d_v)
+            rows.append(u_t)
+    return xp.concat(rows, axis=-2)  # (.., C, d_v)
