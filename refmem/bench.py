@@ -247,7 +247,9 @@ def _sync(xp):
         fn()
 
 
-def _best_time(fn, xp, repeat: int) -> float:
+def best_time(fn, xp, repeat: int) -> float:
+    """The best wall time of ``repeat`` calls of ``fn()`` (at least one) after one untimed warm-up, each followed by
+    the backend's ``synchronize`` extra (a no-op where absent): how every figure of the bench is timed."""
     fn()  # warm-up (allocator, BLAS threads, caches)
     _sync(xp)
     best = math.inf
@@ -269,7 +271,7 @@ def matmul_rate(xp, dtype, batch: int, C: int, d: int, repeat: int) -> float:
     g = np.random.default_rng(0)
     A = xp.asarray(np.asarray(g.standard_normal((batch, C, d)), dtype=dtype))
     Bm = xp.asarray(np.asarray(g.standard_normal((batch, d, d)), dtype=dtype))
-    seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+    seconds = best_time(lambda: A @ Bm, xp, max(3, repeat))
     return 2.0 * batch * C * d * d / seconds
 
 
@@ -295,10 +297,10 @@ def machine_peak(xp, dtype, n: int, repeat: int, *, threads: int | None) -> floa
     A = xp.asarray(np.asarray(g.standard_normal((n, n)), dtype=dtype))
     Bm = xp.asarray(np.asarray(g.standard_normal((n, n)), dtype=dtype))
     if threads is None:
-        seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+        seconds = best_time(lambda: A @ Bm, xp, max(3, repeat))
     else:
         with threadpool_limits(limits=threads, user_api="blas"):
-            seconds = _best_time(lambda: A @ Bm, xp, max(3, repeat))
+            seconds = best_time(lambda: A @ Bm, xp, max(3, repeat))
     return 2.0 * n**3 / seconds
 
 
@@ -392,7 +394,7 @@ def run_bench(memories=None, *, batch=1, seq_len=1024, heads=4, dim=64, chunk=64
                     call = lambda fn=fn, kw=kw: heads_on_cluster(fn, client=client, **inputs, **kw)  # noqa: E731
                     used = None  # the cluster's workers
                 with options(check_finite=False):
-                    seconds = _best_time(call, xp, repeat)
+                    seconds = best_time(call, xp, repeat)
                     if client is None:
                         extra_bytes, method = peak_extra_bytes(call, xp, backend)
                     else:

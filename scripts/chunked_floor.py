@@ -21,12 +21,11 @@ perfect pool: ``cores * useful / floor / peak_all``.
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import refmem
-from refmem.bench import form_flops, machine_peak
+from refmem.bench import best_time, form_flops, machine_peak
 from refmem.memories import MEMORIES
 from refmem.numpy_extras import solve_triangular
 from refmem.parallel import pinned_blas, usable_cores
@@ -35,13 +34,7 @@ B, H, T, d, C = 2, 8, 4096, 64, 64
 
 
 def best(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return best_time(fn, np, repeat)
 
 
 def block_calls(g: int, n: int, repeat: int) -> list:

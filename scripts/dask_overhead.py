@@ -10,15 +10,11 @@ import time
 
 import numpy as np
 
+from refmem import bench
+
 
 def best_time(fn, repeat):
-    fn()  # warm-up: imports on the workers, allocator, BLAS
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return bench.best_time(fn, np, repeat)  # after a warm-up: imports on the workers, allocator, BLAS
 
 
 def main():
