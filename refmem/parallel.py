@@ -350,8 +350,6 @@ atexit.register(_free_arena)
 
 def _layout(x, offset: int):
     """``(description, end)``: ``x`` (an array or a tuple of arrays) placed in the arena from ``offset`` (name filled in later)."""
-    if isinstance(x, tuple):
-        return _shape_layout(tuple(_shape_of(e) for e in x), offset)
     return _shape_layout(_shape_of(x), offset)
 
 
@@ -364,6 +362,7 @@ def _shape_of(x):
 
 
 def _is_shape(s) -> bool:
+    """Whether ``s`` is one array's ``(shape, dtype)`` rather than a tuple of them (whose items are tuples)."""
     return len(s) == 2 and isinstance(s[1], np.dtype)
 
 
@@ -401,10 +400,10 @@ def _fill(x, desc, block):
 class _SliceArena:
     """The caller's shared block cut into one region per task; a region is filled just before its task runs."""
 
-    def __init__(self, inputs: dict, plan: dict, groups: list, batched: bool, n_regions: int):
-        self.inputs, self.plan, self.groups, self.batched = inputs, plan, groups, batched
-        self.layout, self.stride = _task_layout(inputs, plan, groups[0], batched)
-        self.block = _input_arena(self.stride * n_regions)  # tasks 0 .. n_regions - 1 may be sent
+    def __init__(self, inputs: dict, groups: list, batched: bool, layout: dict, stride: int, n_regions: int):
+        """``layout``, ``stride``: :func:`_task_layout` of the tasks; regions for tasks ``0 .. n_regions - 1``."""
+        self.inputs, self.groups, self.batched, self.layout, self.stride = inputs, groups, batched, layout, stride
+        self.block = _input_arena(stride * n_regions)
 
     def region(self, i: int) -> dict:
         """Copy task ``i``'s inputs into its region (one copy, slice by slice); returns their descriptions by name."""
@@ -413,10 +412,6 @@ class _SliceArena:
         for k, d in placed.items():
             _fill_task(self.inputs[k], self.groups[i], self.batched, d, self.block)
         return placed
-
-    def views(self, placed: dict) -> dict:
-        """The arrays of a filled region (:meth:`region`), views of this process's block, by name."""
-        return {k: _block_view(d, self.block) for k, d in placed.items()}
 
 
 def _task_layout(inputs: dict, plan: dict, group: list, batched: bool):
@@ -452,20 +447,13 @@ def _fill_task(x, group: list, batched: bool, desc, block):
         for e, d in zip(x, desc[1]):
             _fill_task(e, group, batched, d, block)
         return
-    view = _block_view(desc, block)
+    _, _, start, shape, dtype = desc
+    view = np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
     if not batched:
         view[...] = _cut(x, group[0])
         return
     for j, index in enumerate(group):
         view[j] = _cut(x, index)  # (..) into (g, ..): no stacked temporary
-
-
-def _block_view(desc, block):
-    """The array ``desc`` describes in ``block`` (tuples element by element)."""
-    if desc[0] == "tuple":
-        return tuple(_block_view(d, block) for d in desc[1])
-    _, _, start, shape, dtype = desc
-    return np.ndarray(shape, np.dtype(dtype), buffer=block.buf, offset=start)
 
 
 def _attached(name: str, role: str = "in"):
@@ -609,10 +597,11 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
     pool process in flight, so that none waits between tasks), this process's
     ``n // n_workers`` from the back, between which it tops the pool up and
     places what came back; when its share is done it takes the pool's unsent
-    tasks from the back too. Every task's inputs are copied once, slice by
-    slice, into its region of the shared arena (the pool's when they are sent,
-    this process's just before it computes them from there), and every task is
-    computed by the same code with one BLAS thread on inputs laid out alike.
+    tasks from the back too. A pool task's inputs are copied once, slice by
+    slice, into its region of the shared arena when it is sent; this process's
+    own tasks read the inputs in place where they are one C-ordered run
+    (:func:`_slice_inputs`), else a fresh copy. Every task is computed by the
+    same code with one BLAS thread on C-ordered inputs.
     The outputs' size per task is remembered per form and input shapes
     (:data:`_OUT_STRIDES`), so that from the second call on every pool task
     writes straight into the output arena.
@@ -640,7 +629,7 @@ def _on_workers(fn, inputs: dict, plan: dict, groups: list, lead: tuple, n_worke
                           "instead (the same results; enlarge /dev/shm, e.g. docker run --shm-size, to use the pool)",
                           UserWarning, stacklevel=3)
             return _in_this_process(fn, inputs, plan, groups, lead, batched=batched)
-        arena = _SliceArena(inputs, plan, groups, batched, pool_share)
+        arena = _SliceArena(inputs, groups, batched, layout, in_stride, pool_share)
         whole = {k: x for k, x in inputs.items() if not plan[k]}
         pool = worker_pool(n_workers - 1)
         rows = _task_rows(groups, batched)

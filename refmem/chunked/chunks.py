@@ -140,6 +140,20 @@ def abs_max(x, xp) -> float:
     return max(float(xp.max(x)), -float(xp.min(x)))
 
 
+def data_bounded(Q, K, xp, b=None) -> bool:
+    """The data half of the factored decays' bound: ``d_k max|K| max(max|Q|, max b max|K|) <= max^(1/4)``
+    (``b = None``: ``d_k max|K| max|Q|``); host backends only (it reads the data), false for empty ``K``.
+
+    With :func:`gates_bounded` it keeps every entry of the factored products, the unused ones included,
+    below ``sqrt(max)`` (:func:`refmem.chunked.delta_family._factors_bounded`, Notes).
+    """
+    if not host_resident(xp) or K.shape[-1] == 0 or K.shape[-2] == 0:
+        return False
+    k_max, q_max = abs_max(K, xp), abs_max(Q, xp)
+    left = q_max if b is None else max(q_max, abs_max(b, xp) * k_max)
+    return K.shape[-1] * k_max * left <= float(xp.finfo(K.dtype).max) ** 0.25
+
+
 def decay_from_start(L, Z, xp):
     """``gamma_t = prod_{r <= t} a_r`` (inclusive, from the chunk start): ``exp(L_t) [Z_t = 0]`` (``Z=None``: no zeros)."""
     return xp.exp(L) if Z is None else xp.exp(xp.where(Z == 0, L, -math.inf))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..backends import host_resident
 from ..linalg import device_of
-from .chunks import (abs_max, broadcast_lead, chunk, concat_last, decay_from_start, decay_matrix, gate_cumulants,
+from .chunks import (broadcast_lead, chunk, concat_last, data_bounded, decay_from_start, decay_matrix, gate_cumulants,
                      gates_bounded, lower_mask, mT, prepare_chunks, scalar_chunk, scan_blocks, solve_unit_lower, to_chunks)
 
 
@@ -192,7 +192,7 @@ def _pieces_with_decay_matrix(Q, K, V, b, L, Z, incl, xp, *, exact: bool):
 def _factors_bounded(Q, K, b, L, xp, *, data: bool | None = None) -> bool:
     r"""Whether the factored decays are safe in these chunks (reads the data: host backends only).
 
-    ``data``: the data half (:func:`_data_bounded`) when the caller has checked it
+    ``data``: the data half (:func:`~refmem.chunked.chunks.data_bounded`) when the caller has checked it
     for the whole sequence; ``None`` checks it on these chunks.
 
     Notes
@@ -207,17 +207,8 @@ def _factors_bounded(Q, K, b, L, xp, *, data: bool | None = None) -> bool:
     :math:`e^{L_t - L_s}` (a few eps), as for the ``D`` path.
     """
     if data is None:
-        data = _data_bounded(Q, K, b, xp)
+        data = data_bounded(Q, K, xp, b=b)
     return data and host_resident(xp) and gates_bounded(L, K.dtype, xp)
-
-
-def _data_bounded(Q, K, b, xp) -> bool:
-    """The data half of :func:`_factors_bounded`: ``d_k max|K| max(max|Q|, max b max|K|) <= max^(1/4)`` (host backends only)."""
-    if not host_resident(xp) or K.shape[-1] == 0 or K.shape[-2] == 0:
-        return False
-    quarter = float(xp.finfo(K.dtype).max) ** 0.25
-    k_max, q_max, b_max = (abs_max(x, xp) for x in (K, Q, b))
-    return K.shape[-1] * k_max * max(q_max, b_max * k_max) <= quarter
 
 
 def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, block_tokens: int = 512):
@@ -248,7 +239,7 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, bl
     product is ``A @ B`` on row-major operands: NumPy's BLAS does ``A @ B^T``
     about 1.5x slower at ``64 x 64`` (measured with OpenBLAS, one thread), and
     ``W M^T = W S``, ``Q M^T = Q S`` would be two of those per chunk. The bound of the
-    factored decays on the data (:func:`_data_bounded`) is checked once for
+    factored decays on the data (:func:`~refmem.chunked.chunks.data_bounded`) is checked once for
     the whole sequence, the one on the gates per block.
 
     The block is at most 512 steps (an eighth of ``T``): on one head, the pool's
@@ -256,7 +247,7 @@ def delta_family(q, k, v, beta, alpha, C: int, M0, xp, *, exact: bool = True, bl
     measured on ``T = 4096, d = C = 64``); its temporaries stay under
     ``B H T d`` at ``T / 8``.
     """
-    bounded = _data_bounded(q, k, beta, xp)
+    bounded = data_bounded(q, k, xp, b=beta)
 
     def block(lo, hi, M):
         return _delta_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], beta[..., lo:hi],

@@ -38,12 +38,11 @@ elsewhere, or when it fails, the scores are formed from the decays.
 
 from __future__ import annotations
 
-from ..backends import host_resident
 from ..linalg import device_of
 from ..memories._inputs import check_sequence, check_step_gate, initial
 from ..parallel import workers_option
 from ..validation import finite_outputs
-from .chunks import (abs_max, block_steps, check_chunk_size, chunk, decay_from_start, decay_matrix, from_chunks,
+from .chunks import (block_steps, check_chunk_size, chunk, data_bounded, decay_from_start, decay_matrix, from_chunks,
                      gates_bounded, log_gate_cumsum, lower_mask, mT, prepare_chunks, scan_blocks, scan_chunks, to_chunks)
 from .linear_family import linear_family
 
@@ -69,20 +68,13 @@ def _per_channel(q, k, v, alpha, C, M0, xp, *, block_tokens: int = 256):
     """Per-key-channel gates: a block of chunks at a time (:func:`~refmem.chunked.chunks.scan_blocks`)."""
     T = k.shape[-2]
     rows = max(1, block_steps(T, C, block_tokens=block_tokens, share=16) // C)  # score rows at a time: d_k x rows x C
-    bounded = _data_bounded(q, k, xp)
+    bounded = data_bounded(q, k, xp)  # d_k max|q| max|k| <= max^(1/4)
 
     def block(lo, hi, M):
         return _per_channel_block(q[..., lo:hi, :], k[..., lo:hi, :], v[..., lo:hi, :], alpha[..., lo:hi, :], C, M, xp,
                                   rows=rows, bounded=bounded)
 
     return scan_blocks(T, C, block_tokens, M0, block, xp, share=16)
-
-
-def _data_bounded(q, k, xp) -> bool:
-    """The data half of the factored scores' bound (module docstring): ``d_k max|q| max|k| <= max^(1/4)``, host only."""
-    if not host_resident(xp) or k.shape[-1] == 0 or k.shape[-2] == 0:
-        return False
-    return k.shape[-1] * abs_max(q, xp) * abs_max(k, xp) <= float(xp.finfo(k.dtype).max) ** 0.25
 
 
 def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int, bounded: bool = False):
@@ -100,19 +92,19 @@ def _per_channel_block(q, k, v, alpha, C: int, M, xp, *, rows: int, bounded: boo
     def terms(n):
         Qn, Kn, Vn, Ln = chunk(Q, n), chunk(K, n), chunk(V, n), chunk(L, n)
         Zn = None if Z is None else chunk(Z, n)  # None: no zero gate anywhere
-        if bounded and Zn is None and gates_bounded(Ln, Ln.dtype, xp):
-            gamma = xp.exp(Ln)  # (.., C, d_k), in [max^(-1/4), 1]
-            S = (gamma * Qn) @ mT(xp.exp(-Ln) * Kn, xp)  # sum_c q_tc k_sc gamma_tc / gamma_sc, (.., C, C)
+        gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
+        Qg = gamma * Qn  # diag(gamma) Q per channel, (.., C, d_k)
+        if bounded and Zn is None and gates_bounded(Ln, Ln.dtype, xp):  # gamma in [max^(-1/4), 1]
+            S = Qg @ mT(xp.exp(-Ln) * Kn, xp)  # sum_c q_tc k_sc gamma_tc / gamma_sc, (.., C, C)
             S = xp.where(incl, S, xp.zeros((), dtype=S.dtype, device=device_of(S)))  # s <= t only
         else:
             S = channel_scores(Qn, Kn, Ln, Zn, incl, xp, rows=rows)  # (.., C, C)
-            gamma = decay_from_start(Ln, Zn, xp)  # (.., C, d_k)
         Lc, Zc = mT(Ln, xp), None if Zn is None else mT(Zn, xp)  # (.., d_k, C): channel-major
         D_end = decay_matrix(Lc[..., C - 1:], None if Zc is None else Zc[..., C - 1:], Lc, Zc, incl[C - 1:, :], xp)
         K_end = Kn * mT(D_end[..., 0, :], xp)  # k_sc D_c[C, s] -> (.., C, d_k)
         H = mT(Vn, xp) @ K_end  # (.., d_v, C) @ (.., C, d_k) -> (.., d_v, d_k)
         g_end = gamma[..., C - 1, :][..., None, :]  # (.., 1, d_k)
-        return S @ Vn, gamma * Qn, lambda M: M * g_end + H  # M diag(gamma_C) + H
+        return S @ Vn, Qg, lambda M: M * g_end + H  # M diag(gamma_C) + H
 
     O, M = scan_chunks(M, Q.shape[-3], terms, xp)
     return from_chunks(O, T, xp), M
